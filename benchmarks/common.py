@@ -1,0 +1,44 @@
+"""Shared helpers of the benchmark scripts: machine description and markdown results."""
+
+import datetime
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def machine() -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return (f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, {gpu}; Python {platform.python_version()}, "
+            f"torch {torch.__version__}, torch threads {torch.get_num_threads()}")
+
+
+def command() -> str:
+    return " ".join([Path(sys.executable).name, *sys.argv])
+
+
+def write_result(name: str, title: str, body: str) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        rev = "?"
+    text = (f"# {title}\n\n- date: {datetime.date.today().isoformat()}\n- machine: {machine()}\n"
+            f"- command: `{command()}`\n- commit: {rev or '?'}\n\n{body.strip()}\n")
+    path = RESULTS / f"{name}.md"
+    path.write_text(text)
+    return path

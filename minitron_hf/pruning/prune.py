@@ -1,0 +1,292 @@
+"""The pruning stage: settings, checks before work, importance, plan, trim, output.
+
+``run_prune`` is what ``minitron prune`` and ``recipes/prune.py`` call. Everything that can be
+checked from config files alone (target, options, output directory, tokenizer) is checked before a
+model is loaded; data is checked before a forward pass.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..data import DataConfig, load_blocks
+from ..models import arch_spec, load_model, resolve_model, write_checkpoint_atomically
+from .depth import DEPTH_METRICS, layer_importance
+from .importance import (Importance, estimate_importance, parse_aggregation, plot_importance,
+                         random_importance)
+from .trim import (PruneTarget, PruningConfigError, copy_aux_files, has_tokenizer, make_plan,
+                   parameter_counts, resolve_target, trim_checkpoint)
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class PruneConfig:
+    """Options of ``minitron prune`` / ``recipes/prune.py`` (data options come from DataConfig)."""
+
+    model: str = field(default="smollm2-135m", metadata={"help": "alias 'smollm2-135m', a local checkpoint dir or a Hub id"})
+    output: str | None = field(default=None, metadata={"help": "directory to write the pruned checkpoint to"})
+    target: dict = field(default_factory=dict, metadata={"help": "KEY=VALUE: hidden_size, intermediate_size, "
+                         "num_attention_heads, num_key_value_heads, num_hidden_layers, drop_layers (repeatable)"})
+    importance: str = field(default="l2_mean", metadata={"help": "'<batch>_<seq>' reducers (mean|l2|l1|max), "
+                            "paper default l2_mean; or 'random' (ablation)"})
+    scores: str | None = field(default=None, metadata={"help": "reuse scores saved by `minitron importance` "
+                               "(skips calibration)"})
+    calib_samples: int = field(default=1024, metadata={"help": "calibration sequences (paper: 1024)"})
+    seq_len: int = field(default=512, metadata={"help": "tokens per calibration/validation sequence"})
+    batch_size: int = field(default=8, metadata={"help": "sequences per forward pass"})
+    depth_metric: str = field(default="lm-loss", metadata={"help": "how to pick layers when only "
+                              "num_hidden_layers is given: lm-loss (paper) or block-influence",
+                              "choices": list(DEPTH_METRICS)})
+    val_samples: int = field(default=32, metadata={"help": "validation sequences for the lm-loss depth metric"})
+    iterative_steps: int = field(default=1, metadata={"help": "1 = single-shot (paper); N > 1 prunes in N "
+                                 "steps, re-estimating importance after each"})
+    merge_pruned_heads: bool = field(default=False, metadata={"help": "add pruned heads' residual into kept "
+                                     "heads (arXiv 2407.14679 sec. 2.3) instead of plain removal"})
+    dtype: str = field(default="float32", metadata={"help": "dtype for calibration forward passes; the output "
+                       "keeps the source's dtype", "choices": list(DTYPES)})
+    device: str | None = field(default=None, metadata={"help": "cpu, cuda, ... (default: cuda when available)"})
+    overwrite: bool = field(default=False, metadata={"help": "replace an existing output directory"})
+    max_shard_size_mb: int = field(default=2048, metadata={"help": "largest output safetensors shard"})
+
+    def __post_init__(self):
+        self.target = dict(self.target or {})
+
+
+def _device(cfg: PruneConfig) -> torch.device:
+    if cfg.device:
+        return torch.device(cfg.device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def check_output(output: str | None, overwrite: bool) -> Path:
+    if not output:
+        raise PruningConfigError("output is required: the directory to write the pruned checkpoint to")
+    out = Path(output)
+    if out.exists() and not overwrite:
+        raise PruningConfigError(f"output={output!r} already exists; pass --overwrite to replace it")
+    if out.exists() and not out.is_dir():
+        raise PruningConfigError(f"output={output!r} exists and is not a directory")
+    return out
+
+
+def validate(cfg: PruneConfig):
+    """All checks that need no weights: returns (source dir, config, PruneTarget, new config, drop)."""
+    from transformers import AutoConfig
+
+    out = check_output(cfg.output, cfg.overwrite)
+    if cfg.importance != "random":
+        parse_aggregation(cfg.importance)
+    if cfg.depth_metric not in DEPTH_METRICS:
+        raise PruningConfigError(f"depth_metric={cfg.depth_metric!r} is not one of {', '.join(DEPTH_METRICS)}")
+    for name in ("calib_samples", "seq_len", "batch_size", "val_samples", "iterative_steps"):
+        if getattr(cfg, name) < 1:
+            raise PruningConfigError(f"{name}={getattr(cfg, name)} must be >= 1")
+    if cfg.dtype not in DTYPES:
+        raise PruningConfigError(f"dtype={cfg.dtype!r} is not one of {', '.join(DTYPES)}")
+    src = resolve_model(cfg.model)
+    if not has_tokenizer(src):
+        raise PruningConfigError(f"model={cfg.model!r}: no tokenizer files in {src}; a pruned model must carry "
+                                 f"its tokenizer (save one with tokenizer.save_pretrained)")
+    config = AutoConfig.from_pretrained(src)
+    arch_spec(config)
+    if not cfg.target:
+        raise PruningConfigError("target is empty: give at least one KEY=VALUE, e.g. --target hidden_size=432")
+    target = PruneTarget.from_dict(cfg.target)
+    new_config, drop = resolve_target(config, target)
+    if cfg.seq_len > getattr(config, "max_position_embeddings", cfg.seq_len):
+        raise PruningConfigError(f"seq_len={cfg.seq_len} exceeds the model's max_position_embeddings="
+                                 f"{config.max_position_embeddings}")
+    if out.resolve() == src.resolve():
+        raise PruningConfigError(f"output={cfg.output!r} is the source model's own directory")
+    return src, config, target, new_config, drop
+
+
+def _interpolate(src_cfg, final: dict, step: int, steps: int) -> dict:
+    """Target of iterative step ``step`` of ``steps``: widths shrink geometrically toward ``final``.
+
+    Heads and layers go to their final value in the first step (their counts must stay divisible).
+    """
+    t = {}
+    for k in ("hidden_size", "intermediate_size"):
+        a, b = getattr(src_cfg, k), final[k]
+        if a != b:
+            v = round(a * (b / a) ** (step / steps))
+            if k == "hidden_size" and src_cfg.model_type == "llama":
+                h = final["num_attention_heads"]
+                v = max(b, int(round(v / h)) * h)
+            t[k] = v if step < steps else b
+    for k in ("num_attention_heads", "num_key_value_heads"):
+        if getattr(src_cfg, k) != final[k]:
+            t[k] = final[k]
+    return t
+
+
+def run_prune(data_cfg: DataConfig, cfg: PruneConfig) -> dict:
+    """Prune ``cfg.model`` to ``cfg.target`` and write a vanilla HF checkpoint to ``cfg.output``."""
+    t0 = time.time()
+    src, config, target, new_config, drop = validate(cfg)
+    from ..models import load_tokenizer
+
+    tokenizer = load_tokenizer(src)
+    device, dtype = _device(cfg), DTYPES[cfg.dtype]
+    width = target.width_fields()
+    width_changes = any(v != getattr(config, k) for k, v in width.items())
+    depth_needed = drop is None and new_config["num_hidden_layers"] < config.num_hidden_layers
+
+    # data first: a too-small dataset fails here, before any forward pass
+    calib = load_blocks(data_cfg, tokenizer, "calibration", cfg.seq_len, cfg.calib_samples) \
+        if (width_changes and cfg.importance != "random" and not cfg.scores) else None
+    val = load_blocks(data_cfg, tokenizer, "validation", cfg.seq_len, cfg.val_samples) \
+        if (depth_needed and cfg.depth_metric == "lm-loss") or (depth_needed and calib is None) else None
+    if depth_needed and cfg.depth_metric == "block-influence" and calib is None:
+        calib = load_blocks(data_cfg, tokenizer, "calibration", cfg.seq_len, min(cfg.calib_samples, 64))
+
+    record: dict = {"source": str(cfg.model), "source_dir": str(src), "target": {k: v for k, v in asdict(target).items() if v is not None},
+                    "importance": {"method": cfg.importance, "calib_samples": cfg.calib_samples, "seq_len": cfg.seq_len,
+                                   "scores": cfg.scores, "iterative_steps": cfg.iterative_steps,
+                                   "merge_pruned_heads": cfg.merge_pruned_heads},
+                    "data": asdict(data_cfg)}
+    model = None
+    if depth_needed or (width_changes and cfg.importance != "random" and not cfg.scores):
+        model = load_model(src, dtype=dtype, device=device)
+
+    if depth_needed:
+        k = config.num_hidden_layers - new_config["num_hidden_layers"]
+        blocks = val if cfg.depth_metric == "lm-loss" else calib
+        li = layer_importance(model, blocks, k, metrics=(cfg.depth_metric,), batch_size=cfg.batch_size)
+        drop = li.best_block(cfg.depth_metric)
+        record["depth"] = {"metric": cfg.depth_metric, "block_size": k, "dropped": drop,
+                           "baseline_loss": li.baseline_loss, "lm_loss": li.lm_loss, "block_influence": li.block_influence}
+        logger.info("depth: dropping layers %s (%s)", drop, cfg.depth_metric)
+    drop = drop or []
+
+    out = Path(cfg.output)
+
+    def write(tmp: Path) -> None:
+        nonlocal model
+        cur_src, cur_config, cur_drop = src, config, drop
+        steps = cfg.iterative_steps if width_changes else 1
+        work = tmp / ".steps"
+        for step in range(1, steps + 1):
+            step_width = _interpolate(config, new_config, step, steps) if steps > 1 else width
+            step_target = PruneTarget.from_dict({**step_width, "drop_layers": cur_drop or None})
+            step_new, step_drop = resolve_target(cur_config, step_target)
+            imp = _importance_for(cfg, cur_config, model, calib, step_width, step == 1)
+            plan = make_plan(cur_config, imp, step_new, step_drop, cfg.merge_pruned_heads)
+            dest = tmp if step == steps else work / f"step{step}"
+            dest.mkdir(parents=True, exist_ok=True)
+            _write_checkpoint(cur_src, dest, cur_config, plan, cfg)
+            if step == 1 and imp is not None and cfg.importance != "random" and not cfg.scores:
+                imp.save(tmp / "importance")
+                plot_importance(imp, tmp / "importance" / "importance.png", title=f"{cfg.model} ({cfg.importance})")
+            record.setdefault("steps", []).append({"target": step_width, "kept": plan.to_json() if step == steps else None})
+            if step < steps:  # re-estimate on the partly pruned model
+                cur_src, cur_drop = dest, []
+                from transformers import AutoConfig
+
+                cur_config = AutoConfig.from_pretrained(dest)
+                model = load_model(dest, dtype=dtype, device=device)
+        record["kept"] = record["steps"][-1].pop("kept")
+        record["parameters"] = parameter_counts(config, json.loads((tmp / "config.json").read_text()))
+        record["wall_time_s"] = round(time.time() - t0, 1)
+        shutil.rmtree(work, ignore_errors=True)
+        (tmp / "pruning.json").write_text(json.dumps(record, indent=1))
+
+    write_checkpoint_atomically(out, write)
+    p = record["parameters"]
+    logger.info("pruned %s -> %s: %.1fM -> %.1fM parameters (non-embedding %.1fM -> %.1fM) in %.0f s",
+                cfg.model, out, p["before"]["total"] / 1e6, p["after"]["total"] / 1e6,
+                p["before"]["non_embedding"] / 1e6, p["after"]["non_embedding"] / 1e6, record["wall_time_s"])
+    return record
+
+
+def _importance_for(cfg: PruneConfig, config, model, calib, width: dict, first: bool):
+    if not any(v != getattr(config, k) for k, v in width.items()):
+        return None
+    if cfg.importance == "random":
+        return random_importance(config, seed=0)
+    if cfg.scores and first:
+        imp = Importance.load(cfg.scores)
+        imp.check_matches(config)
+        return imp
+    return estimate_importance(model, calib, cfg.importance, batch_size=cfg.batch_size)
+
+
+def _write_checkpoint(src: Path, dest: Path, config, plan, cfg: PruneConfig) -> None:
+    from transformers import AutoConfig
+
+    trim_checkpoint(src, dest, plan, max_shard_bytes=cfg.max_shard_size_mb << 20)
+    new_cfg = type(config).from_dict(plan.new_config)
+    new_cfg.architectures = getattr(config, "architectures", None) or [f"{type(config).__name__.replace('Config', '')}ForCausalLM"]
+    new_cfg.save_pretrained(dest)
+    copy_aux_files(src, dest)
+    AutoConfig.from_pretrained(dest)  # what we wrote must load
+
+
+@dataclass
+class ImportanceConfig:
+    """Options of ``minitron importance``: scores and plots, no pruning."""
+
+    model: str = field(default="smollm2-135m", metadata={"help": "alias, local checkpoint dir or Hub id"})
+    output: str | None = field(default=None, metadata={"help": "directory for importance.safetensors/json and PNGs"})
+    importance: str = field(default="l2_mean", metadata={"help": "'<batch>_<seq>' reducers (mean|l2|l1|max)"})
+    calib_samples: int = field(default=1024, metadata={"help": "calibration sequences (paper: 1024)"})
+    seq_len: int = field(default=512, metadata={"help": "tokens per sequence"})
+    batch_size: int = field(default=8, metadata={"help": "sequences per forward pass"})
+    block_size: int = field(default=0, metadata={"help": "also score removing each contiguous block of this "
+                            "many layers (LM loss and block influence); 0 = skip"})
+    val_samples: int = field(default=32, metadata={"help": "validation sequences for the layer LM-loss scan"})
+    dtype: str = field(default="float32", metadata={"help": "forward dtype", "choices": list(DTYPES)})
+    device: str | None = field(default=None, metadata={"help": "cpu, cuda, ..."})
+    overwrite: bool = field(default=False, metadata={"help": "replace an existing output directory"})
+
+
+def run_importance(data_cfg: DataConfig, cfg: ImportanceConfig) -> dict:
+    out = check_output(cfg.output, cfg.overwrite)
+    parse_aggregation(cfg.importance)
+    from ..models import load_tokenizer
+
+    src = resolve_model(cfg.model)
+    tokenizer = load_tokenizer(src)
+    calib = load_blocks(data_cfg, tokenizer, "calibration", cfg.seq_len, cfg.calib_samples)
+    val = load_blocks(data_cfg, tokenizer, "validation", cfg.seq_len, cfg.val_samples) if cfg.block_size else None
+    model = load_model(src, dtype=DTYPES[cfg.dtype], device=_device(PruneConfig(device=cfg.device)))
+    if cfg.block_size and not 1 <= cfg.block_size < model.config.num_hidden_layers:
+        raise PruningConfigError(f"block_size={cfg.block_size} must be between 1 and {model.config.num_hidden_layers - 1}")
+    t0 = time.time()
+    imp = estimate_importance(model, calib, cfg.importance, batch_size=cfg.batch_size)
+    imp.meta.update({"model": str(cfg.model), "seq_len": cfg.seq_len, "seconds": round(time.time() - t0, 1)})
+    result = {"importance": imp.meta}
+
+    def write(tmp: Path) -> None:
+        imp.save(tmp)
+        plot_importance(imp, tmp / "importance.png", title=f"{cfg.model} ({cfg.importance})")
+        if cfg.block_size:
+            li = layer_importance(model, val, cfg.block_size, batch_size=cfg.batch_size)
+            li.save(tmp)
+            result["layers"] = {"best_block_lm_loss": li.best_block("lm-loss"),
+                                "best_block_influence": li.best_block("block-influence")}
+
+    write_checkpoint_atomically(out, write)
+    return result
+
+
+def validation_loss(model_dir, data_cfg: DataConfig, samples: int = 32, seq_len: int = 512, batch_size: int = 8,
+                    device=None) -> float:
+    """LM loss of a checkpoint on the validation split (the number pruning is judged by)."""
+    from ..models import load_tokenizer
+    from .depth import lm_loss
+
+    model = load_model(model_dir, device=device)
+    blocks = load_blocks(data_cfg, load_tokenizer(model_dir), "validation", seq_len, samples)
+    return lm_loss(model, blocks, batch_size)

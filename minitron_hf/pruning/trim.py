@@ -1,0 +1,422 @@
+"""Trimming: from importance scores and a target to a smaller vanilla HF checkpoint.
+
+Two steps, kept apart so each can be read and tested alone:
+
+1. :func:`make_plan` turns scores and a :class:`PruneTarget` into kept indices (hidden channels, query
+   heads, KV heads, MLP neurons per layer, layers), each list sorted by importance, most important
+   first. Keeping everything therefore only reorders channels, which leaves the function unchanged.
+2. :func:`trim_checkpoint` streams the source safetensors tensor by tensor, slices each one by the
+   plan and writes output shards as they fill: peak memory is about one source tensor plus one output
+   shard, never two models.
+
+GQA: query heads are pruned within each KV group with the same count per group; KV heads are pruned
+as whole groups, scored by the sum of their query heads' scores. ``head_dim`` is never pruned and is
+written explicitly into the new config.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import logging
+import re
+import shutil
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+from ..models import arch_spec, count_parameters, head_dim_of
+
+logger = logging.getLogger(__name__)
+
+
+class PruningConfigError(ValueError):
+    """A target or pruning option that cannot be honoured; raised before any heavy work."""
+
+
+@dataclass
+class PruneTarget:
+    """The architecture to prune to. Fields left ``None`` keep the source's value."""
+
+    hidden_size: int | None = None
+    intermediate_size: int | None = None
+    num_attention_heads: int | None = None
+    num_key_value_heads: int | None = None
+    num_hidden_layers: int | None = None
+    drop_layers: list[int] | None = None
+    """Explicit layers to drop (source indices); otherwise a depth metric picks them."""
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "PruneTarget":
+        d = dict(d or {})
+        names = [f.name for f in fields(cls)]
+        for k in d:
+            if k not in names:
+                near = difflib.get_close_matches(k, names, n=1)
+                hint = f"; did you mean {near[0]!r}?" if near else ""
+                raise PruningConfigError(f"target field {k!r} is unknown{hint} Allowed: {', '.join(names)}")
+        out = {}
+        for k, v in d.items():
+            if v is None:
+                continue
+            if k == "drop_layers":
+                if isinstance(v, str):
+                    v = [x for x in re.split(r"[,\s]+", v.strip("[] ")) if x]
+                try:
+                    out[k] = sorted({int(x) for x in v})
+                except (TypeError, ValueError):
+                    raise PruningConfigError(f"target drop_layers={v!r} must be a list of layer indices") from None
+            else:
+                try:
+                    out[k] = int(v)
+                except (TypeError, ValueError):
+                    raise PruningConfigError(f"target {k}={v!r} must be an integer") from None
+        return cls(**out)
+
+    def width_fields(self) -> dict:
+        return {k: v for k, v in asdict(self).items()
+                if k in ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads") and v is not None}
+
+
+def _nearest_multiples(value: int, k: int, upper: int) -> list[int]:
+    lo = (value // k) * k
+    return [x for x in (lo, lo + k) if 0 < x <= upper]
+
+
+def resolve_target(config, target: PruneTarget) -> tuple[dict, list[int] | None]:
+    """Validate ``target`` against ``config``; return (new config dict, explicit layers to drop).
+
+    Every check names the field, the value and what is allowed. The new config is built with
+    transformers' own config class, so anything transformers would reject fails here, before work.
+    """
+    spec = arch_spec(config)
+    src = {
+        "hidden_size": config.hidden_size,
+        "intermediate_size": config.intermediate_size,
+        "num_attention_heads": config.num_attention_heads,
+        "num_key_value_heads": config.num_key_value_heads,
+        "num_hidden_layers": config.num_hidden_layers,
+    }
+    new = dict(src)
+    for k, v in asdict(target).items():
+        if k == "drop_layers" or v is None:
+            continue
+        if not 1 <= v <= src[k]:
+            if k == "num_hidden_layers" and v < 1:
+                raise PruningConfigError("target num_hidden_layers=0 would drop every layer; keep at least 1")
+            raise PruningConfigError(
+                f"target {k}={v} is not allowed: it must be between 1 and the source's {k}={src[k]} "
+                f"(pruning only removes)"
+            )
+        new[k] = v
+
+    drop = target.drop_layers
+    L = src["num_hidden_layers"]
+    if drop is not None:
+        bad = [i for i in drop if not 0 <= i < L]
+        if bad:
+            raise PruningConfigError(f"target drop_layers={drop}: indices {bad} are outside 0..{L - 1}")
+        if len(drop) >= L:
+            raise PruningConfigError(f"target drop_layers={drop} would drop every layer; keep at least 1")
+        if target.num_hidden_layers is not None and target.num_hidden_layers != L - len(drop):
+            raise PruningConfigError(
+                f"target num_hidden_layers={target.num_hidden_layers} contradicts drop_layers ({len(drop)} of {L} "
+                f"layers dropped leaves {L - len(drop)}); give one of them"
+            )
+        new["num_hidden_layers"] = L - len(drop)
+
+    H, G = new["num_attention_heads"], new["num_key_value_heads"]
+    if H % G:
+        raise PruningConfigError(
+            f"target num_attention_heads={H} is not divisible by num_key_value_heads={G}; GQA needs an equal "
+            f"number of query heads per KV head (e.g. num_attention_heads in {[G * r for r in range(1, 5)]})"
+        )
+    r_src = src["num_attention_heads"] // src["num_key_value_heads"]
+    if H // G > r_src:
+        raise PruningConfigError(
+            f"target num_attention_heads={H} with num_key_value_heads={G} needs {H // G} query heads per KV group, "
+            f"but the source has only {r_src}; query heads are pruned within their group: use "
+            f"num_attention_heads <= {G * r_src} or more KV heads"
+        )
+    hd = head_dim_of(config)
+    if spec.hidden_divisible_by_heads and new["hidden_size"] % H:
+        near = _nearest_multiples(new["hidden_size"], H, src["hidden_size"])
+        raise PruningConfigError(
+            f"target hidden_size={new['hidden_size']} with num_attention_heads={H}: {type(config).__name__} in "
+            f"transformers 5.x requires hidden_size % num_attention_heads == 0 (even with an explicit head_dim). "
+            f"Nearest valid hidden_size: {' or '.join(map(str, near)) or 'none'}; or prune heads as well"
+        )
+
+    d = config.to_dict()
+    d.update(new)
+    d["head_dim"] = hd
+    d.pop("quantization_config", None)
+    for f in spec.per_layer_fields:
+        if d.get(f) is not None and len(d[f]) != new["num_hidden_layers"]:
+            d[f] = None  # filled by make_plan once the kept layers are known
+    try:
+        type(config).from_dict({**d, **{f: None for f in spec.per_layer_fields if d.get(f) is None}})
+    except Exception as e:
+        raise PruningConfigError(f"transformers rejects the target config: {e}") from e
+    return d, drop
+
+
+@dataclass
+class PrunePlan:
+    """Kept indices into the source model, most important first (layers in source order)."""
+
+    layers: list[int]
+    hidden: torch.Tensor
+    heads: dict[int, torch.Tensor]  # source layer -> kept query heads, grouped by kept KV head
+    kv_heads: dict[int, torch.Tensor]  # source layer -> kept KV heads
+    neurons: dict[int, torch.Tensor]  # source layer -> kept MLP neurons
+    new_config: dict
+    head_dim: int
+    merge_pairs: dict[int, list[tuple[int, int]]] = field(default_factory=dict)  # layer -> (kept, pruned)
+
+    def to_json(self) -> dict:
+        return {
+            "layers": self.layers,
+            "hidden": self.hidden.tolist(),
+            "heads": {str(l): v.tolist() for l, v in self.heads.items()},
+            "kv_heads": {str(l): v.tolist() for l, v in self.kv_heads.items()},
+            "neurons": {str(l): v.tolist() for l, v in self.neurons.items()},
+            "merged_heads": {str(l): v for l, v in self.merge_pairs.items()} or None,
+        }
+
+
+def _top(scores: torch.Tensor, k: int) -> torch.Tensor:
+    # stable so ties (e.g. keep-everything on equal scores) keep source order
+    return torch.sort(scores.float(), descending=True, stable=True).indices[:k]
+
+
+def make_plan(config, importance, new_config: dict, drop_layers: list[int] | None,
+              merge_pruned_heads: bool = False) -> PrunePlan:
+    """Kept indices for every prunable axis. ``importance`` may be None for depth-only pruning."""
+    spec = arch_spec(config)
+    L = config.num_hidden_layers
+    H, G = config.num_attention_heads, config.num_key_value_heads
+    Hn, Gn = new_config["num_attention_heads"], new_config["num_key_value_heads"]
+    r, rn = H // G, Hn // Gn
+    drop = set(drop_layers or [])
+    if len(drop) != L - new_config["num_hidden_layers"]:
+        raise PruningConfigError(
+            f"num_hidden_layers={new_config['num_hidden_layers']} needs {L - new_config['num_hidden_layers']} layers "
+            f"chosen to drop, got {sorted(drop)}"
+        )
+    layers = [i for i in range(L) if i not in drop]
+    width_changes = any(new_config[k] != getattr(config, k) for k in
+                        ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads"))
+    if importance is None:
+        if width_changes:
+            raise PruningConfigError("width pruning (hidden/MLP/heads) needs importance scores")
+        ident = lambda n: torch.arange(n)  # noqa: E731
+        hidden = ident(config.hidden_size)
+        heads = {l: ident(H) for l in layers}
+        kv = {l: ident(G) for l in layers}
+        neurons = {l: ident(config.intermediate_size) for l in layers}
+        pairs = {}
+    else:
+        importance.check_matches(config)
+        hidden = _top(importance.hidden, new_config["hidden_size"])
+        neurons = {l: _top(importance.neurons[l], new_config["intermediate_size"]) for l in layers}
+        heads, kv, pairs = {}, {}, {}
+        for l in layers:
+            per_group = importance.heads[l].float().view(G, r)
+            groups = _top(per_group.sum(1), Gn)
+            q, lp = [], []
+            for g in groups.tolist():
+                order = _top(per_group[g], r)  # within-group ranking, most important first
+                q.extend((g * r + order[:rn]).tolist())
+                if merge_pruned_heads and rn < r:
+                    # arXiv 2407.14679 sec. 2.3 (our reading): with L heads pruned to K, kept head i takes
+                    # the residual of pruned head 2K-i+1 (1-based ranks): W_i <- W_i + (W_i - W_2K-i+1).
+                    K, Lh = rn, r
+                    for i in range(max(1, 2 * K - Lh + 1), K + 1):
+                        j = 2 * K - i + 1
+                        lp.append((g * r + int(order[i - 1]), g * r + int(order[j - 1])))
+            heads[l] = torch.tensor(q)
+            kv[l] = groups
+            if lp:
+                pairs[l] = lp
+    new_config = dict(new_config)
+    for f in spec.per_layer_fields:
+        src_list = getattr(config, f, None)
+        if src_list is not None:
+            new_config[f] = [src_list[i] for i in layers]
+    return PrunePlan(layers, hidden, heads, kv, neurons, new_config, head_dim_of(config), pairs)
+
+
+# --------------------------------------------------------------------------------------------------
+# Streaming checkpoint surgery
+# --------------------------------------------------------------------------------------------------
+
+_LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
+# suffix -> (row axis, column axis); None = not sliced along that axis
+_LAYER_RULES = {
+    "self_attn.q_proj.weight": ("q", "hidden"),
+    "self_attn.q_proj.bias": ("q", None),
+    "self_attn.k_proj.weight": ("kv", "hidden"),
+    "self_attn.k_proj.bias": ("kv", None),
+    "self_attn.v_proj.weight": ("kv", "hidden"),
+    "self_attn.v_proj.bias": ("kv", None),
+    "self_attn.o_proj.weight": ("hidden", "q"),
+    "self_attn.o_proj.bias": ("hidden", None),
+    "self_attn.q_norm.weight": (None, None),
+    "self_attn.k_norm.weight": (None, None),
+    "mlp.gate_proj.weight": ("mlp", "hidden"),
+    "mlp.gate_proj.bias": ("mlp", None),
+    "mlp.up_proj.weight": ("mlp", "hidden"),
+    "mlp.up_proj.bias": ("mlp", None),
+    "mlp.down_proj.weight": ("hidden", "mlp"),
+    "mlp.down_proj.bias": ("hidden", None),
+    "input_layernorm.weight": ("hidden", None),
+    "post_attention_layernorm.weight": ("hidden", None),
+}
+_GLOBAL_RULES = {
+    "model.embed_tokens.weight": (None, "hidden"),
+    "model.norm.weight": ("hidden", None),
+    "lm_head.weight": (None, "hidden"),
+}
+
+
+def _head_channels(heads: torch.Tensor, hd: int) -> torch.Tensor:
+    return (heads[:, None] * hd + torch.arange(hd)).reshape(-1)
+
+
+def _merge_heads(t: torch.Tensor, pairs, hd: int, dim: int) -> torch.Tensor:
+    """Add each pruned head's residual into its kept partner along ``dim`` (before slicing)."""
+    t = t.clone()
+    src = t.clone()
+    for kept, pruned in pairs:
+        a = torch.arange(kept * hd, (kept + 1) * hd)
+        b = torch.arange(pruned * hd, (pruned + 1) * hd)
+        ka, kb = src.index_select(dim, a), src.index_select(dim, b)
+        t.index_copy_(dim, a, ka + (ka - kb))
+    return t
+
+
+def slice_tensor(name: str, t: torch.Tensor, plan: PrunePlan) -> tuple[str, torch.Tensor]:
+    """The output name and tensor for one source tensor (raises on names we do not know)."""
+    m = _LAYER.match(name)
+    if m:
+        layer, suffix = int(m.group(1)), m.group(2)
+        rule = _LAYER_RULES.get(suffix)
+        if rule is None:
+            raise PruningConfigError(f"checkpoint tensor {name!r} is not one the pruner knows how to slice")
+        new_name = f"model.layers.{plan.layers.index(layer)}.{suffix}"
+        idx = {
+            "hidden": plan.hidden,
+            "q": _head_channels(plan.heads[layer], plan.head_dim),
+            "kv": _head_channels(plan.kv_heads[layer], plan.head_dim),
+            "mlp": plan.neurons[layer],
+        }
+        if layer in plan.merge_pairs and suffix.startswith(("self_attn.q_proj", "self_attn.o_proj")):
+            q_dim = 0 if suffix.startswith("self_attn.q_proj") else 1
+            t = _merge_heads(t, plan.merge_pairs[layer], plan.head_dim, q_dim)
+    else:
+        rule = _GLOBAL_RULES.get(name)
+        if rule is None:
+            raise PruningConfigError(f"checkpoint tensor {name!r} is not one the pruner knows how to slice")
+        new_name = name
+        idx = {"hidden": plan.hidden}
+    for dim, axis in enumerate(rule):
+        if axis is not None:
+            t = t.index_select(dim, idx[axis])
+    return new_name, t.contiguous()
+
+
+def checkpoint_files(src: Path) -> list[Path]:
+    index = src / "model.safetensors.index.json"
+    if index.exists():
+        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        return [src / n for n in names]
+    single = src / "model.safetensors"
+    if single.exists():
+        return [single]
+    raise PruningConfigError(
+        f"model={str(src)!r} has no safetensors weights (model.safetensors or an index); convert it with "
+        f"save_pretrained(..., safe_serialization=True)"
+    )
+
+
+def _layer_of(name: str) -> int | None:
+    m = _LAYER.match(name)
+    return int(m.group(1)) if m else None
+
+
+def trim_checkpoint(src: Path, out: Path, plan: PrunePlan, max_shard_bytes: int = 2 << 30,
+                    progress: bool = True) -> dict:
+    """Write the sliced weights of ``src`` into ``out`` (an existing, empty directory).
+
+    Tensors are read one at a time (``safe_open``) and written in shards of at most
+    ``max_shard_bytes``; returns the output's ``{name: shape}``.
+    """
+    files = checkpoint_files(src)
+    kept = set(plan.layers)
+    shards: list[dict[str, str]] = []
+    buf: dict[str, torch.Tensor] = {}
+    buf_bytes = 0
+    shapes = {}
+
+    def flush():
+        nonlocal buf, buf_bytes
+        if buf:
+            name = f"model-{len(shards) + 1:05d}.safetensors"
+            save_file(buf, str(out / name), metadata={"format": "pt"})
+            shards.append({k: name for k in buf})
+            buf, buf_bytes = {}, 0
+
+    names = []
+    for f in files:
+        with safe_open(str(f), framework="pt") as h:
+            names.extend((f, k) for k in h.keys())
+    for f, key in tqdm(names, desc="trim", disable=not progress):
+        layer = _layer_of(key)
+        if layer is not None and layer not in kept:
+            continue
+        with safe_open(str(f), framework="pt") as h:
+            t = h.get_tensor(key)
+        new_name, nt = slice_tensor(key, t, plan)
+        del t
+        size = nt.numel() * nt.element_size()
+        if buf and buf_bytes + size > max_shard_bytes:
+            flush()
+        buf[new_name] = nt
+        buf_bytes += size
+        shapes[new_name] = tuple(nt.shape)
+    flush()
+    if len(shards) == 1:
+        (out / "model-00001.safetensors").rename(out / "model.safetensors")
+    else:
+        weight_map = {k: v for s in shards for k, v in s.items()}
+        total = sum((out / n).stat().st_size for n in set(weight_map.values()))
+        (out / "model.safetensors.index.json").write_text(
+            json.dumps({"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}, indent=2)
+        )
+    return shapes
+
+
+# Files a checkpoint directory carries besides weights and config; copied as they are.
+_AUX_PATTERNS = ("tokenizer*", "special_tokens_map.json", "added_tokens.json", "vocab.*", "merges.txt",
+                 "*.model", "*.tiktoken", "chat_template.*", "generation_config.json", "LICENSE*")
+
+
+def copy_aux_files(src: Path, out: Path) -> None:
+    for pat in _AUX_PATTERNS:
+        for p in src.glob(pat):
+            if p.is_file():
+                shutil.copy2(p, out / p.name)
+
+
+def has_tokenizer(src: Path) -> bool:
+    return any((src / n).exists() for n in ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json"))
+
+
+def parameter_counts(config, new_config: dict) -> dict:
+    after = type(config).from_dict(new_config)
+    return {"before": count_parameters(config), "after": count_parameters(after)}

@@ -1,0 +1,67 @@
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config  # noqa: E402
+
+CONFIGS = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config, "qwen3": Qwen3Config}
+
+
+def tiny_config(model_type: str, **kw):
+    """A few-layer random model of the given architecture: 6 query heads in 2 KV groups, head_dim 16."""
+    base = dict(hidden_size=48, intermediate_size=96, num_attention_heads=6, num_key_value_heads=2, head_dim=16,
+                num_hidden_layers=4, vocab_size=128, max_position_embeddings=256,
+                tie_word_embeddings=model_type in ("llama", "qwen3"))
+    if model_type == "mistral":  # Mistral-NeMo-like: head_dim * heads != hidden
+        base.update(head_dim=12)
+    base.update(kw)
+    return CONFIGS[model_type](**base)
+
+
+def tiny_model(model_type: str, seed: int = 0, **kw):
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(model_type, **kw)).eval()
+    # random init has tiny weights; widen norms so channel importance differs across channels
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "norm" in n:
+                p.copy_(torch.rand_like(p) * 2)
+    model.config.architectures = [type(model).__name__]
+    return model
+
+
+@pytest.fixture(params=list(CONFIGS))
+def model_type(request):
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def default_model_dir():
+    """The embedded default model converted to an HF checkpoint (cached across runs)."""
+    from minitron_hf.models import ensure_default_model
+
+    return ensure_default_model()
+
+
+@pytest.fixture(scope="session")
+def default_tokenizer(default_model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(default_model_dir)
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path, model_type, default_model_dir):
+    """A saved tiny model of each architecture, carrying the default model's tokenizer files."""
+    model = tiny_model(model_type, vocab_size=49152)  # the real tokenizer's vocabulary
+    d = tmp_path / f"tiny-{model_type}"
+    model.save_pretrained(d)
+    for f in default_model_dir.iterdir():
+        if f.name.startswith("tokenizer") or f.name in ("special_tokens_map.json", "chat_template.jinja"):
+            shutil.copy2(f, d / f.name)
+    return d, model

@@ -1,0 +1,69 @@
+"""The real embedded default model (SmolLM2-135M-Instruct) on the real default data (python-docs)."""
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from minitron_hf.data import DataConfig
+from minitron_hf.pruning.prune import PruneConfig, run_prune, validation_loss
+
+pytestmark = pytest.mark.slow
+
+WIDTH = dict(hidden_size=432, intermediate_size=768)  # the recipe's width target
+
+
+def _generate(path, prompt="What is the capital of France?"):
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                  return_tensors="pt", return_dict=True)["input_ids"]
+    out = model.generate(ids, max_new_tokens=12, do_sample=False)
+    return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True), model
+
+
+def test_default_teacher_answers(default_model_dir):
+    text, model = _generate(default_model_dir)
+    assert "Paris" in text
+    assert model.config.num_hidden_layers == 30 and model.config.num_key_value_heads == 3
+
+
+@pytest.fixture(scope="module")
+def pruned_pair(default_model_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("default")
+    common = dict(model=str(default_model_dir), calib_samples=16, seq_len=128, batch_size=8)
+    run_prune(DataConfig(), PruneConfig(output=str(root / "imp"), target=WIDTH, **common))
+    run_prune(DataConfig(), PruneConfig(output=str(root / "rand"), target=WIDTH, importance="random", **common))
+    return root
+
+
+def test_width_pruned_default_loads_and_generates(pruned_pair):
+    text, model = _generate(pruned_pair / "imp")
+    assert model.config.hidden_size == 432 and model.config.head_dim == 64
+    assert isinstance(text, str) and len(text.strip()) > 0
+    meta = json.loads((pruned_pair / "imp" / "pruning.json").read_text())
+    # about half of the non-embedding parameters
+    ratio = meta["parameters"]["after"]["non_embedding"] / meta["parameters"]["before"]["non_embedding"]
+    assert 0.4 < ratio < 0.55
+
+
+def test_importance_beats_random_pruning(pruned_pair, default_model_dir):
+    kw = dict(samples=8, seq_len=256)
+    teacher = validation_loss(default_model_dir, DataConfig(), **kw)
+    imp = validation_loss(pruned_pair / "imp", DataConfig(), **kw)
+    rand = validation_loss(pruned_pair / "rand", DataConfig(), **kw)
+    print(f"validation loss: teacher {teacher:.3f}, importance-pruned {imp:.3f}, random-pruned {rand:.3f}")
+    assert teacher < imp < rand
+
+
+def test_depth_pruned_default(default_model_dir, tmp_path):
+    out = tmp_path / "depth"
+    run_prune(DataConfig(), PruneConfig(model=str(default_model_dir), output=str(out),
+                                        target=dict(num_hidden_layers=26), val_samples=2, seq_len=128))
+    meta = json.loads((out / "pruning.json").read_text())
+    dropped = meta["depth"]["dropped"]
+    assert len(dropped) == 4 and dropped == list(range(dropped[0], dropped[0] + 4))
+    assert meta["depth"]["lm_loss"][dropped[0]] == min(meta["depth"]["lm_loss"])
+    text, model = _generate(out)
+    assert model.config.num_hidden_layers == 26 and len(text.strip()) > 0

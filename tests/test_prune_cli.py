@@ -1,0 +1,127 @@
+"""`minitron prune` end to end on tiny checkpoints: options, outputs and every documented bad input."""
+
+import json
+
+import pytest
+import torch
+import yaml
+from transformers import AutoModelForCausalLM
+
+from minitron_hf.cli import main
+from minitron_hf.config import ConfigError, parse_args
+from minitron_hf.data import DataConfig
+from minitron_hf.pruning.prune import PruneConfig, run_prune
+from minitron_hf.pruning.trim import PruningConfigError
+
+
+def _cfg(src, out, **kw):
+    base = dict(model=str(src), output=str(out), calib_samples=4, seq_len=32, batch_size=2, val_samples=2)
+    base.update(kw)
+    return PruneConfig(**base)
+
+
+def test_prune_writes_vanilla_checkpoint(tiny_checkpoint, tmp_path):
+    src, model = tiny_checkpoint
+    out = tmp_path / "pruned"
+    rec = run_prune(DataConfig(), _cfg(src, out, target=dict(hidden_size=36, intermediate_size=64,
+                                                             num_attention_heads=4, num_hidden_layers=3)))
+    loaded = AutoModelForCausalLM.from_pretrained(out)
+    c = loaded.config
+    assert (c.hidden_size, c.intermediate_size, c.num_attention_heads, c.num_hidden_layers) == (36, 64, 4, 3)
+    meta = json.loads((out / "pruning.json").read_text())
+    assert meta["parameters"]["after"]["total"] == sum(p.numel() for p in loaded.parameters())
+    assert meta["parameters"]["before"]["total"] == sum(p.numel() for p in model.parameters())
+    assert len(meta["kept"]["layers"]) == 3 and len(meta["depth"]["lm_loss"]) == 4
+    assert meta["depth"]["dropped"] == [meta["depth"]["lm_loss"].index(min(meta["depth"]["lm_loss"]))]
+    assert (out / "tokenizer.json").exists() and (out / "importance" / "importance.png").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp")]  # nothing half-written left
+    assert rec["wall_time_s"] >= 0
+
+
+def test_iterative_and_scores_reuse(tiny_checkpoint, tmp_path):
+    src, _ = tiny_checkpoint
+    single = tmp_path / "single"
+    run_prune(DataConfig(), _cfg(src, single, target=dict(intermediate_size=40)))
+    it = tmp_path / "iter"
+    rec = run_prune(DataConfig(), _cfg(src, it, target=dict(intermediate_size=40), iterative_steps=3))
+    assert [s["target"]["intermediate_size"] for s in rec["steps"]] == [72, 54, 40]  # 96 * (40/96) ** (k/3), geometric
+    assert AutoModelForCausalLM.from_pretrained(it).config.intermediate_size == 40
+    reuse = tmp_path / "reuse"
+    run_prune(DataConfig(), _cfg(src, reuse, target=dict(intermediate_size=40), scores=str(single / "importance")))
+    a = json.loads((single / "pruning.json").read_text())["kept"]["neurons"]
+    b = json.loads((reuse / "pruning.json").read_text())["kept"]["neurons"]
+    assert a == b
+
+
+def test_random_importance_differs(tiny_checkpoint, tmp_path):
+    src, _ = tiny_checkpoint
+    run_prune(DataConfig(), _cfg(src, tmp_path / "a", target=dict(intermediate_size=40)))
+    run_prune(DataConfig(), _cfg(src, tmp_path / "r", target=dict(intermediate_size=40), importance="random"))
+    a = json.loads((tmp_path / "a" / "pruning.json").read_text())["kept"]["neurons"]
+    r = json.loads((tmp_path / "r" / "pruning.json").read_text())["kept"]["neurons"]
+    assert a != r
+
+
+@pytest.mark.parametrize("model_type", ["llama"])
+def test_bad_inputs_fail_before_work(tiny_checkpoint, tmp_path, monkeypatch):
+    src, _ = tiny_checkpoint
+    # no forward pass may run for any of these
+    monkeypatch.setattr("minitron_hf.pruning.prune.load_model", lambda *a, **k: pytest.fail("model loaded"))
+    cases = [
+        (dict(target=dict(hidden_size=4096)), "between 1 and the source's hidden_size=48"),
+        (dict(target=dict(num_attention_heads=5)), "not divisible"),
+        (dict(target=dict(hidden_size=40)), "Nearest valid hidden_size: 36 or 42"),
+        (dict(target=dict(num_hidden_layers=0)), "drop every layer"),
+        (dict(target={}), "target is empty"),
+        (dict(target=dict(hidden=3)), "did you mean 'hidden_size'"),
+        (dict(target=dict(hidden_size=36), importance="l5_mean"), "importance='l5_mean'"),
+        (dict(target=dict(hidden_size=36), seq_len=100000), "max_position_embeddings"),
+        (dict(target=dict(hidden_size=36), model=str(tmp_path / "nope")), "no such directory"),
+    ]
+    for kw, match in cases:
+        with pytest.raises(ValueError, match=match):
+            run_prune(DataConfig(), _cfg(src, tmp_path / "o", **kw))
+    assert not (tmp_path / "o").exists()
+    # existing output directory is kept unless --overwrite
+    (tmp_path / "exists").mkdir()
+    (tmp_path / "exists" / "keep.txt").write_text("mine")
+    with pytest.raises(PruningConfigError, match="already exists; pass --overwrite"):
+        run_prune(DataConfig(), _cfg(src, tmp_path / "exists", target=dict(hidden_size=36)))
+    assert (tmp_path / "exists" / "keep.txt").read_text() == "mine"
+    # missing tokenizer
+    for f in src.glob("tokenizer*"):
+        f.unlink()
+    with pytest.raises(PruningConfigError, match="no tokenizer files"):
+        run_prune(DataConfig(), _cfg(src, tmp_path / "o", target=dict(hidden_size=36)))
+
+
+@pytest.mark.parametrize("model_type", ["qwen2"])
+def test_too_little_calibration_text(tiny_checkpoint, tmp_path):
+    src, _ = tiny_checkpoint
+    data = tmp_path / "tiny.jsonl"
+    data.write_text("\n".join(json.dumps({"text": f"short document {i}"}) for i in range(40)))
+    from minitron_hf.data import DataError
+
+    with pytest.raises(DataError, match="calib|block"):
+        run_prune(DataConfig(data=str(data)), _cfg(src, tmp_path / "o", target=dict(hidden_size=36), calib_samples=64))
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("model_type", ["mistral"])
+def test_cli_yaml_and_overrides(tiny_checkpoint, tmp_path, capsys):
+    src, _ = tiny_checkpoint
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"model": str(src), "target": {"hidden_size": 36, "intermediate_size": 64},
+                                   "calib_samples": 4, "seq_len": 32, "output": str(tmp_path / "x")}))
+    out = tmp_path / "y"
+    rc = main(["prune", "--config", str(cfg), "--target", "intermediate_size=48", "--output", str(out)])
+    assert rc == 0
+    c = AutoModelForCausalLM.from_pretrained(out).config
+    assert (c.hidden_size, c.intermediate_size) == (36, 48)  # YAML kept, CLI item overrode one key
+    assert "wrote" in capsys.readouterr().out
+    # a typo in the YAML names the field and the nearest valid one
+    cfg.write_text(yaml.safe_dump({"modle": "x"}))
+    with pytest.raises(ConfigError, match="unknown field 'modle'; did you mean 'model'"):
+        parse_args([DataConfig, PruneConfig], ["--config", str(cfg)], append_fields=("target",))
+    rc = main(["prune", "--config", str(cfg)])
+    assert rc == 2 and "did you mean 'model'" in capsys.readouterr().err
