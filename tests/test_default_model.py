@@ -67,3 +67,19 @@ def test_depth_pruned_default(default_model_dir, tmp_path):
     assert meta["depth"]["lm_loss"][dropped[0]] == min(meta["depth"]["lm_loss"])
     text, model = _generate(out)
     assert model.config.num_hidden_layers == 26 and len(text.strip()) > 0
+
+
+def test_merge_pruned_heads_against_plain_removal(pruned_pair, default_model_dir):
+    """Both head-pruning variants from the same scores, judged by validation loss (numbers printed;
+    which one wins is reported in benchmarks/results/pruning_quality.md, not assumed here)."""
+    scores = str(pruned_pair / "imp" / "importance")
+    losses = {}
+    for merge in (False, True):
+        out = pruned_pair / f"heads-merge{int(merge)}"
+        run_prune(DataConfig(), PruneConfig(model=str(default_model_dir), output=str(out), scores=scores,
+                                            target=dict(num_attention_heads=6), merge_pruned_heads=merge))
+        losses[merge] = validation_loss(out, DataConfig(), samples=8, seq_len=256)
+    teacher = validation_loss(default_model_dir, DataConfig(), samples=8, seq_len=256)
+    print(f"heads 9->6: teacher {teacher:.3f}, plain removal {losses[False]:.3f}, merged {losses[True]:.3f}")
+    assert all(torch.isfinite(torch.tensor(v)) for v in losses.values())
+    assert teacher < min(losses.values()) and losses[True] != losses[False]

@@ -125,3 +125,62 @@ def test_cli_yaml_and_overrides(tiny_checkpoint, tmp_path, capsys):
         parse_args([DataConfig, PruneConfig], ["--config", str(cfg)], append_fields=("target",))
     rc = main(["prune", "--config", str(cfg)])
     assert rc == 2 and "did you mean 'model'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("model_type", ["qwen3"])
+def test_accelerate_two_processes_match_single(tiny_checkpoint, tmp_path):
+    """`accelerate launch --multi_gpu --num_processes 2` (on CPU: torchrun + gloo): shards calibration, all-reduces, one writer."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    src, _ = tiny_checkpoint
+    args = ["--model", str(src), "--target", "intermediate_size=40", "--target", "num_hidden_layers=3",
+            "--calib-samples", "8", "--val-samples", "4", "--seq-len", "32", "--batch-size", "2"]
+    run_prune(DataConfig(), PruneConfig(model=str(src), output=str(tmp_path / "one"), calib_samples=8, val_samples=4,
+                                        seq_len=32, batch_size=2,
+                                        target=dict(intermediate_size=40, num_hidden_layers=3)))
+    accelerate = Path(sys.executable).parent / "accelerate"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                        "--mixed_precision", "no", "--dynamo_backend", "no",
+                        "recipes/prune.py", *args, "--output", str(tmp_path / "two")],
+                       capture_output=True, text=True, env=env, cwd=Path(__file__).parents[1], timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    one = json.loads((tmp_path / "one" / "pruning.json").read_text())
+    two = json.loads((tmp_path / "two" / "pruning.json").read_text())
+    assert two["processes"] == 2 and one["processes"] == 1
+    assert two["kept"] == one["kept"]
+    assert two["depth"]["lm_loss"] == pytest.approx(one["depth"]["lm_loss"], rel=1e-5)
+
+
+@pytest.mark.parametrize("model_type", ["llama"])
+def test_importance_command_writes_scores_and_plots(tiny_checkpoint, tmp_path, capsys):
+    src, _ = tiny_checkpoint
+    out = tmp_path / "imp"
+    rc = main(["importance", "--model", str(src), "--calib-samples", "4", "--val-samples", "2", "--seq-len", "32",
+               "--block-size", "2", "--output", str(out)])
+    assert rc == 0
+    for f in ("importance.safetensors", "importance.json", "importance.png", "layer_importance.json",
+              "layer_importance.png"):
+        assert (out / f).stat().st_size > 0, f
+    layers = json.loads((out / "layer_importance.json").read_text())
+    assert layers["block_size"] == 2 and len(layers["blocks"]) == 3
+    assert json.loads(capsys.readouterr().out)["layers"]["best_block_lm_loss"] in ([0, 1], [1, 2], [2, 3])
+    # the saved scores drive a prune without calibration
+    rc = main(["prune", "--model", str(src), "--scores", str(out), "--target", "intermediate_size=50", "--seq-len", "32",
+               "--output", str(tmp_path / "p")])
+    assert rc == 0 and AutoModelForCausalLM.from_pretrained(tmp_path / "p").config.intermediate_size == 50
+
+
+def test_unsupported_model_type_is_refused(tmp_path, default_model_dir, capsys):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    d = tmp_path / "gpt2"
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=64)).save_pretrained(d)
+    for f in default_model_dir.glob("tokenizer*"):
+        (d / f.name).write_bytes(f.read_bytes())
+    rc = main(["prune", "--model", str(d), "--target", "hidden_size=8", "--output", str(tmp_path / "o")])
+    assert rc == 2
+    assert "model_type='gpt2' is not supported; supported model types: llama, mistral, qwen2, qwen3" in capsys.readouterr().err

@@ -199,3 +199,53 @@ def test_unknown_model_type():
 
     with pytest.raises(UnsupportedModelError, match="llama, mistral, qwen2, qwen3"):
         arch_spec(GPT2Config())
+
+
+def test_streamed_files_are_valid_safetensors_in_source_dtype(tmp_path):
+    """The hand-written safetensors (header first, bytes streamed) read back with the safetensors
+    library and equal slicing the source tensors in memory, in bf16 as well."""
+    from safetensors.torch import load_file
+
+    from minitron_hf.pruning.trim import slice_tensor
+
+    model = tiny_model("qwen2").to(torch.bfloat16)
+    src = tmp_path / "src"
+    model.save_pretrained(src)
+    imp = random_importance(model.config, seed=2)
+    new, drop = resolve_target(model.config, PruneTarget.from_dict(dict(hidden_size=40, drop_layers=[2])))
+    plan = make_plan(model.config, imp, new, drop)
+    out = tmp_path / "out"
+    out.mkdir()
+    shapes = trim_checkpoint(src, out, plan, progress=False, max_shard_bytes=30_000)
+    written = {}
+    for f in out.glob("*.safetensors"):
+        written.update(load_file(str(f)))
+    source = load_file(str(src / "model.safetensors"))
+    expect = dict(slice_tensor(k, v, plan) for k, v in source.items() if not k.startswith("model.layers.2."))
+    assert written.keys() == expect.keys() == shapes.keys()
+    for k in expect:
+        assert written[k].dtype == torch.bfloat16 and torch.equal(written[k], expect[k]), k
+
+
+def test_composed_plan_equals_two_step_surgery(tmp_path):
+    """Pruning twice equals pruning once with the composed plan (iterative pruning records it)."""
+    model = tiny_model("mistral", num_hidden_layers=5)
+    imp1 = random_importance(model.config, seed=1)
+    new1, d1 = resolve_target(model.config, PruneTarget.from_dict(dict(hidden_size=40, intermediate_size=80,
+                                                                         num_attention_heads=4, drop_layers=[1])))
+    p1 = make_plan(model.config, imp1, new1, d1)
+    mid_cfg = type(model.config).from_dict(p1.new_config)
+    imp2 = random_importance(mid_cfg, seed=2)
+    new2, d2 = resolve_target(mid_cfg, PruneTarget.from_dict(dict(hidden_size=30, intermediate_size=50,
+                                                                    num_attention_heads=2, num_key_value_heads=1,
+                                                                    drop_layers=[0])))
+    p2 = make_plan(mid_cfg, imp2, new2, d2)
+    model.save_pretrained(tmp_path / "src")
+    for name, s, plan in (("mid", tmp_path / "src", p1), ("two", tmp_path / "mid", p2), ("once", tmp_path / "src", p1.then(p2))):
+        (tmp_path / name).mkdir()
+        trim_checkpoint(s, tmp_path / name, plan, progress=False)
+        type(model.config).from_dict(plan.new_config).save_pretrained(tmp_path / name)
+    two = AutoModelForCausalLM.from_pretrained(tmp_path / "two").eval()
+    once = AutoModelForCausalLM.from_pretrained(tmp_path / "once").eval()
+    assert p1.then(p2).layers == [2, 3, 4]
+    assert torch.equal(_logits(two), _logits(once))

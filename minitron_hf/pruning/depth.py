@@ -81,7 +81,15 @@ def lm_loss(model, blocks: torch.Tensor, batch_size: int = 8, progress: bool = F
         n = ids.shape[0] * (ids.shape[1] - 1)
         total += float(out.loss) * n
         count += n
+    total, count = _all_reduce_sum(torch.tensor([total, count], dtype=torch.float64)).tolist()
     return total / max(count, 1)
+
+
+def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum over data-parallel processes (each scored its own shard of the blocks)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.SUM)
+    return t
 
 
 @dataclass
@@ -205,6 +213,8 @@ def block_influence(model, blocks: torch.Tensor, block_size: int, batch_size: in
         for h in handles:
             h.remove()
         bounds.clear()
+    sums = _all_reduce_sum(torch.cat([block_sum, layer_sum, torch.tensor([float(n_tok)], dtype=torch.float64)]))
+    block_sum, layer_sum, n_tok = sums[: len(block_sum)], sums[len(block_sum): -1], sums[-1].item()
     return (block_sum / n_tok).tolist(), (layer_sum / n_tok).tolist()
 
 

@@ -62,9 +62,9 @@ class PruneConfig:
         self.target = dict(self.target or {})
 
 
-def _device(cfg: PruneConfig) -> torch.device:
-    if cfg.device:
-        return torch.device(cfg.device)
+def _device(name: str | None) -> torch.device:
+    if name:
+        return torch.device(name)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
@@ -131,95 +131,121 @@ def _interpolate(src_cfg, final: dict, step: int, steps: int) -> dict:
     return t
 
 
+def _dist_state():
+    """accelerate's process state: one process normally; N under ``accelerate launch``/torchrun."""
+    from accelerate import PartialState
+
+    # without an accelerator, accelerate only sets up gloo data parallel when told cpu=True
+    # (`accelerate launch --multi_gpu --num_processes N` on a CPU machine starts N processes via torchrun)
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+def _shard(blocks, state):
+    return blocks if blocks is None or state.num_processes == 1 else blocks[state.process_index:: state.num_processes]
+
+
 def run_prune(data_cfg: DataConfig, cfg: PruneConfig) -> dict:
-    """Prune ``cfg.model`` to ``cfg.target`` and write a vanilla HF checkpoint to ``cfg.output``."""
+    """Prune ``cfg.model`` to ``cfg.target`` and write a vanilla HF checkpoint to ``cfg.output``.
+
+    Under ``accelerate launch`` every process scores its shard of the calibration (and validation)
+    blocks, the sums are all-reduced, and the main process alone writes the output.
+    """
     t0 = time.time()
     src, config, target, new_config, drop = validate(cfg)
+    state = _dist_state()
+    if state.num_processes > 1 and cfg.iterative_steps > 1:
+        raise PruningConfigError("iterative_steps > 1 runs in a single process; launch without accelerate")
     from ..models import load_tokenizer
 
     tokenizer = load_tokenizer(src)
-    device, dtype = _device(cfg), DTYPES[cfg.dtype]
-    width = target.width_fields()
-    width_changes = any(v != getattr(config, k) for k, v in width.items())
+    device = state.device if state.num_processes > 1 else _device(cfg.device)
+    dtype = DTYPES[cfg.dtype]
+    width = target.width_fields()  # given width fields, even equal to the source's: rank and reorder
+    need_scores = bool(width) and cfg.importance != "random" and not cfg.scores
     depth_needed = drop is None and new_config["num_hidden_layers"] < config.num_hidden_layers
+    by_influence = depth_needed and cfg.depth_metric == "block-influence"
 
     # data first: a too-small dataset fails here, before any forward pass
     calib = load_blocks(data_cfg, tokenizer, "calibration", cfg.seq_len, cfg.calib_samples) \
-        if (width_changes and cfg.importance != "random" and not cfg.scores) else None
+        if need_scores or by_influence else None
     val = load_blocks(data_cfg, tokenizer, "validation", cfg.seq_len, cfg.val_samples) \
-        if (depth_needed and cfg.depth_metric == "lm-loss") or (depth_needed and calib is None) else None
-    if depth_needed and cfg.depth_metric == "block-influence" and calib is None:
-        calib = load_blocks(data_cfg, tokenizer, "calibration", cfg.seq_len, min(cfg.calib_samples, 64))
+        if depth_needed and not by_influence else None
+    calib, val = _shard(calib, state), _shard(val, state)
 
-    record: dict = {"source": str(cfg.model), "source_dir": str(src), "target": {k: v for k, v in asdict(target).items() if v is not None},
-                    "importance": {"method": cfg.importance, "calib_samples": cfg.calib_samples, "seq_len": cfg.seq_len,
-                                   "scores": cfg.scores, "iterative_steps": cfg.iterative_steps,
-                                   "merge_pruned_heads": cfg.merge_pruned_heads},
-                    "data": asdict(data_cfg)}
-    model = None
-    if depth_needed or (width_changes and cfg.importance != "random" and not cfg.scores):
-        model = load_model(src, dtype=dtype, device=device)
+    record: dict = {
+        "source": str(cfg.model), "source_dir": str(src),
+        "target": {k: v for k, v in asdict(target).items() if v is not None},
+        "importance": {"method": cfg.importance, "calib_samples": cfg.calib_samples, "seq_len": cfg.seq_len,
+                       "scores": cfg.scores, "iterative_steps": cfg.iterative_steps,
+                       "merge_pruned_heads": cfg.merge_pruned_heads},
+        "data": asdict(data_cfg), "processes": state.num_processes,
+    }
+    model = load_model(src, dtype=dtype, device=device) if need_scores or depth_needed else None
 
     if depth_needed:
         k = config.num_hidden_layers - new_config["num_hidden_layers"]
-        blocks = val if cfg.depth_metric == "lm-loss" else calib
-        li = layer_importance(model, blocks, k, metrics=(cfg.depth_metric,), batch_size=cfg.batch_size)
+        li = layer_importance(model, calib if by_influence else val, k, metrics=(cfg.depth_metric,),
+                              batch_size=cfg.batch_size, progress=state.is_main_process)
         drop = li.best_block(cfg.depth_metric)
         record["depth"] = {"metric": cfg.depth_metric, "block_size": k, "dropped": drop,
-                           "baseline_loss": li.baseline_loss, "lm_loss": li.lm_loss, "block_influence": li.block_influence}
+                           "baseline_loss": li.baseline_loss, "lm_loss": li.lm_loss,
+                           "block_influence": li.block_influence}
         logger.info("depth: dropping layers %s (%s)", drop, cfg.depth_metric)
     drop = drop or []
 
-    out = Path(cfg.output)
+    imp = None
+    if width:
+        if cfg.importance == "random":
+            imp = random_importance(config, seed=data_cfg.data_seed)
+        elif cfg.scores:
+            imp = Importance.load(cfg.scores)
+            imp.check_matches(config)
+        else:
+            imp = estimate_importance(model, calib, cfg.importance, batch_size=cfg.batch_size,
+                                      progress=state.is_main_process)
+            imp.meta.update({"model": str(cfg.model), "seq_len": cfg.seq_len})
+
+    model = None  # free the calibration model before writing (iterative steps load their own)
 
     def write(tmp: Path) -> None:
-        nonlocal model
-        cur_src, cur_config, cur_drop = src, config, drop
-        steps = cfg.iterative_steps if width_changes else 1
-        work = tmp / ".steps"
+        steps = cfg.iterative_steps if width else 1
+        cur_src, cur_config, cur_drop, cur_imp, work = src, config, drop, imp, tmp / ".steps"
         for step in range(1, steps + 1):
             step_width = _interpolate(config, new_config, step, steps) if steps > 1 else width
-            step_target = PruneTarget.from_dict({**step_width, "drop_layers": cur_drop or None})
-            step_new, step_drop = resolve_target(cur_config, step_target)
-            imp = _importance_for(cfg, cur_config, model, calib, step_width, step == 1)
-            plan = make_plan(cur_config, imp, step_new, step_drop, cfg.merge_pruned_heads)
+            step_new, step_drop = resolve_target(
+                cur_config, PruneTarget.from_dict({**step_width, "drop_layers": cur_drop or None}))
+            if step > 1 and cfg.importance != "random":  # re-estimate on the partly pruned model
+                cur_imp = estimate_importance(load_model(cur_src, dtype=dtype, device=device), calib,
+                                              cfg.importance, batch_size=cfg.batch_size)
+            elif step > 1:
+                cur_imp = random_importance(cur_config, seed=data_cfg.data_seed + step)
+            plan = make_plan(cur_config, cur_imp, step_new, step_drop, cfg.merge_pruned_heads)
+            overall = plan if step == 1 else overall.then(plan)
             dest = tmp if step == steps else work / f"step{step}"
             dest.mkdir(parents=True, exist_ok=True)
             _write_checkpoint(cur_src, dest, cur_config, plan, cfg)
-            if step == 1 and imp is not None and cfg.importance != "random" and not cfg.scores:
-                imp.save(tmp / "importance")
-                plot_importance(imp, tmp / "importance" / "importance.png", title=f"{cfg.model} ({cfg.importance})")
-            record.setdefault("steps", []).append({"target": step_width, "kept": plan.to_json() if step == steps else None})
-            if step < steps:  # re-estimate on the partly pruned model
-                cur_src, cur_drop = dest, []
-                from transformers import AutoConfig
-
-                cur_config = AutoConfig.from_pretrained(dest)
-                model = load_model(dest, dtype=dtype, device=device)
-        record["kept"] = record["steps"][-1].pop("kept")
+            record.setdefault("steps", []).append({"target": step_width})
+            cur_src, cur_drop = dest, []
+            cur_config = type(config).from_dict(plan.new_config)
+        shutil.rmtree(work, ignore_errors=True)
+        if imp is not None and need_scores:
+            imp.save(tmp / "importance")
+            plot_importance(imp, tmp / "importance" / "importance.png", title=f"{cfg.model} ({cfg.importance})")
+        record["kept"] = overall.to_json()  # indices into the source model, also after several steps
         record["parameters"] = parameter_counts(config, json.loads((tmp / "config.json").read_text()))
         record["wall_time_s"] = round(time.time() - t0, 1)
-        shutil.rmtree(work, ignore_errors=True)
         (tmp / "pruning.json").write_text(json.dumps(record, indent=1))
 
-    write_checkpoint_atomically(out, write)
-    p = record["parameters"]
-    logger.info("pruned %s -> %s: %.1fM -> %.1fM parameters (non-embedding %.1fM -> %.1fM) in %.0f s",
-                cfg.model, out, p["before"]["total"] / 1e6, p["after"]["total"] / 1e6,
-                p["before"]["non_embedding"] / 1e6, p["after"]["non_embedding"] / 1e6, record["wall_time_s"])
+    if state.is_main_process:
+        write_checkpoint_atomically(Path(cfg.output), write)
+        p = record["parameters"]
+        logger.info("pruned %s -> %s: %.1fM -> %.1fM parameters (non-embedding %.1fM -> %.1fM) in %.0f s",
+                    cfg.model, cfg.output, p["before"]["total"] / 1e6, p["after"]["total"] / 1e6,
+                    p["before"]["non_embedding"] / 1e6, p["after"]["non_embedding"] / 1e6, record["wall_time_s"])
+    state.wait_for_everyone()
+    record.setdefault("parameters", parameter_counts(config, new_config))  # other ranks: same numbers
+    record.setdefault("wall_time_s", round(time.time() - t0, 1))
     return record
-
-
-def _importance_for(cfg: PruneConfig, config, model, calib, width: dict, first: bool):
-    if not any(v != getattr(config, k) for k, v in width.items()):
-        return None
-    if cfg.importance == "random":
-        return random_importance(config, seed=0)
-    if cfg.scores and first:
-        imp = Importance.load(cfg.scores)
-        imp.check_matches(config)
-        return imp
-    return estimate_importance(model, calib, cfg.importance, batch_size=cfg.batch_size)
 
 
 def _write_checkpoint(src: Path, dest: Path, config, plan, cfg: PruneConfig) -> None:
@@ -260,7 +286,7 @@ def run_importance(data_cfg: DataConfig, cfg: ImportanceConfig) -> dict:
     tokenizer = load_tokenizer(src)
     calib = load_blocks(data_cfg, tokenizer, "calibration", cfg.seq_len, cfg.calib_samples)
     val = load_blocks(data_cfg, tokenizer, "validation", cfg.seq_len, cfg.val_samples) if cfg.block_size else None
-    model = load_model(src, dtype=DTYPES[cfg.dtype], device=_device(PruneConfig(device=cfg.device)))
+    model = load_model(src, dtype=DTYPES[cfg.dtype], device=_device(cfg.device))
     if cfg.block_size and not 1 <= cfg.block_size < model.config.num_hidden_layers:
         raise PruningConfigError(f"block_size={cfg.block_size} must be between 1 and {model.config.num_hidden_layers - 1}")
     t0 = time.time()

@@ -6,8 +6,8 @@ Two steps, kept apart so each can be read and tested alone:
    heads, KV heads, MLP neurons per layer, layers), each list sorted by importance, most important
    first. Keeping everything therefore only reorders channels, which leaves the function unchanged.
 2. :func:`trim_checkpoint` streams the source safetensors tensor by tensor, slices each one by the
-   plan and writes output shards as they fill: peak memory is about one source tensor plus one output
-   shard, never two models.
+   plan and writes its bytes straight into the output file (headers are known in advance): peak
+   memory is about twice the largest tensor, never two models.
 
 GQA: query heads are pruned within each KV group with the same count per group; KV heads are pruned
 as whole groups, scored by the sum of their query heads' scores. ``head_dim`` is never pruned and is
@@ -19,14 +19,15 @@ from __future__ import annotations
 import difflib
 import json
 import logging
+import math
 import re
 import shutil
+import struct
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from ..models import arch_spec, count_parameters, head_dim_of
@@ -178,6 +179,19 @@ class PrunePlan:
     head_dim: int
     merge_pairs: dict[int, list[tuple[int, int]]] = field(default_factory=dict)  # layer -> (kept, pruned)
 
+    def then(self, nxt: "PrunePlan") -> "PrunePlan":
+        """The plan that maps the source straight to the result of ``self`` followed by ``nxt``
+        (iterative pruning records kept indices into the original model this way)."""
+        pairs = [(self.layers[j], j) for j in nxt.layers]  # (source layer, intermediate layer)
+        return PrunePlan(
+            layers=[src for src, _ in pairs],
+            hidden=self.hidden[nxt.hidden],
+            heads={src: self.heads[src][nxt.heads[j]] for src, j in pairs},
+            kv_heads={src: self.kv_heads[src][nxt.kv_heads[j]] for src, j in pairs},
+            neurons={src: self.neurons[src][nxt.neurons[j]] for src, j in pairs},
+            new_config=nxt.new_config, head_dim=self.head_dim, merge_pairs=nxt.merge_pairs,
+        )
+
     def to_json(self) -> dict:
         return {
             "layers": self.layers,
@@ -300,30 +314,39 @@ def _merge_heads(t: torch.Tensor, pairs, hd: int, dim: int) -> torch.Tensor:
     return t
 
 
-def slice_tensor(name: str, t: torch.Tensor, plan: PrunePlan) -> tuple[str, torch.Tensor]:
-    """The output name and tensor for one source tensor (raises on names we do not know)."""
+def _surgery(name: str, plan: PrunePlan):
+    """(output name, per-dim slicing rule, index per axis, layer) for one source tensor name."""
     m = _LAYER.match(name)
     if m:
         layer, suffix = int(m.group(1)), m.group(2)
         rule = _LAYER_RULES.get(suffix)
         if rule is None:
             raise PruningConfigError(f"checkpoint tensor {name!r} is not one the pruner knows how to slice")
-        new_name = f"model.layers.{plan.layers.index(layer)}.{suffix}"
         idx = {
             "hidden": plan.hidden,
             "q": _head_channels(plan.heads[layer], plan.head_dim),
             "kv": _head_channels(plan.kv_heads[layer], plan.head_dim),
             "mlp": plan.neurons[layer],
         }
-        if layer in plan.merge_pairs and suffix.startswith(("self_attn.q_proj", "self_attn.o_proj")):
-            q_dim = 0 if suffix.startswith("self_attn.q_proj") else 1
-            t = _merge_heads(t, plan.merge_pairs[layer], plan.head_dim, q_dim)
-    else:
-        rule = _GLOBAL_RULES.get(name)
-        if rule is None:
-            raise PruningConfigError(f"checkpoint tensor {name!r} is not one the pruner knows how to slice")
-        new_name = name
-        idx = {"hidden": plan.hidden}
+        return f"model.layers.{plan.layers.index(layer)}.{suffix}", rule, idx, layer
+    rule = _GLOBAL_RULES.get(name)
+    if rule is None:
+        raise PruningConfigError(f"checkpoint tensor {name!r} is not one the pruner knows how to slice")
+    return name, rule, {"hidden": plan.hidden}, None
+
+
+def output_shape(name: str, shape, plan: PrunePlan) -> tuple[str, tuple[int, ...]]:
+    new_name, rule, idx, _ = _surgery(name, plan)
+    return new_name, tuple(len(idx[a]) if a is not None else n for a, n in zip(rule, shape))
+
+
+def slice_tensor(name: str, t: torch.Tensor, plan: PrunePlan) -> tuple[str, torch.Tensor]:
+    """The output name and tensor for one source tensor (raises on names we do not know)."""
+    new_name, rule, idx, layer = _surgery(name, plan)
+    suffix = name.split(".", 3)[-1] if layer is not None else ""
+    if layer in plan.merge_pairs and suffix.startswith(("self_attn.q_proj", "self_attn.o_proj")):
+        q_dim = 0 if suffix.startswith("self_attn.q_proj") else 1
+        t = _merge_heads(t, plan.merge_pairs[layer], plan.head_dim, q_dim)
     for dim, axis in enumerate(rule):
         if axis is not None:
             t = t.index_select(dim, idx[axis])
@@ -353,52 +376,77 @@ def trim_checkpoint(src: Path, out: Path, plan: PrunePlan, max_shard_bytes: int 
                     progress: bool = True) -> dict:
     """Write the sliced weights of ``src`` into ``out`` (an existing, empty directory).
 
-    Tensors are read one at a time (``safe_open``) and written in shards of at most
-    ``max_shard_bytes``; returns the output's ``{name: shape}``.
+    Output shapes follow from the source shapes and the plan, so every safetensors header is written
+    first and each tensor's bytes go to disk the moment it is sliced: one source tensor is read at a
+    time (``safe_open``) and nothing accumulates. Peak memory is about twice the largest tensor,
+    whatever the model size. Returns the output's ``{name: shape}``.
     """
-    files = checkpoint_files(src)
     kept = set(plan.layers)
-    shards: list[dict[str, str]] = []
-    buf: dict[str, torch.Tensor] = {}
-    buf_bytes = 0
-    shapes = {}
-
-    def flush():
-        nonlocal buf, buf_bytes
-        if buf:
-            name = f"model-{len(shards) + 1:05d}.safetensors"
-            save_file(buf, str(out / name), metadata={"format": "pt"})
-            shards.append({k: name for k in buf})
-            buf, buf_bytes = {}, 0
-
-    names = []
-    for f in files:
+    entries = []  # (source file, source name, output name, shape, safetensors dtype)
+    for f in checkpoint_files(src):
         with safe_open(str(f), framework="pt") as h:
-            names.extend((f, k) for k in h.keys())
-    for f, key in tqdm(names, desc="trim", disable=not progress):
-        layer = _layer_of(key)
-        if layer is not None and layer not in kept:
-            continue
-        with safe_open(str(f), framework="pt") as h:
-            t = h.get_tensor(key)
-        new_name, nt = slice_tensor(key, t, plan)
-        del t
-        size = nt.numel() * nt.element_size()
-        if buf and buf_bytes + size > max_shard_bytes:
-            flush()
-        buf[new_name] = nt
-        buf_bytes += size
-        shapes[new_name] = tuple(nt.shape)
-    flush()
-    if len(shards) == 1:
-        (out / "model-00001.safetensors").rename(out / "model.safetensors")
-    else:
-        weight_map = {k: v for s in shards for k, v in s.items()}
-        total = sum((out / n).stat().st_size for n in set(weight_map.values()))
+            for key in h.keys():
+                layer = _layer_of(key)
+                if layer is not None and layer not in kept:
+                    continue
+                sl = h.get_slice(key)
+                new_name, shape = output_shape(key, sl.get_shape(), plan)
+                entries.append((f, key, new_name, shape, sl.get_dtype()))
+    shards: list[list] = [[]]
+    size = 0
+    for e in entries:
+        n = _nbytes(e[3], e[4])
+        if shards[-1] and size + n > max_shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(e)
+        size += n
+    names = ["model.safetensors"] if len(shards) == 1 else \
+        [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    bar = tqdm(total=len(entries), desc="trim", disable=not progress)
+    for fname, shard in zip(names, shards):
+        _write_safetensors(out / fname, shard, plan, bar)
+    bar.close()
+    if len(shards) > 1:
+        weight_map = {e[2]: fname for fname, shard in zip(names, shards) for e in shard}
+        total = sum(_nbytes(e[3], e[4]) for e in entries)
         (out / "model.safetensors.index.json").write_text(
             json.dumps({"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}, indent=2)
         )
-    return shapes
+    return {e[2]: e[3] for e in entries}
+
+
+_ST_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
+                   "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+
+
+def _nbytes(shape, st_dtype: str) -> int:
+    if st_dtype not in _ST_DTYPE_BYTES:
+        raise PruningConfigError(f"checkpoint dtype {st_dtype} is not supported by the pruner")
+    return math.prod(shape) * _ST_DTYPE_BYTES[st_dtype]
+
+
+def _write_safetensors(path: Path, entries, plan: PrunePlan, bar) -> None:
+    """The safetensors format by hand: an 8-byte little-endian header length, a JSON header (padded
+    to 8 bytes) with each tensor's dtype, shape and byte range, then the raw bytes in that order."""
+    header, offset = {"__metadata__": {"format": "pt"}}, 0
+    for _, _, new_name, shape, dtype in entries:
+        n = _nbytes(shape, dtype)
+        header[new_name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)
+    with open(path, "wb") as fh:
+        fh.write(struct.pack("<Q", len(blob)))
+        fh.write(blob)
+        for src_file, key, new_name, shape, _ in entries:
+            with safe_open(str(src_file), framework="pt") as h:
+                t = h.get_tensor(key)
+            _, t = slice_tensor(key, t, plan)
+            assert tuple(t.shape) == tuple(shape), (key, t.shape, shape)
+            fh.write(t.reshape(-1).view(torch.uint8).numpy().data)  # little-endian, as safetensors requires
+            del t
+            bar.update(1)
 
 
 # Files a checkpoint directory carries besides weights and config; copied as they are.
