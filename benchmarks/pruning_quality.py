@@ -54,6 +54,17 @@ def main():
             rows.append((name, validation_loss(out, data, **kw), time.time() - t,
                          rec["parameters"]["after"]["non_embedding"]))
             print(rows[-1], flush=True)
+    loss = {n: l for n, l, _, _ in rows}
+
+    def cmp(a, b):
+        return f"{a} {loss[a]:.2f} vs {b} {loss[b]:.2f}: {'the first is better' if loss[a] < loss[b] else 'the second is better'}"
+
+    reading = "\n".join(f"- {cmp(a, b)}" for a, b in [
+        ("width, importance (l2_mean)", "width, random"),
+        ("width, importance (l2_mean)", "width, importance, 3 iterative steps"),
+        ("depth 30->15, lm-loss block", "depth 30->15, block-influence block"),
+        ("heads 9->6, plain removal", "heads 9->6, merge pruned heads"),
+    ])
     table = "\n".join(f"| {n} | {p / 1e6:.1f}M | {l:.3f} | {math.exp(l):,.1f} | {s:.0f} |" for n, l, s, p in rows)
     body = f"""
 Teacher SmolLM2-135M-Instruct, data `python-docs`; calibration {args.calib_samples} x {args.seq_len} tokens,
@@ -63,6 +74,9 @@ The depth scan uses {min(8, args.val_samples)} validation sequences to choose th
 | variant | non-embedding params | validation loss | perplexity | prune seconds |
 |---|---|---|---|---|
 {table}
+
+Reading (this run, before any distillation):
+{reading}
 """
     print(body)
     print("wrote", write_result("pruning_quality", "Validation loss right after pruning (SmolLM2-135M)", body))
