@@ -31,6 +31,18 @@ def _importance(ns):
     print(json.dumps(run_importance(data_cfg, cfg), indent=1))
 
 
+def _distill(ns):
+    from .data import DataConfig
+    from .distill.run import DistillScriptConfig, run_distill
+    from .distill.trainer import DistillationConfig
+
+    data_cfg, script, args = parse_args([DataConfig, DistillScriptConfig, DistillationConfig], namespace=ns)
+    s = run_distill(data_cfg, script, args)
+    print(f"distilled {script.student} for {s['steps']} steps ({s['tokens']:,} tokens): student LM loss "
+          f"{s['before']['before_student_lm_loss']:.3f} -> {s['after']['eval_student_lm_loss']:.3f} "
+          f"(teacher {s['after']['eval_teacher_lm_loss']:.3f}); model in {s['final_model']}")
+
+
 def _generate(ns):
     from .models import load_model, load_tokenizer
 
@@ -55,6 +67,11 @@ def make_parser() -> argparse.ArgumentParser:
     build_parser([DataConfig, PruneConfig], p, append_fields=("target",)).set_defaults(func=_prune)
     p = sub.add_parser("importance", help="importance scores and plots only (reusable with prune --scores)")
     build_parser([DataConfig, ImportanceConfig], p).set_defaults(func=_importance)
+    from .distill.run import DistillScriptConfig
+    from .distill.trainer import DistillationConfig
+
+    p = sub.add_parser("distill", help="logit distillation of a pruned student from its teacher (Trainer)")
+    build_parser([DataConfig, DistillScriptConfig, DistillationConfig], p).set_defaults(func=_distill)
     p = sub.add_parser("generate", help="greedy answer from a checkpoint, loaded with vanilla transformers")
     p.add_argument("model")
     p.add_argument("--prompt", default="What is the capital of France?")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import difflib
 import types
 import typing
@@ -71,7 +72,9 @@ def build_parser(classes, parser: argparse.ArgumentParser | None = None, append_
         elif scalar is bool:
             kw.update(type=_str2bool, nargs="?", const=True, metavar="BOOL")
         elif scalar is dict:
-            raise TypeError(f"dict field {f.name!r} must be listed in append_fields")
+            kw.update(type=json.loads, metavar="JSON")
+        elif scalar not in (int, float, str):
+            continue  # structured objects (e.g. accelerate's ParallelismConfig): YAML only
         elif is_list:
             kw.update(type=scalar, nargs="+")
         else:

@@ -196,7 +196,7 @@ def run_prune(data_cfg: DataConfig, cfg: PruneConfig) -> dict:
     imp = None
     if width:
         if cfg.importance == "random":
-            imp = random_importance(config, seed=data_cfg.data_seed)
+            imp = random_importance(config, seed=data_cfg.split_seed)
         elif cfg.scores:
             imp = Importance.load(cfg.scores)
             imp.check_matches(config)
@@ -218,7 +218,7 @@ def run_prune(data_cfg: DataConfig, cfg: PruneConfig) -> dict:
                 cur_imp = estimate_importance(load_model(cur_src, dtype=dtype, device=device), calib,
                                               cfg.importance, batch_size=cfg.batch_size)
             elif step > 1:
-                cur_imp = random_importance(cur_config, seed=data_cfg.data_seed + step)
+                cur_imp = random_importance(cur_config, seed=data_cfg.split_seed + step)
             plan = make_plan(cur_config, cur_imp, step_new, step_drop, cfg.merge_pruned_heads)
             overall = plan if step == 1 else overall.then(plan)
             dest = tmp if step == steps else work / f"step{step}"

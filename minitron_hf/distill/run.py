@@ -1,0 +1,138 @@
+"""The distillation stage: ``minitron distill`` / ``accelerate launch recipes/distill.py``.
+
+Loads student and teacher, checks they can be distilled together, packs the data, evaluates the
+student before training (the pruned baseline), trains with :class:`DistillationTrainer`, evaluates
+again, saves the student (safetensors + tokenizer) and writes ``distill.json`` and a PNG of the
+curves (KD loss and student LM loss against tokens, the teacher's LM loss as a reference line).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..data import BlockDataset, DataConfig, collate_blocks, load_blocks
+from ..models import load_model, load_tokenizer, resolve_model
+from .trainer import DistillationConfig, DistillationError, DistillationTrainer, check_pair
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class DistillScriptConfig:
+    """Which models and how much data (the Trainer's own options are in DistillationConfig)."""
+
+    student: str | None = field(default=None, metadata={"help": "the pruned model: local dir, alias or Hub id"})
+    teacher: str = field(default="smollm2-135m", metadata={"help": "the (corrected) teacher: local dir, alias or Hub id"})
+    seq_len: int = field(default=256, metadata={"help": "tokens per packed training/eval sequence"})
+    train_samples: int | None = field(default=None, metadata={"help": "training sequences to pack (default: what "
+                                      "max_steps needs, or the whole train split)"})
+    eval_samples: int = field(default=16, metadata={"help": "held-out validation sequences for evaluation"})
+    model_dtype: str = field(default="float32", metadata={"help": "dtype the models are loaded in",
+                             "choices": list(DTYPES)})
+    overwrite: bool = field(default=False, metadata={"help": "replace an existing final model in output_dir"})
+
+
+def _check(script: DistillScriptConfig, args: DistillationConfig) -> None:
+    if not script.student:
+        raise DistillationError("student is required: the pruned model to distil into")
+    if not script.teacher:
+        raise DistillationError("teacher is required: the model to distil from")
+    if script.model_dtype not in DTYPES:
+        raise DistillationError(f"model_dtype={script.model_dtype!r} is not one of {', '.join(DTYPES)}")
+    if script.seq_len < 2 or script.eval_samples < 1:
+        raise DistillationError("seq_len must be >= 2 and eval_samples >= 1")
+    final = Path(args.output_dir) / "final"
+    if final.exists() and not script.overwrite and not args.resume_from_checkpoint:
+        raise DistillationError(f"output_dir={args.output_dir!r} already holds a distilled model (final/); pass "
+                                f"--overwrite or --resume-from-checkpoint")
+
+
+def run_distill(data_cfg: DataConfig, script: DistillScriptConfig, args: DistillationConfig) -> dict:
+    t0 = time.time()
+    _check(script, args)
+    student_dir, teacher_dir = resolve_model(script.student), resolve_model(script.teacher)
+    from transformers import AutoConfig
+
+    s_cfg, t_cfg = AutoConfig.from_pretrained(student_dir), AutoConfig.from_pretrained(teacher_dir)
+    tok = load_tokenizer(teacher_dir)
+
+    class _C:  # configs are enough for the pair check: fail before loading weights
+        def __init__(self, c):
+            self.config = c
+
+    check_pair(_C(s_cfg), _C(t_cfg), seq_len=script.seq_len, tokenizer_size=len(tok))
+
+    world = max(args.world_size, 1)
+    need = script.train_samples
+    if need is None and args.max_steps > 0:
+        need = args.max_steps * args.per_device_train_batch_size * args.gradient_accumulation_steps * world
+    train = load_blocks(data_cfg, tok, "train", script.seq_len, need)
+    val = load_blocks(data_cfg, tok, "validation", script.seq_len, script.eval_samples)
+    dtype = DTYPES[script.model_dtype]
+    student = load_model(student_dir, dtype=dtype)
+    teacher = load_model(teacher_dir, dtype=dtype)
+    student.train()
+
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, tokenizer_size=len(tok),
+                                  train_dataset=BlockDataset(train), eval_dataset=BlockDataset(val),
+                                  data_collator=collate_blocks, processing_class=tok)
+    before = trainer.evaluate(metric_key_prefix="before")
+    result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    after = trainer.evaluate(metric_key_prefix="eval")
+    final = Path(args.output_dir) / "final"
+    trainer.save_model(str(final))  # safetensors, config, generation config; tokenizer via processing_class
+    tokens_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * world * script.seq_len
+    summary = {
+        "student": str(script.student), "teacher": str(script.teacher), "data": asdict(data_cfg),
+        "seq_len": script.seq_len, "tokens_per_step": tokens_per_step, "steps": trainer.state.global_step,
+        "tokens": trainer.state.global_step * tokens_per_step,
+        "before": before, "after": after, "train_runtime_s": result.metrics.get("train_runtime"),
+        "wall_time_s": round(time.time() - t0, 1), "final_model": str(final),
+        "loss": args.kd_loss, "temperature": args.temperature, "ce_weight": args.ce_weight,
+    }
+    if trainer.is_world_process_zero():
+        (Path(args.output_dir) / "distill.json").write_text(json.dumps(summary, indent=1))
+        plot_curves(trainer.state.log_history, tokens_per_step, Path(args.output_dir) / "curves.png", before, after)
+    logger.info("distilled %s: student LM loss %.3f -> %.3f (teacher %.3f), KD %.3f -> %.3f in %d steps",
+                script.student, before["before_student_lm_loss"], after["eval_student_lm_loss"],
+                after["eval_teacher_lm_loss"], before["before_kd_loss"], after["eval_kd_loss"], trainer.state.global_step)
+    return summary
+
+
+def plot_curves(history: list[dict], tokens_per_step: int, path: Path, before: dict | None = None,
+                after: dict | None = None) -> Path:
+    """KD (train) loss and evaluation losses against tokens; the teacher's LM loss as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [(h["step"] * tokens_per_step, h["loss"]) for h in history if "loss" in h and "step" in h]
+    ev = [(h["step"] * tokens_per_step, h["eval_student_lm_loss"], h.get("eval_kd_loss"), h.get("eval_teacher_lm_loss"))
+          for h in history if "eval_student_lm_loss" in h]
+    if before:
+        ev.insert(0, (0, before["before_student_lm_loss"], before["before_kd_loss"], before["before_teacher_lm_loss"]))
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    if train:
+        ax.plot(*zip(*train), label="train KD loss", alpha=0.7)
+    if ev:
+        x = [e[0] for e in ev]
+        ax.plot(x, [e[1] for e in ev], "o-", label="student LM loss (validation)")
+        ax.plot(x, [e[2] for e in ev], "s--", label="KD loss (validation)")
+        teacher = ev[-1][3]
+        if teacher is not None:
+            ax.axhline(teacher, color="gray", ls=":", label=f"teacher LM loss ({teacher:.2f})")
+    ax.set(xlabel="training tokens", ylabel="loss", title="Distillation")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

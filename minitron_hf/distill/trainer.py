@@ -1,0 +1,196 @@
+"""Logit distillation as a ``transformers.Trainer`` subclass (arXiv 2408.11796 sec. 2.3, 3.2).
+
+``DistillationTrainer`` keeps every Trainer contract (checkpointing, resume, logging, ``accelerate
+launch``, ``push_to_hub``) and overrides only ``compute_loss``, ``evaluate`` and ``training_step``:
+
+- the teacher is frozen (eval mode, no gradients) and prepared by the same accelerator as the
+  student, so it is placed (and, under DeepSpeed/FSDP, sharded) like the student;
+- the loss is the KD loss on logits only (forward KL by default; reverse KL, JSD, temperature and an
+  optional cross-entropy weight), summed over the vocabulary, averaged over valid shifted tokens of
+  the whole optimizer step (``num_items_in_batch``), computed in token chunks from both models' final
+  hidden states and LM-head weights: the full [tokens x vocab] logits never exist;
+- evaluation reports the KD loss and both models' LM loss on the evaluation set;
+- a NaN/inf loss stops the run with a message; checkpoints already written stay as they are.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+import torch
+from transformers import Trainer, TrainingArguments
+
+from .losses import LOSSES, chunked_kd_loss, chunked_lm_loss_sum, naive_kd_loss
+
+logger = logging.getLogger(__name__)
+
+
+class DistillationError(ValueError):
+    """Teacher and student (or the settings) cannot be distilled together."""
+
+
+@dataclass
+class DistillationConfig(TrainingArguments):
+    """TrainingArguments plus the distillation loss options."""
+
+    kd_loss: str = field(default="forward_kl", metadata={"help": "forward_kl (paper) | reverse_kl | jsd",
+                         "choices": list(LOSSES)})
+    temperature: float = field(default=1.0, metadata={"help": "softmax temperature of both models (loss x T^2)"})
+    jsd_beta: float = field(default=0.5, metadata={"help": "teacher weight of the JSD mixture"})
+    ce_weight: float = field(default=0.0, metadata={"help": "weight of the student's LM cross-entropy added to "
+                             "the KD loss (paper: 0; > 0 for the 'pruning + LM loss' ablation)"})
+    kd_chunk_size: int = field(default=1024, metadata={"help": "tokens per chunk of the KD loss; 0 = full logits "
+                               "(used automatically under FSDP, where LM-head weights are sharded)"})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "keep all dataset columns"})
+
+    def __post_init__(self):
+        # without an accelerator, accelerate connects `accelerate launch` processes (gloo) only when
+        # told cpu=True; otherwise every process would train alone
+        if not torch.cuda.is_available():
+            self.use_cpu = True
+        super().__post_init__()
+        if self.kd_loss not in LOSSES:
+            raise DistillationError(f"kd_loss={self.kd_loss!r} is not one of {', '.join(LOSSES)}")
+        if self.temperature <= 0:
+            raise DistillationError(f"temperature={self.temperature} must be > 0")
+        if not 0 < self.jsd_beta < 1:
+            raise DistillationError(f"jsd_beta={self.jsd_beta} must be in (0, 1)")
+        if self.ce_weight < 0 or self.kd_chunk_size < 0:
+            raise DistillationError("ce_weight and kd_chunk_size must be >= 0")
+
+
+def shared_vocab(student_config, teacher_config, tokenizer_size: int | None = None) -> int:
+    """Vocabulary rows KD compares. Embedding rows padded to a multiple (e.g. 128256 vs 128000 used)
+    are fine as long as both cover the tokenizer; anything else is an error naming both sizes."""
+    vs, vt = student_config.vocab_size, teacher_config.vocab_size
+    if vs == vt:
+        return vs
+    if tokenizer_size is not None and min(vs, vt) >= tokenizer_size:
+        return min(vs, vt)
+    raise DistillationError(
+        f"student vocab_size={vs} and teacher vocab_size={vt} differ; distillation needs the same tokenizer and "
+        f"vocabulary (rows padded beyond the tokenizer's {tokenizer_size or '?'} tokens are allowed)"
+    )
+
+
+def check_pair(student, teacher, seq_len: int | None = None, tokenizer_size: int | None = None) -> int:
+    """Errors before training for pairs that cannot be distilled; returns the shared vocabulary size."""
+    v = shared_vocab(student.config, teacher.config, tokenizer_size)
+    for who, m in (("student", student), ("teacher", teacher)):
+        limit = getattr(m.config, "max_position_embeddings", None)
+        if seq_len is not None and limit is not None and seq_len > limit:
+            raise DistillationError(f"seq_len={seq_len} exceeds the {who}'s max_position_embeddings={limit}")
+    ps, pt = getattr(student.config, "max_position_embeddings", None), getattr(teacher.config, "max_position_embeddings", None)
+    if ps is not None and pt is not None and ps != pt:
+        logger.warning("student max_position_embeddings=%s differs from the teacher's %s", ps, pt)
+    return v
+
+
+class DistillationTrainer(Trainer):
+    def __init__(self, model=None, teacher_model=None, args: DistillationConfig | None = None,
+                 tokenizer_size: int | None = None, **kwargs):
+        if teacher_model is None:
+            raise DistillationError("teacher_model is required")
+        if args is not None and not isinstance(args, DistillationConfig):
+            raise DistillationError("args must be a DistillationConfig")
+        self.vocab = check_pair(model, teacher_model, tokenizer_size=tokenizer_size)
+        super().__init__(model=model, args=args, **kwargs)
+        teacher_model.eval()
+        teacher_model.requires_grad_(False)
+        self.teacher = self.accelerator.prepare_model(teacher_model, evaluation_mode=True)
+
+    # -------------------------------------------------------------------------------------- loss
+    def _full_logits(self) -> bool:
+        return self.args.kd_chunk_size == 0 or getattr(self, "is_fsdp_enabled", False)
+
+    def _forward(self, model, inputs, grad: bool):
+        """Final hidden states (or logits on the full-logits path) of one model."""
+        kw = dict(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"), use_cache=False)
+        if self._full_logits():
+            return model(**kw).logits[..., : self.vocab]
+        # logits_to_keep=1: the model computes logits for the last position only; the KD loss
+        # computes the rest chunk by chunk from the final (normed) hidden states
+        with torch.set_grad_enabled(grad):
+            return model(**kw, output_hidden_states=True, logits_to_keep=1).hidden_states[-1]
+
+    def _head(self, model):
+        head = self.accelerator.unwrap_model(model).get_output_embeddings()
+        return head.weight[: self.vocab], None if head.bias is None else head.bias[: self.vocab]
+
+    def kd_loss(self, model, inputs, num_items=None, with_grad=True, outputs=None) -> torch.Tensor:
+        """KD loss of a batch; ``outputs`` = (student, teacher) forward results to reuse."""
+        labels = inputs["shift_labels"]
+        a = self.args
+        hs, ht = outputs if outputs is not None else self._both(model, inputs, with_grad)
+        opts = dict(kind=a.kd_loss, temperature=a.temperature, beta=a.jsd_beta, ce_weight=a.ce_weight,
+                    num_items=num_items)
+        if self._full_logits():
+            return naive_kd_loss(hs, ht, labels, **opts)
+        ws, bs = self._head(model)
+        wt, bt = self._head(self.teacher)
+        return chunked_kd_loss(hs, ws, ht, wt, labels, student_bias=bs, teacher_bias=bt,
+                               chunk_size=a.kd_chunk_size, **opts)
+
+    def _both(self, model, inputs, with_grad):
+        hs = self._forward(model, inputs, with_grad)
+        with torch.no_grad():
+            ht = self._forward(self.teacher, inputs, False)
+        return hs, ht
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if "shift_labels" not in inputs:
+            raise DistillationError("batches need 'shift_labels' (use minitron_hf.data.collate_blocks)")
+        n = int(num_items_in_batch) if num_items_in_batch is not None else None
+        loss = self.kd_loss(model, inputs, n)
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            # num_items counts the tokens of every process; DDP averages gradients over processes
+            loss = loss * self.accelerator.num_processes
+        return (loss, None) if return_outputs else loss
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if not torch.isfinite(loss).all():
+            raise FloatingPointError(
+                f"loss is {loss.item()} at step {self.state.global_step + 1}; stopping. The last good checkpoint "
+                f"(if any) is the newest checkpoint-* in {self.args.output_dir}; lower the learning rate or check "
+                f"the data, then resume with --resume-from-checkpoint"
+            )
+        return loss
+
+    # -------------------------------------------------------------------------------------- eval
+    @torch.no_grad()
+    def lm_and_kd_losses(self, dataloader) -> dict[str, float]:
+        """Sums over a dataloader: KD loss, student LM loss, teacher LM loss (per valid token)."""
+        model = self.model_wrapped if self.model_wrapped is not None else self.model
+        model.eval()
+        sums = torch.zeros(4, dtype=torch.float64, device=self.args.device)
+        for inputs in dataloader:
+            inputs = self._prepare_inputs(inputs)
+            labels = inputs["shift_labels"]
+            outs = self._both(model, inputs, False)
+            sums[0] += float(self.kd_loss(model, inputs, num_items=1, with_grad=False, outputs=outs))
+            for i, (m, out) in enumerate(zip((model, self.teacher), outs), start=1):
+                if self._full_logits():
+                    sums[i] += torch.nn.functional.cross_entropy(
+                        out.reshape(-1, out.shape[-1]).float(), labels.reshape(-1), ignore_index=-100, reduction="sum")
+                else:
+                    w, b = self._head(m)
+                    sums[i] += chunked_lm_loss_sum(out, w, labels, b, self.args.kd_chunk_size)
+            sums[3] += int((labels != -100).sum())
+        sums = self.accelerator.reduce(sums, reduction="sum")
+        k = max(float(sums[3]), 1.0)
+        return {"kd_loss": float(sums[0]) / k, "student_lm_loss": float(sums[1]) / k,
+                "teacher_lm_loss": float(sums[2]) / k}
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
+        dataloader = self.get_eval_dataloader(eval_dataset)
+        losses = self.lm_and_kd_losses(dataloader)
+        metrics = {f"{metric_key_prefix}_{k}": v for k, v in losses.items()}
+        metrics[f"{metric_key_prefix}_student_perplexity"] = math.exp(min(losses["student_lm_loss"], 50))
+        metrics[f"{metric_key_prefix}_loss"] = losses["kd_loss"]
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        self.model.train()
+        return metrics
