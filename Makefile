@@ -23,11 +23,16 @@ $(STAMP): pyproject.toml Makefile
 install: $(STAMP)
 
 # The main job on the embedded default: SmolLM2-135M-Instruct pruned to about half of its
-# non-embedding parameters (width), then reloaded with vanilla transformers and asked a question.
+# non-embedding parameters, by width and by depth; both reloaded with vanilla transformers and
+# evaluated against the teacher on held-out python-docs text (distillation is a later stage).
 demo: install
 	$(VENV)/bin/minitron prune --config recipes/configs/smollm2-135m/prune-width.yaml \
 		--output $(RUNS)/demo/pruned-width --overwrite
-	$(VENV)/bin/minitron generate $(RUNS)/demo/pruned-width --prompt "def fibonacci(n):"
+	$(VENV)/bin/minitron prune --config recipes/configs/smollm2-135m/prune-depth.yaml \
+		--output $(RUNS)/demo/pruned-depth --overwrite
+	$(VENV)/bin/minitron evaluate smollm2-135m $(RUNS)/demo/pruned-width $(RUNS)/demo/pruned-depth
+	@echo "--- teacher:" && $(VENV)/bin/minitron generate smollm2-135m --max-new-tokens 24
+	@echo "--- width-pruned, before distillation:" && $(VENV)/bin/minitron generate $(RUNS)/demo/pruned-width --max-new-tokens 24
 
 test: install
 	$(VENV)/bin/pytest -q -p no:cacheprovider

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 
 from .config import ConfigError, build_parser, parse_args
@@ -43,6 +44,23 @@ def _distill(ns):
           f"(teacher {s['after']['eval_teacher_lm_loss']:.3f}); model in {s['final_model']}")
 
 
+def _evaluate(ns):
+    from .data import DataConfig
+    from .models import count_parameters, resolve_model
+    from .pruning.prune import validation_loss
+
+    from transformers import AutoConfig
+
+    data = DataConfig(data=ns.data)
+    print(f"validation split of {ns.data!r}, {ns.samples} x {ns.seq_len} tokens")
+    print(f"{'model':<40} {'params':>9} {'non-emb':>9} {'val loss':>9} {'ppl':>10}")
+    for m in ns.models:
+        n = count_parameters(AutoConfig.from_pretrained(resolve_model(m)))
+        loss = validation_loss(m, data, samples=ns.samples, seq_len=ns.seq_len)
+        print(f"{str(m):<40} {n['total'] / 1e6:>8.1f}M {n['non_embedding'] / 1e6:>8.1f}M {loss:>9.3f} "
+              f"{min(math.exp(loss), 1e12):>10.1f}")
+
+
 def _generate(ns):
     from .models import load_model, load_tokenizer
 
@@ -72,6 +90,12 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("distill", help="logit distillation of a pruned student from its teacher (Trainer)")
     build_parser([DataConfig, DistillScriptConfig, DistillationConfig], p).set_defaults(func=_distill)
+    p = sub.add_parser("evaluate", help="validation LM loss and perplexity of checkpoints (same tokens for all)")
+    p.add_argument("models", nargs="+")
+    p.add_argument("--data", default="python-docs")
+    p.add_argument("--samples", type=int, default=16)
+    p.add_argument("--seq-len", type=int, default=256)
+    p.set_defaults(func=_evaluate)
     p = sub.add_parser("generate", help="greedy answer from a checkpoint, loaded with vanilla transformers")
     p.add_argument("model")
     p.add_argument("--prompt", default="What is the capital of France?")

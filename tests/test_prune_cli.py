@@ -34,6 +34,8 @@ def test_prune_writes_vanilla_checkpoint(tiny_checkpoint, tmp_path):
     assert len(meta["kept"]["layers"]) == 3 and len(meta["depth"]["lm_loss"]) == 4
     assert meta["depth"]["dropped"] == [meta["depth"]["lm_loss"].index(min(meta["depth"]["lm_loss"]))]
     assert (out / "tokenizer.json").exists() and (out / "importance" / "importance.png").exists()
+    assert (out / "importance" / "layer_importance.png").exists()
+    assert json.loads((out / "importance" / "layer_importance.json").read_text())["block_size"] == 1
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp")]  # nothing half-written left
     assert rec["wall_time_s"] >= 0
 

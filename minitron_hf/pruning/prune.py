@@ -182,6 +182,7 @@ def run_prune(data_cfg: DataConfig, cfg: PruneConfig) -> dict:
     }
     model = load_model(src, dtype=dtype, device=device) if need_scores or depth_needed else None
 
+    li = None
     if depth_needed:
         k = config.num_hidden_layers - new_config["num_hidden_layers"]
         li = layer_importance(model, calib if by_influence else val, k, metrics=(cfg.depth_metric,),
@@ -228,6 +229,8 @@ def run_prune(data_cfg: DataConfig, cfg: PruneConfig) -> dict:
             cur_src, cur_drop = dest, []
             cur_config = type(config).from_dict(plan.new_config)
         shutil.rmtree(work, ignore_errors=True)
+        if li is not None:
+            li.save(tmp / "importance")  # layer_importance.json + PNG of loss against block start
         if imp is not None and need_scores:
             imp.save(tmp / "importance")
             plot_importance(imp, tmp / "importance" / "importance.png", title=f"{cfg.model} ({cfg.importance})")
