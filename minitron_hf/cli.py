@@ -44,6 +44,17 @@ def _distill(ns):
           f"(teacher {s['after']['eval_teacher_lm_loss']:.3f}); model in {s['final_model']}")
 
 
+def _correct(ns):
+    from .data import DataConfig
+    from .distill.correct import CorrectionConfig, run_correction
+    from .distill.trainer import TrainArgs
+
+    data_cfg, cfg, args = parse_args([DataConfig, CorrectionConfig, TrainArgs], namespace=ns)
+    s = run_correction(data_cfg, cfg, args)
+    print(f"corrected {cfg.model} ({cfg.mode}, {s['steps']} steps): validation LM loss {s['before_lm_loss']:.3f} -> "
+          f"{s['after_lm_loss']:.3f}; model in {args.output_dir}/final")
+
+
 def _evaluate(ns):
     from .data import DataConfig
     from .models import count_parameters, resolve_model
@@ -62,16 +73,104 @@ def _evaluate(ns):
 
 
 def _generate(ns):
-    from .models import load_model, load_tokenizer
+    from .models import generate_answer, load_model, load_tokenizer
 
     model, tok = load_model(ns.model), load_tokenizer(ns.model)
-    if tok.chat_template and not ns.raw:
-        ids = tok.apply_chat_template([{"role": "user", "content": ns.prompt}], add_generation_prompt=True,
-                                      return_tensors="pt", return_dict=True)["input_ids"]
+    if ns.raw:
+        tok.chat_template = None
+    print(generate_answer(model, tok, ns.prompt, ns.max_new_tokens))
+
+
+def _run(ns):
+    from .pipeline import load_run, read_done, run_pipeline
+
+    run = load_run(ns.config, overrides=ns.set)
+    status = run_pipeline(run, from_stage=ns.from_stage, only=ns.only)
+    for stage, st in status.items():
+        print(f"{stage:<11} {st}")
+    ev = (read_done(run, "evaluate") or {}).get("result", {})
+    for name, r in ev.get("models", {}).items():
+        print(f"{name:<20} val loss {r['val_loss']:.3f}  ppl {r['perplexity']:.1f}  "
+              f"params {r['params_total'] / 1e6:.1f}M")
+    if ev.get("gap_recovered") is not None:
+        print(f"gap recovered by distillation: {100 * ev['gap_recovered']:.1f}%")
+    print(f"report: {run.out / 'report.md'}")
+
+
+def _publish(ns):
+    from .export.hub import publish
+
+    evaluation = json.loads(open(ns.evaluation).read()) if ns.evaluation else None
+    res = publish(ns.model_dir, ns.repo_id, private=ns.private, dry_run=ns.dry_run, base_model=ns.base_model,
+                  evaluation=evaluation, license=ns.license, base_model_relation=ns.base_model_relation,
+                  commit_message=ns.commit_message)
+    if res["dry_run"]:
+        print(f"dry run: {res['folder']} holds what would be uploaded to {res['repo_id']} "
+              f"({len(res['files'])} files: {', '.join(res['files'])})")
     else:
-        ids = tok(ns.prompt, return_tensors="pt")["input_ids"]
-    out = model.generate(ids, max_new_tokens=ns.max_new_tokens, do_sample=False)
-    print(tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
+        print(f"published {ns.model_dir} to {res['url']} ({len(res['files'])} files)")
+
+
+def _export_fp8(ns):
+    from .data import DataConfig
+    from .export.fp8 import FP8Config, export_fp8
+
+    data_cfg, cfg = parse_args([DataConfig, FP8Config], namespace=ns)
+    rec = export_fp8(ns.model_dir, data_cfg, cfg)
+    print(f"wrote {cfg.output}: ModelOpt FP8, {rec['quantized_linears']} linear layers quantized, calibrated on "
+          f"{rec['calib_samples']} x {rec['seq_len']} tokens in {rec['wall_time_s']} s")
+
+
+def _export_trtllm(ns):
+    from .export.trtllm import TRTLLMConfig, export_trtllm
+
+    (cfg,) = parse_args([TRTLLMConfig], namespace=ns)
+    res = export_trtllm(ns.model_dir, cfg)
+    print(f"wrote {cfg.output}: {len(res['datasets'])} datasets, batch size {res['batch_size']}, KV cache "
+          f"{res['kv_cache_dtype']}; commands in {res['script']}")
+    print(res["message"])
+
+
+def _serve(ns):
+    from .export.vllm import ServeConfig, serve
+
+    (cfg,) = parse_args([ServeConfig], namespace=ns)
+    sys.exit(serve(ns.model_dir, cfg))
+
+
+def _add_export_parsers(sub) -> None:
+    """publish / export fp8 / export trtllm / serve (minitron_hf/export/)."""
+    from .data import DataConfig
+    from .export.fp8 import FP8Config
+    from .export.hub import RELATIONS
+    from .export.trtllm import TRTLLMConfig
+    from .export.vllm import ServeConfig
+
+    p = sub.add_parser("publish", help="upload a checkpoint with a generated model card to the Hugging Face Hub")
+    p.add_argument("model_dir", help="checkpoint directory (pruned, distilled or FP8)")
+    p.add_argument("--repo-id", required=True, help="Hub repository ORG/NAME (created if missing)")
+    p.add_argument("--private", action="store_true", help="create the repository private")
+    p.add_argument("--dry-run", metavar="DIR", help="write the exact folder that would be uploaded to DIR; upload nothing")
+    p.add_argument("--base-model", help="Hub id of the original model (default: followed from pruning.json/distill.json)")
+    p.add_argument("--license", help="license id for the card (default: the base model's)")
+    p.add_argument("--base-model-relation", choices=RELATIONS, help="default: finetune (pruned/distilled), "
+                   "quantized (FP8 of an unpruned model)")
+    p.add_argument("--evaluation", metavar="JSON", help="{model: {metric: value}} file (default: DIR/evaluation.json)")
+    p.add_argument("--commit-message")
+    p.set_defaults(func=_publish)
+
+    p = sub.add_parser("export", help="FP8 (ModelOpt) checkpoints and TensorRT-LLM benchmark commands")
+    esub = p.add_subparsers(dest="export_command", required=True)
+    e = esub.add_parser("fp8", help="ModelOpt FP8 post-training quantization (TensorRT-LLM >= 1.2 and vLLM load it)")
+    e.add_argument("model_dir", help="checkpoint directory to quantize")
+    build_parser([DataConfig, FP8Config], e).set_defaults(func=_export_fp8)
+    e = esub.add_parser("trtllm", help="trtllm-bench datasets and commands (run when TensorRT-LLM is installed)")
+    e.add_argument("model_dir", help="checkpoint directory (BF16 or ModelOpt FP8)")
+    build_parser([TRTLLMConfig], e).set_defaults(func=_export_trtllm)
+
+    p = sub.add_parser("serve", help="vLLM's OpenAI-compatible server for a checkpoint")
+    p.add_argument("model_dir", help="checkpoint directory")
+    build_parser([ServeConfig], p).set_defaults(func=_serve)
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -90,6 +189,11 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("distill", help="logit distillation of a pruned student from its teacher (Trainer)")
     build_parser([DataConfig, DistillScriptConfig, DistillationConfig], p).set_defaults(func=_distill)
+    from .distill.correct import CorrectionConfig
+    from .distill.trainer import TrainArgs
+
+    p = sub.add_parser("correct-teacher", help="teacher correction: LM fine-tune on the distillation data")
+    build_parser([DataConfig, CorrectionConfig, TrainArgs], p).set_defaults(func=_correct)
     p = sub.add_parser("evaluate", help="validation LM loss and perplexity of checkpoints (same tokens for all)")
     p.add_argument("models", nargs="+")
     p.add_argument("--data", default="python-docs")
@@ -102,6 +206,15 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--raw", action="store_true", help="no chat template")
     p.set_defaults(func=_generate)
+    p = sub.add_parser("run", help="the whole recipe from one YAML: correct -> importance -> prune -> distill -> "
+                       "evaluate -> export, resumable, with report.md")
+    p.add_argument("config", help="run config YAML (e.g. recipes/configs/smollm2-135m/minitron-width.yaml)")
+    p.add_argument("--from", dest="from_stage", metavar="STAGE", help="re-run this stage and every later one")
+    p.add_argument("--only", metavar="STAGE", help="run just this stage (its inputs must exist)")
+    p.add_argument("--set", action="append", default=[], metavar="[SECTION.]KEY=VALUE",
+                   help="override a config key, e.g. --set distill.max_steps=20 (repeatable)")
+    p.set_defaults(func=_run)
+    _add_export_parsers(sub)
     return parser
 
 

@@ -91,13 +91,21 @@ def load_yaml(path: Path, classes) -> dict:
     data = yaml.safe_load(path.read_text()) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"config={str(path)!r}: expected a mapping of option names to values")
-    valid = [f.name for _, f, _ in _fields(classes)]
+    check_fields(data, classes, str(path))
+    return data
+
+
+def check_fields(data: dict, classes, where: str, reserved=()) -> None:
+    """Every key of ``data`` must be a field of one of ``classes`` (and not in ``reserved``, fields that
+    the caller sets itself); the error names the nearest valid field."""
+    valid = [f.name for _, f, _ in _fields(classes) if f.name not in reserved]
     for k in data:
+        if k in reserved:
+            raise ConfigError(f"{where}: field {k!r} is set by the pipeline and cannot be given here")
         if k not in valid:
             near = difflib.get_close_matches(k, valid, n=1)
             hint = f"; did you mean {near[0]!r}?" if near else ""
-            raise ConfigError(f"{path}: unknown field {k!r}{hint} Valid fields: {', '.join(sorted(valid))}")
-    return data
+            raise ConfigError(f"{where}: unknown field {k!r}{hint} Valid fields: {', '.join(sorted(valid))}")
 
 
 def instantiate(classes, values: dict):

@@ -242,3 +242,19 @@ def load_tokenizer(name):
         return AutoTokenizer.from_pretrained(path)
     except Exception as e:
         raise ModelNotFoundError(f"model={str(name)!r}: no usable tokenizer in {path} ({type(e).__name__}: {e})") from e
+
+
+def generate_answer(model, tokenizer, prompt: str, max_new_tokens: int = 48) -> str:
+    """Greedy answer to ``prompt`` (through the chat template when the tokenizer has one)."""
+    import torch
+
+    if tokenizer.chat_template:
+        ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                            return_tensors="pt", return_dict=True)["input_ids"]
+    else:
+        ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+    ids = ids.to(model.device)
+    with torch.no_grad():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                             do_sample=False, pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)

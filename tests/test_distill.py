@@ -238,3 +238,30 @@ def test_cli_distill_end_to_end_and_two_processes(tiny_pair_dirs, tmp_path):
     w4 = load_file(str(tmp_path / "four" / "final" / "model.safetensors"))
     for k in w4:
         torch.testing.assert_close(w2[k], w4[k], atol=2e-5, rtol=1e-4)
+
+
+def test_continuous_correction_trains_teacher_and_resumes(tmp_path):
+    """Paper Fig. 4: the teacher keeps training on LM loss while the student distils from it; both
+    states checkpoint and resume onto the same curve."""
+    def make(sub, **kw):
+        s, t = _pair()
+        return _trainer(tmp_path / sub, student=s, teacher=t, max_steps=8, continuous_correction=True,
+                        teacher_learning_rate=1e-3, **kw)
+
+    full = make("a")
+    t0 = [p.clone() for p in full.teacher.parameters()]
+    full.train()
+    assert any(not torch.equal(a, b) for a, b in zip(t0, full.teacher.parameters()))
+    assert [h for h in full.state.log_history if "teacher_train_lm_loss" in h]
+    part = make("b", save_strategy="steps", save_steps=100)
+    part.add_callback(_StopAt(4))
+    part.train()
+    ckpt = tmp_path / "b" / "out" / "checkpoint-4"
+    assert (ckpt / "teacher" / "optimizer.pt").exists()
+    resumed = make("b", save_strategy="steps", save_steps=100)
+    resumed.train(resume_from_checkpoint=str(ckpt))
+    la = [h["loss"] for h in full.state.log_history if "loss" in h]
+    lb = [h["loss"] for h in resumed.state.log_history if "loss" in h]
+    assert lb[-1] == pytest.approx(la[-1], abs=1e-5)
+    for a, b in zip(full.teacher.parameters(), resumed.teacher.parameters()):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)

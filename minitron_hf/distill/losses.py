@@ -82,8 +82,11 @@ class _ChunkedKD(torch.autograd.Function):
                 g = g.to(ws.dtype)
                 if grad_h is not None:
                     grad_h[i:i + chunk] = g @ ws
-                if grad_w is not None:
-                    grad_w += (g.t() @ h).to(grad_w.dtype)
+                if grad_w is not None:  # in place: no [V, D] temporary per chunk
+                    if grad_w.dtype == g.dtype:
+                        grad_w.addmm_(g.t(), h)
+                    else:
+                        grad_w += (g.t() @ h).to(grad_w.dtype)
                 if grad_b is not None:
                     grad_b += g.to(grad_b.dtype).sum(0)
         ctx.save_for_backward(*(x if x is not None else torch.empty(0) for x in (grad_h, grad_w, grad_b)))
@@ -106,12 +109,13 @@ class _ChunkedKD(torch.autograd.Function):
 def chunked_kd_loss(student_hidden: torch.Tensor, student_weight: torch.Tensor, teacher_hidden: torch.Tensor,
                     teacher_weight: torch.Tensor, labels: torch.Tensor, *, student_bias=None, teacher_bias=None,
                     kind: str = "forward_kl", temperature: float = 1.0, beta: float = 0.5, ce_weight: float = 0.0,
-                    num_items: int | None = None, chunk_size: int = 1024) -> torch.Tensor:
+                    num_items: int | None = None, chunk_size: int | None = None) -> torch.Tensor:
     """KD loss from final hidden states [..., D] and LM-head weights [V, D], token by token in chunks.
 
     ``labels`` [...] marks the tokens that count (-100 = ignored, e.g. padding or the last position);
     they are the targets of the optional cross-entropy term. Hidden states and labels must already be
     aligned (position i predicts labels[i]). ``num_items`` defaults to the number of valid tokens.
+    ``chunk_size`` defaults to :func:`auto_chunk_size` (about 16M logits per chunk).
     """
     if kind not in LOSSES:
         raise ValueError(f"loss={kind!r} is not one of {', '.join(LOSSES)}")
@@ -123,9 +127,17 @@ def chunked_kd_loss(student_hidden: torch.Tensor, student_weight: torch.Tensor, 
     if num_items is None:
         num_items = int((lab != -100).sum())
     num_items = max(int(num_items), 1)
+    chunk_size = chunk_size or auto_chunk_size(student_weight.shape[0])
     return _ChunkedKD.apply(hs, student_weight, student_bias, ht, teacher_weight.detach(),
                             None if teacher_bias is None else teacher_bias.detach(), lab, kind,
                             float(temperature), float(beta), float(ce_weight), num_items, int(chunk_size))
+
+
+def auto_chunk_size(vocab: int, logits_per_chunk: int = 1 << 24) -> int:
+    """Tokens per chunk so that one chunk's [tokens x vocab] fp32 logits take about 64 MiB (the loss
+    holds a few such tensors at a time): 341 tokens at vocab 49152, 130 at 128256. Smaller chunks
+    save memory but add passes over the [vocab x hidden] weight gradient (one per chunk)."""
+    return max(1, logits_per_chunk // vocab)
 
 
 def naive_kd_loss(student_logits, teacher_logits, labels, *, kind="forward_kl", temperature=1.0, beta=0.5,

@@ -98,6 +98,10 @@ def run_distill(data_cfg: DataConfig, script: DistillScriptConfig, args: Distill
         "wall_time_s": round(time.time() - t0, 1), "final_model": str(final),
         "loss": args.kd_loss, "temperature": args.temperature, "ce_weight": args.ce_weight,
     }
+    if args.continuous_correction and trainer.is_world_process_zero():  # the corrected teacher, too
+        trainer.accelerator.unwrap_model(trainer.teacher).save_pretrained(Path(args.output_dir) / "final-teacher")
+        tok.save_pretrained(Path(args.output_dir) / "final-teacher")
+        summary["final_teacher"] = str(Path(args.output_dir) / "final-teacher")
     if trainer.is_world_process_zero():
         (Path(args.output_dir) / "distill.json").write_text(json.dumps(summary, indent=1))
         plot_curves(trainer.state.log_history, tokens_per_step, Path(args.output_dir) / "curves.png", before, after)

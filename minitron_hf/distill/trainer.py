@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import logging
 import math
+from pathlib import Path
 from dataclasses import dataclass, field
 
 import torch
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from .losses import LOSSES, chunked_kd_loss, chunked_lm_loss_sum, naive_kd_loss
+from .losses import LOSSES, auto_chunk_size, chunked_kd_loss, chunked_lm_loss_sum, naive_kd_loss
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +33,21 @@ class DistillationError(ValueError):
 
 
 @dataclass
-class DistillationConfig(TrainingArguments):
+class TrainArgs(TrainingArguments):
+    """TrainingArguments that also connect ``accelerate launch`` processes on CPU-only machines."""
+
+    remove_unused_columns: bool = field(default=False, metadata={"help": "keep all dataset columns"})
+
+    def __post_init__(self):
+        # without an accelerator, accelerate connects the processes (gloo) only when told cpu=True;
+        # otherwise every process would train alone
+        if not torch.cuda.is_available():
+            self.use_cpu = True
+        super().__post_init__()
+
+
+@dataclass
+class DistillationConfig(TrainArgs):
     """TrainingArguments plus the distillation loss options."""
 
     kd_loss: str = field(default="forward_kl", metadata={"help": "forward_kl (paper) | reverse_kl | jsd",
@@ -41,15 +56,15 @@ class DistillationConfig(TrainingArguments):
     jsd_beta: float = field(default=0.5, metadata={"help": "teacher weight of the JSD mixture"})
     ce_weight: float = field(default=0.0, metadata={"help": "weight of the student's LM cross-entropy added to "
                              "the KD loss (paper: 0; > 0 for the 'pruning + LM loss' ablation)"})
-    kd_chunk_size: int = field(default=1024, metadata={"help": "tokens per chunk of the KD loss; 0 = full logits "
-                               "(used automatically under FSDP, where LM-head weights are sharded)"})
-    remove_unused_columns: bool = field(default=False, metadata={"help": "keep all dataset columns"})
+    kd_chunk_size: int | None = field(default=None, metadata={"help": "tokens per chunk of the KD loss (default: "
+                                      "about 16M logits per chunk); 0 = full logits (used automatically under FSDP, "
+                                      "where LM-head weights are sharded)"})
+    continuous_correction: bool = field(default=False, metadata={"help": "keep correcting the teacher (LM loss, "
+                                        "its own AdamW) while distilling from it, in the same run (paper Fig. 4)"})
+    teacher_learning_rate: float | None = field(default=None, metadata={"help": "teacher LR under continuous "
+                                                "correction (default: learning_rate / 5, the paper's correction LR)"})
 
     def __post_init__(self):
-        # without an accelerator, accelerate connects `accelerate launch` processes (gloo) only when
-        # told cpu=True; otherwise every process would train alone
-        if not torch.cuda.is_available():
-            self.use_cpu = True
         super().__post_init__()
         if self.kd_loss not in LOSSES:
             raise DistillationError(f"kd_loss={self.kd_loss!r} is not one of {', '.join(LOSSES)}")
@@ -57,7 +72,7 @@ class DistillationConfig(TrainingArguments):
             raise DistillationError(f"temperature={self.temperature} must be > 0")
         if not 0 < self.jsd_beta < 1:
             raise DistillationError(f"jsd_beta={self.jsd_beta} must be in (0, 1)")
-        if self.ce_weight < 0 or self.kd_chunk_size < 0:
+        if self.ce_weight < 0 or (self.kd_chunk_size is not None and self.kd_chunk_size < 0):
             raise DistillationError("ce_weight and kd_chunk_size must be >= 0")
 
 
@@ -88,6 +103,39 @@ def check_pair(student, teacher, seq_len: int | None = None, tokenizer_size: int
     return v
 
 
+class _TeacherStep(TrainerCallback):
+    """Steps the continuously corrected teacher right after each student optimizer step."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+
+    def on_step_end(self, args, state, control, **kwargs):
+        t = self.trainer
+        t.teacher_optimizer.step()
+        t.teacher_optimizer.zero_grad(set_to_none=True)
+        if t._teacher_lm_losses:
+            state.log_history.append({"teacher_train_lm_loss": sum(t._teacher_lm_losses) / len(t._teacher_lm_losses),
+                                      "step": state.global_step})
+            t._teacher_lm_losses = []
+
+
+def _deepspeed_teacher(teacher, accelerator):
+    """An inference engine for the teacher with the student's ZeRO partitioning (stage 3 shards it;
+    other stages keep a full copy per device), without optimizer or scheduler."""
+    import copy
+
+    import deepspeed
+
+    cfg = copy.deepcopy(accelerator.state.deepspeed_plugin.deepspeed_config)
+    cfg.pop("optimizer", None)
+    cfg.pop("scheduler", None)
+    if cfg.get("zero_optimization", {}).get("stage") != 3:
+        cfg["zero_optimization"] = {"stage": 0}
+    engine, *_ = deepspeed.initialize(model=teacher, config=cfg)
+    engine.eval()
+    return engine
+
+
 class DistillationTrainer(Trainer):
     def __init__(self, model=None, teacher_model=None, args: DistillationConfig | None = None,
                  tokenizer_size: int | None = None, **kwargs):
@@ -97,13 +145,31 @@ class DistillationTrainer(Trainer):
             raise DistillationError("args must be a DistillationConfig")
         self.vocab = check_pair(model, teacher_model, tokenizer_size=tokenizer_size)
         super().__init__(model=model, args=args, **kwargs)
+        self.teacher_optimizer = None
+        self._teacher_lm_losses: list[float] = []
+        if self.args.continuous_correction:
+            if self.is_deepspeed_enabled or getattr(self, "is_fsdp_enabled", False):
+                raise DistillationError("continuous_correction runs on one device or DDP, not FSDP/DeepSpeed")
+            teacher_model.train()
+            teacher_model.requires_grad_(True)
+            self.teacher = self.accelerator.prepare_model(teacher_model)
+            lr = self.args.teacher_learning_rate or self.args.learning_rate / 5
+            self.teacher_optimizer = torch.optim.AdamW(self.teacher.parameters(), lr=lr, weight_decay=0.0)
+            self.add_callback(_TeacherStep(self))
+            return
         teacher_model.eval()
         teacher_model.requires_grad_(False)
-        self.teacher = self.accelerator.prepare_model(teacher_model, evaluation_mode=True)
+        if self.is_deepspeed_enabled:
+            self.teacher = _deepspeed_teacher(teacher_model, self.accelerator)
+        else:  # single device, DDP, FSDP: placed (and sharded) like the student
+            self.teacher = self.accelerator.prepare_model(teacher_model, evaluation_mode=True)
 
     # -------------------------------------------------------------------------------------- loss
     def _full_logits(self) -> bool:
-        return self.args.kd_chunk_size == 0 or getattr(self, "is_fsdp_enabled", False)
+        """Sharded LM-head weights (FSDP, ZeRO-3) cannot be read outside the forward: use full logits."""
+        zero3 = self.is_deepspeed_enabled and \
+            self.accelerator.state.deepspeed_plugin.deepspeed_config.get("zero_optimization", {}).get("stage") == 3
+        return self.args.kd_chunk_size == 0 or getattr(self, "is_fsdp_enabled", False) or zero3
 
     def _forward(self, model, inputs, grad: bool):
         """Final hidden states (or logits on the full-logits path) of one model."""
@@ -143,11 +209,56 @@ class DistillationTrainer(Trainer):
         if "shift_labels" not in inputs:
             raise DistillationError("batches need 'shift_labels' (use minitron_hf.data.collate_blocks)")
         n = int(num_items_in_batch) if num_items_in_batch is not None else None
-        loss = self.kd_loss(model, inputs, n)
+        outputs = None
+        if self.teacher_optimizer is not None and model.training:
+            outputs = self._correct_teacher(model, inputs, n)
+        loss = self.kd_loss(model, inputs, n, outputs=outputs)
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             # num_items counts the tokens of every process; DDP averages gradients over processes
             loss = loss * self.accelerator.num_processes
         return (loss, None) if return_outputs else loss
+
+    def _correct_teacher(self, model, inputs, n):
+        """Continuous correction: the teacher's LM-loss gradient for this micro-batch (stepped by
+        :class:`_TeacherStep` with the student's optimizer); returns both models' hidden states."""
+        out = self.teacher(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"),
+                           labels=inputs["labels"], shift_labels=inputs["shift_labels"], num_items_in_batch=n,
+                           output_hidden_states=True, use_cache=False)
+        lm = out.loss * (self.accelerator.num_processes if self.args.average_tokens_across_devices and n else 1)
+        if n is None:
+            lm = lm / self.args.gradient_accumulation_steps
+        self.accelerator.backward(lm)
+        self._teacher_lm_losses.append(float(out.loss))
+        ht = out.hidden_states[-1].detach()
+        if self._full_logits():
+            ht = out.logits[..., : self.vocab].detach()
+        return self._forward(model, inputs, True), ht
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        if self.teacher_optimizer is not None and self.is_world_process_zero():
+            from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+            ckpt = Path(self._get_output_dir(trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            self.accelerator.unwrap_model(self.teacher).save_pretrained(ckpt / "teacher")
+            torch.save(self.teacher_optimizer.state_dict(), ckpt / "teacher" / "optimizer.pt")
+
+    def train(self, resume_from_checkpoint=None, **kwargs):
+        if self.teacher_optimizer is not None and resume_from_checkpoint:
+            from transformers.trainer_utils import get_last_checkpoint
+
+            ckpt = get_last_checkpoint(self.args.output_dir) if resume_from_checkpoint is True else resume_from_checkpoint
+            tdir = Path(ckpt) / "teacher"
+            if not tdir.exists():
+                raise DistillationError(f"{ckpt} has no teacher/ state; it was not written with continuous_correction")
+            from safetensors.torch import load_file
+
+            state = {}
+            for f in sorted(tdir.glob("*.safetensors")):
+                state.update(load_file(str(f)))
+            self.accelerator.unwrap_model(self.teacher).load_state_dict(state, strict=False)
+            self.teacher_optimizer.load_state_dict(torch.load(tdir / "optimizer.pt", weights_only=True))
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
@@ -177,7 +288,7 @@ class DistillationTrainer(Trainer):
                         out.reshape(-1, out.shape[-1]).float(), labels.reshape(-1), ignore_index=-100, reduction="sum")
                 else:
                     w, b = self._head(m)
-                    sums[i] += chunked_lm_loss_sum(out, w, labels, b, self.args.kd_chunk_size)
+                    sums[i] += chunked_lm_loss_sum(out, w, labels, b, self.args.kd_chunk_size or auto_chunk_size(w.shape[0]))
             sums[3] += int((labels != -100).sum())
         sums = self.accelerator.reduce(sums, reduction="sum")
         k = max(float(sums[3]), 1.0)

@@ -144,6 +144,37 @@ def _shard(blocks, state):
     return blocks if blocks is None or state.num_processes == 1 else blocks[state.process_index:: state.num_processes]
 
 
+def compute_scores(data_cfg: DataConfig, cfg: PruneConfig, src: Path, tokenizer, width_scores: bool,
+                   depth_k: int, state=None, device=None):
+    """The calibration pass(es): activation importance of every width axis (when ``width_scores``) and
+    the depth scan of contiguous blocks of ``depth_k`` layers (when > 0) under ``cfg.depth_metric``.
+
+    Returns (Importance | None, LayerImportance | None, calibration blocks | None). Data is loaded and
+    checked before the model, so a too-small dataset fails before any forward pass. Under
+    ``accelerate launch`` each process scores its shard and the sums are all-reduced.
+    """
+    state = state or _dist_state()
+    device = device if device is not None else (state.device if state.num_processes > 1 else _device(cfg.device))
+    by_influence = depth_k > 0 and cfg.depth_metric == "block-influence"
+    calib = load_blocks(data_cfg, tokenizer, "calibration", cfg.seq_len, cfg.calib_samples) \
+        if width_scores or by_influence else None
+    val = load_blocks(data_cfg, tokenizer, "validation", cfg.seq_len, cfg.val_samples) \
+        if depth_k > 0 and not by_influence else None
+    calib, val = _shard(calib, state), _shard(val, state)
+    if not width_scores and depth_k <= 0:
+        return None, None, calib
+    model = load_model(src, dtype=DTYPES[cfg.dtype], device=device)
+    li = imp = None
+    if depth_k > 0:
+        li = layer_importance(model, calib if by_influence else val, depth_k, metrics=(cfg.depth_metric,),
+                              batch_size=cfg.batch_size, progress=state.is_main_process)
+    if width_scores:
+        imp = estimate_importance(model, calib, cfg.importance, batch_size=cfg.batch_size,
+                                  progress=state.is_main_process)
+        imp.meta.update({"model": str(cfg.model), "seq_len": cfg.seq_len})
+    return imp, li, calib
+
+
 def run_prune(data_cfg: DataConfig, cfg: PruneConfig) -> dict:
     """Prune ``cfg.model`` to ``cfg.target`` and write a vanilla HF checkpoint to ``cfg.output``.
 
@@ -163,14 +194,6 @@ def run_prune(data_cfg: DataConfig, cfg: PruneConfig) -> dict:
     width = target.width_fields()  # given width fields, even equal to the source's: rank and reorder
     need_scores = bool(width) and cfg.importance != "random" and not cfg.scores
     depth_needed = drop is None and new_config["num_hidden_layers"] < config.num_hidden_layers
-    by_influence = depth_needed and cfg.depth_metric == "block-influence"
-
-    # data first: a too-small dataset fails here, before any forward pass
-    calib = load_blocks(data_cfg, tokenizer, "calibration", cfg.seq_len, cfg.calib_samples) \
-        if need_scores or by_influence else None
-    val = load_blocks(data_cfg, tokenizer, "validation", cfg.seq_len, cfg.val_samples) \
-        if depth_needed and not by_influence else None
-    calib, val = _shard(calib, state), _shard(val, state)
 
     record: dict = {
         "source": str(cfg.model), "source_dir": str(src),
@@ -180,33 +203,25 @@ def run_prune(data_cfg: DataConfig, cfg: PruneConfig) -> dict:
                        "merge_pruned_heads": cfg.merge_pruned_heads},
         "data": asdict(data_cfg), "processes": state.num_processes,
     }
-    model = load_model(src, dtype=dtype, device=device) if need_scores or depth_needed else None
-
-    li = None
-    if depth_needed:
-        k = config.num_hidden_layers - new_config["num_hidden_layers"]
-        li = layer_importance(model, calib if by_influence else val, k, metrics=(cfg.depth_metric,),
-                              batch_size=cfg.batch_size, progress=state.is_main_process)
+    depth_k = config.num_hidden_layers - new_config["num_hidden_layers"] if depth_needed else 0
+    imp, li, calib = compute_scores(data_cfg, cfg, src, tokenizer, need_scores, depth_k, state, device)
+    if calib is None and width and cfg.iterative_steps > 1 and cfg.importance != "random":
+        # steps after the first re-estimate importance on the partly pruned model
+        calib = load_blocks(data_cfg, tokenizer, "calibration", cfg.seq_len, cfg.calib_samples)
+    if li is not None:
         drop = li.best_block(cfg.depth_metric)
-        record["depth"] = {"metric": cfg.depth_metric, "block_size": k, "dropped": drop,
+        record["depth"] = {"metric": cfg.depth_metric, "block_size": depth_k, "dropped": drop,
                            "baseline_loss": li.baseline_loss, "lm_loss": li.lm_loss,
                            "block_influence": li.block_influence}
         logger.info("depth: dropping layers %s (%s)", drop, cfg.depth_metric)
     drop = drop or []
 
-    imp = None
-    if width:
+    if width and imp is None:
         if cfg.importance == "random":
             imp = random_importance(config, seed=data_cfg.split_seed)
-        elif cfg.scores:
+        else:
             imp = Importance.load(cfg.scores)
             imp.check_matches(config)
-        else:
-            imp = estimate_importance(model, calib, cfg.importance, batch_size=cfg.batch_size,
-                                      progress=state.is_main_process)
-            imp.meta.update({"model": str(cfg.model), "seq_len": cfg.seq_len})
-
-    model = None  # free the calibration model before writing (iterative steps load their own)
 
     def write(tmp: Path) -> None:
         steps = cfg.iterative_steps if width else 1

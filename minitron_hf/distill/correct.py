@@ -1,0 +1,115 @@
+"""Teacher correction (arXiv 2408.11796 sec. 2.1, Figs. 3-4): a light LM fine-tune of the teacher on
+the distillation data before pruning and distillation, so the teacher fits the data it will teach.
+
+Paper schedule: 120 warmup steps, peak LR one fifth of the model's original peak, cosine decay to
+the minimum LR (``lr_scheduler_type: cosine_with_min_lr``). Three modes:
+
+- ``full``: every parameter trains (the paper);
+- ``lora``: PEFT LoRA adapters on every attention and MLP projection, merged into the weights on
+  save, so the result is a vanilla checkpoint (the paper's suggested future work);
+- ``norm``: only the RMSNorm weights train (likewise).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from transformers import Trainer
+
+from ..data import BlockDataset, DataConfig, collate_blocks, load_blocks
+from ..models import load_model, load_tokenizer, resolve_model, write_checkpoint_atomically
+from .trainer import TrainArgs
+
+logger = logging.getLogger(__name__)
+
+MODES = ("full", "lora", "norm")
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class CorrectionError(ValueError):
+    """Bad teacher-correction settings."""
+
+
+@dataclass
+class CorrectionConfig:
+    """What to correct and how (the Trainer's options come from TrainingArguments)."""
+
+    model: str = field(default="smollm2-135m", metadata={"help": "the teacher: alias, local dir or Hub id"})
+    mode: str = field(default="full", metadata={"help": "full | lora (merged on save) | norm (RMSNorm weights only)",
+                      "choices": list(MODES)})
+    seq_len: int = field(default=256, metadata={"help": "tokens per packed sequence"})
+    train_samples: int | None = field(default=None, metadata={"help": "training sequences (default: what max_steps needs)"})
+    eval_samples: int = field(default=16, metadata={"help": "validation sequences for the before/after LM loss"})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha"})
+    overwrite: bool = field(default=False, metadata={"help": "replace an existing corrected model"})
+
+
+def prepare_mode(model, mode: str, lora_r: int = 16, lora_alpha: int = 32):
+    """Set which parameters train; returns the model to train (a PEFT wrapper for ``lora``)."""
+    if mode == "full":
+        model.requires_grad_(True)
+        return model
+    if mode == "norm":
+        for name, p in model.named_parameters():
+            p.requires_grad_("norm" in name.split(".")[-2])  # input_layernorm, q_norm, model.norm, ...
+        if not any(p.requires_grad for p in model.parameters()):
+            raise CorrectionError("mode='norm' found no norm weights to train")
+        return model
+    if mode == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        return get_peft_model(model, LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=0.0,
+                                                target_modules=LORA_TARGETS, task_type="CAUSAL_LM"))
+    raise CorrectionError(f"mode={mode!r} is not one of {', '.join(MODES)}")
+
+
+def finalize_mode(model, mode: str):
+    """The plain transformers model to save (LoRA adapters merged into the weights)."""
+    return model.merge_and_unload() if mode == "lora" else model
+
+
+def run_correction(data_cfg: DataConfig, cfg: CorrectionConfig, args: TrainArgs) -> dict:
+    t0 = time.time()
+    if cfg.mode not in MODES:
+        raise CorrectionError(f"mode={cfg.mode!r} is not one of {', '.join(MODES)}")
+    final = Path(args.output_dir) / "final"
+    if final.exists() and not cfg.overwrite:
+        raise CorrectionError(f"output_dir={args.output_dir!r} already holds a corrected model; pass --overwrite")
+    src = resolve_model(cfg.model)
+    tok = load_tokenizer(src)
+    need = cfg.train_samples or (args.max_steps * args.per_device_train_batch_size * args.gradient_accumulation_steps
+                                 * max(args.world_size, 1) if args.max_steps > 0 else None)
+    train = load_blocks(data_cfg, tok, "train", cfg.seq_len, need)
+    val = load_blocks(data_cfg, tok, "validation", cfg.seq_len, cfg.eval_samples)
+    model = prepare_mode(load_model(src), cfg.mode, cfg.lora_r, cfg.lora_alpha)
+    model.train()
+    trainer = Trainer(model=model, args=args, train_dataset=BlockDataset(train), eval_dataset=BlockDataset(val),
+                      data_collator=collate_blocks, processing_class=tok)
+    before = trainer.evaluate(metric_key_prefix="before")
+    trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    after = trainer.evaluate()
+    tokens_per_step = (args.per_device_train_batch_size * args.gradient_accumulation_steps * max(args.world_size, 1)
+                       * cfg.seq_len)
+    summary = {"model": cfg.model, "mode": cfg.mode, "steps": trainer.state.global_step,
+               "tokens": trainer.state.global_step * tokens_per_step,
+               "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+               "before_lm_loss": before["before_loss"], "after_lm_loss": after["eval_loss"],
+               "data": asdict(data_cfg), "wall_time_s": round(time.time() - t0, 1)}
+    if trainer.is_world_process_zero():
+        plain = finalize_mode(trainer.model, cfg.mode)
+
+        def write(tmp: Path) -> None:
+            plain.save_pretrained(tmp, safe_serialization=True)
+            tok.save_pretrained(tmp)
+            (tmp / "correction.json").write_text(json.dumps(summary, indent=1))
+
+        write_checkpoint_atomically(final, write)
+    trainer.accelerator.wait_for_everyone()
+    logger.info("teacher correction (%s): LM loss %.3f -> %.3f in %d steps; corrected teacher in %s", cfg.mode,
+                summary["before_lm_loss"], summary["after_lm_loss"], summary["steps"], final)
+    return summary

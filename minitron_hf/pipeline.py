@@ -1,0 +1,730 @@
+"""``minitron run CONFIG.yaml``: the whole recipe, stage by stage, resumable, with a report.
+
+Stages, in order, each in its own subdirectory of ``output_dir``:
+
+===========  =====================================================  ============================
+stage        what                                                   result
+===========  =====================================================  ============================
+correct      teacher correction (only with a ``correct:`` section)  ``correct/final``
+importance   activation importance (width) and/or the depth scan    ``importance/``
+prune        trim the (corrected) teacher to ``prune.target``       ``prune/model``
+distill      logit KD from the (corrected) teacher (``distill:``)   ``distill/final``
+evaluate     validation loss / perplexity, teacher vs students      ``evaluate/evaluation.json``
+export       the final student as a vanilla HF folder (``export:``) ``export/hf``
+===========  =====================================================  ============================
+
+Each stage writes ``config.json`` (its resolved config, including fingerprints of the stages it
+reads) when it starts and ``done.json`` when it has finished. A rerun skips a stage whose
+``done.json`` holds the same resolved config; a changed config, or a re-run upstream stage, runs
+it again (and so everything downstream). A stage interrupted mid-way resumes: trainer stages from
+their newest ``checkpoint-*``, the others by starting over (their outputs are written atomically).
+``--from STAGE`` re-runs STAGE and everything after it; ``--only STAGE`` runs just that one.
+
+``report.md`` (with PNG plots) is rewritten after every stage.
+
+The YAML: top-level keys are :class:`RunConfig` and :class:`~minitron_hf.data.DataConfig` fields;
+each stage's section takes that stage's own options (those of ``minitron correct-teacher``,
+``minitron prune``, ``minitron distill``, ...), except the ones the pipeline sets itself (models,
+output directories). Every key is checked before any work.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import importlib.util
+import json
+import logging
+import platform
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .config import ConfigError, check_fields, instantiate
+from .data import DataConfig
+
+logger = logging.getLogger(__name__)
+
+STAGES = ("correct", "importance", "prune", "distill", "evaluate", "export")
+EXPORT_FORMATS = ("hf",)
+
+
+class PipelineError(ValueError):
+    """A run config or stage selection that cannot be used."""
+
+
+@dataclass
+class RunConfig:
+    """Top-level keys of a ``minitron run`` config (data keys come from DataConfig)."""
+
+    output_dir: str | None = field(default=None, metadata={"help": "where every stage writes its subdirectory"})
+    teacher: str = field(default="smollm2-135m", metadata={"help": "the model to compress: alias, local dir or Hub id"})
+    seq_len: int = field(default=256, metadata={"help": "tokens per sequence, for every stage unless a section "
+                         "sets its own"})
+    eval_samples: int = field(default=16, metadata={"help": "validation sequences for evaluation (all stages)"})
+    report_to: str = field(default="tensorboard", metadata={"help": "trainer logging: tensorboard, wandb, trackio, "
+                           "none, or a comma-separated list (a section's own report_to wins)"})
+    correct: dict | None = field(default=None, metadata={"help": "teacher correction options (minitron "
+                                 "correct-teacher); absent = no correction"})
+    prune: dict | None = field(default=None, metadata={"help": "pruning options (minitron prune), target required"})
+    distill: dict | None = field(default=None, metadata={"help": "distillation options (minitron distill); absent "
+                                 "= the pruned model is the result"})
+    evaluate: dict | None = field(default=None, metadata={"help": "evaluation options (samples, prompt, ...)"})
+    export: dict | None = field(default=None, metadata={"help": "export options (formats); absent = no export"})
+
+
+@dataclass
+class EvaluateConfig:
+    """Options of the evaluate stage."""
+
+    samples: int | None = field(default=None, metadata={"help": "validation sequences (default: eval_samples)"})
+    batch_size: int = field(default=8, metadata={"help": "sequences per forward pass"})
+    prompt: str = field(default="What is the capital of France?", metadata={"help": "prompt answered greedily by "
+                        "every model, shown in the report"})
+    max_new_tokens: int = field(default=32, metadata={"help": "length of those answers"})
+
+
+@dataclass
+class ExportConfig:
+    """Options of the export stage."""
+
+    formats: list[str] = field(default_factory=lambda: ["hf"], metadata={"help": "hf: the final student as a "
+                               "vanilla safetensors folder with a model card"})
+
+
+# fields each section may not set: the pipeline wires models and directories itself
+_RESERVED = {
+    "correct": ("model", "output_dir", "overwrite", "resume_from_checkpoint"),
+    "prune": ("model", "output", "scores", "overwrite"),
+    "distill": ("student", "teacher", "output_dir", "overwrite", "resume_from_checkpoint"),
+    "evaluate": (),
+    "export": (),
+}
+
+
+def _section_classes(stage: str):
+    if stage == "correct":
+        from .distill.correct import CorrectionConfig
+        from .distill.trainer import TrainArgs
+
+        return [CorrectionConfig, TrainArgs]
+    if stage in ("importance", "prune"):
+        from .pruning.prune import PruneConfig
+
+        return [PruneConfig]
+    if stage == "distill":
+        from .distill.run import DistillScriptConfig
+        from .distill.trainer import DistillationConfig
+
+        return [DistillScriptConfig, DistillationConfig]
+    if stage == "evaluate":
+        return [EvaluateConfig]
+    return [ExportConfig]
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading and checking a run config (everything before any heavy work)
+# --------------------------------------------------------------------------------------------------
+
+def _set_override(values: dict, item: str) -> None:
+    """``distill.max_steps=10`` or ``seq_len=128`` (value parsed as YAML) into the config mapping."""
+    if "=" not in item:
+        raise PipelineError(f"--set {item!r} must be KEY=VALUE or SECTION.KEY=VALUE")
+    key, raw = item.split("=", 1)
+    parts = key.strip().split(".")
+    if len(parts) > 2 or (len(parts) == 2 and parts[0] not in STAGES):
+        raise PipelineError(f"--set {item!r}: expected KEY=VALUE or SECTION.KEY=VALUE with a section among "
+                            f"{', '.join(s for s in STAGES if s != 'importance')}")
+    if len(parts) == 2:
+        if not isinstance(values.get(parts[0]), dict):
+            values[parts[0]] = {}
+        values[parts[0]][parts[1]] = yaml.safe_load(raw)
+    else:
+        values[parts[0]] = yaml.safe_load(raw)
+
+
+@dataclass
+class Run:
+    """A checked run config: the top level, the data and one plain dict of options per stage."""
+
+    cfg: RunConfig
+    data: DataConfig
+    sections: dict[str, dict | None]
+    path: str | None = None
+
+    @property
+    def out(self) -> Path:
+        return Path(self.cfg.output_dir)
+
+    def enabled(self, stage: str) -> bool:
+        if stage in ("importance", "prune", "evaluate"):
+            return True
+        return self.sections.get(stage) is not None
+
+    def stage_dir(self, stage: str) -> Path:
+        return self.out / stage
+
+
+def load_run(path: str | Path | None = None, overrides=(), values: dict | None = None, check_model: bool = True) -> Run:
+    """Read and check a run config (YAML file and/or a mapping, then ``--set`` overrides).
+
+    ``check_model=False`` skips the checks that need the teacher's config (resolving it may download it)."""
+    data = {}
+    if path is not None:
+        p = Path(path)
+        if not p.exists():
+            raise PipelineError(f"config={str(path)!r}: no such file")
+        data = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(data, dict):
+            raise PipelineError(f"config={str(path)!r}: expected a mapping of option names to values")
+    data = copy.deepcopy({**data, **(values or {})})
+    for item in overrides or ():
+        _set_override(data, item)
+    where = str(path) if path else "run config"
+    check_fields(data, [RunConfig, DataConfig], where)
+    cfg, data_cfg = instantiate([RunConfig, DataConfig], data)
+    if not cfg.output_dir:
+        raise PipelineError(f"{where}: output_dir is required (the directory every stage writes into)")
+    if cfg.seq_len < 2 or cfg.eval_samples < 1:
+        raise PipelineError(f"{where}: seq_len must be >= 2 and eval_samples >= 1 (got {cfg.seq_len}, {cfg.eval_samples})")
+    sections = {}
+    for stage in STAGES:
+        if stage == "importance":
+            continue
+        sec = getattr(cfg, stage)
+        if sec is not None and not isinstance(sec, dict):
+            raise PipelineError(f"{where}: section {stage!r} must be a mapping of options (or absent)")
+        if sec is not None:
+            check_fields(sec, _section_classes(stage), f"{where}: section {stage!r}", reserved=_RESERVED[stage])
+        sections[stage] = None if sec is None else dict(sec)
+    if not sections.get("prune") or not sections["prune"].get("target"):
+        raise PipelineError(f"{where}: section 'prune' with a 'target' is required, e.g. prune: {{target: "
+                            f"{{hidden_size: 432, intermediate_size: 768}}}}")
+    if sections["evaluate"] is None:
+        sections["evaluate"] = {}
+    run = Run(cfg, data_cfg, sections, str(path) if path else None)
+    _check_stages(run, where, check_model)
+    return run
+
+
+def _report_to(run: Run, section: dict) -> list[str]:
+    r = section.get("report_to", run.cfg.report_to)
+    items = [x.strip() for x in (r.split(",") if isinstance(r, str) else r) if x and x.strip()]
+    return [] if items in (["none"], []) else items
+
+
+def _check_stages(run: Run, where: str, check_model: bool = True) -> None:
+    """Build every stage's option objects once, so that bad values fail now, not hours in."""
+    from .pruning.prune import validate
+
+    for stage in ("correct", "distill"):
+        sec = run.sections.get(stage)
+        if sec is None:
+            continue
+        for integration in _report_to(run, sec):
+            module = {"wandb": "wandb", "trackio": "trackio", "tensorboard": "tensorboard"}.get(integration)
+            if module and importlib.util.find_spec(module) is None:
+                raise PipelineError(f"{where}: report_to={integration!r} in section {stage!r} needs the package "
+                                    f"{module!r}: pip install {module} (or report_to: none)")
+        _stage_objects(run, stage)
+    prune = _stage_objects(run, "prune")
+    prune.model = run.cfg.teacher  # a corrected teacher keeps the source's architecture
+    if check_model:
+        validate(prune)
+    ev = _stage_objects(run, "evaluate")
+    if (ev.samples is not None and ev.samples < 1) or ev.batch_size < 1 or ev.max_new_tokens < 0:
+        raise PipelineError(f"{where}: section 'evaluate': samples and batch_size must be >= 1, max_new_tokens >= 0")
+    if run.sections.get("export") is not None:
+        ex = _stage_objects(run, "export")
+        bad = [f for f in ex.formats if f not in EXPORT_FORMATS]
+        if bad or not ex.formats:
+            raise PipelineError(f"{where}: section 'export': formats={ex.formats!r}; allowed: {', '.join(EXPORT_FORMATS)}")
+
+
+def _teacher_dir(run: Run) -> str:
+    return str(run.stage_dir("correct") / "final") if run.enabled("correct") else run.cfg.teacher
+
+
+def _stage_objects(run: Run, stage: str):
+    """The option objects a stage runs with: the section plus what the pipeline wires in."""
+    sec = dict(run.sections.get(stage) or {})
+    d = run.stage_dir(stage)
+    if stage == "correct":
+        from .distill.correct import CorrectionConfig
+        from .distill.trainer import TrainArgs
+
+        sec.setdefault("seq_len", run.cfg.seq_len)
+        sec.setdefault("eval_samples", run.cfg.eval_samples)
+        sec.setdefault("report_to", _report_to(run, sec) or "none")
+        sec.update(model=run.cfg.teacher, output_dir=str(d), overwrite=True)
+        return instantiate([CorrectionConfig, TrainArgs], sec)
+    if stage in ("importance", "prune"):
+        from .pruning.prune import PruneConfig
+
+        sec = dict(run.sections["prune"])
+        sec.setdefault("seq_len", run.cfg.seq_len)
+        sec.update(model=_teacher_dir(run), output=str(run.stage_dir("prune") / "model"), overwrite=True)
+        return instantiate([PruneConfig], sec)[0]
+    if stage == "distill":
+        from .distill.run import DistillScriptConfig
+        from .distill.trainer import DistillationConfig
+
+        sec.setdefault("seq_len", run.cfg.seq_len)
+        sec.setdefault("eval_samples", run.cfg.eval_samples)
+        sec.setdefault("report_to", _report_to(run, sec) or "none")
+        sec.update(student=str(run.stage_dir("prune") / "model"), teacher=_teacher_dir(run), output_dir=str(d),
+                   overwrite=True)
+        return instantiate([DistillScriptConfig, DistillationConfig], sec)
+    if stage == "evaluate":
+        return instantiate([EvaluateConfig], sec)[0]
+    return instantiate([ExportConfig], sec)[0]
+
+
+# --------------------------------------------------------------------------------------------------
+# Stage bookkeeping: resolved configs, fingerprints, done markers
+# --------------------------------------------------------------------------------------------------
+
+_INPUTS = {
+    "correct": (),
+    "importance": ("correct",),
+    "prune": ("correct", "importance"),
+    "distill": ("correct", "prune"),
+    "evaluate": ("correct", "prune", "distill"),
+    "export": ("prune", "distill", "evaluate"),
+}
+
+
+def read_done(run: Run, stage: str) -> dict | None:
+    f = run.stage_dir(stage) / "done.json"
+    return json.loads(f.read_text()) if f.exists() else None
+
+
+def _fingerprint(done: dict) -> str:
+    return hashlib.sha256(json.dumps([done["config"], done["finished_at"]], sort_keys=True).encode()).hexdigest()[:16]
+
+
+def resolved_config(run: Run, stage: str) -> dict:
+    """What a stage's result depends on: its options, the data, and the fingerprints of its inputs."""
+    sec = run.sections["prune"] if stage == "importance" else run.sections.get(stage)
+    inputs = {}
+    for up in _INPUTS[stage]:
+        if run.enabled(up):
+            done = read_done(run, up)
+            inputs[up] = _fingerprint(done) if done else None
+    return json.loads(json.dumps({
+        "stage": stage, "options": sec, "data": asdict(run.data), "teacher": run.cfg.teacher,
+        "seq_len": run.cfg.seq_len, "eval_samples": run.cfg.eval_samples, "inputs": inputs,
+    }, default=str))
+
+
+def _write_json_atomically(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=str))
+    tmp.replace(path)
+
+
+# --------------------------------------------------------------------------------------------------
+# The stages
+# --------------------------------------------------------------------------------------------------
+
+def _stage_correct(run: Run, resume: bool) -> dict:
+    from .distill.correct import run_correction
+
+    cfg, args = _stage_objects(run, "correct")
+    args.resume_from_checkpoint = True if resume else None
+    s = run_correction(run.data, cfg, args)
+    return {"tokens": s.get("tokens"), "summary": s, "model": str(run.stage_dir("correct") / "final")}
+
+
+def _importance_plan(run: Run):
+    """(PruneConfig, source dir, width scores needed?, depth block size)."""
+    from transformers import AutoConfig
+
+    from .models import resolve_model
+    from .pruning.trim import PruneTarget, resolve_target
+
+    cfg = _stage_objects(run, "prune")
+    src = resolve_model(cfg.model)
+    config = AutoConfig.from_pretrained(src)
+    target = PruneTarget.from_dict(cfg.target)
+    new_config, drop = resolve_target(config, target)
+    width = bool(target.width_fields()) and cfg.importance != "random"
+    k = config.num_hidden_layers - new_config["num_hidden_layers"] if drop is None else 0
+    return cfg, src, width, max(k, 0)
+
+
+def _stage_importance(run: Run, resume: bool) -> dict:
+    from .models import load_tokenizer, write_checkpoint_atomically
+    from .pruning.importance import plot_importance
+    from .pruning.prune import compute_scores
+
+    cfg, src, width, k = _importance_plan(run)
+    out = run.stage_dir("importance") / "scores"
+    if not width and not k:
+        return {"tokens": 0, "note": "nothing to score (random importance or explicit drop_layers)"}
+    imp, li, _ = compute_scores(run.data, cfg, src, load_tokenizer(src), width, k)
+    res = {"tokens": (cfg.calib_samples * cfg.seq_len if width else 0), "scores": str(out)}
+    if li is not None:
+        res["drop_layers"] = li.best_block(cfg.depth_metric)
+        res["depth_metric"] = cfg.depth_metric
+        n_blocks = len(li.lm_loss or li.block_influence)
+        res["tokens"] += cfg.val_samples * cfg.seq_len * (n_blocks + 1)
+    if not _state().is_main_process:
+        return res
+
+    def write(tmp: Path) -> None:
+        if imp is not None:
+            imp.save(tmp)
+            plot_importance(imp, tmp / "importance.png", title=f"{run.cfg.teacher} ({cfg.importance})")
+        if li is not None:
+            li.save(tmp)
+
+    write_checkpoint_atomically(out, write)
+    return res
+
+
+def _stage_prune(run: Run, resume: bool) -> dict:
+    from .pruning.prune import run_prune
+
+    cfg = _stage_objects(run, "prune")
+    imp = read_done(run, "importance") or {}
+    result = imp.get("result", {})
+    if result.get("scores") and (Path(result["scores"]) / "importance.safetensors").exists():
+        cfg.scores = result["scores"]
+    if result.get("drop_layers") is not None:
+        cfg.target = {**cfg.target, "drop_layers": ",".join(map(str, result["drop_layers"]))}
+        cfg.target.pop("num_hidden_layers", None)
+    rec = run_prune(run.data, cfg)
+    return {"tokens": 0, "model": cfg.output, "parameters": rec["parameters"]}
+
+
+def _stage_distill(run: Run, resume: bool) -> dict:
+    from .distill.run import run_distill
+
+    script, args = _stage_objects(run, "distill")
+    args.resume_from_checkpoint = True if resume else None
+    s = run_distill(run.data, script, args)
+    return {"tokens": s["tokens"], "model": s["final_model"], "summary": s}
+
+
+def _stage_evaluate(run: Run, resume: bool) -> dict:
+    import math
+
+    from transformers import AutoConfig
+
+    from .models import count_parameters, generate_answer, load_model, load_tokenizer, resolve_model
+    from .pruning.depth import lm_loss
+    from .data import load_blocks
+
+    ev = _stage_objects(run, "evaluate")
+    samples = ev.samples or run.cfg.eval_samples
+    models = {"teacher": run.cfg.teacher}
+    if run.enabled("correct"):
+        models["teacher (corrected)"] = str(run.stage_dir("correct") / "final")
+    models["pruned"] = str(run.stage_dir("prune") / "model")
+    if run.enabled("distill"):
+        models["distilled"] = str(run.stage_dir("distill") / "final")
+    tok = load_tokenizer(resolve_model(run.cfg.teacher))
+    blocks = load_blocks(run.data, tok, "validation", run.cfg.seq_len, samples)
+    rows = {}
+    for name, path in models.items():
+        d = resolve_model(path)
+        model = load_model(d)
+        loss = lm_loss(model, blocks, ev.batch_size, progress=False)
+        rows[name] = {"path": str(path), "val_loss": loss, "perplexity": math.exp(min(loss, 50)),
+                      **{f"params_{k}": v for k, v in count_parameters(AutoConfig.from_pretrained(d)).items()}}
+        if ev.max_new_tokens:
+            rows[name]["answer"] = generate_answer(model, load_tokenizer(d), ev.prompt, ev.max_new_tokens)
+        logger.info("evaluate: %s val loss %.3f", name, loss)
+        del model
+    res = {"validation": {"samples": samples, "seq_len": run.cfg.seq_len, "tokens": samples * run.cfg.seq_len},
+           "prompt": ev.prompt, "models": rows, "tokens": samples * run.cfg.seq_len * len(models)}
+    ref = "teacher (corrected)" if "teacher (corrected)" in rows else "teacher"
+    if "distilled" in rows:
+        res["gap_recovered"] = gap_recovered(rows["pruned"]["val_loss"], rows["distilled"]["val_loss"],
+                                             rows[ref]["val_loss"])
+        res["gap_reference"] = ref
+    _write_json_atomically(run.stage_dir("evaluate") / "evaluation.json", res)
+    return res
+
+
+def gap_recovered(pruned: float, distilled: float, teacher: float) -> float | None:
+    """(pruned - distilled) / (pruned - teacher): 1 = the student matches the teacher, 0 = no progress."""
+    gap = pruned - teacher
+    return None if abs(gap) < 1e-12 else (pruned - distilled) / gap
+
+
+def _final_student(run: Run) -> Path:
+    return run.stage_dir("distill") / "final" if run.enabled("distill") else run.stage_dir("prune") / "model"
+
+
+def _stage_export(run: Run, resume: bool) -> dict:
+    from .models import write_checkpoint_atomically
+    from .pruning.trim import checkpoint_files, copy_aux_files
+
+    ex = _stage_objects(run, "export")
+    src = _final_student(run)
+    res = {"tokens": 0, "artifacts": {}}
+    if "hf" in ex.formats:
+        dest = run.stage_dir("export") / "hf"
+
+        def write(tmp: Path) -> None:
+            for f in checkpoint_files(src):
+                shutil.copy2(f, tmp / f.name)
+            if (src / "model.safetensors.index.json").exists():
+                shutil.copy2(src / "model.safetensors.index.json", tmp)
+            copy_aux_files(src, tmp)
+            for extra in ("config.json", "generation_config.json"):
+                if (src / extra).exists():
+                    shutil.copy2(src / extra, tmp / extra)
+            (tmp / "minitron.json").write_text(json.dumps(_provenance(run), indent=1, default=str))
+
+        write_checkpoint_atomically(dest, write)
+        res["artifacts"]["hf"] = str(dest)
+    return res
+
+
+def _provenance(run: Run) -> dict:
+    """How the exported model was made: the recipe, and each stage's tokens and key numbers."""
+    stages = {}
+    for s in STAGES:
+        done = read_done(run, s)
+        if done:
+            stages[s] = {"tokens": done["result"].get("tokens"), "wall_time_s": done["wall_time_s"]}
+    ev = (read_done(run, "evaluate") or {}).get("result", {})
+    return {"teacher": run.cfg.teacher, "config": run.path, "stages": stages,
+            "evaluation": {k: {"val_loss": v["val_loss"], "perplexity": v["perplexity"]}
+                           for k, v in ev.get("models", {}).items()}}
+
+
+_RUNNERS = {"correct": _stage_correct, "importance": _stage_importance, "prune": _stage_prune,
+            "distill": _stage_distill, "evaluate": _stage_evaluate, "export": _stage_export}
+
+
+# --------------------------------------------------------------------------------------------------
+# Orchestration
+# --------------------------------------------------------------------------------------------------
+
+def select_stages(run: Run, from_stage: str | None = None, only: str | None = None) -> tuple[list[str], set[str]]:
+    """(stages to consider, stages forced to run) for ``--from`` / ``--only``."""
+    for name, v in (("--from", from_stage), ("--only", only)):
+        if v is not None and v not in STAGES:
+            raise PipelineError(f"{name} {v!r} is not a stage; stages: {', '.join(STAGES)}")
+        if v is not None and not run.enabled(v):
+            raise PipelineError(f"{name} {v!r}: that stage is not configured in this run (add a {v!r} section)")
+    if from_stage and only:
+        raise PipelineError("give --from or --only, not both")
+    enabled = [s for s in STAGES if run.enabled(s)]
+    if only:
+        missing = [up for up in _INPUTS[only] if run.enabled(up) and read_done(run, up) is None]
+        if missing:
+            raise PipelineError(f"--only {only}: it needs the output of {', '.join(missing)}, which has not run yet; "
+                                f"run without --only (or --from {missing[0]}) first")
+        return [only], {only}
+    if from_stage:
+        i = enabled.index(from_stage)
+        return enabled, set(enabled[i:])
+    return enabled, set()
+
+
+def _state():
+    """accelerate's process state (N processes under ``accelerate launch``, else one)."""
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+# stages whose work is spread over the processes of ``accelerate launch``; the others run on the main
+# process while the rest wait
+_PARALLEL = ("correct", "importance", "prune", "distill")
+
+
+def run_pipeline(run: Run, from_stage: str | None = None, only: str | None = None) -> dict:
+    """Run (or skip, or resume) every configured stage; returns {stage: status}.
+
+    Under ``accelerate launch`` every process walks the same stages (decisions are read from the same
+    files after a barrier); the trainer and calibration stages use all processes, and only the main
+    process writes markers, evaluation, export and the report.
+    """
+    stages, forced = select_stages(run, from_stage, only)
+    state = _state()
+    main = state.is_main_process
+    if main:
+        run.out.mkdir(parents=True, exist_ok=True)
+        (run.out / "run_config.yaml").write_text(yaml.safe_dump(_config_dump(run), sort_keys=False))
+    status: dict[str, str] = {}
+    t_run = time.time()
+    for stage in stages:
+        state.wait_for_everyone()
+        d = run.stage_dir(stage)
+        want = resolved_config(run, stage)
+        done = read_done(run, stage)
+        if done is not None and done["config"] == want and stage not in forced:
+            logger.info("stage %s: done already (%s), skipped", stage, d / "done.json")
+            status[stage] = "skipped (done)"
+            continue
+        started = d / "config.json"
+        resume = (done is None and started.exists() and json.loads(started.read_text()) == want
+                  and stage not in forced)
+        state.wait_for_everyone()  # every process has decided before the main one changes files
+        if main:
+            if not resume and d.exists():
+                shutil.rmtree(d)  # a stale or changed stage starts from scratch
+            d.mkdir(parents=True, exist_ok=True)
+            _write_json_atomically(started, want)
+        state.wait_for_everyone()
+        logger.info("stage %s: %s", stage, "resuming" if resume else "running")
+        t0 = time.time()
+        result = _RUNNERS[stage](run, resume) if main or stage in _PARALLEL else None
+        if main:
+            _write_json_atomically(d / "done.json", {
+                "stage": stage, "config": want, "result": result, "wall_time_s": round(time.time() - t0, 1),
+                "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "resumed": resume,
+            })
+            write_report(run)
+        status[stage] = "resumed" if resume else "ran"
+    state.wait_for_everyone()
+    if main:
+        write_report(run)
+        logger.info("pipeline finished in %.0f s; report: %s", time.time() - t_run, run.out / "report.md")
+    return status
+
+
+def _config_dump(run: Run) -> dict:
+    d = {k: v for k, v in asdict(run.cfg).items() if v is not None}
+    d.update({k: v for k, v in asdict(run.data).items()})
+    return json.loads(json.dumps(d, default=str))
+
+
+# --------------------------------------------------------------------------------------------------
+# The report
+# --------------------------------------------------------------------------------------------------
+
+def _arch(path) -> dict | None:
+    from transformers import AutoConfig
+
+    from .models import count_parameters, resolve_model
+
+    try:
+        c = AutoConfig.from_pretrained(resolve_model(path))
+    except Exception:  # not there yet
+        return None
+    n = count_parameters(c)
+    return {"total": n["total"], "non_embedding": n["non_embedding"], "layers": c.num_hidden_layers,
+            "hidden": c.hidden_size, "mlp": c.intermediate_size, "heads": c.num_attention_heads,
+            "kv_heads": c.num_key_value_heads}
+
+
+def _rel(run: Run, p: Path) -> str:
+    try:
+        return str(Path(p).resolve().relative_to(run.out.resolve()))
+    except ValueError:
+        return str(p)
+
+
+def write_report(run: Run) -> Path:
+    """``output_dir/report.md``: architecture, importance, training curves, evaluation, timing, artifacts."""
+    import torch
+
+    dones = {s: read_done(run, s) for s in STAGES}
+    L = [f"# Minitron run: {run.cfg.teacher} -> {run.cfg.output_dir}", ""]
+    L += [f"Config `{run.path or '(mapping)'}`, data `{run.data.data}`, sequence length {run.cfg.seq_len}. "
+          f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+          f"{', CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else ', CPU only'}.", ""]
+
+    L += ["## Stages", "", "| stage | status | wall time (s) | tokens | finished |", "|---|---|---|---|---|"]
+    total_t = 0.0
+    for s in STAGES:
+        if not run.enabled(s):
+            L.append(f"| {s} | not configured | | | |")
+            continue
+        d = dones[s]
+        if d is None:
+            L.append(f"| {s} | pending | | | |")
+            continue
+        total_t += d["wall_time_s"]
+        tok = d["result"].get("tokens")
+        L.append(f"| {s} | done{' (resumed)' if d.get('resumed') else ''} | {d['wall_time_s']:.0f} | "
+                 f"{tok:,} | {d['finished_at']} |" if tok is not None else
+                 f"| {s} | done | {d['wall_time_s']:.0f} | | {d['finished_at']} |")
+    L += ["", f"Total stage time: {total_t:.0f} s.", ""]
+
+    teacher_arch = _arch(run.cfg.teacher)
+    student_arch = _arch(run.stage_dir("prune") / "model") if dones["prune"] else None
+    if teacher_arch:
+        L += ["## Architecture", "", "| | teacher | student |", "|---|---|---|"]
+        for k, label in (("total", "parameters"), ("non_embedding", "non-embedding parameters"), ("layers", "layers"),
+                         ("hidden", "hidden size"), ("mlp", "MLP size"), ("heads", "attention heads"),
+                         ("kv_heads", "KV heads")):
+            fmt = (lambda v: f"{v / 1e6:.1f}M") if k in ("total", "non_embedding") else str
+            sv = fmt(student_arch[k]) if student_arch else "(pending)"
+            L.append(f"| {label} | {fmt(teacher_arch[k])} | {sv} |")
+        L.append("")
+
+    imp_dir = run.stage_dir("importance") / "scores"
+    plots = [p for p in (imp_dir / "importance.png", imp_dir / "layer_importance.png") if p.exists()]
+    if plots:
+        L += ["## Importance", ""]
+        res = dones["importance"]["result"] if dones["importance"] else {}
+        if res.get("drop_layers") is not None:
+            L += [f"Depth: dropped layers {res['drop_layers']} (metric {res['depth_metric']}).", ""]
+        L += [f"![{p.stem}]({_rel(run, p)})" for p in plots] + [""]
+
+    curves = [(s, run.stage_dir(s) / "curves.png") for s in ("correct", "distill")]
+    curves = [(s, p) for s, p in curves if p.exists()]
+    if curves or dones["distill"]:
+        L += ["## Training", ""]
+        if dones["distill"]:
+            sm = dones["distill"]["result"]["summary"]
+            b, a = sm["before"], sm["after"]
+            L += [f"Distillation ({sm['loss']}, T={sm['temperature']}): {sm['steps']} steps, {sm['tokens']:,} tokens, "
+                  f"{sm['train_runtime_s'] or 0:.0f} s of training. Validation KD loss {b['before_kd_loss']:.3f} -> "
+                  f"{a['eval_kd_loss']:.3f}; student LM loss {b['before_student_lm_loss']:.3f} -> "
+                  f"{a['eval_student_lm_loss']:.3f} (teacher {a['eval_teacher_lm_loss']:.3f}).", ""]
+        if dones["correct"]:
+            sm = dones["correct"]["result"]["summary"]
+            L += [f"Teacher correction ({sm['mode']}): {sm['steps']} steps, validation LM loss "
+                  f"{sm['before_lm_loss']:.3f} -> {sm['after_lm_loss']:.3f}.", ""]
+        L += [f"![{s} curves]({_rel(run, p)})" for s, p in curves] + [""]
+
+    if dones["evaluate"]:
+        ev = dones["evaluate"]["result"]
+        v = ev["validation"]
+        L += ["## Evaluation", "", f"Held-out `{run.data.data}` validation split, {v['samples']} x {v['seq_len']} "
+              f"tokens (the same tokens for every model).", "",
+              "| model | parameters | non-embedding | val loss | perplexity |", "|---|---|---|---|---|"]
+        for name, r in ev["models"].items():
+            L.append(f"| {name} | {r['params_total'] / 1e6:.1f}M | {r['params_non_embedding'] / 1e6:.1f}M | "
+                     f"{r['val_loss']:.3f} | {r['perplexity']:.1f} |")
+        L.append("")
+        if ev.get("gap_recovered") is not None:
+            L += [f"**Gap recovered** by distillation: {100 * ev['gap_recovered']:.1f}% "
+                  f"(= (pruned - distilled) / (pruned - {ev['gap_reference']}) in validation loss).", ""]
+        answers = [(n, r["answer"]) for n, r in ev["models"].items() if r.get("answer") is not None]
+        if answers:
+            L += [f"Greedy answers to \"{ev['prompt']}\":", ""]
+            L += [f"- {n}: {a.strip()!r}" for n, a in answers] + [""]
+
+    final = _final_student(run)
+    L += ["## Artifacts", ""]
+    if dones["export"]:
+        for fmt, p in dones["export"]["result"]["artifacts"].items():
+            L.append(f"- `{fmt}`: `{p}`")
+        L.append("")
+    if final.exists():
+        L += [f"Final student: `{final}`. Load it with vanilla transformers, or talk to it / serve it:", "", "```python",
+              "from transformers import AutoModelForCausalLM, AutoTokenizer",
+              f"model = AutoModelForCausalLM.from_pretrained({str(final)!r})",
+              f"tokenizer = AutoTokenizer.from_pretrained({str(final)!r})", "```", "", "```bash",
+              f"minitron generate {final} --prompt \"What is the capital of France?\"",
+              f"minitron evaluate {run.cfg.teacher} {final}", "```", ""]
+    path = run.out / "report.md"
+    tmp = path.with_name(".report.md.tmp")
+    tmp.write_text("\n".join(L))
+    tmp.replace(path)
+    return path

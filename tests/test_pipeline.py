@@ -1,0 +1,183 @@
+"""`minitron run`: every stage end to end on a tiny teacher, skip / rerun / resume rules, the report,
+and every bad config failing before any work."""
+
+import json
+import shutil
+
+import pytest
+import yaml
+from transformers import AutoModelForCausalLM
+
+from minitron_hf.cli import main
+from minitron_hf.config import ConfigError
+from minitron_hf.pipeline import PipelineError, gap_recovered, load_run, read_done, run_pipeline
+
+from conftest import tiny_model
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
+
+
+@pytest.fixture
+def teacher_dir(tmp_path, default_model_dir):
+    """A tiny random Llama with the default model's tokenizer (vocab 49152)."""
+    d = tmp_path / "teacher"
+    tiny_model("llama", vocab_size=49152).save_pretrained(d)
+    for f in TOKENIZER_FILES:
+        if (default_model_dir / f).exists():
+            shutil.copy2(default_model_dir / f, d / f)
+    return d
+
+
+def _config(teacher_dir, out, **over):
+    cfg = {
+        "output_dir": str(out), "teacher": str(teacher_dir), "data": "python-docs", "seq_len": 32,
+        "eval_samples": 4, "report_to": "none",
+        "prune": {"target": {"hidden_size": 36, "intermediate_size": 64, "num_hidden_layers": 3},
+                  "calib_samples": 4, "val_samples": 2, "batch_size": 2},
+        "distill": {"max_steps": 4, "per_device_train_batch_size": 2, "learning_rate": 3e-3, "logging_steps": 1,
+                    "save_strategy": "steps", "save_steps": 2, "disable_tqdm": True},
+        "evaluate": {"max_new_tokens": 4},
+        "export": {"formats": ["hf"]},
+    }
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(cfg.get(k), dict):
+            cfg[k] = {**cfg[k], **v}
+        else:
+            cfg[k] = v
+    return cfg
+
+
+def _write(tmp_path, cfg, name="run.yaml"):
+    p = tmp_path / name
+    p.write_text(yaml.safe_dump(cfg))
+    return p
+
+
+def test_full_run_then_skip_rerun_and_only(teacher_dir, tmp_path):
+    out = tmp_path / "run"
+    path = _write(tmp_path, _config(teacher_dir, out))
+    status = run_pipeline(load_run(path))
+    assert status == {s: "ran" for s in ("importance", "prune", "distill", "evaluate", "export")}
+    for s in status:
+        assert (out / s / "done.json").exists() and (out / s / "config.json").exists()
+    # depth and width from one importance stage: the layer scan picked the dropped layer
+    imp = read_done(load_run(path), "importance")["result"]
+    assert len(imp["drop_layers"]) == 1 and (out / "importance" / "scores" / "importance.safetensors").exists()
+    student = AutoModelForCausalLM.from_pretrained(out / "prune" / "model")
+    assert (student.config.hidden_size, student.config.intermediate_size, student.config.num_hidden_layers) == (36, 64, 3)
+    kept_layers = json.loads((out / "prune" / "model" / "pruning.json").read_text())["kept"]["layers"]
+    assert imp["drop_layers"][0] not in kept_layers
+    # evaluation: every model on the same tokens; gap recovered is computed from those numbers
+    ev = json.loads((out / "evaluate" / "evaluation.json").read_text())
+    assert set(ev["models"]) == {"teacher", "pruned", "distilled"}
+    m = ev["models"]
+    assert ev["gap_recovered"] == pytest.approx(gap_recovered(m["pruned"]["val_loss"], m["distilled"]["val_loss"],
+                                                              m["teacher"]["val_loss"]))
+    assert m["distilled"]["params_total"] == m["pruned"]["params_total"] < m["teacher"]["params_total"]
+    # the export is a vanilla checkpoint equal to the distilled student
+    exported = AutoModelForCausalLM.from_pretrained(out / "export" / "hf")
+    distilled = AutoModelForCausalLM.from_pretrained(out / "distill" / "final")
+    for (k, a), (_, b) in zip(exported.state_dict().items(), distilled.state_dict().items()):
+        assert a.equal(b), k
+    assert json.loads((out / "export" / "hf" / "minitron.json").read_text())["stages"]["distill"]["tokens"] == 4 * 2 * 32
+    report = (out / "report.md").read_text()
+    for heading in ("## Stages", "## Architecture", "## Importance", "## Training", "## Evaluation", "## Artifacts"):
+        assert heading in report
+    assert "distill/curves.png" in report and (out / "distill" / "curves.png").exists()
+    assert "Gap recovered" in report and (out / "importance" / "scores" / "layer_importance.png").exists()
+
+    # a rerun skips every stage
+    assert set(run_pipeline(load_run(path)).values()) == {"skipped (done)"}
+    # changing distillation options re-runs distill and what reads it, not importance or prune
+    status = run_pipeline(load_run(path, overrides=["distill.max_steps=2"]))
+    assert status == {"importance": "skipped (done)", "prune": "skipped (done)", "distill": "ran",
+                      "evaluate": "ran", "export": "ran"}
+    assert read_done(load_run(path), "distill")["result"]["summary"]["steps"] == 2
+    # --only runs that stage alone, even when done
+    assert run_pipeline(load_run(path, overrides=["distill.max_steps=2"]), only="evaluate") == {"evaluate": "ran"}
+    # a changed target re-runs prune (importance scores are reused) and everything after it
+    status = run_pipeline(load_run(path, overrides=["distill.max_steps=2", "prune.target={hidden_size: 36, "
+                                                    "intermediate_size: 48, num_hidden_layers: 3}"]))
+    assert status["importance"] == "ran" and status["prune"] == "ran"  # the target decides what is scored
+    assert AutoModelForCausalLM.from_pretrained(out / "prune" / "model").config.intermediate_size == 48
+
+
+def test_interrupted_distill_resumes_from_its_checkpoint(teacher_dir, tmp_path):
+    out = tmp_path / "run"
+    path = _write(tmp_path, _config(teacher_dir, out, export=None))
+    run_pipeline(load_run(path))
+    full = read_done(load_run(path), "distill")["result"]["summary"]
+    # simulate a crash after checkpoint-2: no done marker, no final model, no later checkpoint
+    (out / "distill" / "done.json").unlink()
+    shutil.rmtree(out / "distill" / "final")
+    shutil.rmtree(out / "distill" / "checkpoint-4")
+    status = run_pipeline(load_run(path))
+    assert status["distill"] == "resumed" and status["prune"] == "skipped (done)"
+    resumed = read_done(load_run(path), "distill")["result"]["summary"]
+    assert resumed["steps"] == 4
+    assert resumed["after"]["eval_student_lm_loss"] == pytest.approx(full["after"]["eval_student_lm_loss"], abs=1e-4)
+
+
+def test_cli_run_and_from(teacher_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    path = _write(tmp_path, _config(teacher_dir, out, distill=None, export=None,
+                                    prune={"target": {"intermediate_size": 64}}))
+    assert main(["run", str(path)]) == 0
+    printed = capsys.readouterr().out
+    assert "prune       ran" in printed and "report:" in printed and "distill" not in printed
+    assert main(["run", str(path), "--from", "prune"]) == 0
+    printed = capsys.readouterr().out
+    assert "importance  skipped (done)" in printed and "prune       ran" in printed and "evaluate    ran" in printed
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"prun": {"target": {"hidden_size": 36}}}, "did you mean 'prune'"),
+    ({"distill": {"max_step": 3}}, "did you mean 'max_steps'"),
+    ({"distill": {"teacher": "x"}}, "'teacher' is set by the pipeline"),
+    ({"prune": {"output": "x", "target": {"hidden_size": 36}}}, "'output' is set by the pipeline"),
+    ({"prune": {"calib_samples": 4}}, "section 'prune' with a 'target' is required"),
+    ({"prune": {"target": {"hidden_size": 999}}}, "hidden_size"),
+    ({"prune": {"target": {"hiden_size": 36}}}, "did you mean 'hidden_size'"),
+    ({"export": {"formats": ["gguf"]}}, "formats=['gguf']; allowed: hf"),
+    ({"distill": {"kd_loss": "kl"}}, "kd_loss='kl'"),
+    ({"output_dir": None}, "output_dir is required"),
+    ({"distill": "yes"}, "section 'distill' must be a mapping"),
+    ({"report_to": "wandb"}, "report_to='wandb'"),
+])
+def test_bad_configs_fail_before_any_work(teacher_dir, tmp_path, change, message):
+    import importlib.util
+
+    if change.get("report_to") == "wandb" and importlib.util.find_spec("wandb") is not None:
+        pytest.skip("wandb is installed here")
+    cfg = _config(teacher_dir, tmp_path / "run")
+    for k, v in change.items():
+        if k == "prun":
+            cfg.pop("prune")
+        cfg[k] = v
+    with pytest.raises((PipelineError, ConfigError, ValueError), match=None) as e:
+        load_run(_write(tmp_path, cfg))
+    assert message in str(e.value)
+    assert not (tmp_path / "run").exists()  # nothing written
+
+
+def test_bad_stage_selection(teacher_dir, tmp_path):
+    run = load_run(_write(tmp_path, _config(teacher_dir, tmp_path / "run", export=None)))
+    with pytest.raises(PipelineError, match="'distil' is not a stage"):
+        run_pipeline(run, from_stage="distil")
+    with pytest.raises(PipelineError, match="'export': that stage is not configured"):
+        run_pipeline(run, only="export")
+    with pytest.raises(PipelineError, match="needs the output of prune"):
+        run_pipeline(run, only="distill")
+    with pytest.raises(PipelineError, match="SECTION.KEY=VALUE"):
+        load_run(_write(tmp_path, _config(teacher_dir, tmp_path / "run")), overrides=["distil.max_steps=3"])
+    assert not (tmp_path / "run").exists()
+
+
+def test_recipe_configs_load():
+    from pathlib import Path
+
+    paths = sorted((Path(__file__).parents[1] / "recipes" / "configs").glob("*/minitron-*.yaml"))
+    assert len(paths) >= 5
+    for p in paths:  # the big teachers are Hub ids: check fields and values, not the model itself
+        run = load_run(p, check_model=p.parent.name == "smollm2-135m")
+        assert run.sections["prune"]["target"] and run.enabled("distill"), p
