@@ -138,6 +138,16 @@ def _serve(ns):
     sys.exit(serve(ns.model_dir, cfg))
 
 
+def _bench_throughput(ns):
+    from .export.throughput import ThroughputConfig, results_table, run_throughput
+
+    (cfg,) = parse_args([ThroughputConfig], namespace=ns)
+    res = run_throughput(ns.models, cfg)
+    print(f"{cfg.backend}: {cfg.num_requests} requests x ({cfg.input_len} in + {cfg.output_len} out) tokens, "
+          f"batch {cfg.batch_size}")
+    print(results_table(res["rows"]))
+
+
 def _add_export_parsers(sub) -> None:
     """publish / export fp8 / export trtllm / serve (minitron_hf/export/)."""
     from .data import DataConfig
@@ -171,6 +181,15 @@ def _add_export_parsers(sub) -> None:
     p = sub.add_parser("serve", help="vLLM's OpenAI-compatible server for a checkpoint")
     p.add_argument("model_dir", help="checkpoint directory")
     build_parser([ServeConfig], p).set_defaults(func=_serve)
+
+    from .export.throughput import ThroughputConfig
+
+    p = sub.add_parser("bench", help="benchmarks")
+    bsub = p.add_subparsers(dest="bench_command", required=True)
+    b = bsub.add_parser("throughput", help="generation throughput of checkpoints on the same synthetic requests "
+                        "(the first is the speedup reference)")
+    b.add_argument("models", nargs="+", help="checkpoints (or the alias smollm2-135m)")
+    build_parser([ThroughputConfig], b).set_defaults(func=_bench_throughput)
 
 
 def make_parser() -> argparse.ArgumentParser:

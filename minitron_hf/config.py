@@ -108,12 +108,25 @@ def check_fields(data: dict, classes, where: str, reserved=()) -> None:
             raise ConfigError(f"{where}: unknown field {k!r}{hint} Valid fields: {', '.join(sorted(valid))}")
 
 
+def _coerce(name: str, value, tp):
+    """YAML 1.1 (PyYAML) reads ``1e-4`` as a string: numbers given as text become numbers, anything
+    else of the wrong type is an error naming the field."""
+    scalar, is_list = _base_type(tp)
+    if is_list or scalar not in (int, float) or not isinstance(value, str):
+        return value
+    try:
+        return scalar(float(value)) if scalar is float else int(value)
+    except ValueError:
+        raise ConfigError(f"{name}={value!r} must be {'a number' if scalar is float else 'an integer'}") from None
+
+
 def instantiate(classes, values: dict):
     """Split a flat dict of values over the dataclasses and build them."""
     out = []
     for cls in classes:
+        hints = typing.get_type_hints(cls)
         names = {f.name for f in dataclasses.fields(cls)}
-        out.append(cls(**{k: v for k, v in values.items() if k in names}))
+        out.append(cls(**{k: _coerce(k, v, hints[k]) for k, v in values.items() if k in names}))
     return out
 
 

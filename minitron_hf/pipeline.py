@@ -50,7 +50,7 @@ from .data import DataConfig
 logger = logging.getLogger(__name__)
 
 STAGES = ("correct", "importance", "prune", "distill", "evaluate", "export")
-EXPORT_FORMATS = ("hf",)
+EXPORT_FORMATS = ("hf", "fp8")
 
 
 class PipelineError(ValueError):
@@ -93,7 +93,9 @@ class ExportConfig:
     """Options of the export stage."""
 
     formats: list[str] = field(default_factory=lambda: ["hf"], metadata={"help": "hf: the final student as a "
-                               "vanilla safetensors folder with a model card"})
+                               "vanilla safetensors folder with a model card (what `minitron publish` uploads); "
+                               "fp8: a ModelOpt FP8 checkpoint for TensorRT-LLM and vLLM (GPU)"})
+    fp8_calib_samples: int = field(default=64, metadata={"help": "calibration sequences of the FP8 export"})
 
 
 # fields each section may not set: the pipeline wires models and directories itself
@@ -139,12 +141,14 @@ def _set_override(values: dict, item: str) -> None:
     if len(parts) > 2 or (len(parts) == 2 and parts[0] not in STAGES):
         raise PipelineError(f"--set {item!r}: expected KEY=VALUE or SECTION.KEY=VALUE with a section among "
                             f"{', '.join(s for s in STAGES if s != 'importance')}")
+    # YAML 1.2 booleans only: `save_strategy=no` means the string "no", not False
+    value = raw.strip() if raw.strip().lower() in ("yes", "no", "on", "off", "y", "n") else yaml.safe_load(raw)
     if len(parts) == 2:
         if not isinstance(values.get(parts[0]), dict):
             values[parts[0]] = {}
-        values[parts[0]][parts[1]] = yaml.safe_load(raw)
+        values[parts[0]][parts[1]] = value
     else:
-        values[parts[0]] = yaml.safe_load(raw)
+        values[parts[0]] = value
 
 
 @dataclass
@@ -243,6 +247,8 @@ def _check_stages(run: Run, where: str, check_model: bool = True) -> None:
         bad = [f for f in ex.formats if f not in EXPORT_FORMATS]
         if bad or not ex.formats:
             raise PipelineError(f"{where}: section 'export': formats={ex.formats!r}; allowed: {', '.join(EXPORT_FORMATS)}")
+        if ex.fp8_calib_samples < 1:
+            raise PipelineError(f"{where}: section 'export': fp8_calib_samples={ex.fp8_calib_samples} must be >= 1")
 
 
 def _teacher_dir(run: Run) -> str:
@@ -463,28 +469,29 @@ def _final_student(run: Run) -> Path:
 
 
 def _stage_export(run: Run, resume: bool) -> dict:
-    from .models import write_checkpoint_atomically
-    from .pruning.trim import checkpoint_files, copy_aux_files
+    """The final student as the folder ``minitron publish`` would upload (weights, tokenizer and a
+    model card with the architecture, recipe and evaluation) and, if asked, a ModelOpt FP8 checkpoint."""
+    from .export.hub import build_publish_folder
 
     ex = _stage_objects(run, "export")
     src = _final_student(run)
+    ev = (read_done(run, "evaluate") or {}).get("result", {})
+    table = {name: {"val loss": r["val_loss"], "perplexity": r["perplexity"]} for name, r in ev.get("models", {}).items()}
     res = {"tokens": 0, "artifacts": {}}
     if "hf" in ex.formats:
         dest = run.stage_dir("export") / "hf"
-
-        def write(tmp: Path) -> None:
-            for f in checkpoint_files(src):
-                shutil.copy2(f, tmp / f.name)
-            if (src / "model.safetensors.index.json").exists():
-                shutil.copy2(src / "model.safetensors.index.json", tmp)
-            copy_aux_files(src, tmp)
-            for extra in ("config.json", "generation_config.json"):
-                if (src / extra).exists():
-                    shutil.copy2(src / extra, tmp / extra)
-            (tmp / "minitron.json").write_text(json.dumps(_provenance(run), indent=1, default=str))
-
-        write_checkpoint_atomically(dest, write)
+        build_publish_folder(src, dest, evaluation=table or None)
+        (dest / "minitron.json").write_text(json.dumps(_provenance(run), indent=1, default=str))
         res["artifacts"]["hf"] = str(dest)
+    if "fp8" in ex.formats:
+        from .export.fp8 import FP8Config, export_fp8
+
+        dest = run.stage_dir("export") / "fp8"
+        rec = export_fp8(src, run.data, FP8Config(output=str(dest), calib_samples=ex.fp8_calib_samples,
+                                                  seq_len=run.cfg.seq_len, overwrite=True))
+        res["artifacts"]["fp8"] = str(dest)
+        res["tokens"] += ex.fp8_calib_samples * run.cfg.seq_len
+        res["fp8"] = {k: rec[k] for k in ("wall_time_s",) if k in rec}
     return res
 
 

@@ -80,6 +80,9 @@ def test_full_run_then_skip_rerun_and_only(teacher_dir, tmp_path):
     for (k, a), (_, b) in zip(exported.state_dict().items(), distilled.state_dict().items()):
         assert a.equal(b), k
     assert json.loads((out / "export" / "hf" / "minitron.json").read_text())["stages"]["distill"]["tokens"] == 4 * 2 * 32
+    card = (out / "export" / "hf" / "README.md").read_text()  # the model card `minitron publish` uploads
+    assert "## Architecture" in card and "## Evaluation" in card and "distilled" in card
+    assert f"{m['distilled']['val_loss']:.3f}"[:4] in card
     report = (out / "report.md").read_text()
     for heading in ("## Stages", "## Architecture", "## Importance", "## Training", "## Evaluation", "## Artifacts"):
         assert heading in report
@@ -138,7 +141,8 @@ def test_cli_run_and_from(teacher_dir, tmp_path, capsys):
     ({"prune": {"calib_samples": 4}}, "section 'prune' with a 'target' is required"),
     ({"prune": {"target": {"hidden_size": 999}}}, "hidden_size"),
     ({"prune": {"target": {"hiden_size": 36}}}, "did you mean 'hidden_size'"),
-    ({"export": {"formats": ["gguf"]}}, "formats=['gguf']; allowed: hf"),
+    ({"export": {"formats": ["gguf"]}}, "formats=['gguf']; allowed: hf, fp8"),
+    ({"export": {"fp8_calib_samples": 0}}, "fp8_calib_samples=0"),
     ({"distill": {"kd_loss": "kl"}}, "kd_loss='kl'"),
     ({"output_dir": None}, "output_dir is required"),
     ({"distill": "yes"}, "section 'distill' must be a mapping"),
@@ -171,6 +175,17 @@ def test_bad_stage_selection(teacher_dir, tmp_path):
     with pytest.raises(PipelineError, match="SECTION.KEY=VALUE"):
         load_run(_write(tmp_path, _config(teacher_dir, tmp_path / "run")), overrides=["distil.max_steps=3"])
     assert not (tmp_path / "run").exists()
+
+
+def test_set_overrides_are_typed(teacher_dir, tmp_path):
+    path = _write(tmp_path, _config(teacher_dir, tmp_path / "run"))
+    run = load_run(path, overrides=["distill.save_strategy=no", "distill.learning_rate=1e-4", "seq_len=16",
+                                    "distill.lr_scheduler_kwargs={min_lr: 1.0e-5}"])
+    from minitron_hf.pipeline import _stage_objects
+
+    script, args = _stage_objects(run, "distill")  # what the trainer gets: typed ("1e-4" is a str in YAML 1.1)
+    assert args.save_strategy == "no" and args.learning_rate == 1e-4 and script.seq_len == 16
+    assert args.lr_scheduler_kwargs == {"min_lr": 1e-5}
 
 
 def test_recipe_configs_load():

