@@ -313,9 +313,24 @@ def _fingerprint(done: dict) -> str:
     return hashlib.sha256(json.dumps([done["config"], done["finished_at"]], sort_keys=True).encode()).hexdigest()[:16]
 
 
+# the prune options the calibration pass depends on (the exact width target does not matter: scores
+# rank every channel of the source, so a new width target reuses them)
+_IMPORTANCE_KEYS = ("importance", "calib_samples", "seq_len", "batch_size", "depth_metric", "val_samples", "dtype",
+                    "device")
+
+
+def _importance_options(run: Run) -> dict:
+    sec = run.sections["prune"]
+    target = {k: v for k, v in sec["target"].items() if v is not None}
+    width = any(k in target for k in ("hidden_size", "intermediate_size", "num_attention_heads",
+                                      "num_key_value_heads")) and sec.get("importance", "l2_mean") != "random"
+    depth = None if "drop_layers" in target else target.get("num_hidden_layers")
+    return {**{k: sec[k] for k in _IMPORTANCE_KEYS if k in sec}, "width_scores": width, "depth_to_layers": depth}
+
+
 def resolved_config(run: Run, stage: str) -> dict:
     """What a stage's result depends on: its options, the data, and the fingerprints of its inputs."""
-    sec = run.sections["prune"] if stage == "importance" else run.sections.get(stage)
+    sec = _importance_options(run) if stage == "importance" else run.sections.get(stage)
     inputs = {}
     for up in _INPUTS[stage]:
         if run.enabled(up):

@@ -98,11 +98,15 @@ def test_full_run_then_skip_rerun_and_only(teacher_dir, tmp_path):
     assert read_done(load_run(path), "distill")["result"]["summary"]["steps"] == 2
     # --only runs that stage alone, even when done
     assert run_pipeline(load_run(path, overrides=["distill.max_steps=2"]), only="evaluate") == {"evaluate": "ran"}
-    # a changed target re-runs prune (importance scores are reused) and everything after it
+    # a new width target re-runs prune and everything after it, reusing the importance scores
     status = run_pipeline(load_run(path, overrides=["distill.max_steps=2", "prune.target={hidden_size: 36, "
                                                     "intermediate_size: 48, num_hidden_layers: 3}"]))
-    assert status["importance"] == "ran" and status["prune"] == "ran"  # the target decides what is scored
+    assert status["importance"] == "skipped (done)" and status["prune"] == "ran" and status["distill"] == "ran"
     assert AutoModelForCausalLM.from_pretrained(out / "prune" / "model").config.intermediate_size == 48
+    # a different depth needs a new layer scan
+    status = run_pipeline(load_run(path, overrides=["distill.max_steps=2", "prune.target={hidden_size: 36, "
+                                                    "intermediate_size: 48, num_hidden_layers: 2}"]))
+    assert status["importance"] == "ran" and len(read_done(load_run(path), "importance")["result"]["drop_layers"]) == 2
 
 
 def test_interrupted_distill_resumes_from_its_checkpoint(teacher_dir, tmp_path):
