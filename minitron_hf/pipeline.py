@@ -495,7 +495,8 @@ def _stage_export(run: Run, resume: bool) -> dict:
     res = {"tokens": 0, "artifacts": {}}
     if "hf" in ex.formats:
         dest = run.stage_dir("export") / "hf"
-        build_publish_folder(src, dest, evaluation=table or None)
+        title = f"{Path(str(run.cfg.teacher)).name}-minitron-{run.out.resolve().name}"
+        build_publish_folder(src, dest, evaluation=table or None, title=title)
         (dest / "minitron.json").write_text(json.dumps(_provenance(run), indent=1, default=str))
         res["artifacts"]["hf"] = str(dest)
     if "fp8" in ex.formats:

@@ -82,6 +82,7 @@ def test_full_run_then_skip_rerun_and_only(teacher_dir, tmp_path):
     assert json.loads((out / "export" / "hf" / "minitron.json").read_text())["stages"]["distill"]["tokens"] == 4 * 2 * 32
     card = (out / "export" / "hf" / "README.md").read_text()  # the model card `minitron publish` uploads
     assert "## Architecture" in card and "## Evaluation" in card and "distilled" in card
+    assert "\n# teacher-minitron-run\n" in card  # titled after the teacher and the run, not "final"
     assert f"{m['distilled']['val_loss']:.3f}"[:4] in card
     report = (out / "report.md").read_text()
     for heading in ("## Stages", "## Architecture", "## Importance", "## Training", "## Evaluation", "## Artifacts"):

@@ -295,7 +295,7 @@ def _recipe(rec: dict) -> tuple[list[str], int]:
 
 def model_card_text(model_dir, base_model: str | None = None, evaluation: dict | None = None,
                     license: str | None = None, base_model_relation: str | None = None,
-                    repo_id: str | None = None) -> str:
+                    repo_id: str | None = None, title: str | None = None) -> str:
     """The README.md (front matter + body) for a checkpoint directory."""
     from huggingface_hub import ModelCardData
 
@@ -326,7 +326,7 @@ def model_card_text(model_dir, base_model: str | None = None, evaluation: dict |
     if hub_id:
         data.base_model_relation = relation
 
-    title = repo_id.split("/")[-1] if repo_id else d.resolve().name
+    title = title or (repo_id.split("/")[-1] if repo_id else d.resolve().name)
     stages = [s for s, k in (("pruned", "pruning"), ("distilled", "distill")) if rec[k]] + (["FP8-quantized"] if fp8 else [])
     what = " and ".join(stages) or "derived"
     body = [f"# {title}", "",
@@ -396,7 +396,7 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 def build_publish_folder(model_dir, out_dir, base_model: str | None = None, evaluation: dict | None = None,
                          license: str | None = None, base_model_relation: str | None = None,
-                         repo_id: str | None = None) -> Path:
+                         repo_id: str | None = None, title: str | None = None) -> Path:
     """Write the folder that is uploaded: the checkpoint's published files and the generated README.md.
 
     Written atomically (a temporary sibling renamed into place); an existing ``out_dir`` is replaced.
@@ -406,7 +406,7 @@ def build_publish_folder(model_dir, out_dir, base_model: str | None = None, eval
     if out.resolve() == d.resolve() or d.resolve() in out.resolve().parents:
         raise HubError(f"dry_run={str(out_dir)!r} must not be the checkpoint directory or inside it")
     card = model_card_text(d, base_model=base_model, evaluation=evaluation, license=license,
-                           base_model_relation=base_model_relation, repo_id=repo_id)
+                           base_model_relation=base_model_relation, repo_id=repo_id, title=title)
     files = publish_files(d)
     if (d / "README.md").exists():
         logger.info("%s/README.md is replaced by the generated model card", d)
