@@ -31,7 +31,6 @@ output directories). Every key is checked before any work.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import hashlib
 import importlib.util
 import json
@@ -44,7 +43,7 @@ from pathlib import Path
 
 import yaml
 
-from .config import ConfigError, check_fields, instantiate
+from .config import check_fields, instantiate, load_yaml
 from .data import DataConfig
 
 logger = logging.getLogger(__name__)
@@ -177,14 +176,7 @@ def load_run(path: str | Path | None = None, overrides=(), values: dict | None =
     """Read and check a run config (YAML file and/or a mapping, then ``--set`` overrides).
 
     ``check_model=False`` skips the checks that need the teacher's config (resolving it may download it)."""
-    data = {}
-    if path is not None:
-        p = Path(path)
-        if not p.exists():
-            raise PipelineError(f"config={str(path)!r}: no such file")
-        data = yaml.safe_load(p.read_text()) or {}
-        if not isinstance(data, dict):
-            raise PipelineError(f"config={str(path)!r}: expected a mapping of option names to values")
+    data = load_yaml(path, [RunConfig, DataConfig]) if path is not None else {}
     data = copy.deepcopy({**data, **(values or {})})
     for item in overrides or ():
         _set_override(data, item)
