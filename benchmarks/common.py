@@ -31,14 +31,15 @@ def command() -> str:
     return " ".join([Path(sys.executable).name, *sys.argv])
 
 
-def write_result(name: str, title: str, body: str) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
+def write_result(name: str, title: str, body: str, directory: Path = RESULTS) -> Path:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
     try:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     except OSError:
         rev = "?"
     text = (f"# {title}\n\n- date: {datetime.date.today().isoformat()}\n- machine: {machine()}\n"
             f"- command: `{command()}`\n- commit: {rev or '?'}\n\n{body.strip()}\n")
-    path = RESULTS / f"{name}.md"
+    path = directory / f"{name}.md"
     path.write_text(text)
     return path

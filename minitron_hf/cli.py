@@ -143,8 +143,7 @@ def _bench_throughput(ns):
 
     (cfg,) = parse_args([ThroughputConfig], namespace=ns)
     res = run_throughput(ns.models, cfg)
-    print(f"{cfg.backend}: {cfg.num_requests} requests x ({cfg.input_len} in + {cfg.output_len} out) tokens, "
-          f"batch {cfg.batch_size}")
+    print(f"{cfg.backend}: {cfg.num_requests} requests per input/output-length pair, batch {cfg.batch_size}")
     print(results_table(res["rows"]))
 
 

@@ -102,6 +102,24 @@ def count_parameters(config) -> dict[str, int]:
     return {"total": body + embedding, "embedding": embedding, "non_embedding": body}
 
 
+def forward_flops(config, tokens: int, context: int = 0) -> float:
+    """Multiply-add FLOPs (2 per MAC) of a forward pass over ``tokens`` new tokens that follow
+    ``context`` cached ones: every weight matmul (the LM head included, embeddings are lookups) plus
+    attention scores and values, ``4 * layers * query_width`` per (query, key) pair, causal.
+
+    ``forward_flops(c, isl + osl)`` approximates one request of ``isl`` prompt and ``osl`` generated
+    tokens (prefill and decode do the same arithmetic, decode one token at a time); the runtime
+    comparison's expected speedup of a student is the teacher's FLOPs over the student's.
+    """
+    q_width = config.num_attention_heads * head_dim_of(config)
+    params = count_parameters(config)
+    lm_head = config.vocab_size * config.hidden_size
+    matmul = params["non_embedding"] + lm_head  # norms are a rounding error next to the matmuls
+    # key positions seen by the new tokens: sum_{t=1..tokens} (context + t)
+    pairs = tokens * context + tokens * (tokens + 1) / 2
+    return 2.0 * matmul * tokens + 4.0 * config.num_hidden_layers * q_width * pairs
+
+
 # --------------------------------------------------------------------------------------------------
 # Model resolution: alias -> local checkpoint directory
 # --------------------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from minitron_hf.distill.losses import LOSSES, chunked_kd_loss, naive_kd_loss, shift_labels, token_loss
+from minitron_hf.distill.losses import LOSSES, chunked_kd_loss, chunked_lm_loss_sum, naive_kd_loss, shift_labels, token_loss
 
 
 def _setup(seed=0, B=3, S=11, D=16, V=50, Dt=24, bias=False):
@@ -75,3 +75,16 @@ def test_vocab_mismatch_is_refused():
     hs, ws, _, ht, wt, labels = _setup()
     with pytest.raises(ValueError, match="vocabulary 50 != teacher vocabulary 49"):
         chunked_kd_loss(hs, ws, ht, wt[:49], labels)
+
+
+def test_hidden_states_in_another_dtype_than_the_heads():
+    """Accelerate's mixed precision hands a bf16 model's outputs back in fp32 (found on a GPU run:
+    evaluation outside autocast failed with 'expected mat1 and mat2 to have the same dtype')."""
+    hs, ws, _, ht, wt, labels = _setup()
+    ref = chunked_kd_loss(hs, ws.bfloat16(), ht.bfloat16(), wt.bfloat16(), labels, chunk_size=4)
+    out = chunked_kd_loss(hs.float(), ws.bfloat16(), ht.float(), wt.bfloat16(), labels, chunk_size=4)
+    torch.testing.assert_close(out, ref)
+    (g,) = torch.autograd.grad(out, [hs])
+    assert g.dtype == torch.float64 and g.abs().sum() > 0  # flows back through the cast
+    lm = chunked_lm_loss_sum(ht.float(), wt.bfloat16(), labels, chunk_size=4)
+    torch.testing.assert_close(lm, chunked_lm_loss_sum(ht.bfloat16(), wt.bfloat16(), labels, chunk_size=4))

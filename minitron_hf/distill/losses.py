@@ -146,28 +146,39 @@ def chunked_kd_loss(student_hidden: torch.Tensor, student_weight: torch.Tensor, 
     ``labels`` [...] marks the tokens that count (-100 = ignored, e.g. padding or the last position);
     they are the targets of the optional cross-entropy term. Hidden states and labels must already be
     aligned (position i predicts labels[i]). ``num_items`` defaults to the number of valid tokens.
-    ``chunk_size`` defaults to :func:`auto_chunk_size` (about 16M logits per chunk).
+    ``chunk_size`` defaults to :func:`auto_chunk_size` (by vocabulary and device).
     """
     if kind not in LOSSES:
         raise ValueError(f"loss={kind!r} is not one of {', '.join(LOSSES)}")
     if student_weight.shape[0] != teacher_weight.shape[0]:
         raise ValueError(f"student vocabulary {student_weight.shape[0]} != teacher vocabulary {teacher_weight.shape[0]}")
-    hs = student_hidden.reshape(-1, student_hidden.shape[-1])
-    ht = teacher_hidden.reshape(-1, teacher_hidden.shape[-1]).detach()
+    # Hidden states in the head's dtype: Accelerate's mixed precision returns a bf16 model's outputs
+    # in fp32 (convert_outputs_to_fp32), and outside autocast (evaluation) F.linear needs one dtype.
+    hs = student_hidden.reshape(-1, student_hidden.shape[-1]).to(student_weight.dtype)
+    ht = teacher_hidden.reshape(-1, teacher_hidden.shape[-1]).detach().to(teacher_weight.dtype)
     lab = labels.reshape(-1)
     if num_items is None:
         num_items = int((lab != -100).sum())
     num_items = max(int(num_items), 1)
-    chunk_size = chunk_size or auto_chunk_size(student_weight.shape[0])
+    chunk_size = chunk_size or auto_chunk_size(student_weight.shape[0], hs.device)
     return _ChunkedKD.apply(hs, student_weight, student_bias, ht, teacher_weight.detach(),
                             None if teacher_bias is None else teacher_bias.detach(), lab, kind,
                             float(temperature), float(beta), float(ce_weight), num_items, int(chunk_size))
 
 
-def auto_chunk_size(vocab: int, logits_per_chunk: int = 1 << 24) -> int:
-    """Tokens per chunk so that one chunk's [tokens x vocab] fp32 logits take about 64 MiB (the loss
-    holds a few such tensors at a time): 341 tokens at vocab 49152, 130 at 128256. Smaller chunks
-    save memory but add passes over the [vocab x hidden] weight gradient (one per chunk)."""
+def auto_chunk_size(vocab: int, device=None, logits_per_chunk: int | None = None) -> int:
+    """Tokens per chunk of the KD loss for a vocabulary, by device.
+
+    CPU: about 16M logits per chunk (64 MiB of fp32 logits; the loss holds a few such tensors): 341
+    tokens at vocab 49152, 130 at 128256. CUDA: 256M logits (1 GiB), 2092 tokens at vocab 128256:
+    every chunk reads and accumulates the whole [vocab x hidden] weight gradient, which small chunks
+    make the bottleneck on a GPU. H100, vocab 128256, hidden 4096, 16384 tokens (benchmarks/results/
+    gpu_llama8b.md): 130-token chunks 4.1x the naive loss's time, 2092-token chunks 1.09x at 5.5x less
+    peak memory.
+    """
+    if logits_per_chunk is None:
+        on_gpu = device is not None and torch.device(device).type != "cpu"
+        logits_per_chunk = 1 << 28 if on_gpu else 1 << 24
     return max(1, logits_per_chunk // vocab)
 
 
@@ -198,7 +209,7 @@ def shift_labels(input_ids: torch.Tensor, attention_mask: torch.Tensor | None = 
 def chunked_lm_loss_sum(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, bias=None,
                         chunk_size: int = 1024) -> torch.Tensor:
     """Summed next-token cross-entropy from final hidden states, chunk by chunk (evaluation only)."""
-    h = hidden.reshape(-1, hidden.shape[-1])
+    h = hidden.reshape(-1, hidden.shape[-1]).to(weight.dtype)  # fp32 outputs of a bf16 model: see chunked_kd_loss
     lab = labels.reshape(-1)
     total = torch.zeros((), dtype=torch.float64, device=h.device)
     for i in range(0, h.shape[0], chunk_size):

@@ -18,7 +18,7 @@ import torch
 
 from ..data import BlockDataset, DataConfig, collate_blocks, load_blocks
 from ..models import load_model, load_tokenizer, resolve_model
-from .trainer import DistillationConfig, DistillationError, DistillationTrainer, check_pair
+from .trainer import BaselineEvaluation, DistillationConfig, DistillationError, DistillationTrainer, check_pair
 
 logger = logging.getLogger(__name__)
 
@@ -84,17 +84,28 @@ def run_distill(data_cfg: DataConfig, script: DistillScriptConfig, args: Distill
     trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, tokenizer_size=len(tok),
                                   train_dataset=BlockDataset(train), eval_dataset=BlockDataset(val),
                                   data_collator=collate_blocks, processing_class=tok)
-    before = trainer.evaluate(metric_key_prefix="before")
+    if trainer.sharded:  # the student is placed and sharded inside train(): evaluate it there
+        baseline = BaselineEvaluation(trainer)
+        trainer.add_callback(baseline)
+    else:
+        before = trainer.evaluate(metric_key_prefix="before")
     result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    if trainer.sharded:
+        before = baseline.metrics
     after = trainer.evaluate(metric_key_prefix="eval")
     final = Path(args.output_dir) / "final"
-    trainer.save_model(str(final))  # safetensors, config, generation config; tokenizer via processing_class
+    save_vanilla(trainer, final)
     tokens_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * world * script.seq_len
     summary = {
         "student": str(script.student), "teacher": str(script.teacher), "data": asdict(data_cfg),
         "seq_len": script.seq_len, "tokens_per_step": tokens_per_step, "steps": trainer.state.global_step,
         "tokens": trainer.state.global_step * tokens_per_step,
         "before": before, "after": after, "train_runtime_s": result.metrics.get("train_runtime"),
+        "train_tokens_per_s": (trainer.state.global_step * tokens_per_step / result.metrics["train_runtime"]
+                               if result.metrics.get("train_runtime") else None),
+        # this process's device: the peak of the whole run (both models, optimizer states, activations)
+        "peak_gpu_memory_gib": (round(torch.cuda.max_memory_allocated() / 2**30, 2)
+                                if torch.cuda.is_available() else None),
         "wall_time_s": round(time.time() - t0, 1), "final_model": str(final),
         "loss": args.kd_loss, "temperature": args.temperature, "ce_weight": args.ce_weight,
     }
@@ -109,6 +120,20 @@ def run_distill(data_cfg: DataConfig, script: DistillScriptConfig, args: Distill
                 script.student, before["before_student_lm_loss"], after["eval_student_lm_loss"],
                 after["eval_teacher_lm_loss"], before["before_kd_loss"], after["eval_kd_loss"], trainer.state.global_step)
     return summary
+
+
+def save_vanilla(trainer, final: Path) -> None:
+    """The student as a plain transformers checkpoint (safetensors, config, generation config,
+    tokenizer), also under FSDP, whose ``save_model`` with SHARDED_STATE_DICT writes per-rank shards
+    that ``from_pretrained`` cannot read: gather the full state dict instead (every rank takes part)."""
+    if not getattr(trainer, "is_fsdp_enabled", False):
+        trainer.save_model(str(final))  # DeepSpeed ZeRO-3 gathers (stage3_gather_16bit_weights_on_model_save)
+        return
+    state_dict = trainer.accelerator.get_state_dict(trainer.model_wrapped)
+    if trainer.is_world_process_zero():
+        trainer.accelerator.unwrap_model(trainer.model_wrapped).save_pretrained(final, state_dict=state_dict)
+        trainer.processing_class.save_pretrained(final)
+    trainer.accelerator.wait_for_everyone()
 
 
 def plot_curves(history: list[dict], tokens_per_step: int, path: Path, before: dict | None = None,

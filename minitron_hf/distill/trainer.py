@@ -103,6 +103,21 @@ def check_pair(student, teacher, seq_len: int | None = None, tokenizer_size: int
     return v
 
 
+class BaselineEvaluation(TrainerCallback):
+    """Evaluates the untrained student at the start of ``train()``.
+
+    Under FSDP and DeepSpeed the Trainer wraps (shards) the student only inside ``train()``; before
+    that it sits unplaced on the CPU (found on an H100 under FSDP2: 'index is on cuda:0, different
+    from other tensors on cpu'). After a resume, the baseline is the resumed checkpoint's."""
+
+    def __init__(self, trainer: "DistillationTrainer"):
+        self.trainer, self.metrics = trainer, None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if self.metrics is None:
+            self.metrics = self.trainer.evaluate(metric_key_prefix="before")
+
+
 class _TeacherStep(TrainerCallback):
     """Steps the continuously corrected teacher right after each student optimizer step."""
 
@@ -136,6 +151,21 @@ def _deepspeed_teacher(teacher, accelerator):
     return engine
 
 
+def _fsdp_teacher(model, accelerator):
+    """The frozen teacher sharded with the student's FSDP settings.
+
+    ``prepare_model(evaluation_mode=True)`` neither shards nor places a model under FSDP (accelerate
+    1.15), which left the teacher on the CPU (seen on an H100 with recipes/accelerate/fsdp2.yaml)."""
+    if getattr(accelerator, "is_fsdp2", False):
+        from accelerate.utils import fsdp2_prepare_model
+
+        model = fsdp2_prepare_model(accelerator, model)  # per-layer fully_shard, as for the student
+    else:
+        model = accelerator.prepare_model(model)  # FSDP1 wraps outside evaluation mode
+    model.eval()
+    return model
+
+
 class DistillationTrainer(Trainer):
     def __init__(self, model=None, teacher_model=None, args: DistillationConfig | None = None,
                  tokenizer_size: int | None = None, **kwargs):
@@ -161,7 +191,9 @@ class DistillationTrainer(Trainer):
         teacher_model.requires_grad_(False)
         if self.is_deepspeed_enabled:
             self.teacher = _deepspeed_teacher(teacher_model, self.accelerator)
-        else:  # single device, DDP, FSDP: placed (and sharded) like the student
+        elif getattr(self, "is_fsdp_enabled", False):
+            self.teacher = _fsdp_teacher(teacher_model, self.accelerator)
+        else:  # single device, DDP: placed like the student
             self.teacher = self.accelerator.prepare_model(teacher_model, evaluation_mode=True)
 
     # -------------------------------------------------------------------------------------- loss
@@ -288,12 +320,17 @@ class DistillationTrainer(Trainer):
                         out.reshape(-1, out.shape[-1]).float(), labels.reshape(-1), ignore_index=-100, reduction="sum")
                 else:
                     w, b = self._head(m)
-                    sums[i] += chunked_lm_loss_sum(out, w, labels, b, self.args.kd_chunk_size or auto_chunk_size(w.shape[0]))
+                    sums[i] += chunked_lm_loss_sum(out, w, labels, b, self.args.kd_chunk_size or auto_chunk_size(w.shape[0], w.device))
             sums[3] += int((labels != -100).sum())
         sums = self.accelerator.reduce(sums, reduction="sum")
         k = max(float(sums[3]), 1.0)
         return {"kd_loss": float(sums[0]) / k, "student_lm_loss": float(sums[1]) / k,
                 "teacher_lm_loss": float(sums[2]) / k}
+
+    @property
+    def sharded(self) -> bool:
+        """FSDP or DeepSpeed: the student is prepared only inside ``train()``."""
+        return bool(getattr(self, "is_fsdp_enabled", False) or self.is_deepspeed_enabled)
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
         dataloader = self.get_eval_dataloader(eval_dataset)

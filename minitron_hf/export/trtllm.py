@@ -71,18 +71,20 @@ class TRTLLMConfig:
     overwrite: bool = field(default=False, metadata={"help": "replace an existing output directory"})
 
 
-def parse_lengths(items) -> list[tuple[int, int]]:
+def parse_lengths(items, error=None) -> list[tuple[int, int]]:
+    """``["128/2048", ...]`` -> ``[(128, 2048), ...]``; bad items raise ``error`` (TRTLLMError) naming them."""
+    error = error or TRTLLMError
     out = []
     for it in items:
         try:
             isl, osl = (int(x) for x in str(it).split("/"))
         except ValueError:
-            raise TRTLLMError(f"lengths item {it!r} must be ISL/OSL, two positive integers, e.g. 128/2048") from None
+            raise error(f"lengths item {it!r} must be ISL/OSL, two positive integers, e.g. 128/2048") from None
         if isl < 1 or osl < 1:
-            raise TRTLLMError(f"lengths item {it!r}: both lengths must be >= 1")
+            raise error(f"lengths item {it!r}: both lengths must be >= 1")
         out.append((isl, osl))
     if not out:
-        raise TRTLLMError("lengths must name at least one ISL/OSL pair")
+        raise error("lengths must name at least one ISL/OSL pair")
     return out
 
 
