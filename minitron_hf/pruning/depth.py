@@ -7,6 +7,10 @@ Two saliencies of a contiguous block of ``k`` layers starting at layer ``s``:
 - ``block-influence``: ``1 - cos(h_s, h_{s+k})`` between the block's input and output hidden states
   (ShortGPT's Block Influence), from forward hooks on the decoder layers, averaged over tokens. One
   forward pass scores every block; only the last ``k + 1`` boundary states of a batch are held.
+- ``task:<lm-eval task>``: downstream accuracy after removing the block, through LM Evaluation Harness
+  on the in-memory model (the paper's Fig. 8: Winogrande 5-shot). Also scored: every single layer's
+  removal, and the non-contiguous choice (the ``k`` layers whose single removal hurts least) for
+  comparison. Highest accuracy wins.
 """
 
 from __future__ import annotations
@@ -25,6 +29,18 @@ from ..models import arch_spec
 logger = logging.getLogger(__name__)
 
 DEPTH_METRICS = ("lm-loss", "block-influence")
+TASK_PREFIX = "task:"
+
+
+def is_task_metric(metric: str) -> bool:
+    return isinstance(metric, str) and metric.startswith(TASK_PREFIX) and len(metric) > len(TASK_PREFIX)
+
+
+def check_metric(metric: str, field_name: str = "depth_metric") -> str:
+    if metric in DEPTH_METRICS or is_task_metric(metric):
+        return metric
+    raise DepthError(f"{field_name}={metric!r} is not one of {', '.join(DEPTH_METRICS)} or task:<lm-eval task> "
+                     f"(e.g. task:winogrande, task:pydoc_continuation)")
 
 
 class DepthError(ValueError):
@@ -99,12 +115,22 @@ class LayerImportance:
     lm_loss: list[float] = field(default_factory=list)  # index = block start
     block_influence: list[float] = field(default_factory=list)  # index = block start
     layer_influence: list[float] = field(default_factory=list)  # single layers (k = 1)
+    task: str | None = None  # lm-eval task of the accuracy scan
+    task_metric: str = "acc"
+    baseline_accuracy: float | None = None
+    task_accuracy: list[float] = field(default_factory=list)  # index = block start
+    single_layer_accuracy: list[float] = field(default_factory=list)  # index = the one removed layer
+    noncontiguous: dict | None = None  # {"layers": the k least harmful single layers, "accuracy": ...}
 
     def best_block(self, metric: str = "lm-loss") -> list[int]:
         """The contiguous block whose removal hurts least under ``metric``."""
-        scores = self.lm_loss if metric == "lm-loss" else self.block_influence if metric == "block-influence" else None
-        if scores is None:
-            raise DepthError(f"depth_metric={metric!r} is not one of {', '.join(DEPTH_METRICS)}")
+        check_metric(metric)
+        if is_task_metric(metric):
+            if metric[len(TASK_PREFIX):] != self.task or not self.task_accuracy:
+                raise DepthError(f"no {metric} scores were computed")
+            s = max(range(len(self.task_accuracy)), key=self.task_accuracy.__getitem__)
+            return list(range(s, s + self.block_size))
+        scores = self.lm_loss if metric == "lm-loss" else self.block_influence
         if not scores:
             raise DepthError(f"no {metric} scores were computed")
         s = min(range(len(scores)), key=scores.__getitem__)
@@ -119,11 +145,18 @@ class LayerImportance:
             "blocks": [
                 {"start": s, "layers": list(range(s, s + self.block_size)),
                  "lm_loss": self.lm_loss[s] if s < len(self.lm_loss) else None,
-                 "block_influence": self.block_influence[s] if s < len(self.block_influence) else None}
-                for s in range(max(len(self.lm_loss), len(self.block_influence)))
+                 "block_influence": self.block_influence[s] if s < len(self.block_influence) else None,
+                 "task_accuracy": self.task_accuracy[s] if s < len(self.task_accuracy) else None}
+                for s in range(max(len(self.lm_loss), len(self.block_influence), len(self.task_accuracy)))
             ],
             "layer_influence": self.layer_influence,
         }
+        if self.task:
+            data["task"] = {"name": self.task, "metric": self.task_metric, "baseline": self.baseline_accuracy,
+                            "single_layer_accuracy": self.single_layer_accuracy,
+                            "best_contiguous": self.best_block(TASK_PREFIX + self.task),
+                            "best_contiguous_accuracy": max(self.task_accuracy),
+                            "noncontiguous": self.noncontiguous}
         (out / "layer_importance.json").write_text(json.dumps(data, indent=2))
         self.plot(out / "layer_importance.png")
         return out
@@ -134,6 +167,8 @@ class LayerImportance:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
+        if self.task_accuracy:
+            return self._plot_accuracy(path)
         fig, ax = plt.subplots(figsize=(8, 4.5))
         if self.lm_loss:
             ax.plot(range(len(self.lm_loss)), self.lm_loss, "o-", label=f"LM loss, {self.block_size} layers removed")
@@ -152,6 +187,59 @@ class LayerImportance:
         fig.savefig(path, dpi=110)
         plt.close(fig)
         return Path(path)
+
+
+    def _plot_accuracy(self, path) -> Path:
+        """Fig. 8 analog: accuracy after removing each contiguous block, vs the non-contiguous choice."""
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(8, 4.5))
+        ax.plot(range(len(self.task_accuracy)), self.task_accuracy, "o-",
+                label=f"contiguous: layers s .. s+{self.block_size - 1} removed")
+        if self.baseline_accuracy is not None:
+            ax.axhline(self.baseline_accuracy, color="gray", ls="--", label="no layer removed")
+        if self.noncontiguous:
+            ax.axhline(self.noncontiguous["accuracy"], color="C3", ls=":",
+                       label=f"non-contiguous: the {self.block_size} least harmful single layers")
+        ax.set_xlabel("first removed layer")
+        ax.set_ylabel(f"{self.task} {self.task_metric}")
+        ax.set_title(f"Downstream accuracy after removing {self.block_size} layers")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        return Path(path)
+
+
+def block_task_accuracy(model, tokenizer, task: str, block_size: int, *, metric: str = "acc",
+                        num_fewshot: int | None = None, limit: int | float | None = None, batch_size: int = 8,
+                        include_path=None, noncontiguous: bool = True, progress: bool = True) -> dict:
+    """Accuracy on an lm-eval task with each contiguous block of ``block_size`` layers skipped in memory
+    (and, with ``noncontiguous``, each single layer, then the ``block_size`` least harmful ones together)."""
+    from ..eval.harness import evaluate_model, score, task_manager, wrap_model
+
+    L = model.config.num_hidden_layers
+    if not 1 <= block_size < L:
+        raise DepthError(f"block_size={block_size} must be between 1 and num_hidden_layers - 1 = {L - 1}")
+    manager = task_manager(include_path)
+    lm = wrap_model(model, tokenizer, batch_size)
+
+    def acc() -> float:
+        return score(evaluate_model(model, tokenizer, [task], num_fewshot=num_fewshot, limit=limit, manager=manager,
+                                    lm=lm), task, metric)
+
+    out = {"baseline": acc(), "blocks": [], "single": [], "noncontiguous": None}
+    for s in tqdm(range(L - block_size + 1), desc=f"{task}: drop {block_size} layers", disable=not progress):
+        with dropped_layers(model, range(s, s + block_size)):
+            out["blocks"].append(acc())
+    if noncontiguous:
+        for i in tqdm(range(L), desc=f"{task}: drop 1 layer", disable=not progress):
+            with dropped_layers(model, [i]):
+                out["single"].append(acc())
+        least = sorted(sorted(range(L), key=lambda i: -out["single"][i])[:block_size])
+        with dropped_layers(model, least):
+            out["noncontiguous"] = {"layers": least, "accuracy": acc()}
+    return out
 
 
 def block_lm_losses(model, blocks: torch.Tensor, block_size: int, batch_size: int = 8, progress: bool = True):
@@ -218,12 +306,23 @@ def block_influence(model, blocks: torch.Tensor, block_size: int, batch_size: in
     return (block_sum / n_tok).tolist(), (layer_sum / n_tok).tolist()
 
 
-def layer_importance(model, blocks: torch.Tensor, block_size: int, metrics=DEPTH_METRICS, batch_size: int = 8,
-                     progress: bool = True) -> LayerImportance:
+def layer_importance(model, blocks: torch.Tensor | None, block_size: int, metrics=DEPTH_METRICS, batch_size: int = 8,
+                     progress: bool = True, tokenizer=None, task_options: dict | None = None) -> LayerImportance:
+    """Scores of every contiguous block of ``block_size`` layers under ``metrics``; a ``task:`` metric
+    needs ``tokenizer`` and takes ``task_options`` (:func:`block_task_accuracy`'s keywords)."""
     for m in metrics:
-        if m not in DEPTH_METRICS:
-            raise DepthError(f"depth_metric={m!r} is not one of {', '.join(DEPTH_METRICS)}")
+        check_metric(m)
     result = LayerImportance(block_size=block_size)
+    for m in metrics:
+        if is_task_metric(m):
+            if tokenizer is None:
+                raise DepthError(f"depth_metric={m!r} needs the model's tokenizer")
+            opts = dict(task_options or {})
+            result.task, result.task_metric = m[len(TASK_PREFIX):], opts.get("metric", "acc")
+            r = block_task_accuracy(model, tokenizer, result.task, block_size, batch_size=batch_size,
+                                    progress=progress, **opts)
+            result.baseline_accuracy, result.task_accuracy = r["baseline"], r["blocks"]
+            result.single_layer_accuracy, result.noncontiguous = r["single"], r["noncontiguous"]
     if "block-influence" in metrics:
         result.block_influence, result.layer_influence = block_influence(model, blocks, block_size, batch_size, progress)
     if "lm-loss" in metrics:

@@ -18,7 +18,7 @@ import torch
 
 from ..data import DataConfig, load_blocks
 from ..models import arch_spec, load_model, resolve_model, write_checkpoint_atomically
-from .depth import DEPTH_METRICS, layer_importance
+from .depth import DepthError, check_metric, is_task_metric, layer_importance
 from .importance import (Importance, estimate_importance, parse_aggregation, plot_importance,
                          random_importance)
 from .trim import (PruneTarget, PruningConfigError, copy_aux_files, has_tokenizer, make_plan,
@@ -45,8 +45,18 @@ class PruneConfig:
     seq_len: int = field(default=512, metadata={"help": "tokens per calibration/validation sequence"})
     batch_size: int = field(default=8, metadata={"help": "sequences per forward pass"})
     depth_metric: str = field(default="lm-loss", metadata={"help": "how to pick layers when only "
-                              "num_hidden_layers is given: lm-loss (paper) or block-influence",
-                              "choices": list(DEPTH_METRICS)})
+                              "num_hidden_layers is given: lm-loss (Fig. 7), block-influence, or "
+                              "task:<lm-eval task> (downstream accuracy, Fig. 8; e.g. task:winogrande)"})
+    depth_task_fewshot: int | None = field(default=None, metadata={"help": "task: metric: few-shot examples "
+                                           "(paper: Winogrande 5-shot; default: the task's)"})
+    depth_task_limit: int | None = field(default=None, metadata={"help": "task: metric: evaluate only the first "
+                                         "N examples per candidate"})
+    depth_task_score: str = field(default="acc", metadata={"help": "task: metric: which lm-eval metric "
+                                  "ranks the blocks (acc, acc_norm, ...)"})
+    depth_noncontiguous: bool = field(default=True, metadata={"help": "task: metric: also score every single "
+                                      "layer and the non-contiguous choice (the paper's comparison)"})
+    tasks_dir: str | None = field(default=None, metadata={"help": "folder of local lm-eval task YAML files "
+                                  "(the Hub's task data is unreachable offline)"})
     val_samples: int = field(default=32, metadata={"help": "validation sequences for the lm-loss depth metric"})
     iterative_steps: int = field(default=1, metadata={"help": "1 = single-shot (paper); N > 1 prunes in N "
                                  "steps, re-estimating importance after each"})
@@ -86,8 +96,16 @@ def validate(cfg: PruneConfig):
     out = check_output(cfg.output, cfg.overwrite)
     if cfg.importance != "random":
         parse_aggregation(cfg.importance)
-    if cfg.depth_metric not in DEPTH_METRICS:
-        raise PruningConfigError(f"depth_metric={cfg.depth_metric!r} is not one of {', '.join(DEPTH_METRICS)}")
+    try:
+        check_metric(cfg.depth_metric)
+    except DepthError as e:
+        raise PruningConfigError(str(e)) from None
+    if cfg.depth_task_limit is not None and cfg.depth_task_limit < 1:
+        raise PruningConfigError(f"depth_task_limit={cfg.depth_task_limit} must be >= 1 (or unset for all examples)")
+    if cfg.depth_task_fewshot is not None and cfg.depth_task_fewshot < 0:
+        raise PruningConfigError(f"depth_task_fewshot={cfg.depth_task_fewshot} must be >= 0")
+    if cfg.tasks_dir is not None and not Path(cfg.tasks_dir).is_dir():
+        raise PruningConfigError(f"tasks_dir={cfg.tasks_dir!r}: no such directory (a folder of lm-eval task YAML files)")
     for name in ("calib_samples", "seq_len", "batch_size", "val_samples", "iterative_steps"):
         if getattr(cfg, name) < 1:
             raise PruningConfigError(f"{name}={getattr(cfg, name)} must be >= 1")
@@ -156,10 +174,17 @@ def compute_scores(data_cfg: DataConfig, cfg: PruneConfig, src: Path, tokenizer,
     state = state or _dist_state()
     device = device if device is not None else (state.device if state.num_processes > 1 else _device(cfg.device))
     by_influence = depth_k > 0 and cfg.depth_metric == "block-influence"
+    by_task = depth_k > 0 and is_task_metric(cfg.depth_metric)
+    if by_task:
+        if state.num_processes > 1:
+            raise PruningConfigError("depth_metric=task:... runs in a single process; launch without accelerate")
+        from ..eval.harness import check_tasks, task_manager
+
+        check_tasks([cfg.depth_metric[len("task:"):]], task_manager(cfg.tasks_dir))  # before loading weights
     calib = load_blocks(data_cfg, tokenizer, "calibration", cfg.seq_len, cfg.calib_samples) \
         if width_scores or by_influence else None
     val = load_blocks(data_cfg, tokenizer, "validation", cfg.seq_len, cfg.val_samples) \
-        if depth_k > 0 and not by_influence else None
+        if depth_k > 0 and not by_influence and not by_task else None
     calib, val = _shard(calib, state), _shard(val, state)
     if not width_scores and depth_k <= 0:
         return None, None, calib
@@ -167,7 +192,10 @@ def compute_scores(data_cfg: DataConfig, cfg: PruneConfig, src: Path, tokenizer,
     li = imp = None
     if depth_k > 0:
         li = layer_importance(model, calib if by_influence else val, depth_k, metrics=(cfg.depth_metric,),
-                              batch_size=cfg.batch_size, progress=state.is_main_process)
+                              batch_size=cfg.batch_size, progress=state.is_main_process, tokenizer=tokenizer,
+                              task_options=dict(metric=cfg.depth_task_score, num_fewshot=cfg.depth_task_fewshot,
+                                                limit=cfg.depth_task_limit, include_path=cfg.tasks_dir,
+                                                noncontiguous=cfg.depth_noncontiguous))
     if width_scores:
         imp = estimate_importance(model, calib, cfg.importance, batch_size=cfg.batch_size,
                                   progress=state.is_main_process)
@@ -213,6 +241,10 @@ def run_prune(data_cfg: DataConfig, cfg: PruneConfig) -> dict:
         record["depth"] = {"metric": cfg.depth_metric, "block_size": depth_k, "dropped": drop,
                            "baseline_loss": li.baseline_loss, "lm_loss": li.lm_loss,
                            "block_influence": li.block_influence}
+        if li.task:
+            record["depth"].update({"task": li.task, "task_score": li.task_metric,
+                                    "baseline_accuracy": li.baseline_accuracy, "task_accuracy": li.task_accuracy,
+                                    "noncontiguous": li.noncontiguous})
         logger.info("depth: dropping layers %s (%s)", drop, cfg.depth_metric)
     drop = drop or []
 

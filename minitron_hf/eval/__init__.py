@@ -1,0 +1,1 @@
+"""Evaluation: LM Evaluation Harness tasks on in-memory models and checkpoints (``harness``)."""
