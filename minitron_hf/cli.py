@@ -24,6 +24,16 @@ def _prune(ns):
           f"in {rec['wall_time_s']} s")
 
 
+def _search(ns):
+    from .data import DataConfig
+    from .pruning.search import SearchConfig, results_table, run_search
+
+    data_cfg, cfg = parse_args([DataConfig, SearchConfig], namespace=ns)
+    rec = run_search(data_cfg, cfg)
+    print(results_table(rec))
+    print(f"wrote {cfg.output}/search.json, search.md and best.yaml in {rec['wall_time_s']} s")
+
+
 def _importance(ns):
     from .data import DataConfig
     from .pruning.prune import ImportanceConfig, run_importance
@@ -200,6 +210,11 @@ def make_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("prune", help="importance + width/depth pruning to a vanilla HF checkpoint")
     build_parser([DataConfig, PruneConfig], p, append_fields=("target",)).set_defaults(func=_prune)
+    from .pruning.search import SearchConfig
+
+    p = sub.add_parser("search", help="architecture search in a parameter budget: enumerate, prune and score "
+                       "candidates (optionally after a short distillation)")
+    build_parser([DataConfig, SearchConfig], p).set_defaults(func=_search)
     p = sub.add_parser("importance", help="importance scores and plots only (reusable with prune --scores)")
     build_parser([DataConfig, ImportanceConfig], p).set_defaults(func=_importance)
     from .distill.run import DistillScriptConfig

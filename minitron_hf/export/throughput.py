@@ -203,7 +203,7 @@ def plot_speedups(rows: list[dict], path: Path, title: str = "Throughput speedup
     ax.set_xlabel("input / output tokens")
     ax.set_ylabel(f"speedup over {teacher}")
     ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -1,0 +1,123 @@
+"""`minitron search`: candidate enumeration within a budget, choice, scoring, the winner as a prune config."""
+
+import json
+import shutil
+
+import pytest
+import yaml
+
+from conftest import tiny_model
+from minitron_hf.cli import main
+from minitron_hf.data import DataConfig
+from minitron_hf.models import count_parameters
+from minitron_hf.pruning.search import SearchConfig, budget_params, choose, enumerate_candidates, run_search
+from minitron_hf.pruning.trim import PruneTarget, PruningConfigError, resolve_target
+
+
+def _config(**kw):
+    return tiny_model("llama", hidden_size=128, intermediate_size=256, num_attention_heads=8, num_key_value_heads=2,
+                      num_hidden_layers=6, vocab_size=512, **kw).config
+
+
+def test_enumeration_respects_budget_and_validity_rules():
+    c = _config()
+    total = count_parameters(c)["total"]
+    cfg = SearchConfig(budget=0.6, multiple=16, prune_heads=True, tolerance=0.1)
+    budget = budget_params(cfg, total)
+    cands, seen = enumerate_candidates(c, cfg, budget)
+    assert seen > len(cands) > 5
+    for x in cands:
+        t = x["target"]
+        assert budget * 0.9 <= x["parameters"] <= budget
+        resolve_target(c, PruneTarget.from_dict(t))  # the prune validator accepts every candidate
+        assert t["hidden_size"] % 16 == 0 and t["intermediate_size"] % 16 == 0 or t["intermediate_size"] == 256
+        assert t["hidden_size"] % t["num_attention_heads"] == 0  # LlamaConfig's rule in transformers 5.x
+        assert t["num_attention_heads"] % 2 == 0  # whole GQA groups
+        assert t["hidden_size"] >= 64 and t["num_hidden_layers"] >= 3  # max prune fractions 0.5
+    assert [x["parameters"] for x in cands] == sorted((x["parameters"] for x in cands), reverse=True)
+    # a naive enumeration agrees on how many valid targets fit
+    naive = 0
+    for L in range(3, 7):
+        for H in (4, 6, 8):
+            for h in [128] + [v for v in range(64, 128, 16)]:
+                for i in [256] + [v for v in range(128, 256, 16)]:
+                    t = {"hidden_size": h, "intermediate_size": i, "num_attention_heads": H, "num_hidden_layers": L}
+                    try:
+                        d, _ = resolve_target(c, PruneTarget.from_dict(t))
+                    except PruningConfigError:
+                        continue
+                    n = count_parameters(type(c).from_dict(d))["total"]
+                    naive += budget * 0.9 <= n <= budget
+    assert naive == len(cands)
+
+
+def test_choose_spreads_over_depths():
+    c = _config()
+    cfg = SearchConfig(budget=0.6, multiple=16, tolerance=0.2)
+    cands, _ = enumerate_candidates(c, cfg, budget_params(cfg, count_parameters(c)["total"]))
+    chosen = choose(cands, 3, 6)
+    depths = [x["target"]["num_hidden_layers"] for x in chosen]
+    all_depths = {x["target"]["num_hidden_layers"] for x in cands}
+    assert len(chosen) == 3 and len(set(depths)) == 3
+    assert max(depths) == max(all_depths) and min(depths) == min(all_depths)
+
+
+def test_bad_input():
+    c = _config()
+    total = count_parameters(c)["total"]
+    with pytest.raises(PruningConfigError, match="budget is required"):
+        budget_params(SearchConfig(), total)
+    with pytest.raises(PruningConfigError, match="not below the source"):
+        budget_params(SearchConfig(budget=total * 2.0), total)
+    from minitron_hf.pruning.search import check_config
+
+    with pytest.raises(PruningConfigError, match="max_width_prune=1.5"):
+        check_config(SearchConfig(budget=0.5, max_width_prune=1.5))
+    with pytest.raises(PruningConfigError, match="top_k=0"):
+        check_config(SearchConfig(budget=0.5, top_k=0))
+
+
+@pytest.fixture
+def tiny_ckpt(tmp_path, default_model_dir):
+    d = tmp_path / "tiny"
+    tiny_model("llama", hidden_size=128, intermediate_size=256, num_attention_heads=8, num_key_value_heads=2,
+               num_hidden_layers=6, vocab_size=49152).save_pretrained(d)
+    for f in default_model_dir.iterdir():
+        if f.name.startswith("tokenizer") or f.name == "chat_template.jinja":
+            shutil.copy2(f, d / f.name)
+    return d
+
+
+def test_search_scores_and_writes_a_usable_prune_config(tiny_ckpt, tmp_path, capsys):
+    out = tmp_path / "search"
+    assert main(["search", "--model", str(tiny_ckpt), "--budget", "0.8", "--output", str(out), "--top-k", "3",
+                 "--multiple", "16", "--calib-samples", "4", "--val-samples", "4", "--seq-len", "64",
+                 "--batch-size", "4", "--distill-tokens", "512", "--tolerance", "0.2"]) == 0
+    rec = json.loads((out / "search.json").read_text())
+    assert rec["ranked_by"] == "loss_distilled" and len(rec["candidates"]) == 3
+    losses = [x["loss_distilled"] for x in rec["candidates"]]
+    assert losses == sorted(losses) and all(x["distill_steps"] == 2 for x in rec["candidates"])
+    assert all(x["parameters"] <= rec["budget"] for x in rec["candidates"])
+    assert "| rank |" in (out / "search.md").read_text() and "| rank |" in capsys.readouterr().out
+    assert not list(tmp_path.glob(".search.work"))  # temporary candidates removed
+    best = yaml.safe_load((out / "best.yaml").read_text())
+    assert best["target"] == rec["best"] == rec["candidates"][0]["prune_target"]
+    pruned = tmp_path / "pruned"
+    assert main(["prune", "--config", str(out / "best.yaml"), "--model", str(tiny_ckpt), "--output", str(pruned),
+                 "--calib-samples", "4", "--val-samples", "4", "--seq-len", "64"]) == 0
+    p = json.loads((pruned / "pruning.json").read_text())["parameters"]["after"]["total"]
+    assert p == rec["candidates"][0]["parameters"]  # the analytic count is the real one
+    # an output that exists is refused before any work
+    assert main(["search", "--model", str(tiny_ckpt), "--budget", "0.8", "--output", str(out)]) == 2
+    assert main(["search", "--model", str(tiny_ckpt), "--budget", "0.01", "--output", str(tmp_path / "none"),
+                 "--multiple", "16"]) == 2
+    assert "no valid candidate" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_search_on_the_default_model(tmp_path):
+    rec = run_search(DataConfig(), SearchConfig(budget=0.6, output=str(tmp_path / "s"), top_k=2, calib_samples=8,
+                                                val_samples=4, seq_len=64))
+    depths = sorted(x["target"]["num_hidden_layers"] for x in rec["candidates"])
+    assert len(depths) == 2 and depths[0] < depths[1]  # the shallowest and the deepest shape that fit
+    assert all(x["loss_pruned"] < 20 for x in rec["candidates"])
