@@ -385,8 +385,11 @@ def _stage_importance(run: Run, resume: bool) -> dict:
     if li is not None:
         res["drop_layers"] = li.best_block(cfg.depth_metric)
         res["depth_metric"] = cfg.depth_metric
-        n_blocks = len(li.lm_loss or li.block_influence)
-        res["tokens"] += cfg.val_samples * cfg.seq_len * (n_blocks + 1)
+        if li.task:  # lm-eval runs: the scan's cost is counted in evaluations, not in our tokens
+            res["task_evaluations"] = 1 + len(li.task_accuracy) + len(li.single_layer_accuracy) + bool(li.noncontiguous)
+        else:
+            n_blocks = len(li.lm_loss or li.block_influence)
+            res["tokens"] += cfg.val_samples * cfg.seq_len * (n_blocks + 1)
     if not _state().is_main_process:
         return res
 

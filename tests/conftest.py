@@ -55,13 +55,17 @@ def default_tokenizer(default_model_dir):
     return AutoTokenizer.from_pretrained(default_model_dir)
 
 
-@pytest.fixture
-def tiny_checkpoint(tmp_path, model_type, default_model_dir):
-    """A saved tiny model of each architecture, carrying the default model's tokenizer files."""
-    model = tiny_model(model_type, vocab_size=49152)  # the real tokenizer's vocabulary
-    d = tmp_path / f"tiny-{model_type}"
+def save_with_tokenizer(model, d, default_model_dir):
+    """Save ``model`` to ``d`` with the default model's tokenizer files (and chat template)."""
     model.save_pretrained(d)
     for f in default_model_dir.iterdir():
         if f.name.startswith("tokenizer") or f.name in ("special_tokens_map.json", "chat_template.jinja"):
             shutil.copy2(f, d / f.name)
-    return d, model
+    return d
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path, model_type, default_model_dir):
+    """A saved tiny model of each architecture, carrying the default model's tokenizer files."""
+    model = tiny_model(model_type, vocab_size=49152)  # the real tokenizer's vocabulary
+    return save_with_tokenizer(model, tmp_path / f"tiny-{model_type}", default_model_dir), model

@@ -42,15 +42,10 @@ def write_mini_task(d):
 
 @pytest.fixture
 def tiny(tmp_path, default_model_dir):
-    import shutil
+    from conftest import save_with_tokenizer, tiny_model
 
-    from conftest import tiny_model
-
-    d = tmp_path / "tiny"
-    tiny_model("llama", num_hidden_layers=4, vocab_size=49152).save_pretrained(d)
-    for f in default_model_dir.iterdir():
-        if f.name.startswith("tokenizer") or f.name == "chat_template.jinja":
-            shutil.copy2(f, d / f.name)
+    d = save_with_tokenizer(tiny_model("llama", num_hidden_layers=4, vocab_size=49152), tmp_path / "tiny",
+                            default_model_dir)
     return d, write_mini_task(tmp_path / "tasks")
 
 

@@ -201,3 +201,21 @@ def test_recipe_configs_load():
     for p in paths:  # the big teachers are Hub ids: check fields and values, not the model itself
         run = load_run(p, check_model=p.parent.name == "smollm2-135m")
         assert run.sections["prune"]["target"] and run.enabled("distill"), p
+
+
+def test_depth_by_task_accuracy_in_the_run(teacher_dir, tmp_path):
+    """`prune.depth_metric: task:<task>` reaches the importance stage; the block with the best accuracy goes."""
+    pytest.importorskip("lm_eval")
+    from test_depth_task import write_mini_task
+
+    tasks = write_mini_task(tmp_path / "tasks")
+    out = tmp_path / "run"
+    cfg = _config(teacher_dir, out, prune={"target": {"num_hidden_layers": 2}, "depth_metric": "task:mini_mc",
+                                           "tasks_dir": str(tasks), "depth_noncontiguous": False})
+    status = run_pipeline(load_run(_write(tmp_path, cfg)), only="importance")
+    assert status == {"importance": "ran"}
+    res = read_done(load_run(_write(tmp_path, cfg)), "importance")["result"]
+    scan = json.loads((out / "importance" / "scores" / "layer_importance.json").read_text())
+    acc = [b["task_accuracy"] for b in scan["blocks"]]
+    best = max(range(len(acc)), key=acc.__getitem__)
+    assert res["drop_layers"] == [best, best + 1] and res["task_evaluations"] == 1 + len(acc)

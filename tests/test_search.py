@@ -1,12 +1,11 @@
 """`minitron search`: candidate enumeration within a budget, choice, scoring, the winner as a prune config."""
 
 import json
-import shutil
 
 import pytest
 import yaml
 
-from conftest import tiny_model
+from conftest import save_with_tokenizer, tiny_model
 from minitron_hf.cli import main
 from minitron_hf.data import DataConfig
 from minitron_hf.models import count_parameters
@@ -79,13 +78,9 @@ def test_bad_input():
 
 @pytest.fixture
 def tiny_ckpt(tmp_path, default_model_dir):
-    d = tmp_path / "tiny"
-    tiny_model("llama", hidden_size=128, intermediate_size=256, num_attention_heads=8, num_key_value_heads=2,
-               num_hidden_layers=6, vocab_size=49152).save_pretrained(d)
-    for f in default_model_dir.iterdir():
-        if f.name.startswith("tokenizer") or f.name == "chat_template.jinja":
-            shutil.copy2(f, d / f.name)
-    return d
+    return save_with_tokenizer(tiny_model("llama", hidden_size=128, intermediate_size=256, num_attention_heads=8,
+                                          num_key_value_heads=2, num_hidden_layers=6, vocab_size=49152),
+                               tmp_path / "tiny", default_model_dir)
 
 
 def test_search_scores_and_writes_a_usable_prune_config(tiny_ckpt, tmp_path, capsys):

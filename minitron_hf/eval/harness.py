@@ -124,6 +124,8 @@ def build_pydoc_continuation(directory: Path, n_test: int = 200, n_train: int = 
 
 
 LOCAL_TASKS = {"pydoc_continuation": build_pydoc_continuation}
+# task YAML shipped with the package (their data still comes from the Hub): xlsum_en
+PACKAGE_TASKS = Path(__file__).parent / "tasks"
 
 
 def local_tasks_dir() -> Path:
@@ -146,7 +148,7 @@ def task_manager(include_path=None):
     _check_installed()
     from lm_eval.tasks import TaskManager
 
-    paths = [str(local_tasks_dir())]
+    paths = [str(local_tasks_dir()), str(PACKAGE_TASKS)]
     for p in ([include_path] if isinstance(include_path, (str, Path)) else include_path or []):
         if not Path(p).is_dir():
             raise EvalError(f"tasks_dir={str(p)!r}: no such directory (a folder of lm-eval task YAML files)")
