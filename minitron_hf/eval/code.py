@@ -82,16 +82,18 @@ def load_problems(limit: int | None = None) -> list[dict]:
     return problems[:limit] if limit else problems
 
 
-def _limits(memory_mb: int, cpu_s: int):
-    def apply():
-        import resource
-
-        resource.setrlimit(resource.RLIMIT_AS, (memory_mb << 20, memory_mb << 20))
-        resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s))
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-        os.setsid()  # its own process group: a timeout kills whatever it forked too
-
-    return apply
+# Runs in the sandboxed interpreter: limits first, then the program as __main__. (Limits are not set
+# with Popen's preexec_fn: it is not safe in a process with threads, as this one is once torch has run,
+# and a child that deadlocks there is never executed.)
+_LAUNCHER = """
+import resource, runpy, sys
+path, mem, cpu = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
+resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
+resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+sys.argv = [path]
+runpy.run_path(path, run_name="__main__")
+"""
 
 
 def run_program(code: str, timeout_s: float = 10.0, memory_mb: int = 1024) -> str:
@@ -99,11 +101,12 @@ def run_program(code: str, timeout_s: float = 10.0, memory_mb: int = 1024) -> st
     with tempfile.TemporaryDirectory(prefix="minitron-exec-") as tmp:
         path = Path(tmp) / "program.py"
         path.write_text(code)
-        try:
-            p = subprocess.Popen([sys.executable, "-I", str(path)], cwd=tmp, stdin=subprocess.DEVNULL,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                 env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
-                                 preexec_fn=_limits(memory_mb, max(1, math.ceil(timeout_s))))
+        cmd = [sys.executable, "-I", "-c", _LAUNCHER, str(path), str(memory_mb << 20),
+               str(max(1, math.ceil(timeout_s)))]
+        try:  # its own session and process group: a timeout kills whatever it forked too
+            p = subprocess.Popen(cmd, cwd=tmp, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.PIPE, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+                                 start_new_session=True)
         except OSError as e:
             raise CodeEvalError(f"cannot start the sandboxed interpreter: {e}") from e
         try:
