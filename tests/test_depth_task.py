@@ -144,5 +144,5 @@ def test_pydoc_continuation_is_real_and_the_default_model_beats_chance(default_m
     labels = [r["label"] for r in rows]
     assert max(labels.count(i) for i in range(4)) < 0.4 * len(rows)  # answer positions are balanced
     res = evaluate_model(load_model(default_model_dir), load_tokenizer(default_model_dir), ["pydoc_continuation"],
-                         num_fewshot=0, limit=40)
-    assert score(res, "pydoc_continuation") > 0.5  # chance is 0.25; SmolLM2-135M: 0.76 on 50 items
+                         num_fewshot=0, limit=30)
+    assert score(res, "pydoc_continuation") > 0.5  # chance is 0.25; SmolLM2-135M: 0.767 on these 30 items

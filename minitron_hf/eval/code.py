@@ -89,7 +89,7 @@ _LAUNCHER = """
 import resource, runpy, sys
 path, mem, cpu = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
-resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
+resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))  # SIGXCPU, then SIGKILL a second later
 resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 sys.argv = [path]
 runpy.run_path(path, run_name="__main__")
@@ -101,8 +101,8 @@ def run_program(code: str, timeout_s: float = 10.0, memory_mb: int = 1024) -> st
     with tempfile.TemporaryDirectory(prefix="minitron-exec-") as tmp:
         path = Path(tmp) / "program.py"
         path.write_text(code)
-        cmd = [sys.executable, "-I", "-c", _LAUNCHER, str(path), str(memory_mb << 20),
-               str(max(1, math.ceil(timeout_s)))]
+        # CPU seconds: a little above the wall-clock limit, which normally fires first
+        cmd = [sys.executable, "-I", "-c", _LAUNCHER, str(path), str(memory_mb << 20), str(math.ceil(timeout_s) + 1)]
         try:  # its own session and process group: a timeout kills whatever it forked too
             p = subprocess.Popen(cmd, cwd=tmp, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                  stderr=subprocess.PIPE, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
@@ -120,9 +120,9 @@ def run_program(code: str, timeout_s: float = 10.0, memory_mb: int = 1024) -> st
             return "timeout"
     if p.returncode == 0:
         return "passed"
-    if b"MemoryError" in err or p.returncode in (-9, 137) and b"Error" not in err:
+    if b"MemoryError" in err:  # the address-space limit makes allocations fail, it kills nothing
         return "memory"
-    if p.returncode in (-24, 152):  # SIGXCPU: the CPU-time limit
+    if p.returncode in (-24, -9):  # SIGXCPU / SIGKILL: only the CPU-time limit sends these here
         return "timeout"
     return "failed"
 
