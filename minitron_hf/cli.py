@@ -34,17 +34,27 @@ def _search(ns):
     print(f"wrote {cfg.output}/search.json, search.md and best.yaml in {rec['wall_time_s']} s")
 
 
+# `minitron eval <name>`: (module under minitron_hf.eval, config class, run function, help). Each run
+# function takes (models, cfg, names=None) and returns {"config", "results": {model: {metric: value}}};
+# each module has a results_table(out) -> markdown.
+EVAL_COMMANDS = {
+    "base": ("base", "BaseEvalConfig", "run_base_eval", "LM Evaluation Harness tasks, the paper's Table 1 settings"),
+    "humaneval": ("code", "HumanEvalConfig", "run_humaneval", "HumanEval pass@k, generated code run sandboxed"),
+}
+
+
+def _eval_parts(name):
+    import importlib
+
+    mod, cls, run, _ = EVAL_COMMANDS[name]
+    m = importlib.import_module(f".eval.{mod}", __package__)
+    return getattr(m, cls), getattr(m, run), m.results_table
+
+
 def _eval(ns):
-    if ns.eval_command == "base":
-        from .eval.base import BaseEvalConfig, results_table, run_base_eval
-
-        (cfg,) = parse_args([BaseEvalConfig], namespace=ns)
-        print(results_table(run_base_eval(ns.models, cfg, names=ns.names)))
-    else:
-        from .eval.code import HumanEvalConfig, results_table, run_humaneval
-
-        (cfg,) = parse_args([HumanEvalConfig], namespace=ns)
-        print(results_table(run_humaneval(ns.models, cfg, names=ns.names)))
+    cls, run, table = _eval_parts(ns.eval_command)
+    (cfg,) = parse_args([cls], namespace=ns)
+    print(table(run(ns.models, cfg, names=ns.names)))
 
 
 def _importance(ns):
@@ -240,18 +250,13 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("correct-teacher", help="teacher correction: LM fine-tune on the distillation data")
     build_parser([DataConfig, CorrectionConfig, TrainArgs], p).set_defaults(func=_correct)
-    from .eval.base import BaseEvalConfig
-    from .eval.code import HumanEvalConfig
-
-    p = sub.add_parser("eval", help="benchmarks of checkpoints, teacher vs students: lm-eval tasks (base) and "
-                       "HumanEval with sandboxed execution")
+    p = sub.add_parser("eval", help="benchmarks of checkpoints, teacher vs students: " + ", ".join(EVAL_COMMANDS))
     esub = p.add_subparsers(dest="eval_command", required=True)
-    for name, cls, help_ in (("base", BaseEvalConfig, "LM Evaluation Harness tasks, the paper's Table 1 settings"),
-                             ("humaneval", HumanEvalConfig, "HumanEval pass@k, generated code run sandboxed")):
+    for name, (_, _, _, help_) in EVAL_COMMANDS.items():
         e = esub.add_parser(name, help=help_)
         e.add_argument("models", nargs="+", help="checkpoints (the first is the teacher column)")
         e.add_argument("--names", nargs="+", help="labels of the models in the tables")
-        build_parser([cls], e).set_defaults(func=_eval)
+        build_parser([_eval_parts(name)[0]], e).set_defaults(func=_eval)
     p = sub.add_parser("evaluate", help="validation LM loss and perplexity of checkpoints (same tokens for all)")
     p.add_argument("models", nargs="+")
     p.add_argument("--data", default="python-docs")
