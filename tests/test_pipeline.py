@@ -124,6 +124,13 @@ def test_interrupted_distill_resumes_from_its_checkpoint(teacher_dir, tmp_path):
     resumed = read_done(load_run(path), "distill")["result"]["summary"]
     assert resumed["steps"] == 4
     assert resumed["after"]["eval_student_lm_loss"] == pytest.approx(full["after"]["eval_student_lm_loss"], abs=1e-4)
+    # a crash before the first checkpoint: the stage had started (config.json) but saved nothing; it starts over
+    # (Trainer refuses resume_from_checkpoint=True without a checkpoint; found by killing `make demo` mid-step)
+    (out / "distill" / "done.json").unlink()
+    for p in list((out / "distill").glob("checkpoint-*")) + [out / "distill" / "final"]:
+        shutil.rmtree(p)
+    status = run_pipeline(load_run(path))
+    assert status["distill"] == "resumed" and read_done(load_run(path), "distill")["result"]["summary"]["steps"] == 4
 
 
 def test_cli_run_and_from(teacher_dir, tmp_path, capsys):
@@ -219,3 +226,42 @@ def test_depth_by_task_accuracy_in_the_run(teacher_dir, tmp_path):
     acc = [b["task_accuracy"] for b in scan["blocks"]]
     best = max(range(len(acc)), key=acc.__getitem__)
     assert res["drop_layers"] == [best, best + 1] and res["task_evaluations"] == 1 + len(acc)
+
+
+def test_align_stage_sft_and_rounds_in_the_run(teacher_dir, tmp_path, default_model_dir):
+    """`align:` runs SFT stages then RPO rounds on the distilled student; evaluate adds it, export ships it."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from conftest import save_with_tokenizer, tiny_config
+
+    torch.manual_seed(0)
+    rm = save_with_tokenizer(AutoModelForSequenceClassification.from_config(
+        tiny_config("llama", vocab_size=49152, num_labels=1)), tmp_path / "rm", default_model_dir)
+    out = tmp_path / "run"
+    cfg = _config(teacher_dir, out, align={
+        "sft": [{"data": "builtin:math-code", "max_samples": 4, "max_steps": 1, "per_device_train_batch_size": 2,
+                 "max_length": 64}],
+        "rounds": {"rounds": 1, "samples": 2, "train_prompts": 3, "heldout_prompts": 2, "max_new_tokens": 6,
+                   "max_steps": 1, "per_device_train_batch_size": 2, "max_length": 96, "reward": f"model:{rm}",
+                   "generation_backend": "transformers"}})
+    status = run_pipeline(load_run(_write(tmp_path, cfg)))
+    assert status["align"] == "ran"
+    res = read_done(load_run(_write(tmp_path, cfg)), "align")["result"]
+    assert res["model"] == str(out / "align" / "rounds" / "round_1" / "final")
+    assert res["sft"][0]["steps"] == 1 and [r["round"] for r in res["rounds"]["rounds"]] == [0, 1]
+    ev = json.loads((out / "evaluate" / "evaluation.json").read_text())
+    assert set(ev["models"]) == {"teacher", "pruned", "distilled", "aligned"}
+    exported = AutoModelForCausalLM.from_pretrained(out / "export" / "hf").state_dict()
+    aligned = AutoModelForCausalLM.from_pretrained(res["model"]).state_dict()
+    assert all(torch.equal(exported[k], v) for k, v in aligned.items())
+    report = (out / "report.md").read_text()
+    assert "## Alignment" in report and "| start (SFT) |" in report
+    # bad align sections fail at load, before any work
+    for change, message in (({"sft": [{"dta": "x"}]}, "sft[0]: unknown field 'dta'; did you mean 'data'"),
+                            ({"rounds": {"samples": 1}}, "samples=1 must be >= 2"),
+                            ({"rounds": {"model": "x"}}, "'model' is set by the pipeline")):
+        with pytest.raises((PipelineError, ConfigError, ValueError)) as e:
+            load_run(_write(tmp_path, _config(teacher_dir, tmp_path / "bad", align=change)))
+        assert message in str(e.value)
+    assert not (tmp_path / "bad").exists()

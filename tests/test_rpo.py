@@ -161,3 +161,41 @@ def test_bad_datasets_are_named(tiny_policy, tmp_path):
     rows[2]["chosen_reward"] = float("nan")
     with pytest.raises(AlignmentError, match="row 2 has chosen_reward=nan"):
         _trainer(tiny_policy, tmp_path, rows)
+
+
+def test_align_rpo_cli(tiny_policy, tmp_path, capsys):
+    import json
+
+    from minitron_hf.cli import main
+
+    rows = _rows(4)
+    data = tmp_path / "prefs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    argv = ["align", "rpo", "--model", str(tiny_policy), "--data", str(data), "--output-dir", str(tmp_path / "out"),
+            "--max-steps", "1", "--per-device-train-batch-size", "2", "--report-to", "none", "--save-strategy", "no"]
+    assert main(argv) == 0
+    rec = json.loads((tmp_path / "out" / "rpo.json").read_text())
+    assert rec["pairs"] == 4 and rec["steps"] == 1 and (tmp_path / "out" / "final" / "config.json").exists()
+    assert main(argv) == 2 and "exists; set overwrite=true" in capsys.readouterr().err
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "chosen_reward"}) + "\n" for r in rows))
+    assert main(argv[:4] + ["--data", str(bad), "--output-dir", str(tmp_path / "o2")] + argv[8:]) == 2
+    assert "data: missing column(s) chosen_reward" in capsys.readouterr().err
+    assert not (tmp_path / "o2").exists()
+
+
+def test_precomputed_reference_log_probs_give_the_same_loss(tiny_policy, tmp_path):
+    """DPOTrainer's precompute path (reference log-probs stored as dataset columns) feeds RPO unchanged."""
+    torch.manual_seed(0)
+    live = _trainer(tiny_policy, tmp_path / "a", _rows(4), beta=0.3, eta=0.5)
+    torch.manual_seed(0)
+    pre = _trainer(tiny_policy, tmp_path / "b", _rows(4), beta=0.3, eta=0.5, precompute_ref_log_probs=True)
+    pre.model.load_state_dict(live.model.state_dict())
+    batch = _batch(pre)
+    assert {"ref_chosen_logps", "ref_rejected_logps", "chosen_reward"} <= set(batch)
+    live_batch = {k: v for k, v in batch.items() if not k.startswith("ref_")}
+    with torch.no_grad():
+        assert pre.compute_loss(pre.model, dict(batch)).item() == pytest.approx(
+            live.compute_loss(live.model, live_batch).item(), rel=1e-5)
+    with pytest.raises(AlignmentError, match="average_log_probs does not work with precompute_ref_log_probs"):
+        _trainer(tiny_policy, tmp_path / "c", _rows(4), precompute_ref_log_probs=True, average_log_probs=True)

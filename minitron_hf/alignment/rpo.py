@@ -128,6 +128,9 @@ class RPOTrainer(DPOTrainer):
         if args.ld_alpha is not None or args.use_weighting or args.f_divergence_type != "reverse_kl":
             raise AlignmentError("ld_alpha, use_weighting and f_divergence_type are DPO options RPO does not use: "
                                  "leave them at their defaults")
+        if args.average_log_probs and args.precompute_ref_log_probs:
+            raise AlignmentError("average_log_probs does not work with precompute_ref_log_probs (TRL precomputes "
+                                 "summed reference log-probs)")
         if train_dataset is None:
             raise AlignmentError("train_dataset: RPO needs a preference dataset")
         check_preference_dataset(train_dataset)
@@ -165,9 +168,6 @@ class RPOTrainer(DPOTrainer):
 
         if self.precompute_ref_logps:
             ref_chosen, ref_rejected = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
-            if args.average_log_probs:
-                raise AlignmentError("average_log_probs does not work with precompute_ref_log_probs (TRL precomputes "
-                                     "sums)")
         else:
             ref_model = self.ref_model if self.ref_model is not None else model  # PEFT: adapters disabled inside
             ref_inputs = {k: v for k, v in inputs.items() if k not in REWARD_COLUMNS}
