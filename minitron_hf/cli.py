@@ -40,6 +40,10 @@ def _search(ns):
 EVAL_COMMANDS = {
     "base": ("base", "BaseEvalConfig", "run_base_eval", "LM Evaluation Harness tasks, the paper's Table 1 settings"),
     "humaneval": ("code", "HumanEvalConfig", "run_humaneval", "HumanEval pass@k, generated code run sandboxed"),
+    "mbpp": ("code", "MBPPConfig", "run_mbpp", "MBPP pass@k (3-shot or chat), generated code run sandboxed"),
+    "bfcl": ("bfcl", "BFCLConfig", "run_bfcl", "BFCL live function-calling accuracy (bfcl-eval in its own venv)"),
+    "mtbench": ("mtbench", "MTBenchConfig", "run_mtbench", "MT-Bench, two turns rated 1-10 by an LLM judge"),
+    "instruct": ("instruct", "InstructEvalConfig", "run_instruct_eval", "the paper's Table 2: IFEval ... MMLU"),
 }
 
 
@@ -55,6 +59,27 @@ def _eval(ns):
     cls, run, table = _eval_parts(ns.eval_command)
     (cfg,) = parse_args([cls], namespace=ns)
     print(table(run(ns.models, cfg, names=ns.names)))
+
+
+def _align(ns):
+    if ns.align_command == "sft":
+        from .alignment.sft import SFTArgs, SFTStageConfig, run_sft
+
+        cfg, args = parse_args([SFTStageConfig, SFTArgs], namespace=ns)
+        rec = run_sft(cfg, args)
+        print(f"SFT: {rec['examples']} examples, loss {rec['train_loss']:.3f}, model in {rec['final']}")
+    elif ns.align_command == "rpo":
+        from .alignment.rpo import RPOConfig, RPOScriptConfig, run_rpo
+
+        cfg, args = parse_args([RPOScriptConfig, RPOConfig], namespace=ns)
+        rec = run_rpo(cfg, args)
+        print(f"RPO: {rec['pairs']} pairs, loss {rec['train_loss']:.3f}, model in {rec['final']}")
+    else:
+        from .alignment.rounds import RoundsConfig, rounds_table, run_rounds
+        from .alignment.rpo import RPOConfig
+
+        cfg, args = parse_args([RoundsConfig, RPOConfig], namespace=ns)
+        print(rounds_table(run_rounds(cfg, args)))
 
 
 def _importance(ns):
@@ -257,6 +282,18 @@ def make_parser() -> argparse.ArgumentParser:
         e.add_argument("models", nargs="+", help="checkpoints (the first is the teacher column)")
         e.add_argument("--names", nargs="+", help="labels of the models in the tables")
         build_parser([_eval_parts(name)[0]], e).set_defaults(func=_eval)
+    p = sub.add_parser("align", help="instruct variants (paper sec. 3.5): SFT stages, RPO, rounds of on-policy RPO")
+    asub = p.add_subparsers(dest="align_command", required=True)
+    from .alignment.rounds import RoundsConfig
+    from .alignment.rpo import RPOConfig, RPOScriptConfig
+    from .alignment.sft import SFTArgs, SFTStageConfig
+
+    for name, classes, help_ in (("sft", [SFTStageConfig, SFTArgs], "supervised fine-tuning on chat data (TRL SFTTrainer)"),
+                                 ("rpo", [RPOScriptConfig, RPOConfig], "Reward-aware Preference Optimization on "
+                                  "preference rows with rewards"),
+                                 ("rounds", [RoundsConfig, RPOConfig], "rounds of generate -> reward -> best/worst "
+                                  "pairs -> RPO, with held-out reward per round")):
+        build_parser(classes, asub.add_parser(name, help=help_)).set_defaults(func=_align)
     p = sub.add_parser("evaluate", help="validation LM loss and perplexity of checkpoints (same tokens for all)")
     p.add_argument("models", nargs="+")
     p.add_argument("--data", default="python-docs")

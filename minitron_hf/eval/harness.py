@@ -172,9 +172,16 @@ def check_tasks(names, manager) -> list[str]:
 
 
 def evaluate_model(model, tokenizer, tasks, *, num_fewshot: int | None = None, limit: int | float | None = None,
-                   batch_size: int = 8, include_path=None, manager=None, lm=None, seed: int = 0) -> dict:
+                   batch_size: int = 8, include_path=None, manager=None, lm=None, seed: int = 0,
+                   apply_chat_template: bool = False, system_instruction: str | None = None,
+                   gen_kwargs: dict | None = None, samples: dict | None = None) -> dict:
     """Run lm-eval tasks on an in-memory causal LM; ``{task: {metric: value}}`` (lm-eval's keys,
-    e.g. ``acc,none``). Pass ``lm`` (from :func:`wrap_model`) and ``manager`` to reuse them across calls."""
+    e.g. ``acc,none``). Pass ``lm`` (from :func:`wrap_model`) and ``manager`` to reuse them across calls.
+
+    Instruct models: ``apply_chat_template`` wraps each request in the tokenizer's chat template (with
+    ``system_instruction`` as the system turn); ``gen_kwargs`` (e.g. ``{"max_gen_toks": 256}``) update the
+    generation settings of generative tasks. A ``samples`` dict receives lm-eval's per-document records
+    ``{task: [...]}`` (responses, filtered answers, per-document metrics)."""
     _check_installed()
     from lm_eval import simple_evaluate
 
@@ -182,8 +189,12 @@ def evaluate_model(model, tokenizer, tasks, *, num_fewshot: int | None = None, l
     tasks = check_tasks(tasks, manager)
     lm = lm or wrap_model(model, tokenizer, batch_size)
     out = simple_evaluate(model=lm, tasks=tasks, num_fewshot=num_fewshot, limit=limit, task_manager=manager,
-                          log_samples=False, bootstrap_iters=0, random_seed=seed, numpy_random_seed=seed,
-                          torch_random_seed=seed, fewshot_random_seed=seed, verbosity="ERROR")
+                          log_samples=samples is not None, bootstrap_iters=0, random_seed=seed, numpy_random_seed=seed,
+                          torch_random_seed=seed, fewshot_random_seed=seed, verbosity="ERROR",
+                          apply_chat_template=apply_chat_template, system_instruction=system_instruction,
+                          gen_kwargs=gen_kwargs)
+    if samples is not None:
+        samples.update(out.get("samples") or {})
     return {t: {k: v for k, v in r.items() if k != "alias"} for t, r in out["results"].items()}
 
 

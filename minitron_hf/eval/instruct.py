@@ -1,0 +1,402 @@
+"""Instruct benchmarks, teacher vs students (``minitron eval instruct``): the paper's Table 2.
+
+The aligned models of arXiv 2408.11796 are compared on IFEval, MT-Bench, BFCL live, GPQA, HumanEval,
+MBPP, GSM8K and MMLU, all 0-shot (:data:`BENCHMARKS`). Each runs through the code that owns it:
+
+- LM Evaluation Harness (:mod:`.harness`) for IFEval, GPQA, GSM8K and MMLU, with the tokenizer's chat
+  template applied to every request (``chat_template``). One model load serves all four. IFEval's number
+  is the paper's: the mean of prompt- and instruction-level accuracy, strict and loose (each is reported
+  too). GPQA is ``gpqa_main_zeroshot`` by default (0-shot multiple choice on the 448-question main set,
+  the setting the Nemotron/Llama-3 instruct reports call "GPQA (0-shot)"); ``gpqa_task`` switches to the
+  diamond set. GSM8K is lm-eval's ``gsm8k`` at 0 shots, scored by its flexible extraction (the last number
+  of the answer: an instruct model does not write the few-shot ``#### N`` format).
+- :mod:`.code` for HumanEval and MBPP pass@1 (greedy, one sample, by default), :mod:`.mtbench` for MT-Bench
+  (an OpenAI-compatible judge: ``judge_base_url``, ``judge_model``, ``judge_api_key_env``), and
+  :mod:`.bfcl` for BFCL live accuracy. Their options are passed on by name; each writes its own files into
+  a subfolder of ``output``.
+
+Everything that can be checked is checked before the first model loads: benchmark names (with the nearest
+suggestion), lm-eval task names, IFEval's packages and NLTK data, the sub-benchmarks' own options and the
+judge endpoint. ``results.json`` and ``results.md`` are rewritten after every benchmark, so a failure late in
+a long run keeps what was measured.
+
+Offline: lm-eval reads task data from the Hugging Face Hub (``google/IFEval``; GPQA is gated: accept its
+terms and log in). Local copies run through task YAML in ``tasks_dir`` that ``include`` lm-eval's own task
+file and point ``dataset_path`` at local files, named with ``ifeval_task`` / ``gpqa_task`` / ...
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from .harness import EvalError, check_tasks, evaluate_model, score, task_manager, wrap_model
+
+logger = logging.getLogger(__name__)
+
+# benchmark -> row label of Table 2 (the paper's order)
+BENCHMARKS = {
+    "ifeval": "IFEval",
+    "mtbench": "MT-Bench",
+    "bfcl": "BFCL live",
+    "gpqa": "GPQA (0)",
+    "humaneval": "HumanEval (0)",
+    "mbpp": "MBPP (0)",
+    "gsm8k": "GSM8K (0)",
+    "mmlu": "MMLU",
+}
+# the four IFEval accuracies; the paper's IFEval number is their mean
+IFEVAL_METRICS = ("prompt_level_strict_acc", "inst_level_strict_acc", "prompt_level_loose_acc", "inst_level_loose_acc")
+# benchmarks run by lm-eval: the config field naming the task (``task`` or ``task:metric``)
+HARNESS = {"ifeval": "ifeval_task", "gpqa": "gpqa_task", "gsm8k": "gsm8k_task", "mmlu": "mmlu_task"}
+# benchmarks run by another module: (module, config class, run function, checker, result keys tried for the
+# headline number, extra InstructEvalConfig fields passed on as {sub-config field: our field})
+OTHERS = {
+    "humaneval": ("code", "HumanEvalConfig", "run_humaneval", "check_config", ("pass@1",),
+                  {"samples": "code_samples", "temperature": "code_temperature"}),
+    "mbpp": ("code", "MBPPConfig", "run_mbpp", "check_config", ("pass@1",),
+             {"samples": "code_samples", "temperature": "code_temperature", "data_files": "mbpp_data_files"}),
+    "mtbench": ("mtbench", "MTBenchConfig", "run_mtbench", "check_config", ("mtbench", "score"),
+                {"judge_base_url": "judge_base_url", "judge_model": "judge_model",
+                 "judge_api_key_env": "judge_api_key_env"}),
+    "bfcl": ("bfcl", "BFCLConfig", "run_bfcl", "check_config", ("bfcl_live", "live_overall", "accuracy"),
+             {"venv": "bfcl_venv"}),
+}
+# InstructEvalConfig fields every sub-benchmark receives when its config has a field of that name
+SHARED = ("limit", "batch_size", "device", "seed", "max_new_tokens")
+CHAT_TEMPLATE = ("auto", "always", "never")
+
+
+@dataclass
+class InstructEvalConfig:
+    """Options of ``minitron eval instruct``."""
+
+    benchmarks: list[str] = field(default_factory=lambda: list(BENCHMARKS), metadata={
+        "help": "benchmarks, rows of the table in this order: " + ", ".join(BENCHMARKS)})
+    limit: int | None = field(default=None, metadata={"help": "only the first N examples of each benchmark (of each "
+                              "subject for MMLU); for tests and smoke runs"})
+    batch_size: int = field(default=8, metadata={"help": "requests per forward pass / prompts per generate call"})
+    max_new_tokens: int | None = field(default=None, metadata={
+        "help": "tokens generated per answer in every generative benchmark (default: each one's own: IFEval 1280, "
+                "GSM8K 256, HumanEval 384, MT-Bench 1024)"})
+    chat_template: str = field(default="auto", metadata={
+        "help": "wrap lm-eval requests in the tokenizer's chat template: auto (when the tokenizer has one), "
+                "always, never", "choices": list(CHAT_TEMPLATE)})
+    system_prompt: str | None = field(default=None, metadata={
+        "help": "system turn of lm-eval's chat requests (default: none, the template's own default if it has one)"})
+    ifeval_task: str = field(default="ifeval", metadata={
+        "help": "lm-eval task of IFEval (its process_results: the four accuracies, averaged in the table)"})
+    gpqa_task: str = field(default="gpqa_main_zeroshot:acc", metadata={
+        "help": "lm-eval task[:metric] of GPQA, e.g. gpqa_diamond_zeroshot:acc (Hub data gated: accept the terms)"})
+    gsm8k_task: str = field(default="gsm8k:exact_match,flexible-extract", metadata={
+        "help": "lm-eval task[:metric] of GSM8K (0-shot; e.g. gsm8k_cot_zeroshot:exact_match,flexible-extract)"})
+    mmlu_task: str = field(default="mmlu:acc", metadata={"help": "lm-eval task[:metric] of MMLU"})
+    mmlu_fewshot: int = field(default=0, metadata={"help": "MMLU shots (the issue's setting 0; NVIDIA's model cards "
+                                                   "report 5)"})
+    tasks_dir: str | None = field(default=None, metadata={"help": "folder of local lm-eval task YAML files"})
+    code_samples: int = field(default=1, metadata={"help": "HumanEval/MBPP completions per problem (pass@1)"})
+    code_temperature: float = field(default=0.0, metadata={
+        "help": "HumanEval/MBPP sampling temperature (0 = greedy; > 0 with code_samples > 1 for sampled pass@1)"})
+    mbpp_data_files: str | None = field(default=None, metadata={
+        "help": "MBPP from a local JSONL file in MBPP's schema instead of the Hub (minitron eval mbpp --data-files)"})
+    bfcl_venv: str | None = field(default=None, metadata={
+        "help": "virtual environment of bfcl-eval (minitron eval bfcl --venv; default ~/.cache/minitron_hf/bfcl-venv)"})
+    judge_base_url: str | None = field(default=None, metadata={
+        "help": "MT-Bench judge: OpenAI-compatible API URL (default: MT-Bench's own, the OpenAI API)"})
+    judge_model: str | None = field(default=None, metadata={
+        "help": "MT-Bench judge model (default: MT-Bench's own, gpt-4-turbo as in the paper)"})
+    judge_api_key_env: str | None = field(default=None, metadata={
+        "help": "environment variable holding the judge's API key (default: MT-Bench's own, OPENAI_API_KEY)"})
+    seed: int = field(default=0, metadata={"help": "random seed (lm-eval, sampling)"})
+    device: str | None = field(default=None, metadata={"help": "cpu, cuda (default: cuda when available)"})
+    output: str | None = field(default=None, metadata={
+        "help": "directory for results.json, results.md, samples_<benchmark>.jsonl and a folder per "
+                "HumanEval/MBPP/MT-Bench/BFCL run"})
+
+
+def check_benchmarks(names) -> list[str]:
+    """The benchmark names, each known (else the nearest suggestion), in the order given, once each."""
+    names = [names] if isinstance(names, str) else list(names or [])
+    if not names:
+        raise EvalError(f"benchmarks: name at least one of {', '.join(BENCHMARKS)}")
+    for n in names:
+        if n not in BENCHMARKS:
+            near = difflib.get_close_matches(str(n).lower().replace("-", "").replace("_", ""), list(BENCHMARKS), n=1,
+                                             cutoff=0.5)
+            hint = f"; did you mean {near[0]!r}?" if near else ""
+            raise EvalError(f"benchmarks: unknown benchmark {n!r}{hint} (allowed: {', '.join(BENCHMARKS)})")
+    return list(dict.fromkeys(names))
+
+
+def harness_task(cfg: InstructEvalConfig, bench: str) -> tuple[str, tuple[str, ...]]:
+    """(lm-eval task, metrics averaged into the headline number) of an lm-eval benchmark."""
+    spec = getattr(cfg, HARNESS[bench])
+    task, _, metric = str(spec).partition(":")
+    if not task:
+        raise EvalError(f"{HARNESS[bench]}={spec!r}: expected an lm-eval task name, optionally :metric")
+    if bench == "ifeval":
+        if metric:
+            raise EvalError(f"ifeval_task={spec!r}: IFEval reports its four accuracies; give the task name only")
+        return task, IFEVAL_METRICS
+    return task, (metric or "acc",)
+
+
+def check_ifeval_dependencies() -> None:
+    """IFEval's checkers need langdetect, immutabledict and NLTK >= 3.9.1 with the ``punkt_tab`` sentence
+    model (sentence and word counts). lm-eval downloads punkt_tab when its IFEval module is imported and,
+    offline, goes on without it until the first response with a sentence-count instruction fails; here a
+    missing model is downloaded the same way, and when that fails the run stops before any model loads."""
+    missing = []
+    for mod in ("langdetect", "immutabledict", "nltk"):
+        try:
+            __import__(mod)
+        except ImportError:
+            missing.append(mod)
+    if missing:
+        raise EvalError(f"benchmarks: ifeval needs {', '.join(missing)}: pip install langdetect==1.0.9 "
+                        f"immutabledict==4.3.1 'nltk>=3.9.1' (lm-eval's [ifeval] extra)")
+    import nltk
+    from nltk.tokenize.punkt import PunktTokenizer
+
+    def loads() -> bool:
+        try:
+            PunktTokenizer("english")
+            return True
+        except LookupError:
+            return False
+
+    if loads():
+        return
+    logger.info("ifeval: NLTK's punkt_tab sentence model is not installed; downloading it")
+    try:
+        nltk.download("punkt_tab", quiet=True, raise_on_error=False)
+    except Exception as e:  # noqa: BLE001 - any failure of the download ends in the message below
+        logger.info("punkt_tab download failed: %s", e)
+    if not loads():
+        raise EvalError(
+            "benchmarks: ifeval needs NLTK's 'punkt_tab' sentence model (for its sentence- and word-count "
+            "instructions) and it is not installed, nor could it be downloaded. On a machine with internet: "
+            "python -m nltk.downloader punkt_tab, then copy its tokenizers/punkt_tab folder into one of "
+            f"{', '.join(map(str, nltk.data.path))} (or a folder named by the NLTK_DATA environment variable)")
+
+
+def _other_parts(bench: str):
+    """(config class, run function, checker or None) of a benchmark run by another module, imported now."""
+    import importlib
+
+    mod, cls, run, checker = OTHERS[bench][:4]
+    try:
+        m = importlib.import_module(f".{mod}", __package__)
+        return getattr(m, cls), getattr(m, run), getattr(m, checker, None)
+    except (ImportError, AttributeError) as e:
+        raise EvalError(f"benchmarks: {bench!r} is not available in this install (minitron_hf.eval.{mod}."
+                        f"{run}: {e}); leave it out of benchmarks") from None
+
+
+def sub_config(bench: str, cfg: InstructEvalConfig):
+    """The options of a sub-benchmark from ours: the shared ones and its own (:data:`OTHERS`), copied only
+    where its config has a field of that name and our value is set; ``output`` becomes a subfolder."""
+    cls = _other_parts(bench)[0]
+    names = {f.name for f in fields(cls)}
+    values = {n: getattr(cfg, n) for n in SHARED}
+    values.update({theirs: getattr(cfg, ours) for theirs, ours in OTHERS[bench][5].items()})
+    values["output"] = str(Path(cfg.output) / bench) if cfg.output else None
+    return cls(**{k: v for k, v in values.items() if k in names and v is not None})
+
+
+def benchmark_scores(bench: str, results: dict, task: str, metrics) -> dict:
+    """The table's number of an lm-eval benchmark, the mean of ``metrics`` of ``task`` in
+    :func:`.harness.evaluate_model`'s ``results`` (IFEval: of its four accuracies), and, when there are
+    several, each under ``bench/<metric>``."""
+    values = {m: score(results, task, m) for m in metrics}
+    out = {bench: sum(values.values()) / len(values)}
+    if len(values) > 1:
+        out.update({f"{bench}/{m}": v for m, v in values.items()})
+    return out
+
+
+def _check(cfg: InstructEvalConfig, models, names) -> tuple[list[str], dict, object, dict]:
+    """Everything checkable before a model loads; (benchmarks, {bench: (task, metrics)}, task manager,
+    {bench: sub-config})."""
+    benches = check_benchmarks(cfg.benchmarks)
+    if not models:
+        raise EvalError("models: name at least one checkpoint (the first is the teacher column)")
+    if len(names) != len(models) or len(set(names)) != len(names):
+        raise EvalError(f"names={names}: give one distinct name per model ({len(models)} models)")
+    for name in ("batch_size", "max_new_tokens", "limit", "code_samples"):
+        v = getattr(cfg, name)
+        if v is not None and v < 1:
+            raise EvalError(f"{name}={v} must be >= 1")
+    if cfg.mmlu_fewshot < 0:
+        raise EvalError(f"mmlu_fewshot={cfg.mmlu_fewshot} must be >= 0")
+    if cfg.chat_template not in CHAT_TEMPLATE:
+        raise EvalError(f"chat_template={cfg.chat_template!r} is not one of {', '.join(CHAT_TEMPLATE)}")
+    tasks = {b: harness_task(cfg, b) for b in benches if b in HARNESS}
+    if "ifeval" in benches:
+        check_ifeval_dependencies()
+    manager = task_manager(cfg.tasks_dir) if tasks else None  # lm-eval's task index: seconds
+    for b, (task, _) in tasks.items():
+        try:
+            check_tasks([task], manager)
+        except EvalError as e:
+            raise EvalError(f"{HARNESS[b]}: {e}") from None
+    subs = {}
+    for b in benches:
+        if b in OTHERS:
+            subs[b] = sub_config(b, cfg)
+            checker = _other_parts(b)[2]
+            if checker is not None:
+                checker(subs[b])
+    if "mtbench" in subs and getattr(subs["mtbench"], "judge_base_url", None):  # the judge answers, now
+        from .endpoint import check_endpoint
+
+        j = subs["mtbench"]
+        check_endpoint(j.judge_base_url, field="judge_base_url", api_key_env=getattr(j, "judge_api_key_env", None),
+                       model=getattr(j, "judge_model", None), model_field="judge_model")
+    return benches, tasks, manager, subs
+
+
+def _labels(out: dict) -> dict:
+    cfg = out["config"]
+    labels = {b: BENCHMARKS[b] for b in out["benchmarks"]}
+    if "mmlu" in labels:
+        labels["mmlu"] = f"MMLU ({cfg['mmlu_fewshot']})"
+    judge = (out.get("settings", {}).get("mtbench") or {}).get("judge_model") or cfg.get("judge_model")
+    if "mtbench" in labels and judge:
+        labels["mtbench"] = f"MT-Bench ({judge})"
+    return labels
+
+
+def _write(out: dict, cfg: InstructEvalConfig, samples: dict) -> None:
+    if not cfg.output:
+        return
+    d = Path(cfg.output)
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "results.json").write_text(json.dumps(out, indent=1))
+    (d / "results.md").write_text(results_table(out) + "\n")
+    for bench, rows in samples.items():
+        (d / f"samples_{bench}.jsonl").write_text("".join(json.dumps(r, default=str) + "\n" for r in rows))
+
+
+def _sample_rows(model: str, task: str, records: list[dict], metrics) -> list[dict]:
+    """lm-eval's per-document records, trimmed to what a reader checks: the document, the (filtered)
+    response and its per-document metrics."""
+    rows = []
+    for s in records:
+        args = s.get("arguments")
+        prompt = args[0][0] if isinstance(args, (list, tuple)) and args and isinstance(args[0], (list, tuple)) else None
+        row = {"model": model, "task": task, "doc_id": s.get("doc_id"), "doc": s.get("doc"), "prompt": prompt,
+               "target": s.get("target"), "filter": s.get("filter"), "response": s.get("filtered_resps")}
+        row.update({m: s[m] for m in (*IFEVAL_METRICS, *(x.split(",")[0] for x in metrics)) if m in s})
+        rows.append(row)
+    return rows
+
+
+def run_instruct_eval(models, cfg: InstructEvalConfig, names=None) -> dict:
+    """Every benchmark on every model; {"config", "benchmarks", "settings", "results": {model: {key: value}}}.
+
+    ``results[model][bench]`` is the table's number (0-1, MT-Bench 1-10); details are under
+    ``bench/<metric>`` keys (e.g. ``ifeval/prompt_level_strict_acc``, ``mtbench/turn1``)."""
+    import torch
+
+    from ..export import check_checkpoint
+    from ..models import load_model, load_tokenizer, resolve_model
+
+    models = list(models or [])
+    names = [str(m) for m in models] if names is None else list(names)
+    benches, tasks, manager, subs = _check(cfg, models, names)
+    paths = [check_checkpoint(resolve_model(m), field="models") for m in models]
+    if cfg.chat_template == "always" and any(b in HARNESS for b in benches):
+        for name, path in zip(names, paths):
+            if not getattr(load_tokenizer(path), "chat_template", None):
+                raise EvalError(f"chat_template=always: the tokenizer of {name!r} has no chat template (use auto)")
+
+    out = {"config": asdict(cfg), "benchmarks": benches, "settings": {}, "results": {n: {} for n in names},
+           "complete": False}
+    samples: dict[str, list] = {}
+    device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    harness = [b for b in benches if b in HARNESS]
+    gen_kwargs = {"max_gen_toks": cfg.max_new_tokens} if cfg.max_new_tokens else None
+    for b in harness:
+        out["settings"][b] = {"task": tasks[b][0], "metrics": list(tasks[b][1]),
+                              "num_fewshot": cfg.mmlu_fewshot if b == "mmlu" else 0, "chat_template": {}}
+    for name, path in zip(names, paths if harness else []):
+        model = load_model(path, device=device, dtype=torch.bfloat16 if device.startswith("cuda") else torch.float32)
+        tok = load_tokenizer(path)
+        has_template = bool(getattr(tok, "chat_template", None))
+        chat = cfg.chat_template == "always" or (cfg.chat_template == "auto" and has_template)
+        lm = wrap_model(model, tok, cfg.batch_size)
+        for b in harness:
+            task, metrics = tasks[b]
+            t0, recs = time.time(), {}
+            r = evaluate_model(model, tok, [task], num_fewshot=out["settings"][b]["num_fewshot"], limit=cfg.limit,
+                               batch_size=cfg.batch_size, manager=manager, lm=lm, seed=cfg.seed,
+                               apply_chat_template=chat, system_instruction=cfg.system_prompt if chat else None,
+                               gen_kwargs=gen_kwargs, samples=recs)
+            res = out["results"][name]
+            res.update(benchmark_scores(b, r, task, metrics))
+            out["settings"][b]["chat_template"][name] = chat
+            for t, records in recs.items():  # a group (MMLU) logs its subtasks
+                samples.setdefault(b, []).extend(_sample_rows(name, t, records, metrics))
+            logger.info("%s %s (%s): %.4f in %.0f s", name, b, task, res[b], time.time() - t0)
+            _write(out, cfg, samples)
+        del model, lm
+    for b in benches:
+        if b not in OTHERS:
+            continue
+        run = _other_parts(b)[1]
+        t0 = time.time()
+        sub = run([str(p) for p in paths], subs[b], names=names)
+        out["settings"][b] = {k: v for k, v in (sub.get("config") or {}).items() if k != "output"}
+        for name in names:
+            r = sub["results"][name]
+            key = next((k for k in OTHERS[b][4] if k in r), None)
+            if key is None:
+                raise EvalError(f"{b} reported none of {', '.join(OTHERS[b][4])} for {name!r} (it has: {', '.join(r)})")
+            out["results"][name][b] = float(r[key])
+            out["results"][name].update({f"{b}/{k}": v for k, v in r.items() if isinstance(v, (int, float))})
+        logger.info("%s done in %.0f s", b, time.time() - t0)
+        _write(out, cfg, samples)
+    out["complete"] = True
+    _write(out, cfg, samples)
+    return out
+
+
+def _fmt(bench: str, v) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.2f}" if bench == "mtbench" else f"{100 * v:.1f}"
+
+
+def results_table(out: dict) -> str:
+    """Table 2 layout: a row per benchmark, a column per model (the first the teacher); accuracies x 100,
+    MT-Bench on its 1-10 scale. IFEval's four accuracies follow in a second table."""
+    models = list(out["results"])
+    labels = _labels(out)
+    lines = ["| benchmark | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
+    for b in out["benchmarks"]:
+        lines.append(f"| {labels[b]} | " + " | ".join(_fmt(b, out["results"][m].get(b)) for m in models) + " |")
+    if "ifeval" in out["benchmarks"]:
+        lines += ["", "IFEval: the mean of four accuracies (x 100)", "",
+                  "| IFEval accuracy | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
+        for metric in IFEVAL_METRICS:
+            lines.append(f"| {metric} | " + " | ".join(_fmt("ifeval", out["results"][m].get(f"ifeval/{metric}"))
+                                                      for m in models) + " |")
+    notes = []
+    for b in out["benchmarks"]:
+        s = out.get("settings", {}).get(b) or {}
+        if "task" in s:
+            chat = s.get("chat_template") or {}
+            how = "chat template" if chat and all(chat.values()) else \
+                "no chat template" if chat and not any(chat.values()) else "chat template per model"
+            notes.append(f"{labels[b]}: lm-eval `{s['task']}` ({', '.join(s['metrics'])}), {s['num_fewshot']}-shot, "
+                         f"{how}")
+    if out["config"].get("limit"):
+        notes.append(f"limit: the first {out['config']['limit']} examples of each benchmark (not a full run)")
+    if not out.get("complete", True):
+        notes.append("incomplete: the run stopped before every benchmark finished")
+    return "\n".join(lines + ([""] + [f"- {n}" for n in notes] if notes else []))
