@@ -34,29 +34,10 @@ def _search(ns):
     print(f"wrote {cfg.output}/search.json, search.md and best.yaml in {rec['wall_time_s']} s")
 
 
-# `minitron eval <name>`: (module under minitron_hf.eval, config class, run function, help). Each run
-# function takes (models, cfg, names=None) and returns {"config", "results": {model: {metric: value}}};
-# each module has a results_table(out) -> markdown.
-EVAL_COMMANDS = {
-    "base": ("base", "BaseEvalConfig", "run_base_eval", "LM Evaluation Harness tasks, the paper's Table 1 settings"),
-    "humaneval": ("code", "HumanEvalConfig", "run_humaneval", "HumanEval pass@k, generated code run sandboxed"),
-    "mbpp": ("code", "MBPPConfig", "run_mbpp", "MBPP pass@k (3-shot or chat), generated code run sandboxed"),
-    "bfcl": ("bfcl", "BFCLConfig", "run_bfcl", "BFCL live function-calling accuracy (bfcl-eval in its own venv)"),
-    "mtbench": ("mtbench", "MTBenchConfig", "run_mtbench", "MT-Bench, two turns rated 1-10 by an LLM judge"),
-    "instruct": ("instruct", "InstructEvalConfig", "run_instruct_eval", "the paper's Table 2: IFEval ... MMLU"),
-}
-
-
-def _eval_parts(name):
-    import importlib
-
-    mod, cls, run, _ = EVAL_COMMANDS[name]
-    m = importlib.import_module(f".eval.{mod}", __package__)
-    return getattr(m, cls), getattr(m, run), m.results_table
-
-
 def _eval(ns):
-    cls, run, table = _eval_parts(ns.eval_command)
+    from .eval import suite_parts
+
+    cls, run, table = suite_parts(ns.eval_command)
     (cfg,) = parse_args([cls], namespace=ns)
     print(table(run(ns.models, cfg, names=ns.names)))
 
@@ -275,13 +256,15 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("correct-teacher", help="teacher correction: LM fine-tune on the distillation data")
     build_parser([DataConfig, CorrectionConfig, TrainArgs], p).set_defaults(func=_correct)
-    p = sub.add_parser("eval", help="benchmarks of checkpoints, teacher vs students: " + ", ".join(EVAL_COMMANDS))
+    from .eval import SUITES, suite_parts
+
+    p = sub.add_parser("eval", help="benchmarks of checkpoints, teacher vs students: " + ", ".join(SUITES))
     esub = p.add_subparsers(dest="eval_command", required=True)
-    for name, (_, _, _, help_) in EVAL_COMMANDS.items():
+    for name, (_, _, _, help_) in SUITES.items():
         e = esub.add_parser(name, help=help_)
         e.add_argument("models", nargs="+", help="checkpoints (the first is the teacher column)")
         e.add_argument("--names", nargs="+", help="labels of the models in the tables")
-        build_parser([_eval_parts(name)[0]], e).set_defaults(func=_eval)
+        build_parser([suite_parts(name)[0]], e).set_defaults(func=_eval)
     p = sub.add_parser("align", help="instruct variants (paper sec. 3.5): SFT stages, RPO, rounds of on-policy RPO")
     asub = p.add_subparsers(dest="align_command", required=True)
     from .alignment.rounds import RoundsConfig

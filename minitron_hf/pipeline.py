@@ -88,6 +88,10 @@ class EvaluateConfig:
     prompt: str = field(default="What is the capital of France?", metadata={"help": "prompt answered greedily by "
                         "every model, shown in the report"})
     max_new_tokens: int = field(default=32, metadata={"help": "length of those answers"})
+    benchmarks: dict | None = field(default=None, metadata={"help": "`minitron eval` suites run on teacher and "
+                                    "students, {suite: {its options}} with suite among base, humaneval, mbpp, "
+                                    "mtbench, bfcl, instruct; tables in evaluate/<suite>/results.md, linked from "
+                                    "the report"})
 
 
 @dataclass
@@ -288,6 +292,7 @@ def _check_stages(run: Run, where: str, check_model: bool = True) -> None:
     ev = _stage_objects(run, "evaluate")
     if (ev.samples is not None and ev.samples < 1) or ev.batch_size < 1 or ev.max_new_tokens < 0:
         raise PipelineError(f"{where}: section 'evaluate': samples and batch_size must be >= 1, max_new_tokens >= 0")
+    _benchmark_configs(run, ev, where)
     if run.sections.get("export") is not None:
         ex = _stage_objects(run, "export")
         bad = [f for f in ex.formats if f not in EXPORT_FORMATS]
@@ -295,6 +300,27 @@ def _check_stages(run: Run, where: str, check_model: bool = True) -> None:
             raise PipelineError(f"{where}: section 'export': formats={ex.formats!r}; allowed: {', '.join(EXPORT_FORMATS)}")
         if ex.fp8_calib_samples < 1:
             raise PipelineError(f"{where}: section 'export': fp8_calib_samples={ex.fp8_calib_samples} must be >= 1")
+
+
+def _benchmark_configs(run: Run, ev: "EvaluateConfig", where: str = "run config") -> dict:
+    """{suite: its config object} of ``evaluate.benchmarks``, each checked like `minitron eval <suite>`'s options."""
+    from .eval import SUITES, suite_parts
+
+    out = {}
+    if ev.benchmarks is None:
+        return out
+    if not isinstance(ev.benchmarks, dict):
+        raise PipelineError(f"{where}: section 'evaluate': benchmarks must map suites to options, e.g. "
+                            f"{{base: {{tasks: [pydoc_continuation], limit: 30}}}}")
+    for suite, opts in ev.benchmarks.items():
+        if suite not in SUITES:
+            raise PipelineError(f"{where}: section 'evaluate': benchmarks: unknown suite {suite!r}; allowed: "
+                                f"{', '.join(SUITES)}")
+        cls = suite_parts(suite)[0]
+        opts = dict(opts or {})
+        check_fields(opts, [cls], f"{where}: section 'evaluate': benchmarks.{suite}", reserved=("output",))
+        out[suite] = instantiate([cls], {**opts, "output": str(run.stage_dir("evaluate") / suite)})[0]
+    return out
 
 
 def _teacher_dir(run: Run) -> str:
@@ -548,6 +574,16 @@ def _stage_evaluate(run: Run, resume: bool) -> dict:
         res["gap_recovered"] = gap_recovered(rows["pruned"]["val_loss"], rows["distilled"]["val_loss"],
                                              rows[ref]["val_loss"])
         res["gap_reference"] = ref
+    suites = _benchmark_configs(run, ev)
+    if suites:  # the same models through `minitron eval <suite>`; tables linked from the report
+        from .eval import suite_parts
+
+        paths = {n: r["path"] for n, r in rows.items()}
+        res["benchmarks"] = {}
+        for suite, cfg in suites.items():
+            _, run_suite, _ = suite_parts(suite)
+            out = run_suite(list(paths.values()), cfg, names=list(paths))
+            res["benchmarks"][suite] = {"results": out["results"], "table": str(Path(cfg.output) / "results.md")}
     _write_json_atomically(run.stage_dir("evaluate") / "evaluation.json", res)
     return res
 
@@ -829,6 +865,11 @@ def write_report(run: Run) -> Path:
         if ev.get("gap_recovered") is not None:
             L += [f"**Gap recovered** by distillation: {100 * ev['gap_recovered']:.1f}% "
                   f"(= (pruned - distilled) / (pruned - {ev['gap_reference']}) in validation loss).", ""]
+        for suite, b in (ev.get("benchmarks") or {}).items():
+            table = Path(b["table"])
+            L += [f"Benchmarks: `minitron eval {suite}` ([{_rel(run, table)}]({_rel(run, table)})):", ""]
+            if table.exists():
+                L += [table.read_text().strip(), ""]
         answers = [(n, r["answer"]) for n, r in ev["models"].items() if r.get("answer") is not None]
         if answers:
             L += [f"Greedy answers to \"{ev['prompt']}\":", ""]

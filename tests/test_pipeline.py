@@ -265,3 +265,25 @@ def test_align_stage_sft_and_rounds_in_the_run(teacher_dir, tmp_path, default_mo
             load_run(_write(tmp_path, _config(teacher_dir, tmp_path / "bad", align=change)))
         assert message in str(e.value)
     assert not (tmp_path / "bad").exists()
+
+
+def test_evaluate_benchmarks_run_eval_suites_and_link_tables(teacher_dir, tmp_path):
+    """`evaluate.benchmarks` runs `minitron eval <suite>` on teacher and students; the report shows the table."""
+    pytest.importorskip("lm_eval")
+    from test_depth_task import write_mini_task
+
+    tasks = write_mini_task(tmp_path / "tasks")
+    out = tmp_path / "run"
+    cfg = _config(teacher_dir, out, export=None, distill=None,
+                  evaluate={"max_new_tokens": 0,
+                            "benchmarks": {"base": {"tasks": ["mini_mc"], "tasks_dir": str(tasks), "limit": 4}}})
+    run_pipeline(load_run(_write(tmp_path, cfg)))
+    ev = json.loads((out / "evaluate" / "evaluation.json").read_text())
+    res = ev["benchmarks"]["base"]["results"]
+    assert set(res) == {"teacher", "pruned"} and all(0 <= r["mini_mc"] <= 1 for r in res.values())
+    report = (out / "report.md").read_text()
+    assert "Benchmarks: `minitron eval base` ([evaluate/base/results.md](evaluate/base/results.md))" in report
+    assert (out / "evaluate" / "base" / "results.md").read_text().strip() in report
+    bad = _config(teacher_dir, tmp_path / "bad", evaluate={"benchmarks": {"humaneval": {"output": "x"}}})
+    with pytest.raises(ConfigError, match="benchmarks.humaneval: field 'output' is set by the pipeline"):
+        load_run(_write(tmp_path, bad))

@@ -1,1 +1,24 @@
-"""Evaluation: LM Evaluation Harness tasks on in-memory models and checkpoints (``harness``)."""
+"""Evaluation suites, teacher vs students: LM Evaluation Harness tasks (``base``, ``instruct``), code pass@k
+(``code``: HumanEval, MBPP), MT-Bench (``mtbench``), BFCL (``bfcl``); ``harness`` runs lm-eval on in-memory
+models, ``endpoint`` talks to OpenAI-compatible servers."""
+
+# `minitron eval <name>`: (module under minitron_hf.eval, config class, run function, help). Each run
+# function takes (models, cfg, names=None) and returns {"config", "results": {model: {metric: value}}};
+# each module has a results_table(out) -> markdown.
+SUITES = {
+    "base": ("base", "BaseEvalConfig", "run_base_eval", "LM Evaluation Harness tasks, the paper's Table 1 settings"),
+    "humaneval": ("code", "HumanEvalConfig", "run_humaneval", "HumanEval pass@k, generated code run sandboxed"),
+    "mbpp": ("code", "MBPPConfig", "run_mbpp", "MBPP pass@k (3-shot or chat), generated code run sandboxed"),
+    "bfcl": ("bfcl", "BFCLConfig", "run_bfcl", "BFCL live function-calling accuracy (bfcl-eval in its own venv)"),
+    "mtbench": ("mtbench", "MTBenchConfig", "run_mtbench", "MT-Bench, two turns rated 1-10 by an LLM judge"),
+    "instruct": ("instruct", "InstructEvalConfig", "run_instruct_eval", "the paper's Table 2: IFEval ... MMLU"),
+}
+
+
+def suite_parts(name: str):
+    """(config class, run function, results_table) of a suite, its module imported now."""
+    import importlib
+
+    mod, cls, run, _ = SUITES[name]
+    m = importlib.import_module(f".{mod}", __package__)
+    return getattr(m, cls), getattr(m, run), m.results_table
