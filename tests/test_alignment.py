@@ -7,7 +7,7 @@ import torch
 
 from conftest import save_with_tokenizer, tiny_model
 from minitron_hf.alignment import data as adata
-from minitron_hf.alignment.rounds import (NEMO_ALIGNER_KEYS, RoundsConfig, best_worst_pairs, nemo_aligner_rows,
+from minitron_hf.alignment.rounds import (NEMO_ALIGNER_KEYS, RoundsConfig, best_worst_pairs,
                                           run_rounds, score)
 from minitron_hf.alignment.rpo import AlignmentError, RPOConfig
 from minitron_hf.alignment.sft import SFTArgs, SFTStageConfig, ensure_chat_template, run_sft

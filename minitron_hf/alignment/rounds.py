@@ -29,7 +29,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..models import generate_chat, load_model, load_tokenizer, resolve_model, write_checkpoint_atomically
+from ..models import generate_chat, load_model, load_tokenizer, resolve_model, save_trained
 from .data import load_rows, prompt_rows, verifiable_reward
 from .rpo import AlignmentError, RPOConfig, RPOTrainer, check_preference_dataset
 from .sft import ensure_chat_template
@@ -308,12 +308,7 @@ def run_rounds(cfg: RoundsConfig, args: RPOConfig) -> dict:
         trainer = RPOTrainer(model=load_model(policy, device=device), ref_model=load_model(policy, device=device),
                              args=round_args, train_dataset=dataset, processing_class=tok)
         out = trainer.train()
-
-        def write(tmp, trainer=trainer, tok=tok):
-            trainer.model.save_pretrained(tmp)
-            tok.save_pretrained(tmp)
-
-        write_checkpoint_atomically(final, write)
+        save_trained(trainer, tok, final)
         del trainer
         h = heldout_reward(final, held, reward_fn, cfg)
         _write_heldout(d, held, h)

@@ -240,7 +240,7 @@ def run_rpo(cfg: RPOScriptConfig, args: RPOConfig) -> dict:
 
     from datasets import Dataset
 
-    from ..models import load_model, load_tokenizer, resolve_model, write_checkpoint_atomically
+    from ..models import load_model, load_tokenizer, resolve_model, save_trained
     from .data import load_rows
     from .sft import ensure_chat_template
 
@@ -259,13 +259,7 @@ def run_rpo(cfg: RPOScriptConfig, args: RPOConfig) -> dict:
     trainer = RPOTrainer(model=load_model(path), ref_model=load_model(cfg.ref_model or path), args=args,
                          train_dataset=dataset, processing_class=tok)
     out = trainer.train()
-
-    def write(d):
-        trainer.model.save_pretrained(d)
-        tok.save_pretrained(d)
-
-    if trainer.accelerator.is_main_process:
-        write_checkpoint_atomically(final, write)
+    save_trained(trainer, tok, final)
     rec = {"model": str(path), "data": cfg.data, "pairs": len(dataset), "train_loss": out.training_loss,
            "steps": out.global_step, "wall_time_s": round(time.time() - t0, 1), "final": str(final)}
     (Path(args.output_dir) / "rpo.json").write_text(json.dumps(rec, indent=1))

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from trl import SFTConfig
 
-from ..models import load_model, load_tokenizer, resolve_model, write_checkpoint_atomically
+from ..models import load_model, load_tokenizer, resolve_model, save_trained
 from .data import load_rows, sft_examples
 from .rpo import AlignmentError
 
@@ -104,13 +104,7 @@ def run_sft(cfg: SFTStageConfig, args: SFTArgs) -> dict:
     if not trainer.completion_only_loss:
         raise AlignmentError("data: TRL did not enable completion-only loss for these examples")
     out = trainer.train()
-
-    def write(d):
-        trainer.model.save_pretrained(d)
-        tok.save_pretrained(d)
-
-    if trainer.accelerator.is_main_process:
-        write_checkpoint_atomically(final, write)
+    save_trained(trainer, tok, final)
     rec = {"model": str(path), "data": cfg.data, "examples": len(examples), "train_loss": out.training_loss,
            "steps": out.global_step, "wall_time_s": round(time.time() - t0, 1), "final": str(final)}
     (Path(args.output_dir) / "sft.json").write_text(json.dumps(rec, indent=1))

@@ -2,6 +2,9 @@
 (``code``: HumanEval, MBPP), MT-Bench (``mtbench``), BFCL (``bfcl``); ``harness`` runs lm-eval on in-memory
 models, ``endpoint`` talks to OpenAI-compatible servers."""
 
+import json
+from pathlib import Path
+
 # `minitron eval <name>`: (module under minitron_hf.eval, config class, run function, help). Each run
 # function takes (models, cfg, names=None) and returns {"config", "results": {model: {metric: value}}};
 # each module has a results_table(out) -> markdown.
@@ -22,3 +25,16 @@ def suite_parts(name: str):
     mod, cls, run, _ = SUITES[name]
     m = importlib.import_module(f".{mod}", __package__)
     return getattr(m, cls), getattr(m, run), m.results_table
+
+
+def write_results(output, out: dict, table: str, **jsonl) -> None:
+    """Into ``output`` (nothing when unset): results.json (``out``), results.md (``table``) and, for each
+    ``name=rows``, name.jsonl with one row per line (the samples, answers or judgments behind the numbers)."""
+    if not output:
+        return
+    d = Path(output)
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "results.json").write_text(json.dumps(out, indent=1, default=str))
+    for name, rows in jsonl.items():
+        (d / f"{name}.jsonl").write_text("".join(json.dumps(r, default=str) + "\n" for r in rows))
+    (d / "results.md").write_text(table + "\n")

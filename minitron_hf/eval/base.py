@@ -9,12 +9,12 @@ comes from the Hub through lm-eval; offline, use local task YAML (``tasks_dir``)
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from . import write_results
 from .harness import EvalError, check_tasks, evaluate_model, score, task_manager
 
 logger = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ def run_base_eval(models, cfg: BaseEvalConfig, names=None) -> dict:
         lim = cfg.limit if cfg.limit is not None else PAPER_TASKS.get(task, (None,) * 4)[3]
         return int(lim) if lim is not None and lim >= 1 else lim
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    results, rows = {}, []
+    results = {}
     for i, name in enumerate(names):
         if cfg.model_base_url:
             model = tok = None
@@ -110,11 +110,7 @@ def run_base_eval(models, cfg: BaseEvalConfig, names=None) -> dict:
         del model
     out = {"config": asdict(cfg), "tasks": {t: dict(zip(("num_fewshot", "metric", "label"), _settings(t, cfg)))
                                             for t in cfg.tasks}, "results": results}
-    if cfg.output:
-        d = Path(cfg.output)
-        d.mkdir(parents=True, exist_ok=True)
-        (d / "results.json").write_text(json.dumps(out, indent=1))
-        (d / "results.md").write_text(results_table(out) + "\n")
+    write_results(cfg.output, out, results_table(out))
     return out
 
 

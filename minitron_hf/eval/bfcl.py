@@ -36,6 +36,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from . import write_results
+
 logger = logging.getLogger(__name__)
 
 LIVE_CATEGORIES = ["live_simple", "live_multiple", "live_parallel", "live_parallel_multiple", "live_irrelevance",
@@ -324,12 +326,7 @@ def run_bfcl(models, cfg: BFCLConfig, names=None) -> dict:
                  for e, t, d, s in zip(entries, texts, decoded, scored["entries"])]
         logger.info("bfcl %s: %s", name, r)
     out = {"config": asdict(cfg), "counts": {c: len(data[c]) for c in categories}, "results": results}
-    if cfg.output:
-        d = Path(cfg.output)
-        d.mkdir(parents=True, exist_ok=True)
-        (d / "results.json").write_text(json.dumps(out, indent=1))
-        (d / "answers.jsonl").write_text("".join(json.dumps(x) + "\n" for x in rows))
-        (d / "results.md").write_text(results_table(out) + "\n")
+    write_results(cfg.output, out, results_table(out), answers=rows)
     return out
 
 

@@ -37,6 +37,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
+from . import write_results
+
 logger = logging.getLogger(__name__)
 
 # where a completion stops: the next top-level statement (the Codex paper's stop sequences)
@@ -451,12 +453,7 @@ def run_code_eval(task: CodeTask, problems: list[dict], models, cfg: HumanEvalCo
                     for t, cs in zip(r["per_task"], completions) for c, s in zip(cs, t["status"])]
         logger.info("%s %s: %s", task.name, name, r["metrics"])
     out = {"config": asdict(cfg), "benchmark": task.name, "results": results}
-    if cfg.output:
-        d = Path(cfg.output)
-        d.mkdir(parents=True, exist_ok=True)
-        (d / "results.json").write_text(json.dumps(out, indent=1))
-        (d / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
-        (d / "results.md").write_text(results_table(out) + "\n")
+    write_results(cfg.output, out, results_table(out), samples=samples)
     return out
 
 

@@ -28,12 +28,12 @@ file and point ``dataset_path`` at local files, named with ``ifeval_task`` / ``g
 from __future__ import annotations
 
 import difflib
-import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from . import write_results
 from .harness import EvalError, check_tasks, evaluate_model, score, task_manager, wrap_model
 
 logger = logging.getLogger(__name__)
@@ -272,14 +272,7 @@ def _labels(out: dict) -> dict:
 
 
 def _write(out: dict, cfg: InstructEvalConfig, samples: dict) -> None:
-    if not cfg.output:
-        return
-    d = Path(cfg.output)
-    d.mkdir(parents=True, exist_ok=True)
-    (d / "results.json").write_text(json.dumps(out, indent=1))
-    (d / "results.md").write_text(results_table(out) + "\n")
-    for bench, rows in samples.items():
-        (d / f"samples_{bench}.jsonl").write_text("".join(json.dumps(r, default=str) + "\n" for r in rows))
+    write_results(cfg.output, out, results_table(out), **{f"samples_{b}": rows for b, rows in samples.items()})
 
 
 def _sample_rows(model: str, task: str, records: list[dict], metrics) -> list[dict]:

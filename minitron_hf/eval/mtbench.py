@@ -37,7 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import endpoint
+from . import endpoint, write_results
 
 logger = logging.getLogger(__name__)
 
@@ -441,9 +441,7 @@ def run_mtbench(models, cfg: MTBenchConfig, names=None) -> dict:
                          "judging_s": round(time.time() - t0 - gen_s, 1)}
         logger.info("mtbench %s: %s", name, results[name])
     out = {"config": asdict(cfg), "questions": len(questions), "results": results}
-    if out_dir is not None:
-        (out_dir / "results.json").write_text(json.dumps(out, indent=1))
-        (out_dir / "results.md").write_text(results_table(out) + "\n")
+    write_results(out_dir, out, results_table(out))
     return out
 
 
