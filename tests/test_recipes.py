@@ -26,6 +26,15 @@ def _classes(name):
         from minitron_hf.distill.trainer import TrainArgs
 
         return [DataConfig, CorrectionConfig, TrainArgs], ()
+    if name.startswith("sft"):
+        from minitron_hf.alignment.sft import SFTArgs, SFTStageConfig
+
+        return [SFTStageConfig, SFTArgs], ()
+    if name.startswith("rpo"):
+        from minitron_hf.alignment.rounds import RoundsConfig
+        from minitron_hf.alignment.rpo import RPOConfig
+
+        return [RoundsConfig, RPOConfig], ()
     raise AssertionError(f"no stage for {name}")
 
 
@@ -33,6 +42,10 @@ def _classes(name):
 def test_recipe_parses(path):
     classes, append = _classes(path.name)
     objs = parse_args(classes, ["--config", str(path)], append_fields=append)
+    if path.name.startswith(("sft", "rpo")):  # alignment stages: epochs, not steps
+        assert (objs[0].data if path.name.startswith("sft") else objs[0].prompts) and objs[0].model
+        assert objs[-1].num_train_epochs > 0 and objs[-1].learning_rate > 0
+        return
     assert objs[0].data
     if path.name.startswith("prune"):
         assert objs[1].target
