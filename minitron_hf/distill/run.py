@@ -18,7 +18,8 @@ import torch
 
 from ..data import BlockDataset, DataConfig, collate_blocks, load_blocks
 from ..models import load_model, load_tokenizer, resolve_model
-from .trainer import BaselineEvaluation, DistillationConfig, DistillationError, DistillationTrainer, check_pair
+from .trainer import (BaselineEvaluation, DistillationConfig, DistillationError, DistillationTrainer, check_pair,
+                      eval_curve)
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +109,8 @@ def run_distill(data_cfg: DataConfig, script: DistillScriptConfig, args: Distill
                                 if torch.cuda.is_available() else None),
         "wall_time_s": round(time.time() - t0, 1), "final_model": str(final),
         "loss": args.kd_loss, "temperature": args.temperature, "ce_weight": args.ce_weight,
+        # validation losses against training tokens (step 0 = before training)
+        "eval_curve": eval_curve(trainer.state.log_history, tokens_per_step, before),
     }
     if args.continuous_correction and trainer.is_world_process_zero():  # the corrected teacher, too
         trainer.accelerator.unwrap_model(trainer.teacher).save_pretrained(Path(args.output_dir) / "final-teacher")

@@ -28,6 +28,21 @@ from .losses import LOSSES, auto_chunk_size, chunked_kd_loss, chunked_lm_loss_su
 logger = logging.getLogger(__name__)
 
 
+def eval_curve(log_history: list[dict], tokens_per_step: int, before: dict | None = None) -> list[dict]:
+    """The evaluations of a Trainer run as ``[{"step", "tokens", <metric>: value}]`` (``eval_`` prefix
+    dropped), with the ``before_`` evaluation, if given, as step 0: the learning curve against tokens."""
+    def row(step, metrics, prefix):
+        return {"step": step, "tokens": step * tokens_per_step,
+                **{k[len(prefix):]: v for k, v in metrics.items() if k.startswith(prefix)
+                   and not k.endswith(("runtime", "_time", "per_second"))}}
+
+    rows = {0: row(0, before, "before_")} if before else {}
+    for h in log_history:  # an evaluation repeated at the same step (the final one) replaces the earlier
+        if "step" in h and any(k.startswith("eval_") and k.endswith("loss") for k in h):
+            rows[h["step"]] = row(h["step"], h, "eval_")
+    return [rows[k] for k in sorted(rows)]
+
+
 class DistillationError(ValueError):
     """Teacher and student (or the settings) cannot be distilled together."""
 
