@@ -31,15 +31,20 @@ def command() -> str:
     return " ".join([Path(sys.executable).name, *sys.argv])
 
 
-def write_result(name: str, title: str, body: str, directory: Path = RESULTS) -> Path:
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+def revision() -> str:
+    """The checkout's short commit id, or '?' outside git."""
     try:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     except OSError:
-        rev = "?"
+        rev = ""
+    return rev or "?"
+
+
+def write_result(name: str, title: str, body: str, directory: Path = RESULTS) -> Path:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
     text = (f"# {title}\n\n- date: {datetime.date.today().isoformat()}\n- machine: {machine()}\n"
-            f"- command: `{command()}`\n- commit: {rev or '?'}\n\n{body.strip()}\n")
+            f"- command: `{command()}`\n- commit: {revision()}\n\n{body.strip()}\n")
     path = directory / f"{name}.md"
     path.write_text(text)
     return path

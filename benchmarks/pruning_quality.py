@@ -9,7 +9,6 @@ variant is distilled here, so absolute losses are high.
 """
 
 import argparse
-import json
 import math
 import tempfile
 import time

@@ -17,7 +17,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
-import random
 import sysconfig
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from minitron_hf.pruning.depth import (DepthError, LayerImportance, block_influence, dropped_layers,
+from minitron_hf.pruning.depth import (DepthError, block_influence, dropped_layers,
                                        layer_importance, lm_loss)
 
 from conftest import tiny_model

@@ -22,14 +22,13 @@ import logging
 import os
 import re
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/common.py
 
-from common import command, machine  # noqa: E402
+from common import command, machine, revision  # noqa: E402
 
 from minitron_hf.data import DataConfig  # noqa: E402
 
@@ -228,14 +227,10 @@ class Section:
     def write(self, data: dict, body: str, reading: str, budget: str, headline: list[tuple[str, str, str]]) -> Path:
         """``headline``: (claim, what was measured, verdict) rows for the summary table of paper.md."""
         wall = time.time() - self.t0
-        try:
-            rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-        except OSError:
-            rev = "?"
         built = sum(s for s, reused in USED.values() if not reused)
         reused = {n: s for n, (s, r) in USED.items() if r}
         meta = {"date": datetime.date.today().isoformat(), "machine": machine(), "command": command(),
-                "commit": rev or "?", "wall_time_s": round(wall, 1), "built_s": round(built, 1),
+                "commit": revision(), "wall_time_s": round(wall, 1), "built_s": round(built, 1),
                 "reused_s": reused, "scale": SCALE, "seed": SEED,
                 "teacher": TEACHER, "budget": budget}
         (RESULTS / "paper" / f"{self.key}.json").write_text(
