@@ -51,6 +51,22 @@ def test_eval_curve_orders_steps_and_keeps_the_last_evaluation_of_a_step():
                      {"step": 4, "tokens": 400, "student_lm_loss": 1.9}]
 
 
+def test_headline_flags_verdicts_within_seed_noise(lib, tmp_path, monkeypatch):
+    monkeypatch.setattr(lib, "RESULTS", tmp_path)
+    (tmp_path / "paper").mkdir()
+    rows = [["claim A", "1.50 vs 1.53", "yes", lib.gap(1.50 - 1.53, "main")],  # 0.03 < 0.04: flagged
+            ["claim B", "1.50 vs 1.53", "yes", lib.gap(0.03, "short")],  # 0.03 > 0.01: not flagged
+            ["claim C", "ranks", "**no**"]]  # no loss gap: never flagged
+    (tmp_path / "paper" / "fig5.json").write_text(json.dumps({"headline": rows}))
+    assert "| claim A | 1.50 vs 1.53 | yes |" in lib.headline_table()  # before seed_noise.py ran: no noise known
+    (tmp_path / "paper" / "seeds.json").write_text(json.dumps({"headline": [], "range_main": 0.04, "range_short": 0.01}))
+    table = lib.headline_table()
+    assert "| claim A | 1.50 vs 1.53 | yes (gap 0.030, within the width run's seed noise 0.040) |" in table
+    assert "| claim B | 1.50 vs 1.53 | yes |" in table and "| claim C | ranks | **no** |" in table
+    with pytest.raises(ValueError, match="budget='long'"):
+        lib.gap(0.1, "long")
+
+
 def test_every_script_runs_on_a_tiny_teacher_and_shares_artifacts(tmp_path, default_model_dir):
     teacher = save_with_tokenizer(tiny_model("llama", vocab_size=49152), tmp_path / "teacher", default_model_dir)
     env = {**os.environ, "MINITRON_PAPER_TEACHER": str(teacher), "MINITRON_PAPER_SCALE": "0.125",
@@ -68,6 +84,8 @@ def test_every_script_runs_on_a_tiny_teacher_and_shares_artifacts(tmp_path, defa
         assert data["wall_time_s"] > 0 and data["budget"] and data["machine"]
         assert (results / "paper" / f"{key}.png").stat().st_size > 1000
         assert md.count(f"<!-- {key} -->") == 1 and "**Does it hold here?**" in md
+        if key not in ("fig7_8", "seeds"):  # every loss comparison carries the gap its verdict rests on
+            assert all(row[3]["gap"] >= 0 and row[3]["budget"] in ("main", "short") for row in data["headline"])
     fig5 = json.loads((results / "paper" / "fig5.json").read_text())
     assert len(fig5["runs"]) == 4 and all(len(r["curve"]) >= 2 for r in fig5["runs"].values())
     assert fig5["runs"]["(a) random init + KD"]["curve"][0]["tokens"] == 0

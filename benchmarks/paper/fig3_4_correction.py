@@ -71,9 +71,9 @@ right after pruning, validation loss {rec['val_loss']:.3f} (from the original) a
         "prune_val_loss": {"original": rec["val_loss"], "corrected": rec_c["val_loss"]},
         "holds": {"fig3": f3, "fig4": f4}}
     headline = [("Fig. 3: distilling from the corrected teacher beats the original teacher",
-                 f"{c:.3f} vs {o:.3f} (teachers {t_corr:.2f} vs {t_orig:.2f})", lib.yes(f3)),
+                 f"{c:.3f} vs {o:.3f} (teachers {t_corr:.2f} vs {t_orig:.2f})", lib.yes(f3), lib.gap(c - o, "main")),
                 ("Fig. 4: continuous correction matches pruning the corrected teacher",
-                 f"{cc:.3f} vs {pc:.3f}", lib.yes(f4))]
+                 f"{cc:.3f} vs {pc:.3f}", lib.yes(f4), lib.gap(cc - pc, "main"))]
     sec.write(data, body, reading, lib.budget_text(T, 5) + " (one is the teacher correction)", headline)
 
 

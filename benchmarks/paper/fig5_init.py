@@ -54,9 +54,11 @@ Teacher validation loss {teacher:.3f}.
     headline = [
         ("Fig. 5: importance pruning + KD ends lowest of the four",
          f"(a) random init + KD {a:.2f}, (b) random pruning + KD {b:.2f}, (c) pruning + LM loss {c:.2f}, "
-         f"(d) pruning + KD {d:.2f}", lib.yes(d < min(a, b, c))),
-        ("Fig. 5: KD beats the LM loss from the same pruned student", f"{d:.2f} vs {c:.2f}", lib.yes(d < c)),
-        ("Fig. 5: random pruning + KD beats random init + KD", f"{b:.2f} vs {a:.2f}", lib.yes(b < a))]
+         f"(d) pruning + KD {d:.2f}", lib.yes(d < min(a, b, c)), lib.gap(d - min(a, b, c), "main")),
+        ("Fig. 5: KD beats the LM loss from the same pruned student", f"{d:.2f} vs {c:.2f}", lib.yes(d < c),
+         lib.gap(d - c, "main")),
+        ("Fig. 5: random pruning + KD beats random init + KD", f"{b:.2f} vs {a:.2f}", lib.yes(b < a),
+         lib.gap(b - a, "main"))]
     sec.write(data, body, reading, lib.budget_text(T, 4), headline)
 
 

@@ -42,7 +42,8 @@ block chosen by validation LM loss (Fig. 7 metric) on {lib.VAL} x {lib.SEQ} toke
             "prune_val_loss": {"width": rec_w["val_loss"], "depth": rec_d["val_loss"]},
             "dropped": rec_d["depth"]["dropped"], "runs": runs, "teacher_loss": teacher, "holds": holds}
     headline = [("Fig. 6: width pruning beats depth pruning at equal parameters, after distillation",
-                 f"{lib.last(w):.3f} vs {lib.last(d):.3f} ({pw / 1e6:.1f}M vs {pd / 1e6:.1f}M)", lib.yes(holds))]
+                 f"{lib.last(w):.3f} vs {lib.last(d):.3f} ({pw / 1e6:.1f}M vs {pd / 1e6:.1f}M)", lib.yes(holds),
+                 lib.gap(lib.last(w) - lib.last(d), "main"))]
     sec.write(data, body, reading, lib.budget_text(T, 2), headline)
 
 

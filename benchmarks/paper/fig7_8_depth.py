@@ -85,13 +85,14 @@ LM-loss scans {loss_s:.0f} s, accuracy scans {acc_s:.0f} s.
 """
     contiguous_wins_loss = min(losses[half]) < noncontig_loss
     contiguous_wins_acc = acc["blocks"][best_acc] > noncontig_acc
+    gap_se = abs(acc["blocks"][best_acc] - noncontig_acc) / se
     reading = (f"Fig. 7 (the first and last layers matter most): removing the first layer ranks {rank[0]} and the last "
                f"{rank[L - 1]} of {L} single removals by the loss they cause (first {single[0]:.2f}, last "
                f"{single[-1]:.2f}, all layers {baseline:.2f}); the best {half}-layer block "
                f"is layers {best[half]}-{best[half] + half - 1}. Fig. 8 (contiguous beats non-contiguous): by LM loss "
                f"{'yes' if contiguous_wins_loss else 'no'} ({min(losses[half]):.3f} vs {noncontig_loss:.3f}); by "
                f"accuracy {'yes' if contiguous_wins_acc else 'no'} ({acc['blocks'][best_acc]:.3f} vs "
-               f"{noncontig_acc:.3f}, a gap of {abs(acc['blocks'][best_acc] - noncontig_acc) / se:.1f} standard errors; "
+               f"{noncontig_acc:.3f}, a gap of {gap_se:.1f} standard errors; "
                f"choosing the best of {len(acc['blocks'])} blocks on the same items also favours the contiguous side).")
     data = {"layers": L, "baseline_loss": baseline, "block_losses": {str(k): v for k, v in losses.items()},
             "noncontiguous": {"layers": noncontig, "loss": noncontig_loss, "accuracy": noncontig_acc},
@@ -105,7 +106,8 @@ LM-loss scans {loss_s:.0f} s, accuracy scans {acc_s:.0f} s.
          f"first {lib.yes(rank[0] <= 2)}, last {lib.yes(rank[L - 1] <= 2)}"),
         ("Fig. 8: the best contiguous block beats non-contiguous removal", f"LM loss {min(losses[half]):.2f} vs "
          f"{noncontig_loss:.2f}; accuracy {acc['blocks'][best_acc]:.2f} vs {noncontig_acc:.2f} ({limit} items)",
-         f"loss {lib.yes(contiguous_wins_loss)}, accuracy {lib.yes(contiguous_wins_acc)}")]
+         f"loss {lib.yes(contiguous_wins_loss)}, accuracy {lib.yes(contiguous_wins_acc)}"
+         + (f" (a gap of {gap_se:.1f} standard errors: noise)" if gap_se < 1 else ""))]
     sec.write(data, body, reading, headline=headline, budget=f"no training; {lib.VAL} x {lib.SEQ} validation tokens per loss, {limit} task items "
               f"per accuracy")
 

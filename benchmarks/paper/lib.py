@@ -259,13 +259,35 @@ class Section:
 ORDER = ["fig5", "fig3_4", "fig6", "fig7_8", "table15", "practices", "seeds"]
 
 
+def gap(value: float, budget: str) -> dict:
+    """A headline row's 4th element: the loss difference its verdict rests on and the run length it was
+    measured at ("main" = T_MAIN steps, "short" = T_SHORT), so the table can compare it with the seed noise."""
+    if budget not in ("main", "short"):
+        raise ValueError(f"budget={budget!r}: allowed are 'main' and 'short'")
+    return {"gap": abs(value), "budget": budget}
+
+
+def seed_noise() -> dict[str, float]:
+    """The seed-to-seed range of the final loss per budget, once seed_noise.py has run ({} before)."""
+    f = RESULTS / "paper" / "seeds.json"
+    if not f.exists():
+        return {}
+    d = json.loads(f.read_text())
+    return {"main": d["range_main"], "short": d["range_short"]}
+
+
 def headline_table() -> str:
-    """The summary of every section written so far (from their JSON files), in the papers' order."""
-    rows = []
+    """The summary of every section written so far (from their JSON files), in the papers' order. A verdict
+    resting on a loss difference smaller than the seed noise at the same budget says so."""
+    noise, rows = seed_noise(), []
     for key in ORDER:
         f = RESULTS / "paper" / f"{key}.json"
-        if f.exists():
-            rows += [f"| {claim} | {measured} | {verdict} |" for claim, measured, verdict in json.loads(f.read_text())["headline"]]
+        if not f.exists():
+            continue
+        for claim, measured, verdict, *g in json.loads(f.read_text())["headline"]:
+            if g and g[0]["budget"] in noise and g[0]["gap"] < noise[g[0]["budget"]]:
+                verdict += f" (gap {g[0]['gap']:.3f}, within the width run's seed noise {noise[g[0]['budget']]:.3f})"
+            rows.append(f"| {claim} | {measured} | {verdict} |")
     return ("<!-- headline -->\n| finding (paper) | measured here | holds here? |\n|---|---|---|\n" + "\n".join(rows)
             + "\n<!-- /headline -->\n")
 

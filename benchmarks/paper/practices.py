@@ -58,10 +58,12 @@ neurons, or as many hidden channels.
                f"most: {'yes' if order_d[-1] == 'heads' else 'no'} here).")
     data = {"rows": rows, "axis_targets": lib.axis_targets(cfg)}
     headline = [("Iterative pruning brings no benefit over single-shot", f"after short KD {s['distilled']:.3f} "
-                 f"(single-shot) vs {i['distilled']:.3f} (3 steps)", lib.yes(s["distilled"] <= i["distilled"] + 0.05)),
+                 f"(single-shot) vs {i['distilled']:.3f} (3 steps)", lib.yes(s["distilled"] <= i["distilled"] + 0.05),
+                 lib.gap(s["distilled"] - i["distilled"], "short")),
                 ("Pruning heads hurts most among heads / MLP / hidden at equal parameters",
                  "after short KD " + ", ".join(f"{n} {rows[n]['distilled']:.3f}" for n in axes),
-                 lib.yes(order_d[-1] == "heads"))]
+                 lib.yes(order_d[-1] == "heads"),
+                 lib.gap(rows["heads"]["distilled"] - max(rows[n]["distilled"] for n in axes if n != "heads"), "short"))]
     sec.write(data, body, reading, lib.budget_text(t, len(rows)), headline)
 
 

@@ -60,7 +60,9 @@ Ranking after pruning: {', '.join(rank_p)}; after distillation: {', '.join(rank_
     headline = [("Table 15: l2_mean (L2 over batch, mean over sequence) is the best reducer",
                  f"best after pruning {best_p} ({rows[best_p]['pruned']:.2f}), after short KD {best_d} "
                  f"({rows[best_d]['distilled']:.3f}; l2_mean {rows['l2_mean']['distilled']:.3f}; spread {spread:.3f})",
-                 lib.yes(best_d == "l2_mean"))]
+                 lib.yes(best_d == "l2_mean"),
+                 lib.gap(rows["l2_mean"]["distilled"] - min(r["distilled"] for n, r in rows.items() if n != "l2_mean"),
+                         "short"))]
     sec.write(data, body, reading, lib.budget_text(t, len(REDUCERS)), headline)
 
 
