@@ -258,11 +258,20 @@ def heldout_reward(policy_dir: Path, held: list[dict], reward_fn, cfg: RoundsCon
 
 def run_rounds(cfg: RoundsConfig, args: RPOConfig) -> dict:
     """The rounds; returns (and writes to ``args.output_dir``) the per-round record."""
+    from ..outputs import no_debris
+
+    with no_debris(args.output_dir):  # a failed run leaves no empty output folder behind
+        return _run_rounds(cfg, args)
+
+
+def _run_rounds(cfg: RoundsConfig, args: RPOConfig) -> dict:
     import torch
     from datasets import Dataset
 
     check_config(cfg, args)
-    root = Path(args.output_dir)
+    from ..checkpoints import require_output_dir
+
+    root = require_output_dir(args.output_dir, AlignmentError, args=args, sources=[cfg.model])
     start = resolve_model(cfg.model)
     ensure_chat_template(load_tokenizer(start), cfg.chat_template, add_default=False)  # before any work
     train, held = split_prompts(prompt_rows(load_rows(cfg.prompts, field="prompts"), field="prompts"), cfg)

@@ -40,6 +40,8 @@ from accelerate.utils import is_peft_model
 from trl import DPOConfig, DPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import use_adapter
+from ..checkpoints import CheckpointMixin, check_training_arguments
+from ..errors import MinitronError
 
 RPO_LOSSES = ("rpo_bwd_kl", "rpo_fwd_kl", "rpo_sq")
 REQUIRED_COLUMNS = ("prompt", "chosen", "rejected", "chosen_reward", "rejected_reward")
@@ -47,7 +49,7 @@ REWARD_COLUMNS = ("chosen_reward", "rejected_reward")
 _NON_MODEL_KEYS = {"completion_mask", "ref_chosen_logps", "ref_rejected_logps", *REWARD_COLUMNS}
 
 
-class AlignmentError(ValueError):
+class AlignmentError(MinitronError):
     """Bad alignment input (dataset, rewards, chat template, options); the message names the field."""
 
 
@@ -81,6 +83,7 @@ class RPOConfig(DPOConfig):
     learning_rate: float = field(default=1e-6, metadata={"help": "AdamW learning rate"})
 
     def __post_init__(self):
+        check_training_arguments(self)  # as distill.trainer.TrainArgs: before anything is created
         if self.rpo_loss not in RPO_LOSSES:
             raise AlignmentError(f"rpo_loss={self.rpo_loss!r} is not one of {', '.join(RPO_LOSSES)}")
         if self.beta <= 0 or self.eta < 0 or self.sft_weight < 0:
@@ -118,8 +121,9 @@ class _WithRewards:
         return out
 
 
-class RPOTrainer(DPOTrainer):
-    """``DPOTrainer`` with the RPO loss; datasets need ``chosen_reward`` and ``rejected_reward`` columns."""
+class RPOTrainer(CheckpointMixin, DPOTrainer):
+    """``DPOTrainer`` with the RPO loss; datasets need ``chosen_reward`` and ``rejected_reward`` columns.
+    Checkpoints are atomic and finite-only (:class:`~minitron_hf.checkpoints.CheckpointMixin`)."""
 
     def __init__(self, model, ref_model=None, args: RPOConfig | None = None, train_dataset=None, eval_dataset=None,
                  **kwargs):
@@ -234,6 +238,13 @@ class RPOScriptConfig:
 
 def run_rpo(cfg: RPOScriptConfig, args: RPOConfig) -> dict:
     """RPO on a preference dataset; writes ``output_dir/final`` and rpo.json."""
+    from ..outputs import no_debris
+
+    with no_debris(args.output_dir):  # a failed run leaves no empty output folder behind
+        return _run_rpo(cfg, args)
+
+
+def _run_rpo(cfg: RPOScriptConfig, args: RPOConfig) -> dict:
     import json
     import time
     from pathlib import Path
@@ -245,6 +256,9 @@ def run_rpo(cfg: RPOScriptConfig, args: RPOConfig) -> dict:
     from .sft import ensure_chat_template
 
     t0 = time.time()
+    from ..checkpoints import require_output_dir
+
+    require_output_dir(args.output_dir, AlignmentError, args=args, sources=[cfg.model])
     final = Path(args.output_dir) / "final"
     if final.exists() and not cfg.overwrite:
         raise AlignmentError(f"output_dir: {final} exists; set overwrite=true to replace it")

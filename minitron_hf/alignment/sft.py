@@ -12,6 +12,7 @@ with the model, so every later stage (RPO, serving, evaluation) uses the same on
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -21,6 +22,7 @@ from pathlib import Path
 import torch
 from trl import SFTConfig
 
+from ..checkpoints import CheckpointMixin, check_training_arguments
 from ..models import load_model, load_tokenizer, resolve_model, save_trained
 from .data import load_rows, sft_examples
 from .rpo import AlignmentError
@@ -55,11 +57,24 @@ class SFTArgs(SFTConfig):
     save_strategy: str = field(default="no", metadata={"help": "no | steps | epoch (checkpoints)"})
 
     def __post_init__(self):
+        check_training_arguments(self)  # as distill.trainer.TrainArgs: before anything is created
         if not torch.cuda.is_available():
             self.use_cpu = True  # as distill.trainer.TrainArgs: connects `accelerate launch` CPU processes
             if self.bf16 is None:
                 self.bf16 = False  # bf16 autocast is many times slower on these CPUs (README)
         super().__post_init__()
+
+
+@functools.cache
+def sft_trainer_class():
+    """TRL's ``SFTTrainer`` with atomic, finite-only checkpoints (:class:`~minitron_hf.checkpoints.CheckpointMixin`);
+    built on first use, as importing TRL's SFTTrainer takes seconds."""
+    from trl import SFTTrainer
+
+    class SFTStageTrainer(CheckpointMixin, SFTTrainer):
+        pass
+
+    return SFTStageTrainer
 
 
 def ensure_chat_template(tokenizer, chat_template: str | None, field_name: str = "chat_template",
@@ -87,10 +102,19 @@ def ensure_chat_template(tokenizer, chat_template: str | None, field_name: str =
 
 def run_sft(cfg: SFTStageConfig, args: SFTArgs) -> dict:
     """One SFT stage; writes ``output_dir/final`` (a vanilla checkpoint with the chat template) and sft.json."""
+    from ..outputs import no_debris
+
+    with no_debris(args.output_dir):  # a failed run leaves no empty output folder behind
+        return _run_sft(cfg, args)
+
+
+def _run_sft(cfg: SFTStageConfig, args: SFTArgs) -> dict:
     from datasets import Dataset
-    from trl import SFTTrainer
 
     t0 = time.time()
+    from ..checkpoints import require_output_dir
+
+    require_output_dir(args.output_dir, AlignmentError, args=args, sources=[cfg.model])
     final = Path(args.output_dir) / "final"
     if final.exists() and not cfg.overwrite:
         raise AlignmentError(f"output_dir: {final} exists; set overwrite=true to replace it")
@@ -100,7 +124,8 @@ def run_sft(cfg: SFTStageConfig, args: SFTArgs) -> dict:
     path = resolve_model(cfg.model)
     tok = ensure_chat_template(load_tokenizer(path), cfg.chat_template)
     model = load_model(path)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(examples), processing_class=tok)
+    trainer = sft_trainer_class()(model=model, args=args, train_dataset=Dataset.from_list(examples),
+                                  processing_class=tok)
     if not trainer.completion_only_loss:
         raise AlignmentError("data: TRL did not enable completion-only loss for these examples")
     out = trainer.train()

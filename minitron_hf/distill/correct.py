@@ -23,6 +23,8 @@ from transformers import Trainer
 from ..data import BlockDataset, DataConfig, collate_blocks, load_blocks
 from ..models import load_model, load_tokenizer, resolve_model, write_checkpoint_atomically
 from .trainer import TrainArgs, eval_curve
+from ..checkpoints import CheckpointMixin, check_output_dir, remove_checkpoints
+from ..errors import MinitronError
 
 logger = logging.getLogger(__name__)
 
@@ -30,8 +32,13 @@ MODES = ("full", "lora", "norm")
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-class CorrectionError(ValueError):
+class CorrectionError(MinitronError):
     """Bad teacher-correction settings."""
+
+
+class CorrectionTrainer(CheckpointMixin, Trainer):
+    """The plain LM-loss Trainer with atomic, finite-only checkpoints and a NaN/inf stop
+    (:class:`~minitron_hf.checkpoints.CheckpointMixin`)."""
 
 
 @dataclass
@@ -46,7 +53,8 @@ class CorrectionConfig:
     eval_samples: int = field(default=16, metadata={"help": "validation sequences for the before/after LM loss"})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha"})
-    overwrite: bool = field(default=False, metadata={"help": "replace an existing corrected model"})
+    overwrite: bool = field(default=False, metadata={"help": "replace an existing corrected model and remove the "
+                            "checkpoint-* folders of an earlier run in output_dir"})
 
 
 def prepare_mode(model, mode: str, lora_r: int = 16, lora_alpha: int = 32):
@@ -74,12 +82,26 @@ def finalize_mode(model, mode: str):
 
 
 def run_correction(data_cfg: DataConfig, cfg: CorrectionConfig, args: TrainArgs) -> dict:
+    from ..outputs import no_debris
+
+    with no_debris(args.output_dir):  # a failed run leaves no empty output folder behind
+        return _run_correction(data_cfg, cfg, args)
+
+
+def _run_correction(data_cfg: DataConfig, cfg: CorrectionConfig, args: TrainArgs) -> dict:
     t0 = time.time()
     if cfg.mode not in MODES:
         raise CorrectionError(f"mode={cfg.mode!r} is not one of {', '.join(MODES)}")
+    if cfg.lora_r < 1 or cfg.lora_alpha < 1:
+        raise CorrectionError(f"lora_r={cfg.lora_r} and lora_alpha={cfg.lora_alpha} must be >= 1")
+    if not getattr(args, "output_dir_given", True):
+        raise CorrectionError("output_dir is required: the folder for checkpoints and the corrected model "
+                              "(--output-dir DIR)")
     final = Path(args.output_dir) / "final"
     if final.exists() and not cfg.overwrite:
         raise CorrectionError(f"output_dir={args.output_dir!r} already holds a corrected model; pass --overwrite")
+    resume = check_output_dir(args.output_dir, args.resume_from_checkpoint, cfg.overwrite, CorrectionError,
+                              args=args, sources=[cfg.model])
     src = resolve_model(cfg.model)
     tok = load_tokenizer(src)
     need = cfg.train_samples or (args.max_steps * args.per_device_train_batch_size * args.gradient_accumulation_steps
@@ -88,10 +110,12 @@ def run_correction(data_cfg: DataConfig, cfg: CorrectionConfig, args: TrainArgs)
     val = load_blocks(data_cfg, tok, "validation", cfg.seq_len, cfg.eval_samples)
     model = prepare_mode(load_model(src), cfg.mode, cfg.lora_r, cfg.lora_alpha)
     model.train()
-    trainer = Trainer(model=model, args=args, train_dataset=BlockDataset(train), eval_dataset=BlockDataset(val),
-                      data_collator=collate_blocks, processing_class=tok)
+    trainer = CorrectionTrainer(model=model, args=args, train_dataset=BlockDataset(train),
+                                eval_dataset=BlockDataset(val), data_collator=collate_blocks, processing_class=tok)
     before = trainer.evaluate(metric_key_prefix="before")
-    trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    if resume is None and cfg.overwrite and args.should_save:
+        remove_checkpoints(args.output_dir)  # a fresh run: the earlier run's checkpoints would mix with this one's
+    trainer.train(resume_from_checkpoint=resume)
     after = trainer.evaluate()
     tokens_per_step = (args.per_device_train_batch_size * args.gradient_accumulation_steps * max(args.world_size, 1)
                        * cfg.seq_len)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from ..checkpoints import check_output_dir, parse_resume_flag, remove_checkpoints
 from ..data import BlockDataset, DataConfig, collate_blocks, load_blocks
 from ..models import load_model, load_tokenizer, resolve_model
 from .trainer import (BaselineEvaluation, DistillationConfig, DistillationError, DistillationTrainer, check_pair,
@@ -38,10 +39,12 @@ class DistillScriptConfig:
     eval_samples: int = field(default=16, metadata={"help": "held-out validation sequences for evaluation"})
     model_dtype: str = field(default="float32", metadata={"help": "dtype the models are loaded in",
                              "choices": list(DTYPES)})
-    overwrite: bool = field(default=False, metadata={"help": "replace an existing final model in output_dir"})
+    overwrite: bool = field(default=False, metadata={"help": "replace an existing final model in output_dir and "
+                            "remove the checkpoint-* folders of an earlier run there"})
 
 
-def _check(script: DistillScriptConfig, args: DistillationConfig) -> None:
+def _check(script: DistillScriptConfig, args: DistillationConfig) -> str | None:
+    """Errors before any work; returns the checkpoint to resume from (resolved) or None."""
     if not script.student:
         raise DistillationError("student is required: the pruned model to distil into")
     if not script.teacher:
@@ -50,15 +53,28 @@ def _check(script: DistillScriptConfig, args: DistillationConfig) -> None:
         raise DistillationError(f"model_dtype={script.model_dtype!r} is not one of {', '.join(DTYPES)}")
     if script.seq_len < 2 or script.eval_samples < 1:
         raise DistillationError("seq_len must be >= 2 and eval_samples >= 1")
+    if not getattr(args, "output_dir_given", True):
+        raise DistillationError("output_dir is required: the folder for checkpoints and the final model "
+                                "(--output-dir DIR)")
     final = Path(args.output_dir) / "final"
-    if final.exists() and not script.overwrite and not args.resume_from_checkpoint:
+    resume = parse_resume_flag(args.resume_from_checkpoint)
+    if final.exists() and not script.overwrite and resume is None:
         raise DistillationError(f"output_dir={args.output_dir!r} already holds a distilled model (final/); pass "
                                 f"--overwrite or --resume-from-checkpoint")
+    return check_output_dir(args.output_dir, resume, script.overwrite, DistillationError, args=args,
+                            sources=[script.student, script.teacher])
 
 
 def run_distill(data_cfg: DataConfig, script: DistillScriptConfig, args: DistillationConfig) -> dict:
+    from ..outputs import no_debris
+
+    with no_debris(args.output_dir):  # a failed run leaves no empty output folder behind
+        return _run_distill(data_cfg, script, args)
+
+
+def _run_distill(data_cfg: DataConfig, script: DistillScriptConfig, args: DistillationConfig) -> dict:
     t0 = time.time()
-    _check(script, args)
+    resume = _check(script, args)
     student_dir, teacher_dir = resolve_model(script.student), resolve_model(script.teacher)
     from transformers import AutoConfig
 
@@ -90,7 +106,9 @@ def run_distill(data_cfg: DataConfig, script: DistillScriptConfig, args: Distill
         trainer.add_callback(baseline)
     else:
         before = trainer.evaluate(metric_key_prefix="before")
-    result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    if resume is None and script.overwrite and args.should_save:
+        remove_checkpoints(args.output_dir)  # a fresh run: the earlier run's checkpoints would mix with this one's
+    result = trainer.train(resume_from_checkpoint=resume)
     if trainer.sharded:
         before = baseline.metrics
     after = trainer.evaluate(metric_key_prefix="eval")

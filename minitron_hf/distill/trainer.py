@@ -1,7 +1,8 @@
 """Logit distillation as a ``transformers.Trainer`` subclass (arXiv 2408.11796 sec. 2.3, 3.2).
 
 ``DistillationTrainer`` keeps every Trainer contract (checkpointing, resume, logging, ``accelerate
-launch``, ``push_to_hub``) and overrides only ``compute_loss``, ``evaluate`` and ``training_step``:
+launch``, ``push_to_hub``) and overrides only ``compute_loss`` and ``evaluate`` (plus the checkpoint
+mixin shared by every trainer of the project):
 
 - the teacher is frozen (eval mode, no gradients) and prepared by the same accelerator as the
   student, so it is placed (and, under DeepSpeed/FSDP, sharded) like the student;
@@ -10,7 +11,10 @@ launch``, ``push_to_hub``) and overrides only ``compute_loss``, ``evaluate`` and
   the whole optimizer step (``num_items_in_batch``), computed in token chunks from both models' final
   hidden states and LM-head weights: the full [tokens x vocab] logits never exist;
 - evaluation reports the KD loss and both models' LM loss on the evaluation set;
-- a NaN/inf loss stops the run with a message; checkpoints already written stay as they are.
+- checkpoints are written atomically and only with finite weights; a NaN/inf loss or NaN/inf weights stop
+  the run with :class:`~minitron_hf.checkpoints.TrainingDivergedError`, which names the last good
+  checkpoint; ``resume_from_checkpoint=True`` means the newest complete checkpoint
+  (:class:`~minitron_hf.checkpoints.CheckpointMixin`).
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from .losses import LOSSES, auto_chunk_size, chunked_kd_loss, chunked_lm_loss_sum, naive_kd_loss
+from ..checkpoints import CheckpointMixin, check_training_arguments
+from ..errors import MinitronError
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +49,7 @@ def eval_curve(log_history: list[dict], tokens_per_step: int, before: dict | Non
     return [rows[k] for k in sorted(rows)]
 
 
-class DistillationError(ValueError):
+class DistillationError(MinitronError):
     """Teacher and student (or the settings) cannot be distilled together."""
 
 
@@ -54,6 +60,7 @@ class TrainArgs(TrainingArguments):
     remove_unused_columns: bool = field(default=False, metadata={"help": "keep all dataset columns"})
 
     def __post_init__(self):
+        check_training_arguments(self)  # before anything is created; "true" -> True for resume_from_checkpoint
         # without an accelerator, accelerate connects the processes (gloo) only when told cpu=True;
         # otherwise every process would train alone
         if not torch.cuda.is_available():
@@ -181,7 +188,7 @@ def _fsdp_teacher(model, accelerator):
     return model
 
 
-class DistillationTrainer(Trainer):
+class DistillationTrainer(CheckpointMixin, Trainer):
     def __init__(self, model=None, teacher_model=None, args: DistillationConfig | None = None,
                  tokenizer_size: int | None = None, **kwargs):
         if teacher_model is None:
@@ -281,41 +288,27 @@ class DistillationTrainer(Trainer):
             ht = out.logits[..., : self.vocab].detach()
         return self._forward(model, inputs, True), ht
 
-    def _save_checkpoint(self, model, trial):
-        super()._save_checkpoint(model, trial)
+    # ------------------------------------------------------------------------------ checkpoints
+    def _save_extra_checkpoint_state(self, checkpoint_dir: Path) -> None:
+        """Continuous correction: the teacher and its optimizer go into ``checkpoint-N/teacher``."""
         if self.teacher_optimizer is not None and self.is_world_process_zero():
-            from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+            self.accelerator.unwrap_model(self.teacher).save_pretrained(checkpoint_dir / "teacher")
+            torch.save(self.teacher_optimizer.state_dict(), checkpoint_dir / "teacher" / "optimizer.pt")
 
-            ckpt = Path(self._get_output_dir(trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-            self.accelerator.unwrap_model(self.teacher).save_pretrained(ckpt / "teacher")
-            torch.save(self.teacher_optimizer.state_dict(), ckpt / "teacher" / "optimizer.pt")
+    def _load_extra_checkpoint_state(self, checkpoint_dir: Path) -> None:
+        if self.teacher_optimizer is None:
+            return
+        tdir = Path(checkpoint_dir) / "teacher"
+        if not tdir.exists():
+            raise DistillationError(f"{checkpoint_dir} has no teacher/ state; it was not written with "
+                                    f"continuous_correction")
+        from safetensors.torch import load_file
 
-    def train(self, resume_from_checkpoint=None, **kwargs):
-        if self.teacher_optimizer is not None and resume_from_checkpoint:
-            from transformers.trainer_utils import get_last_checkpoint
-
-            ckpt = get_last_checkpoint(self.args.output_dir) if resume_from_checkpoint is True else resume_from_checkpoint
-            tdir = Path(ckpt) / "teacher"
-            if not tdir.exists():
-                raise DistillationError(f"{ckpt} has no teacher/ state; it was not written with continuous_correction")
-            from safetensors.torch import load_file
-
-            state = {}
-            for f in sorted(tdir.glob("*.safetensors")):
-                state.update(load_file(str(f)))
-            self.accelerator.unwrap_model(self.teacher).load_state_dict(state, strict=False)
-            self.teacher_optimizer.load_state_dict(torch.load(tdir / "optimizer.pt", weights_only=True))
-        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
-
-    def training_step(self, model, inputs, num_items_in_batch=None):
-        loss = super().training_step(model, inputs, num_items_in_batch)
-        if not torch.isfinite(loss).all():
-            raise FloatingPointError(
-                f"loss is {loss.item()} at step {self.state.global_step + 1}; stopping. The last good checkpoint "
-                f"(if any) is the newest checkpoint-* in {self.args.output_dir}; lower the learning rate or check "
-                f"the data, then resume with --resume-from-checkpoint"
-            )
-        return loss
+        state = {}
+        for f in sorted(tdir.glob("*.safetensors")):
+            state.update(load_file(str(f)))
+        self.accelerator.unwrap_model(self.teacher).load_state_dict(state, strict=False)
+        self.teacher_optimizer.load_state_dict(torch.load(tdir / "optimizer.pt", weights_only=True))
 
     # -------------------------------------------------------------------------------------- eval
     @torch.no_grad()
