@@ -8,8 +8,10 @@ import json
 import logging
 import math
 import sys
+import traceback
 
-from .config import ConfigError, build_parser, parse_args
+from .config import build_parser, parse_args
+from .errors import EXIT_BUG, EXIT_INTERRUPTED, EXIT_USER_ERROR, MinitronError
 
 
 def _prune(ns):
@@ -37,8 +39,12 @@ def _search(ns):
 def _eval(ns):
     from .eval import suite_parts
 
+    from .outputs import check_writable
+
     cls, run, table = suite_parts(ns.eval_command)
     (cfg,) = parse_args([cls], namespace=ns)
+    if getattr(cfg, "output", None):  # before any model is loaded or any answer generated
+        check_writable(cfg.output, "output")
     print(table(run(ns.models, cfg, names=ns.names)))
 
 
@@ -124,7 +130,8 @@ def _run(ns):
     from .pipeline import load_run, read_done, run_pipeline
 
     run = load_run(ns.config, overrides=ns.set)
-    status = run_pipeline(run, from_stage=ns.from_stage, only=ns.only)
+    again = " ".join(["minitron run", ns.config, *[f"--set {s}" for s in ns.set]])
+    status = run_pipeline(run, from_stage=ns.from_stage, only=ns.only, overwrite=ns.overwrite, command=again)
     for stage, st in status.items():
         print(f"{stage:<11} {st}")
     ev = (read_done(run, "evaluate") or {}).get("result", {})
@@ -139,10 +146,12 @@ def _run(ns):
 def _publish(ns):
     from .export.hub import publish
 
-    evaluation = json.loads(open(ns.evaluation).read()) if ns.evaluation else None
+    from .outputs import read_json
+
+    evaluation = read_json(ns.evaluation, "evaluation") if ns.evaluation else None
     res = publish(ns.model_dir, ns.repo_id, private=ns.private, dry_run=ns.dry_run, base_model=ns.base_model,
                   evaluation=evaluation, license=ns.license, base_model_relation=ns.base_model_relation,
-                  commit_message=ns.commit_message)
+                  commit_message=ns.commit_message, overwrite=ns.overwrite)
     if res["dry_run"]:
         print(f"dry run: {res['folder']} holds what would be uploaded to {res['repo_id']} "
               f"({len(res['files'])} files: {', '.join(res['files'])})")
@@ -198,7 +207,9 @@ def _add_export_parsers(sub) -> None:
     p.add_argument("model_dir", help="checkpoint directory (pruned, distilled or FP8)")
     p.add_argument("--repo-id", required=True, help="Hub repository ORG/NAME (created if missing)")
     p.add_argument("--private", action="store_true", help="create the repository private")
-    p.add_argument("--dry-run", metavar="DIR", help="write the exact folder that would be uploaded to DIR; upload nothing")
+    p.add_argument("--dry-run", metavar="DIR", help="write the exact folder that would be uploaded to DIR (new or "
+                   "empty; never the checkpoint or a folder around it); upload nothing")
+    p.add_argument("--overwrite", action="store_true", help="with --dry-run: replace a DIR that is not empty")
     p.add_argument("--base-model", help="Hub id of the original model (default: followed from pruning.json/distill.json)")
     p.add_argument("--license", help="license id for the card (default: the base model's)")
     p.add_argument("--base-model-relation", choices=RELATIONS, help="default: finetune (pruned/distilled), "
@@ -228,6 +239,20 @@ def _add_export_parsers(sub) -> None:
                         "(the first is the speedup reference)")
     b.add_argument("models", nargs="+", help="checkpoints (or the alias smollm2-135m)")
     build_parser([ThroughputConfig], b).set_defaults(func=_bench_throughput)
+
+
+def _at_least(low: int):
+    """argparse type: an integer >= ``low`` (argparse names the option in its error)."""
+    def parse(v: str) -> int:
+        try:
+            n = int(v)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {v!r}") from None
+        if n < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {n}")
+        return n
+
+    return parse
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -280,13 +305,13 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="validation LM loss and perplexity of checkpoints (same tokens for all)")
     p.add_argument("models", nargs="+")
     p.add_argument("--data", default="python-docs")
-    p.add_argument("--samples", type=int, default=16)
-    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--samples", type=_at_least(1), default=16)
+    p.add_argument("--seq-len", type=_at_least(2), default=256)
     p.set_defaults(func=_evaluate)
     p = sub.add_parser("generate", help="greedy answer from a checkpoint, loaded with vanilla transformers")
     p.add_argument("model")
     p.add_argument("--prompt", default="What is the capital of France?")
-    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--max-new-tokens", type=_at_least(1), default=48)
     p.add_argument("--raw", action="store_true", help="no chat template")
     p.set_defaults(func=_generate)
     p = sub.add_parser("run", help="the whole recipe from one YAML: correct -> importance -> prune -> distill -> "
@@ -296,22 +321,74 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", metavar="STAGE", help="run just this stage (its inputs must exist)")
     p.add_argument("--set", action="append", default=[], metavar="[SECTION.]KEY=VALUE",
                    help="override a config key, e.g. --set distill.max_steps=20 (repeatable)")
+    p.add_argument("--overwrite", action="store_true", help="run in an output_dir that is not empty and not a run "
+                   "of this teacher and data (files the run does not write are kept)")
     p.set_defaults(func=_run)
     _add_export_parsers(sub)
     return parser
 
 
+def _close_progress_bars() -> None:
+    """Close tqdm bars an exception left open (the Trainer's), so that none is redrawn after the error line."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return
+    for bar in list(getattr(tqdm, "_instances", ())):
+        try:
+            bar.close()
+        except Exception:  # a half-built bar: nothing to redraw
+            pass
+
+
+def _unknown_arguments(parser, ns, extra) -> None:
+    """Exit 2 naming the subcommand, the unknown arguments and the nearest valid option (argparse's own message
+    names neither)."""
+    import difflib
+
+    sub = parser
+    for name in ("command", "eval_command", "align_command", "export_command", "bench_command"):
+        key = getattr(ns, name, None)
+        actions = [a for a in sub._actions if isinstance(a, argparse._SubParsersAction)]
+        if key is None or not actions or key not in actions[0].choices:
+            break
+        sub = actions[0].choices[key]
+    options = [o for a in sub._actions for o in a.option_strings if o.startswith("--")]
+    flag = next((x.split("=")[0] for x in extra if x.startswith("-")), None)
+    near = difflib.get_close_matches(flag, options, n=1) if flag else []
+    sub.error(f"unrecognized arguments: {' '.join(extra)}" + (f"; did you mean {near[0]}?" if near else ""))
+
+
 def main(argv=None) -> int:
+    """Run one subcommand. Exit codes: 0 done; 2 an error the user can fix (one line naming the field or file:
+    :class:`~minitron_hf.errors.MinitronError`); 3 anything else, a bug (one line; the traceback with -v);
+    130 interrupted."""
     parser = make_parser()
-    ns = parser.parse_args(argv)
+    ns, extra = parser.parse_known_args(argv)
+    if extra:
+        _unknown_arguments(parser, ns, extra)
     logging.basicConfig(level=logging.DEBUG if ns.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
         ns.func(ns)
-    except (ConfigError, ValueError) as e:
-        # our own errors are ValueError subclasses with a message that names the field
-        print(f"minitron {ns.command}: error: {e}", file=sys.stderr)
-        return 2
+    except MinitronError as e:
+        if ns.verbose:
+            traceback.print_exc()
+        _close_progress_bars()
+        print(f"minitron {ns.command}: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print(f"minitron {ns.command}: interrupted; finished outputs are kept, a rerun resumes or starts over",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as e:  # not an error we meant for the user: a bug (ours or a library's)
+        if ns.verbose:
+            traceback.print_exc()
+        _close_progress_bars()
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        print(f"minitron {ns.command}: internal error: {type(e).__name__}: {first} (this is a bug; run with -v "
+              f"for the traceback and report it)", file=sys.stderr)
+        return EXIT_BUG
     return 0
 
 

@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import difflib
+import enum
+import json
 import types
 import typing
 from pathlib import Path
 
 import yaml
+from .errors import MinitronError
 
 
-class ConfigError(ValueError):
+class ConfigError(MinitronError):
     """A config file or option that cannot be used."""
 
 
@@ -88,7 +90,17 @@ def load_yaml(path: Path, classes) -> dict:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"config={str(path)!r}: no such file")
-    data = yaml.safe_load(path.read_text()) or {}
+    if not path.is_file():
+        raise ConfigError(f"config={str(path)!r} is a directory; expected a YAML file")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"config={str(path)!r}: invalid YAML{at}: {problem}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config={str(path)!r} is not a text (UTF-8) file") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config={str(path)!r}: expected a mapping of option names to values")
     check_fields(data, classes, str(path))
@@ -108,25 +120,137 @@ def check_fields(data: dict, classes, where: str, reserved=()) -> None:
             raise ConfigError(f"{where}: unknown field {k!r}{hint} Valid fields: {', '.join(sorted(valid))}")
 
 
-def _coerce(name: str, value, tp):
-    """YAML 1.1 (PyYAML) reads ``1e-4`` as a string: numbers given as text become numbers, anything
-    else of the wrong type is an error naming the field."""
-    scalar, is_list = _base_type(tp)
-    if is_list or scalar not in (int, float) or not isinstance(value, str):
+_NONE = type(None)
+
+
+def describe(tp) -> str:
+    """What an annotation allows, in words: 'an integer', 'a list of strings', 'a number or null', ..."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        names = [describe(a) for a in args if a is not _NONE]
+        return " or ".join(dict.fromkeys(names + (["null"] if _NONE in args else [])))
+    if origin is typing.Literal:
+        return "one of " + ", ".join(map(repr, args))
+    if origin in (list, tuple):
+        return f"a list of {describe(args[0]).split(' ', 1)[-1]}s" if args else "a list"
+    if tp is dict or origin is dict:
+        return "a mapping"
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return "one of " + ", ".join(repr(m.value) for m in tp)
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def check_value(name: str, value, tp):
+    """``value`` checked against the annotation ``tp`` and returned (numbers given as text, which YAML 1.1 makes of
+    ``1e-4``, become numbers); anything of the wrong type is a :class:`ConfigError` naming the field, the value
+    and what is allowed, raised at load time instead of deep inside a stage. Classes it does not know (accelerate's
+    ParallelismConfig, ...) pass unchecked."""
+    def bad():
+        return ConfigError(f"{name}={value!r} must be {describe(tp)}")
+
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is typing.Any:
         return value
-    try:
-        return scalar(float(value)) if scalar is float else int(value)
-    except ValueError:
-        raise ConfigError(f"{name}={value!r} must be {'a number' if scalar is float else 'an integer'}") from None
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            if _NONE in args:
+                return None
+            raise bad()
+        for member in (a for a in args if a is not _NONE):
+            try:
+                return check_value(name, value, member)
+            except ConfigError:
+                continue
+        raise bad()
+    if value is None:
+        raise bad()
+    if origin is typing.Literal:
+        if value in args:
+            return value
+        raise bad()
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise bad()
+        return [check_value(f"{name}[{i}]", v, args[0]) for i, v in enumerate(value)] if args else list(value)
+    if tp is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise bad()
+        if len(args) == 2:
+            return {k: check_value(f"{name}.{k}", v, args[1]) for k, v in value.items()}
+        return value
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        if isinstance(value, tp):
+            return value
+        if value in {m.value for m in tp}:
+            return value
+        raise bad()
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            try:
+                return _str2bool(value)
+            except argparse.ArgumentTypeError:
+                raise bad() from None
+        raise bad()
+    if tp is int:
+        if isinstance(value, bool):
+            raise bad()
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                f = float(value.strip())
+            except ValueError:
+                raise bad() from None
+            if f.is_integer():
+                return int(f)
+        raise bad()
+    if tp is float:
+        if isinstance(value, bool):
+            raise bad()
+        if isinstance(value, (int, float)):
+            return value
+        if isinstance(value, str):
+            try:
+                return float(value.strip())
+            except ValueError:
+                raise bad() from None
+        raise bad()
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise bad()
+    return value  # a structured object (YAML only) that its own class validates
 
 
-def instantiate(classes, values: dict):
-    """Split a flat dict of values over the dataclasses and build them."""
+def instantiate(classes, values: dict, where: str | None = None):
+    """Split a flat dict of values over the dataclasses, check every value's type, and build them."""
     out = []
     for cls in classes:
         hints = typing.get_type_hints(cls)
-        names = {f.name for f in dataclasses.fields(cls)}
-        out.append(cls(**{k: _coerce(k, v, hints[k]) for k, v in values.items() if k in names}))
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        kw = {}
+        for k, v in values.items():
+            if k in fields:
+                try:
+                    kw[k] = check_value(k, v, hints[k])
+                    choices = fields[k].metadata.get("choices")
+                    if choices and kw[k] is not None and kw[k] not in choices:
+                        raise ConfigError(f"{k}={v!r} is not allowed; choose one of {', '.join(map(str, choices))}")
+                except ConfigError as e:
+                    raise ConfigError(f"{where}: {e}" if where else str(e)) from None
+        try:
+            out.append(cls(**kw))
+        except MinitronError:
+            raise
+        except ValueError as e:  # a library's own check of its options (TrainingArguments.__post_init__, ...)
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ConfigError(f"{where + ': ' if where else ''}{msg}") from None
     return out
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import logging
 import sysconfig
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
+from .errors import MinitronError
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +36,7 @@ _BATCH_MIN_CHARS, _BATCH_MAX_CHARS = 32_000, 2_000_000
 _BAR_MIN_TOKENS = 1_000_000
 
 
-class DataError(ValueError):
+class DataError(MinitronError):
     """Data that cannot be used; the message names the field, the value and what is allowed."""
 
 
@@ -92,6 +94,58 @@ def _local_files(path: Path) -> list[Path]:
     return files
 
 
+def read_text_file(f: Path, data: str) -> str:
+    """A ``.txt`` document: UTF-8 text, or an error naming the file. Binary or mis-encoded files would otherwise
+    be trained on as U+FFFD garbage; so would text that is mostly replacement or control characters."""
+    raw = f.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"data={data!r}: {f} is not UTF-8 text (undecodable byte at offset {e.start}); convert it to "
+                        f"UTF-8 or remove it") from None
+    if text:
+        junk = sum(1 for c in text if c == "\ufffd" or (ord(c) < 32 and c not in "\t\n\r\f\v"))
+        if junk / len(text) > 0.1:
+            raise DataError(f"data={data!r}: {f} is {100 * junk / len(text):.0f}% replacement or control characters, "
+                            f"not text; remove it")
+    return text
+
+
+def read_rows_file(f: Path, field: str = "data", error=None) -> list[dict]:
+    """The rows of one json (a list of objects, or one object), jsonl (an object per line) or parquet file; a file
+    that is not valid is an ``error`` (a MinitronError class; default DataError) naming it and the line."""
+    AlignmentError = error or DataError
+    if f.suffix == ".parquet":
+        import datasets
+
+        try:
+            return datasets.Dataset.from_parquet(str(f)).to_list()
+        except Exception as e:  # pyarrow's errors have no common base
+            raise AlignmentError(f"{field}={str(f)!r} is not a readable parquet file ({type(e).__name__}: {e})") from None
+    try:
+        text = f.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise AlignmentError(f"{field}={str(f)!r} is not UTF-8 text") from None
+    if f.suffix == ".jsonl":
+        rows = []
+        for i, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise AlignmentError(f"{field}={str(f)!r}: line {i} is not valid JSON ({e.msg})") from None
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise AlignmentError(f"{field}={str(f)!r} is not valid JSON ({e.msg} at line {e.lineno})") from None
+        rows = data if isinstance(data, list) else [data]
+    bad = next((i for i, r in enumerate(rows, 1) if not isinstance(r, dict)), None)
+    if bad is not None:
+        raise AlignmentError(f"{field}={str(f)!r}: row {bad} is not a JSON object")
+    return rows
+
+
 def _rows_text(ds, cfg: DataConfig, origin: str) -> list[str]:
     if cfg.text_field not in ds.column_names:
         raise DataError(f"text_field={cfg.text_field!r} is not a column of {origin}; available columns: "
@@ -122,7 +176,7 @@ def load_documents(cfg: DataConfig) -> list[tuple[str, str]]:
         if path.exists():
             for f in _local_files(path):
                 if f.suffix == ".txt":
-                    docs.append((str(f), f.read_text(encoding="utf-8", errors="replace")))
+                    docs.append((str(f), read_text_file(f, cfg.data)))
                     continue
                 import datasets
 

@@ -20,15 +20,17 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from .errors import MinitronError
+from .outputs import write_checkpoint_atomically  # noqa: F401  (re-exported: the writers import it from here)
 
 logger = logging.getLogger(__name__)
 
 
-class UnsupportedModelError(ValueError):
+class UnsupportedModelError(MinitronError):
     """The checkpoint's ``model_type`` is not in :data:`ARCHITECTURES`."""
 
 
-class ModelNotFoundError(ValueError):
+class ModelNotFoundError(MinitronError):
     """A model name that is neither an alias, a local checkpoint nor a reachable Hub repository."""
 
 
@@ -144,33 +146,6 @@ def _smollm2_package_dir() -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
-def write_checkpoint_atomically(out_dir: Path, write) -> Path:
-    """Call ``write(tmp_dir)`` and rename the finished directory into place.
-
-    A crash leaves at most a ``.tmp-*`` sibling, never a half-written ``out_dir``. An existing
-    ``out_dir`` is replaced only after the new one is complete.
-    """
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out_dir.name}-", dir=out_dir.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary directory
-    try:
-        write(tmp)
-        if out_dir.exists():
-            old = out_dir.with_name(f".old-{out_dir.name}-{os.getpid()}")
-            out_dir.rename(old)
-            tmp.rename(out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out_dir
-
-
 def save_trained(trainer, tokenizer, final: Path) -> Path:
     """Write a finished Trainer's model with its tokenizer to ``final`` as a vanilla checkpoint, atomically, from
     the main process only (the others return at once)."""
@@ -218,6 +193,37 @@ def ensure_default_model() -> Path:
     return write_checkpoint_atomically(out, write)
 
 
+def verify_checkpoint_files(path) -> Path:
+    """Cheap integrity checks of a checkpoint folder, before anything loads it (headers only, no weights read):
+    ``config.json`` is a JSON object with a ``model_type``; every ``*.safetensors`` file (and every shard a
+    ``model.safetensors.index.json`` names) has a readable header and exactly the size its header promises, so a
+    truncated or garbage file is an error naming it instead of a ``SafetensorError`` traceback mid-load."""
+    from .outputs import CorruptFileError, read_json, safetensors_problem
+
+    path = Path(path)
+    cfg = read_json(path / "config.json")
+    if not isinstance(cfg, dict) or not cfg.get("model_type"):
+        raise CorruptFileError(path / "config.json", "is not a model config (a JSON object with a model_type)")
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        pickles = sorted(f.name for f in path.iterdir() if f.suffix in (".bin", ".pt", ".pth"))
+        raise ModelNotFoundError(f"{path} has config.json but no *.safetensors weights" + (
+            f" ({', '.join(pickles)}: pickled weights are not loaded, re-save with safetensors)" if pickles else ""))
+    index = path / "model.safetensors.index.json"
+    if index.exists():
+        idx = read_json(index)
+        shards = set((idx.get("weight_map") or {}).values()) if isinstance(idx, dict) else set()
+        missing = sorted(s for s in shards if not (path / s).is_file())
+        if missing:
+            raise CorruptFileError(index, f"names shards that are missing: {', '.join(missing)}")
+    for f in files:
+        problem = safetensors_problem(f)
+        if problem:
+            raise CorruptFileError(f, f"{problem.removeprefix(f.name).strip()}: not a complete safetensors file; "
+                                      f"re-save or re-download it")
+    return path
+
+
 def resolve_model(name: str | os.PathLike) -> Path:
     """Turn a model name into a local checkpoint directory.
 
@@ -229,15 +235,17 @@ def resolve_model(name: str | os.PathLike) -> Path:
         return ensure_default_model()
     path = Path(name).expanduser()
     if path.exists():
+        if not path.is_dir():
+            raise ModelNotFoundError(f"model={str(name)!r} is a file; expected a checkpoint directory")
         if not (path / "config.json").exists():
             raise ModelNotFoundError(f"model={str(name)!r}: directory has no config.json (not an HF checkpoint)")
-        return path
+        return verify_checkpoint_files(path)
     if str(name).startswith((".", "/", "~")) or str(name).count("/") > 1:
         raise ModelNotFoundError(f"model={str(name)!r}: no such directory")
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(
+        local = Path(
             snapshot_download(
                 str(name),
                 allow_patterns=["*.json", "*.safetensors", "tokenizer*", "*.model", "*.tiktoken", "*.txt", "*.jinja"],
@@ -248,6 +256,27 @@ def resolve_model(name: str | os.PathLike) -> Path:
             f"model={str(name)!r} is not the alias {DEFAULT_MODEL!r}, not a local directory, and could not be "
             f"downloaded from the Hub ({type(e).__name__}: {e}). Offline machines must pass a local checkpoint."
         ) from e
+    return verify_checkpoint_files(local)
+
+
+def parse_device(name: str | None, field: str = "device"):
+    """``torch.device`` of a name (default: cuda when available, else cpu); an unknown name, or an accelerator this
+    machine does not have, is an error naming the field."""
+    import torch
+
+    from .config import ConfigError
+
+    if not name:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"{field}={name!r} is not a device; use cpu, cuda, cuda:N, mps, ...") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"{field}={name!r}: this machine has no CUDA device; use cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"{field}={name!r}: only {torch.cuda.device_count()} CUDA device(s) here")
+    return dev
 
 
 def load_model(name, dtype=None, device=None):

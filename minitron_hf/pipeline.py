@@ -45,7 +45,9 @@ from pathlib import Path
 import yaml
 
 from .config import check_fields, instantiate, load_yaml
+from .outputs import OutputError, check_output, write_json_atomically, write_text_atomically
 from .data import DataConfig
+from .errors import MinitronError
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +55,7 @@ STAGES = ("correct", "importance", "prune", "distill", "align", "evaluate", "exp
 EXPORT_FORMATS = ("hf", "fp8")
 
 
-class PipelineError(ValueError):
+class PipelineError(MinitronError):
     """A run config or stage selection that cannot be used."""
 
 
@@ -157,7 +159,7 @@ def _align_objects(run: Run):
     from .alignment.rpo import RPOConfig
     from .alignment.sft import SFTArgs, SFTStageConfig
 
-    al = instantiate([AlignConfig], dict(run.sections["align"]))[0]
+    al = instantiate([AlignConfig], dict(run.sections["align"]), where="section 'align'")[0]
     d = run.stage_dir("align")
     model = str(_distilled_student(run))
     sfts = []
@@ -166,7 +168,7 @@ def _align_objects(run: Run):
             raise PipelineError(f"section 'align': sft[{i - 1}] must be a mapping of `minitron align sft` options")
         check_fields(sec, [SFTStageConfig, SFTArgs], f"section 'align': sft[{i - 1}]", reserved=_ALIGN_RESERVED)
         sec = {"report_to": "none", **sec, "model": model, "output_dir": str(d / f"sft_{i}"), "overwrite": True}
-        sfts.append(instantiate([SFTStageConfig, SFTArgs], sec))
+        sfts.append(instantiate([SFTStageConfig, SFTArgs], sec, where=f"section 'align': sft[{i - 1}]"))
         model = sec["output_dir"] + "/final"
     rounds = None
     if al.rounds is not None:
@@ -175,7 +177,7 @@ def _align_objects(run: Run):
         check_fields(al.rounds, [RoundsConfig, RPOConfig], "section 'align': rounds", reserved=_ALIGN_RESERVED)
         sec = {"report_to": "none", "save_strategy": "no", **al.rounds, "model": model,
                "output_dir": str(d / "rounds")}
-        rounds = instantiate([RoundsConfig, RPOConfig], sec)
+        rounds = instantiate([RoundsConfig, RPOConfig], sec, where="section 'align': rounds")
     return sfts, rounds
 
 
@@ -193,7 +195,10 @@ def _set_override(values: dict, item: str) -> None:
         raise PipelineError(f"--set {item!r}: expected KEY=VALUE or SECTION.KEY=VALUE with a section among "
                             f"{', '.join(s for s in STAGES if s != 'importance')}")
     # YAML 1.2 booleans only: `save_strategy=no` means the string "no", not False
-    value = raw.strip() if raw.strip().lower() in ("yes", "no", "on", "off", "y", "n") else yaml.safe_load(raw)
+    try:
+        value = raw.strip() if raw.strip().lower() in ("yes", "no", "on", "off", "y", "n") else yaml.safe_load(raw)
+    except yaml.YAMLError as e:
+        raise PipelineError(f"--set {item!r}: the value is not valid YAML ({getattr(e, 'problem', None) or e})") from None
     if len(parts) == 2:
         if not isinstance(values.get(parts[0]), dict):
             values[parts[0]] = {}
@@ -234,7 +239,10 @@ def load_run(path: str | Path | None = None, overrides=(), values: dict | None =
         _set_override(data, item)
     where = str(path) if path else "run config"
     check_fields(data, [RunConfig, DataConfig], where)
-    cfg, data_cfg = instantiate([RunConfig, DataConfig], data)
+    for stage in STAGES:
+        if data.get(stage) is not None and not isinstance(data[stage], dict):
+            raise PipelineError(f"{where}: section {stage!r} must be a mapping of options (or absent)")
+    cfg, data_cfg = instantiate([RunConfig, DataConfig], data, where=where)
     if not cfg.output_dir:
         raise PipelineError(f"{where}: output_dir is required (the directory every stage writes into)")
     if cfg.seq_len < 2 or cfg.eval_samples < 1:
@@ -319,7 +327,8 @@ def _benchmark_configs(run: Run, ev: "EvaluateConfig", where: str = "run config"
         cls = suite_parts(suite)[0]
         opts = dict(opts or {})
         check_fields(opts, [cls], f"{where}: section 'evaluate': benchmarks.{suite}", reserved=("output",))
-        out[suite] = instantiate([cls], {**opts, "output": str(run.stage_dir("evaluate") / suite)})[0]
+        out[suite] = instantiate([cls], {**opts, "output": str(run.stage_dir("evaluate") / suite)},
+                                 where=f"{where}: section 'evaluate': benchmarks.{suite}")[0]
     return out
 
 
@@ -339,14 +348,14 @@ def _stage_objects(run: Run, stage: str):
         sec.setdefault("eval_samples", run.cfg.eval_samples)
         sec.setdefault("report_to", _report_to(run, sec) or "none")
         sec.update(model=run.cfg.teacher, output_dir=str(d), overwrite=True)
-        return instantiate([CorrectionConfig, TrainArgs], sec)
+        return instantiate([CorrectionConfig, TrainArgs], sec, where="section 'correct'")
     if stage in ("importance", "prune"):
         from .pruning.prune import PruneConfig
 
         sec = dict(run.sections["prune"])
         sec.setdefault("seq_len", run.cfg.seq_len)
         sec.update(model=_teacher_dir(run), output=str(run.stage_dir("prune") / "model"), overwrite=True)
-        return instantiate([PruneConfig], sec)[0]
+        return instantiate([PruneConfig], sec, where="section 'prune'")[0]
     if stage == "distill":
         from .distill.run import DistillScriptConfig
         from .distill.trainer import DistillationConfig
@@ -356,12 +365,12 @@ def _stage_objects(run: Run, stage: str):
         sec.setdefault("report_to", _report_to(run, sec) or "none")
         sec.update(student=str(run.stage_dir("prune") / "model"), teacher=_teacher_dir(run), output_dir=str(d),
                    overwrite=True)
-        return instantiate([DistillScriptConfig, DistillationConfig], sec)
+        return instantiate([DistillScriptConfig, DistillationConfig], sec, where="section 'distill'")
     if stage == "evaluate":
-        return instantiate([EvaluateConfig], sec)[0]
+        return instantiate([EvaluateConfig], sec, where="section 'evaluate'")[0]
     if stage == "align":
         return _align_objects(run)
-    return instantiate([ExportConfig], sec)[0]
+    return instantiate([ExportConfig], sec, where="section 'export'")[0]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -380,8 +389,20 @@ _INPUTS = {
 
 
 def read_done(run: Run, stage: str) -> dict | None:
+    """The stage's done.json, or None when it has not finished. A damaged one (a crash or a full disk while it was
+    written by an older version, an edit) counts as not finished: the stage runs again, and the log says why."""
     f = run.stage_dir(stage) / "done.json"
-    return json.loads(f.read_text()) if f.exists() else None
+    if not f.exists():
+        return None
+    try:
+        done = json.loads(f.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
+        logger.warning("%s is damaged (%s): stage %s will run again", f, e, stage)
+        return None
+    if not isinstance(done, dict) or not {"config", "result", "finished_at"} <= done.keys():
+        logger.warning("%s is not a stage record: stage %s will run again", f, stage)
+        return None
+    return done
 
 
 def _fingerprint(done: dict) -> str:
@@ -418,10 +439,7 @@ def resolved_config(run: Run, stage: str) -> dict:
     }, default=str))
 
 
-def _write_json_atomically(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=str))
-    tmp.replace(path)
+_write_json_atomically = write_json_atomically
 
 
 # --------------------------------------------------------------------------------------------------
@@ -429,9 +447,11 @@ def _write_json_atomically(path: Path, obj) -> None:
 # --------------------------------------------------------------------------------------------------
 
 def _resume_from(output_dir: str, resume: bool) -> bool | None:
-    """Resume a trainer stage only from a checkpoint it wrote: one interrupted before its first save starts over
-    (Trainer refuses ``resume_from_checkpoint=True`` without a checkpoint)."""
-    return True if resume and any(Path(output_dir).glob("checkpoint-*")) else None
+    """Resume a trainer stage only from a complete checkpoint it wrote: one interrupted before its first complete
+    save starts over (its partial checkpoint folders are removed, as the stage runs with overwrite=True)."""
+    from .checkpoints import latest_complete_checkpoint
+
+    return True if resume and latest_complete_checkpoint(output_dir) is not None else None
 
 
 def _stage_correct(run: Run, resume: bool) -> dict:
@@ -691,19 +711,113 @@ def _state():
 _PARALLEL = ("correct", "importance", "prune", "distill")
 
 
-def run_pipeline(run: Run, from_stage: str | None = None, only: str | None = None) -> dict:
+RUN_MARKER = "run_config.yaml"
+_KEEP = ".minitron-keep.json"  # per stage folder: entries that were there before the stage first ran (not ours)
+
+
+def check_run_dir(run: Run, overwrite: bool = False) -> None:
+    """Refuse an ``output_dir`` that would lose the user's files, before any work.
+
+    A new or empty folder is fine, and so is a run folder (``run_config.yaml``) of the same teacher and data (a
+    changed option re-runs the stages it affects). A non-empty folder that is not a run, or a run of another teacher
+    or data, is refused unless ``overwrite``; even then, files the run does not write are kept. The folder may not
+    be, contain or lie inside the teacher or a local data path, and must be writable."""
+    out = run.out
+    sources = [p for p in (run.cfg.teacher, run.data.data) if p and Path(str(p)).expanduser().exists()]
+    check_output(out, "output_dir", sources=sources, overwrite=True)
+    if not out.exists() or not any(out.iterdir()):
+        return
+    marker = out / RUN_MARKER
+    prev = None
+    if marker.is_file():
+        try:
+            prev = yaml.safe_load(marker.read_text())
+        except yaml.YAMLError:
+            prev = None
+    if not isinstance(prev, dict) or "teacher" not in prev:
+        if not overwrite:
+            raise PipelineError(f"output_dir={str(out)!r} is not empty and is not a minitron run (no readable "
+                                f"{RUN_MARKER}); choose a new folder, or pass --overwrite to run there anyway (files "
+                                f"the run does not write are kept)")
+        return
+    ours = _config_dump(run)
+    changed = [k for k in ("teacher", "data") if str(prev.get(k)) != str(ours.get(k))]
+    if changed and not overwrite:
+        raise PipelineError(f"output_dir={str(out)!r} holds a run of another " + " and ".join(
+            f"{k} ({prev.get(k)!r}, now {ours.get(k)!r})" for k in changed) + "; choose a new folder, or pass "
+            "--overwrite to replace that run's stages")
+
+
+def _clean_stage_dir(d: Path) -> None:
+    """Empty a stage folder for a fresh start, deleting only what an earlier run of the stage wrote.
+
+    What is ours: the files a finished stage listed in done.json, or, for a stage interrupted before done.json,
+    everything but the entries recorded in ``.minitron-keep.json`` when the stage first ran there. A folder with
+    no config.json was never started by a run: nothing in it is deleted."""
+    if not d.exists() or not (d / "config.json").exists():
+        return
+    keep = set()
+    if (d / _KEEP).exists():
+        try:
+            keep = set(json.loads((d / _KEEP).read_text()))
+        except (json.JSONDecodeError, TypeError):
+            keep = set()
+    written = None
+    try:
+        written = json.loads((d / "done.json").read_text()).get("files")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        pass
+    for entry in d.iterdir():
+        name = entry.name
+        if name == _KEEP or name in keep:
+            continue
+        if written is not None and name not in written and name not in ("config.json", "done.json"):
+            continue
+        shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+
+
+def _start_stage_dir(d: Path, resume: bool, want: dict) -> None:
+    if not resume:
+        _clean_stage_dir(d)  # a stale or changed stage starts from scratch
+    new = not (d / "config.json").exists()
+    d.mkdir(parents=True, exist_ok=True)
+    if new:  # whatever is here now was not written by this stage
+        write_json_atomically(d / _KEEP, sorted(e.name for e in d.iterdir() if e.name != _KEEP))
+    write_json_atomically(d / "config.json", want)
+
+
+def _stage_files(d: Path) -> list[str]:
+    keep = set(json.loads((d / _KEEP).read_text())) if (d / _KEEP).exists() else set()
+    return sorted(e.name for e in d.iterdir() if e.name not in keep and e.name != _KEEP)
+
+
+def _stage_failed(d: Path, existed: bool) -> None:
+    """After a stage raised: a folder this attempt created that holds nothing to resume from is removed (a failed
+    first run leaves no config.json behind that a later run would take for a started stage)."""
+    if existed or not d.exists() or any(d.glob("checkpoint-*")):
+        return
+    if set(_stage_files(d)) <= {"config.json"}:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def run_pipeline(run: Run, from_stage: str | None = None, only: str | None = None, overwrite: bool = False,
+                 command: str | None = None) -> dict:
     """Run (or skip, or resume) every configured stage; returns {stage: status}.
 
     Under ``accelerate launch`` every process walks the same stages (decisions are read from the same
     files after a barrier); the trainer and calibration stages use all processes, and only the main
-    process writes markers, evaluation, export and the report.
+    process writes markers, evaluation, export and the report. ``overwrite`` allows an ``output_dir`` that is not
+    this run's (:func:`check_run_dir`); ``command`` is how the user reruns it (named in error messages).
     """
     stages, forced = select_stages(run, from_stage, only)
+    check_run_dir(run, overwrite)
     state = _state()
     main = state.is_main_process
+    state.wait_for_everyone()  # every process has checked the folder before the main one writes in it
+    out_existed = run.out.exists()
     if main:
         run.out.mkdir(parents=True, exist_ok=True)
-        (run.out / "run_config.yaml").write_text(yaml.safe_dump(_config_dump(run), sort_keys=False))
+        write_text_atomically(run.out / RUN_MARKER, yaml.safe_dump(_config_dump(run), sort_keys=False))
     status: dict[str, str] = {}
     t_run = time.time()
     for stage in stages:
@@ -716,22 +830,29 @@ def run_pipeline(run: Run, from_stage: str | None = None, only: str | None = Non
             status[stage] = "skipped (done)"
             continue
         started = d / "config.json"
-        resume = (done is None and started.exists() and json.loads(started.read_text()) == want
-                  and stage not in forced)
+        resume = done is None and stage not in forced and _started_with(started, want)
         state.wait_for_everyone()  # every process has decided before the main one changes files
+        existed = d.exists()
         if main:
-            if not resume and d.exists():
-                shutil.rmtree(d)  # a stale or changed stage starts from scratch
-            d.mkdir(parents=True, exist_ok=True)
-            _write_json_atomically(started, want)
+            _start_stage_dir(d, resume, want)
         state.wait_for_everyone()
         logger.info("stage %s: %s", stage, "resuming" if resume else "running")
         t0 = time.time()
-        result = _RUNNERS[stage](run, resume) if main or stage in _PARALLEL else None
+        try:
+            result = _RUNNERS[stage](run, resume) if main or stage in _PARALLEL else None
+        except BaseException as e:
+            if main:
+                _stage_failed(d, existed)
+                if not out_existed and [e.name for e in run.out.iterdir()] == [RUN_MARKER]:
+                    shutil.rmtree(run.out, ignore_errors=True)  # a run that failed before anything: no debris
+            better = _explain_failure(e, stage, command or f"minitron run {run.path or 'CONFIG'}")
+            if better is not None:
+                raise better from e
+            raise
         if main:
             _write_json_atomically(d / "done.json", {
                 "stage": stage, "config": want, "result": result, "wall_time_s": round(time.time() - t0, 1),
-                "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "resumed": resume,
+                "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "resumed": resume, "files": _stage_files(d),
             })
             write_report(run)
         status[stage] = "resumed" if resume else "ran"
@@ -740,6 +861,27 @@ def run_pipeline(run: Run, from_stage: str | None = None, only: str | None = Non
         write_report(run)
         logger.info("pipeline finished in %.0f s; report: %s", time.time() - t_run, run.out / "report.md")
     return status
+
+
+def _started_with(started: Path, want: dict) -> bool:
+    """The stage was started (and may be resumed) with exactly this resolved config."""
+    try:
+        return started.exists() and json.loads(started.read_text()) == want
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        logger.warning("%s is damaged: stage starts over", started)
+        return False
+
+
+def _explain_failure(e: BaseException, stage: str, command: str) -> BaseException | None:
+    """The error to show instead of ``e``, in terms of ``minitron run`` (which has no --resume-from-checkpoint: a
+    rerun resumes the stage from its newest complete checkpoint), or None to keep ``e``."""
+    from .checkpoints import TrainingDivergedError
+
+    if isinstance(e, TrainingDivergedError):
+        return e.with_hint(f"lower learning_rate in section {stage!r} (or check the data) and rerun `{command}`: the "
+                           f"changed section runs stage {stage} again from its start"
+                           + (f" (rerun unchanged, it resumes from {e.checkpoint.name})" if e.checkpoint else ""))
+    return None
 
 
 def _config_dump(run: Run) -> dict:
@@ -889,7 +1031,5 @@ def write_report(run: Run) -> Path:
               f"minitron generate {final} --prompt \"What is the capital of France?\"",
               f"minitron evaluate {run.cfg.teacher} {final}", "```", ""]
     path = run.out / "report.md"
-    tmp = path.with_name(".report.md.tmp")
-    tmp.write_text("\n".join(L))
-    tmp.replace(path)
+    write_text_atomically(path, "\n".join(L))
     return path

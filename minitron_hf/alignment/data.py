@@ -29,6 +29,7 @@ import re
 import sysconfig
 from pathlib import Path
 
+from ..data import read_rows_file
 from .rpo import AlignmentError
 
 BUILTIN = ("builtin:math-code", "builtin:instructions", "builtin:constraints")
@@ -218,15 +219,7 @@ def load_rows(spec: str, field: str = "data") -> list[dict]:
             raise AlignmentError(f"{field}={spec!r}: no .json/.jsonl/.parquet files in the directory")
         rows = []
         for f in files:
-            if f.suffix == ".parquet":
-                import datasets
-
-                rows += datasets.Dataset.from_parquet(str(f)).to_list()
-            elif f.suffix == ".jsonl":
-                rows += [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
-            else:
-                data = json.loads(f.read_text())
-                rows += data if isinstance(data, list) else [data]
+            rows += read_rows_file(f, field, AlignmentError)
         return rows
     if spec.count("/") == 1 and not spec.startswith((".", "/")):
         import datasets

@@ -32,9 +32,12 @@ def write_results(output, out: dict, table: str, **jsonl) -> None:
     ``name=rows``, name.jsonl with one row per line (the samples, answers or judgments behind the numbers)."""
     if not output:
         return
+    from ..outputs import write_json_atomically, write_text_atomically
+
     d = Path(output)
     d.mkdir(parents=True, exist_ok=True)
-    (d / "results.json").write_text(json.dumps(out, indent=1, default=str))
+    # each file through a temporary sibling and a rename: a full disk leaves the old file or none, never 0 bytes
     for name, rows in jsonl.items():
-        (d / f"{name}.jsonl").write_text("".join(json.dumps(r, default=str) + "\n" for r in rows))
-    (d / "results.md").write_text(table + "\n")
+        write_text_atomically(d / f"{name}.jsonl", "".join(json.dumps(r, default=str) + "\n" for r in rows))
+    write_text_atomically(d / "results.md", table + "\n")
+    write_json_atomically(d / "results.json", out)  # last: its presence means the others are complete

@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import write_results
+from ..errors import MinitronError
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ UNDECLARED = ["soundfile"]
 WORKER = Path(__file__).with_name("_bfcl_worker.py")
 
 
-class BFCLError(ValueError):
+class BFCLError(MinitronError):
     """Bad BFCL input; the message names the field and what is allowed."""
 
 

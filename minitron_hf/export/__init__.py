@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from ..errors import MinitronError
 
 
-class NotACheckpointError(ValueError):
+class NotACheckpointError(MinitronError):
     """A directory that is not a Hugging Face checkpoint (config.json + safetensors)."""
 
 
@@ -44,7 +45,9 @@ def check_checkpoint(path, field: str = "model_dir") -> Path:
         bins = [f.name for f in p.glob("*.bin")] + [f.name for f in p.glob("*.pt")]
         hint = f" (found {', '.join(bins)}: pickled weights are not accepted, re-save with safetensors)" if bins else ""
         raise NotACheckpointError(f"{field}={str(path)!r} has no *.safetensors weights{hint}; expected {want}")
-    return p
+    from ..models import verify_checkpoint_files
+
+    return verify_checkpoint_files(p)
 
 
 def is_fp8_checkpoint(path) -> bool:

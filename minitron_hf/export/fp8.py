@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import check_checkpoint, is_fp8_checkpoint
+from ..errors import MinitronError
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ _LINEARS = {
 }
 
 
-class FP8ExportError(ValueError):
+class FP8ExportError(MinitronError):
     """Options or input that cannot be exported to FP8; the message names the field and what is allowed."""
 
 
@@ -96,6 +97,12 @@ def _check(model_dir, cfg: FP8Config):
         raise FP8ExportError(f"output={cfg.output!r} is the source checkpoint; choose another directory")
     if out.exists() and not cfg.overwrite:
         raise FP8ExportError(f"output={cfg.output!r} exists; pass --overwrite to replace it")
+    from ..outputs import OutputError, check_output, dir_size
+
+    try:  # FP8 weights are a quarter of fp32 (half of bf16): a quarter of the source is the least it needs
+        check_output(cfg.output, "output", sources=[src], overwrite=cfg.overwrite, need_bytes=dir_size(src) // 4)
+    except OutputError as e:
+        raise FP8ExportError(str(e)) from None
     if cfg.dtype not in DTYPES:
         raise FP8ExportError(f"dtype={cfg.dtype!r} is not one of {', '.join(DTYPES)}")
     for name in ("calib_samples", "batch_size"):

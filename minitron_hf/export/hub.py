@@ -30,6 +30,7 @@ from pathlib import Path
 
 from ..models import DEFAULT_MODEL, count_parameters, write_checkpoint_atomically
 from . import check_checkpoint, is_fp8_checkpoint
+from ..errors import MinitronError
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ PUBLISHED_SUBDIRS = ("importance",)
 _MAX_LINEAGE = 8
 
 
-class HubError(ValueError):
+class HubError(MinitronError):
     """Input that cannot be published; the message names the field, the value and what is allowed."""
 
 
@@ -403,8 +404,8 @@ def build_publish_folder(model_dir, out_dir, base_model: str | None = None, eval
     """
     d = check_checkpoint(model_dir)
     out = Path(out_dir)
-    if out.resolve() == d.resolve() or d.resolve() in out.resolve().parents:
-        raise HubError(f"dry_run={str(out_dir)!r} must not be the checkpoint directory or inside it")
+    if out.resolve() == d.resolve() or d.resolve() in out.resolve().parents or out.resolve() in d.resolve().parents:
+        raise HubError(f"dry_run={str(out_dir)!r} must not be the checkpoint directory, inside it, or contain it")
     card = model_card_text(d, base_model=base_model, evaluation=evaluation, license=license,
                            base_model_relation=base_model_relation, repo_id=repo_id, title=title)
     files = publish_files(d)
@@ -448,14 +449,22 @@ def check_token(token: str | None = None) -> str:
 
 def publish(model_dir, repo_id: str, private: bool = False, dry_run=None, base_model: str | None = None,
             evaluation: dict | None = None, license: str | None = None, base_model_relation: str | None = None,
-            commit_message: str | None = None, token: str | None = None, api=None) -> dict:
+            commit_message: str | None = None, token: str | None = None, api=None, overwrite: bool = False) -> dict:
     """Upload a checkpoint with its model card to ``repo_id`` (created if missing).
 
-    ``dry_run=DIR`` writes the folder that would be uploaded and sends nothing (no token needed).
+    ``dry_run=DIR`` writes the folder that would be uploaded and sends nothing (no token needed). DIR must be
+    new or empty (``overwrite`` replaces a non-empty one) and may never be, contain or lie inside the checkpoint.
     Checks the checkpoint, the repo id and (unless dry run) the token before writing or sending anything.
     """
+    from ..outputs import check_output
+
     d = check_checkpoint(model_dir)
     check_repo_id(repo_id)
+    if base_model is not None and not _is_hub_id(base_model):
+        raise HubError(f"base_model={base_model!r} is not a Hub model id; expected 'ORG/NAME' (e.g. "
+                       f"meta-llama/Llama-3.1-8B), the model this checkpoint was made from")
+    if dry_run is not None:
+        check_output(dry_run, "dry_run", sources=[d], overwrite=overwrite, allow_empty=True)
     kw = dict(base_model=base_model, evaluation=evaluation, license=license,
               base_model_relation=base_model_relation, repo_id=repo_id)
     if dry_run is not None:

@@ -18,13 +18,14 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from ..errors import MinitronError
 
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("transformers", "vllm")
 
 
-class ThroughputError(ValueError):
+class ThroughputError(MinitronError):
     """Options that cannot make a benchmark; the message names the field and what is allowed."""
 
 

@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import check_checkpoint, is_fp8_checkpoint
+from ..errors import MinitronError
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ LARGE_MODEL_PARAMS = 6e9  # >= this: the 8B-12B setting (batch 32); below: the 4
 ENGINE_MAX_VERSION = (1, 2, 1)  # the TensorRT engine path (trtllm-build) was removed after 1.2.1
 
 
-class TRTLLMError(ValueError):
+class TRTLLMError(MinitronError):
     """Options that cannot make a benchmark; the message names the field and what is allowed."""
 
 
@@ -134,6 +135,12 @@ def plan(model_dir, cfg: TRTLLMConfig) -> dict:
         raise TRTLLMError(f"output={cfg.output!r} exists; pass --overwrite to replace it")
     if out == d or d in out.parents:
         raise TRTLLMError(f"output={cfg.output!r} must not be the checkpoint directory or inside it")
+    from ..outputs import OutputError, check_output
+
+    try:  # nor contain it (--overwrite replaces the whole folder), and it must be writable
+        check_output(cfg.output, "output", sources=[d], overwrite=cfg.overwrite)
+    except OutputError as e:
+        raise TRTLLMError(str(e)) from None
     grid = parse_lengths(cfg.lengths)
     for name in ("num_requests", "tp_size", "max_num_tokens"):
         if getattr(cfg, name) < 1:

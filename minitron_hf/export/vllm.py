@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import check_checkpoint, is_fp8_checkpoint
+from ..errors import MinitronError
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ CPU_MEMORY_UTILIZATION = 0.2
 GPU_MEMORY_UTILIZATION = 0.9
 
 
-class ServeError(ValueError):
+class ServeError(MinitronError):
     """Options or environment that cannot serve; the message names the field and what is allowed."""
 
 

@@ -25,6 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..models import arch_spec
+from ..errors import MinitronError
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ def check_metric(metric: str, field_name: str = "depth_metric") -> str:
                      f"(e.g. task:winogrande, task:pydoc_continuation)")
 
 
-class DepthError(ValueError):
+class DepthError(MinitronError):
     """Bad depth-pruning input."""
 
 

@@ -32,6 +32,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ..models import arch_spec, head_dim_of
+from ..errors import MinitronError
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ REDUCERS = ("mean", "l2", "l1", "max")
 AGGREGATIONS = tuple(f"{b}_{s}" for b in REDUCERS for s in REDUCERS)
 
 
-class ImportanceError(ValueError):
+class ImportanceError(MinitronError):
     """Bad importance settings or a score file that does not match the model."""
 
 
@@ -134,8 +135,18 @@ class Importance:
         d = path if path.is_dir() else path.parent
         if not (d / "importance.safetensors").exists():
             raise ImportanceError(f"scores={str(path)!r}: no importance.safetensors there (run `minitron importance`)")
-        t = load_file(str(d / "importance.safetensors"))
-        meta = json.loads((d / "importance.json").read_text()) if (d / "importance.json").exists() else {}
+        from ..outputs import read_json, safetensors_problem
+
+        f = d / "importance.safetensors"
+        problem = safetensors_problem(f)
+        if problem:
+            raise ImportanceError(f"scores={str(path)!r}: {problem}; recompute it with `minitron importance`")
+        t = load_file(str(f))
+        missing = [k for k in ("heads", "neurons", "hidden_per_layer") if k not in t]
+        if missing:
+            raise ImportanceError(f"scores={str(path)!r}: {f.name} lacks {', '.join(missing)}; it was not written by "
+                                  f"`minitron importance`")
+        meta = read_json(d / "importance.json", "scores") if (d / "importance.json").exists() else {}
         return cls(t["heads"], t["neurons"], t["hidden_per_layer"], meta)
 
     def check_matches(self, config) -> None:

@@ -73,20 +73,23 @@ class PruneConfig:
 
 
 def _device(name: str | None) -> torch.device:
-    if name:
-        return torch.device(name)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    from ..models import parse_device
+
+    return parse_device(name)
 
 
-def check_output(output: str | None, overwrite: bool) -> Path:
+def check_output(output: str | None, overwrite: bool, sources=(), need_bytes: int = 0) -> Path:
+    """The output folder is new (or ``overwrite``), writable, and not, around or inside any of ``sources``
+    (:func:`minitron_hf.outputs.check_output`)."""
+    from ..outputs import OutputError
+    from ..outputs import check_output as _check
+
     if not output:
         raise PruningConfigError("output is required: the directory to write the pruned checkpoint to")
-    out = Path(output)
-    if out.exists() and not overwrite:
-        raise PruningConfigError(f"output={output!r} already exists; pass --overwrite to replace it")
-    if out.exists() and not out.is_dir():
-        raise PruningConfigError(f"output={output!r} exists and is not a directory")
-    return out
+    try:
+        return _check(output, "output", sources=sources, overwrite=overwrite, need_bytes=need_bytes)
+    except OutputError as e:
+        raise PruningConfigError(str(e)) from None
 
 
 def validate(cfg: PruneConfig):
@@ -111,6 +114,9 @@ def validate(cfg: PruneConfig):
             raise PruningConfigError(f"{name}={getattr(cfg, name)} must be >= 1")
     if cfg.dtype not in DTYPES:
         raise PruningConfigError(f"dtype={cfg.dtype!r} is not one of {', '.join(DTYPES)}")
+    if cfg.max_shard_size_mb < 1:
+        raise PruningConfigError(f"max_shard_size_mb={cfg.max_shard_size_mb} must be >= 1")
+    _device(cfg.device)  # a clear error for a device name torch does not know, or one this machine lacks
     src = resolve_model(cfg.model)
     if not has_tokenizer(src):
         raise PruningConfigError(f"model={cfg.model!r}: no tokenizer files in {src}; a pruned model must carry "
@@ -126,7 +132,25 @@ def validate(cfg: PruneConfig):
                                  f"{config.max_position_embeddings}")
     if out.resolve() == src.resolve():
         raise PruningConfigError(f"output={cfg.output!r} is the source model's own directory")
+    if cfg.scores:  # reused scores must load and fit this model now, not after calibration
+        from .importance import Importance
+
+        Importance.load(cfg.scores).check_matches(config)
+    from ..outputs import dir_size
+
+    # the pruned weights, in the source's dtype: the source's size scaled by the parameter ratio
+    ratio = count_parameters_ratio(config, new_config)
+    check_output(cfg.output, cfg.overwrite, sources=[src, cfg.scores], need_bytes=int(dir_size(src) * ratio))
     return src, config, target, new_config, drop
+
+
+def count_parameters_ratio(config, new_config: dict) -> float:
+    from types import SimpleNamespace
+
+    from ..models import count_parameters
+
+    new = SimpleNamespace(**{**config.to_dict(), **new_config})
+    return count_parameters(new)["total"] / max(count_parameters(config)["total"], 1)
 
 
 def _interpolate(src_cfg, final: dict, step: int, steps: int) -> dict:
@@ -333,6 +357,7 @@ def run_importance(data_cfg: DataConfig, cfg: ImportanceConfig) -> dict:
     from ..models import load_tokenizer
 
     src = resolve_model(cfg.model)
+    check_output(cfg.output, cfg.overwrite, sources=[src])
     tokenizer = load_tokenizer(src)
     calib = load_blocks(data_cfg, tokenizer, "calibration", cfg.seq_len, cfg.calib_samples)
     val = load_blocks(data_cfg, tokenizer, "validation", cfg.seq_len, cfg.val_samples) if cfg.block_size else None
@@ -363,6 +388,13 @@ def validation_loss(model_dir, data_cfg: DataConfig, samples: int = 32, seq_len:
     from ..models import load_tokenizer
     from .depth import lm_loss
 
+    from .trim import PruningConfigError
+
     model = load_model(model_dir, device=device)
-    blocks = load_blocks(data_cfg, load_tokenizer(model_dir), "validation", seq_len, samples)
+    tok = load_tokenizer(model_dir)
+    if len(tok) > model.config.vocab_size:
+        raise PruningConfigError(f"model={str(model_dir)!r}: its tokenizer has {len(tok)} tokens but the model only "
+                                 f"{model.config.vocab_size} embedding rows; tokenizer and weights do not belong "
+                                 f"together")
+    blocks = load_blocks(data_cfg, tok, "validation", seq_len, samples)
     return lm_loss(model, blocks, batch_size)

@@ -178,6 +178,7 @@ def run_search(data_cfg: DataConfig, cfg: SearchConfig) -> dict:
     check_config(cfg)
     out = check_output(cfg.output, cfg.overwrite)
     src = resolve_model(cfg.model)
+    check_output(cfg.output, cfg.overwrite, sources=[src])
     config = AutoConfig.from_pretrained(src)
     total = count_parameters(config)["total"]
     budget = budget_params(cfg, total)

@@ -31,11 +31,12 @@ from safetensors import safe_open
 from tqdm.auto import tqdm
 
 from ..models import arch_spec, count_parameters, head_dim_of
+from ..errors import MinitronError
 
 logger = logging.getLogger(__name__)
 
 
-class PruningConfigError(ValueError):
+class PruningConfigError(MinitronError):
     """A target or pruning option that cannot be honoured; raised before any heavy work."""
 
 

@@ -1,0 +1,21 @@
+"""One base class for errors meant for the user.
+
+Every error that the user can fix (a bad option, a file that cannot be used, an output that would
+overwrite something) derives from :class:`MinitronError`; its message names the field or file, the
+value and what is allowed. The CLI prints such an error on one line and exits with
+:data:`EXIT_USER_ERROR`. Anything else that escapes a command is a bug: the CLI prints a short line
+asking to run with ``-v`` for the traceback, and exits with :data:`EXIT_BUG`.
+
+``MinitronError`` subclasses ``ValueError`` so that callers (and tests) that catch ``ValueError``
+keep working; but the CLI catches only ``MinitronError``: a stray ``ValueError`` from a library is a bug.
+"""
+
+from __future__ import annotations
+
+EXIT_USER_ERROR = 2
+EXIT_BUG = 3
+EXIT_INTERRUPTED = 130
+
+
+class MinitronError(ValueError):
+    """An error the user can fix; the message says what and how."""

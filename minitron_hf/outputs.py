@@ -1,0 +1,232 @@
+"""Where outputs go: checks made before any heavy work, and writes that never leave half a file.
+
+Every command that writes a folder calls :func:`check_output` before it loads a model:
+
+- the output must not be, contain, or lie inside any of its sources (``--overwrite`` of a parent of the
+  source model would otherwise delete the source);
+- it must not be the current directory, an ancestor of it, the home directory or a filesystem root;
+- an existing output is refused unless ``overwrite`` (``allow_empty`` lets an existing empty folder pass);
+- its nearest existing ancestor must be writable (a real temporary file is created and removed: a
+  read-only mount or a missing permission fails here, not after calibration), with ``need_bytes`` free.
+
+Writes are atomic: :func:`write_checkpoint_atomically` builds a folder under a temporary sibling name
+and renames it into place; :func:`write_text_atomically` / :func:`write_json_atomically` do the same
+for one file. A crash or a full disk leaves the previous content (or nothing), never a partial file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from .errors import MinitronError
+
+
+class OutputError(MinitronError):
+    """An output location that cannot or must not be written."""
+
+
+def _nearest_existing(p: Path) -> Path:
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def _within(inner: Path, outer: Path) -> bool:
+    return inner == outer or outer in inner.parents
+
+
+def check_writable(path, field: str, need_bytes: int = 0) -> None:
+    """The folder ``path`` (or its nearest existing ancestor) accepts a new file, with ``need_bytes`` free."""
+    base = _nearest_existing(Path(path).expanduser().resolve())
+    if not base.is_dir():
+        raise OutputError(f"{field}={str(path)!r}: {base} exists and is not a directory")
+    try:
+        with tempfile.NamedTemporaryFile(prefix=".minitron-write-test-", dir=base):
+            pass
+    except OSError as e:
+        raise OutputError(f"{field}={str(path)!r}: cannot write in {base} ({e.strerror or e}); choose a writable "
+                          f"location") from None
+    if need_bytes:
+        free = shutil.disk_usage(base).free
+        if free < need_bytes:
+            raise OutputError(f"{field}={str(path)!r}: {free / 2**30:.2f} GiB free in {base}, about "
+                              f"{need_bytes / 2**30:.2f} GiB needed; free some space or choose another location")
+
+
+def check_output(output, field: str = "output", *, sources=(), overwrite: bool = False, allow_empty: bool = False,
+                 need_bytes: int = 0) -> Path:
+    """Check an output folder before any work (see the module docstring); returns it as a Path.
+
+    ``sources`` are the inputs the command reads (model folders, data files): the output may not equal,
+    contain or lie inside any of them, whatever ``overwrite`` says."""
+    if output is None or str(output).strip() == "":
+        raise OutputError(f"{field} is required: the directory to write to")
+    out = Path(output).expanduser()
+    res = out.resolve()
+    cwd = Path.cwd().resolve()
+    if _within(cwd, res) or res == Path.home().resolve() or res == Path(res.anchor):
+        raise OutputError(f"{field}={str(output)!r} is {res}, which is (or contains) the current directory, the "
+                          f"home directory or a filesystem root; give a new folder, e.g. {field}=out/model")
+    for src in sources:
+        if src is None:
+            continue
+        s = Path(src).expanduser()
+        if not s.exists():
+            continue
+        s = s.resolve()
+        if _within(s, res):
+            raise OutputError(f"{field}={str(output)!r} is or contains the input {str(src)!r}; writing there would "
+                              f"destroy it (--overwrite does not change this): choose another folder")
+        if _within(res, s):
+            raise OutputError(f"{field}={str(output)!r} lies inside the input {str(src)!r}; choose a folder outside "
+                              f"it")
+    if out.exists():
+        if not out.is_dir():
+            raise OutputError(f"{field}={str(output)!r} exists and is not a directory")
+        empty = not any(out.iterdir())
+        if not overwrite and not (allow_empty and empty):
+            raise OutputError(f"{field}={str(output)!r} already exists; pass --overwrite to replace it, or choose "
+                              f"another folder")
+    check_writable(out, field, need_bytes)
+    return out
+
+
+def dir_size(path) -> int:
+    """Bytes of the files under ``path`` (a model folder): the basis of ``need_bytes`` estimates."""
+    p = Path(path)
+    if p.is_file():
+        return p.stat().st_size
+    return sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.is_dir() else 0
+
+
+def _disk_full_message(e: OSError, what) -> str:
+    return f"no space left on the device while writing {what}; nothing was replaced. Free some space and run again"
+
+
+def write_checkpoint_atomically(out_dir, write) -> Path:
+    """Call ``write(tmp_dir)`` and rename the finished directory into place.
+
+    A crash leaves at most a ``.tmp-*`` sibling, never a half-written ``out_dir``. An existing
+    ``out_dir`` is replaced only after the new one is complete. A full disk is an :class:`OutputError`.
+    """
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out_dir.name}-", dir=out_dir.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary directory
+    try:
+        write(tmp)
+        if out_dir.exists():
+            old = out_dir.with_name(f".old-{out_dir.name}-{os.getpid()}")
+            out_dir.rename(old)
+            tmp.rename(out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out_dir)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            raise OutputError(_disk_full_message(e, out_dir)) from e
+        raise
+    return out_dir
+
+
+def write_text_atomically(path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary sibling and a rename: never a truncated file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException as e:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            raise OutputError(_disk_full_message(e, path)) from e
+        raise
+    return path
+
+
+def write_json_atomically(path, obj) -> Path:
+    return write_text_atomically(path, json.dumps(obj, indent=1, default=str))
+
+
+def _umask() -> int:
+    m = os.umask(0)
+    os.umask(m)
+    return m
+
+
+def read_json(path, field: str | None = None):
+    """A JSON file; a missing, unreadable or corrupt one is an error naming the file (and ``field``, the option
+    that named it), never a bare 'Expecting value'."""
+    path = Path(path)
+    where = f"{field}={str(path)!r}" if field else str(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise OutputError(f"{where}: no such file") from None
+    except IsADirectoryError:
+        raise OutputError(f"{where} is a directory; expected a JSON file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CorruptFileError(path, f"is not valid JSON ({e})", field) from None
+
+
+class CorruptFileError(MinitronError):
+    """A file that exists but cannot be read (truncated weights, garbage JSON)."""
+
+    def __init__(self, path, why: str, field: str | None = None):
+        self.path = Path(path)
+        super().__init__(f"{field}={str(path)!r}: {why}" if field else f"{path}: {why}")
+
+
+def safetensors_problem(f: Path) -> str | None:
+    """Why a safetensors file cannot be loaded (missing, truncated, bad header), or None. Reads only the header: the
+    file must be at least as long as the header says (8 + header + the end of the last tensor)."""
+    try:
+        size = f.stat().st_size
+        with open(f, "rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8:
+                return f"{f.name} is truncated ({size} bytes)"
+            n = int.from_bytes(head, "little")
+            if n < 2 or n > size - 8:
+                return f"{f.name} has an unreadable header"
+            meta = json.loads(fh.read(n))
+        end = max((v["data_offsets"][1] for k, v in meta.items() if k != "__metadata__"), default=0)
+    except FileNotFoundError:
+        return f"{f.name} is missing"
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
+        return f"{f.name} is unreadable ({e})"
+    if size < 8 + n + end:
+        return f"{f.name} is truncated ({size} of {8 + n + end} bytes)"
+    return None
+
+
+def _holds_files(path: Path) -> bool:
+    return any(p.is_file() or p.is_symlink() for p in path.rglob("*"))
+
+
+@contextlib.contextmanager
+def no_debris(path):
+    """On failure inside the block, remove ``path`` if the block created it and it holds no file (only empty
+    folders): a command that fails leaves nothing behind, and keeps whatever it did write (checkpoints, logs)."""
+    p = Path(path) if path else None
+    existed = p is None or p.exists()
+    try:
+        yield
+    except BaseException:
+        if not existed and p.is_dir() and not _holds_files(p):
+            shutil.rmtree(p, ignore_errors=True)
+        raise
