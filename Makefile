@@ -30,7 +30,6 @@ install: $(STAMP)
 DEMO_FLAGS ?=
 demo: install
 	$(VENV)/bin/minitron run recipes/configs/smollm2-135m/minitron-width.yaml --set output_dir=$(RUNS)/demo/width $(DEMO_FLAGS)
-	@echo "--- distilled student:" && $(VENV)/bin/minitron generate $(RUNS)/demo/width/distill/final --max-new-tokens 24
 
 # The depth variant (15 of 30 layers), same stages.
 demo-depth: install

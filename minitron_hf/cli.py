@@ -140,6 +140,24 @@ def _run(ns):
               f"params {r['params_total'] / 1e6:.1f}M")
     if ev.get("gap_recovered") is not None:
         print(f"gap recovered by distillation: {100 * ev['gap_recovered']:.1f}%")
+    from .pipeline import OUT_OF_DOMAIN_NOTE, task_accuracy_table
+
+    for line in task_accuracy_table(ev):
+        print(line)
+    for i, prompt in enumerate(ev.get("domain_prompts") or []):
+        print(f"--- in the distillation domain, prompt {i + 1} (greedy continuation):\n{prompt}")
+        for name, r in ev.get("models", {}).items():
+            ans = (r.get("domain_answers") or [None] * (i + 1))[i]
+            if ans is not None:
+                print(f"  [{name}] " + " ".join(ans.strip().split())[:160])
+    answers = [(n, r["answer"]) for n, r in ev.get("models", {}).items() if r.get("answer") is not None]
+    if answers:
+        print(f"--- a chat question: {ev['prompt']!r}" if "distilled" not in ev.get("models", {}) else
+              f"--- out of the domain, a chat question: {ev['prompt']!r}")
+        for name, a in answers:
+            print(f"  [{name}] " + " ".join(a.strip().split())[:160])
+        if "distilled" in ev.get("models", {}):
+            print(f"  ({OUT_OF_DOMAIN_NOTE})")
     print(f"report: {run.out / 'report.md'}")
 
 

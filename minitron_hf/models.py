@@ -303,11 +303,12 @@ def load_tokenizer(name):
         raise ModelNotFoundError(f"model={str(name)!r}: no usable tokenizer in {path} ({type(e).__name__}: {e})") from e
 
 
-def generate_answer(model, tokenizer, prompt: str, max_new_tokens: int = 48) -> str:
-    """Greedy answer to ``prompt`` (through the chat template when the tokenizer has one)."""
+def generate_answer(model, tokenizer, prompt: str, max_new_tokens: int = 48, chat: bool = True) -> str:
+    """Greedy answer to ``prompt``: through the chat template when the tokenizer has one and ``chat``, else a raw
+    continuation of the text."""
     import torch
 
-    if tokenizer.chat_template:
+    if chat and tokenizer.chat_template:
         ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
                                             return_tensors="pt", return_dict=True)["input_ids"]
     else:

@@ -90,6 +90,10 @@ class EvaluateConfig:
     prompt: str = field(default="What is the capital of France?", metadata={"help": "prompt answered greedily by "
                         "every model, shown in the report"})
     max_new_tokens: int = field(default=32, metadata={"help": "length of those answers"})
+    domain_prompts: list[str] | None = field(default=None, metadata={"help": "prompts from the distillation domain "
+                                             "(e.g. the start of a Python function), continued greedily as raw "
+                                             "text (no chat template) by every model and shown side by side: "
+                                             "what the student kept where it was trained"})
     benchmarks: dict | None = field(default=None, metadata={"help": "`minitron eval` suites run on teacher and "
                                     "students, {suite: {its options}} with suite among base, humaneval, mbpp, "
                                     "mtbench, bfcl, instruct; tables in evaluate/<suite>/results.md, linked from "
@@ -584,11 +588,16 @@ def _stage_evaluate(run: Run, resume: bool) -> dict:
         rows[name] = {"path": str(path), "val_loss": loss, "perplexity": math.exp(min(loss, 50)),
                       **{f"params_{k}": v for k, v in count_parameters(AutoConfig.from_pretrained(d)).items()}}
         if ev.max_new_tokens:
-            rows[name]["answer"] = generate_answer(model, load_tokenizer(d), ev.prompt, ev.max_new_tokens)
+            tok_m = load_tokenizer(d)
+            rows[name]["answer"] = generate_answer(model, tok_m, ev.prompt, ev.max_new_tokens)
+            if ev.domain_prompts:
+                rows[name]["domain_answers"] = [generate_answer(model, tok_m, p, ev.max_new_tokens, chat=False)
+                                                for p in ev.domain_prompts]
         logger.info("evaluate: %s val loss %.3f", name, loss)
         del model
     res = {"validation": {"samples": samples, "seq_len": run.cfg.seq_len, "tokens": samples * run.cfg.seq_len},
-           "prompt": ev.prompt, "models": rows, "tokens": samples * run.cfg.seq_len * len(models)}
+           "prompt": ev.prompt, "domain_prompts": ev.domain_prompts or [], "models": rows,
+           "tokens": samples * run.cfg.seq_len * len(models)}
     ref = "teacher (corrected)" if "teacher (corrected)" in rows else "teacher"
     if "distilled" in rows:
         res["gap_recovered"] = gap_recovered(rows["pruned"]["val_loss"], rows["distilled"]["val_loss"],
@@ -604,8 +613,28 @@ def _stage_evaluate(run: Run, resume: bool) -> dict:
             _, run_suite, _ = suite_parts(suite)
             out = run_suite(list(paths.values()), cfg, names=list(paths))
             res["benchmarks"][suite] = {"results": out["results"], "table": str(Path(cfg.output) / "results.md")}
+        if "base" in res["benchmarks"]:
+            res["task_accuracy"] = task_accuracy(res["benchmarks"]["base"]["results"], ref)
     _write_json_atomically(run.stage_dir("evaluate") / "evaluation.json", res)
     return res
+
+
+def task_accuracy(results: dict, ref: str) -> dict:
+    """{task: {"chance", model: accuracy..., "retained"}} for the base-suite tasks with a known chance level;
+    "retained" = (distilled - chance) / (``ref`` - chance), the share of the teacher's skill above chance that the
+    distilled model kept (the pruned one when there is no distillation)."""
+    from .eval.base import CHANCE, accuracy_retained
+
+    out = {}
+    student = "distilled" if "distilled" in results else "pruned"
+    for task in (results.get(ref) or {}):
+        if task not in CHANCE or student not in results:
+            continue
+        row = {"chance": CHANCE[task], **{m: r[task] for m, r in results.items() if task in r}}
+        row["retained"] = accuracy_retained(results[student][task], results[ref][task], CHANCE[task])
+        row["retained_by"] = student
+        out[task] = row
+    return out
 
 
 def gap_recovered(pruned: float, distilled: float, teacher: float) -> float | None:
@@ -916,6 +945,43 @@ def _rel(run: Run, p: Path) -> str:
         return str(p)
 
 
+OUT_OF_DOMAIN_NOTE = ("A student distilled only on the run's data (Python documentation and code for the embedded "
+                      "default) was never shown conversations: this shows what distillation on a narrow domain costs, "
+                      "not what the student kept. To keep an instruct teacher's chat ability, put chat data in the "
+                      "distillation mix or align afterwards (README: 'What the demo's student can and cannot do').")
+
+
+def task_accuracy_table(ev: dict) -> list[str]:
+    """Markdown lines: downstream accuracy of every model and the share of the teacher's kept by the student."""
+    acc = ev.get("task_accuracy") or {}
+    if not acc:
+        return []
+    models = [m for m in ev["models"] if any(m in row for row in acc.values())]
+    L = ["Downstream accuracy (`minitron eval base`; accuracy retained = (student - chance) / (teacher - chance)):",
+         "", "| task | chance | " + " | ".join(models) + " | accuracy retained |",
+         "|---|---|" + "---|" * len(models) + "---|"]
+    for task, row in acc.items():
+        kept = "n/a" if row["retained"] is None else f"{100 * row['retained']:.0f}% ({row['retained_by']})"
+        L.append(f"| {task} | {row['chance']:.2f} | " + " | ".join(f"{row[m]:.3f}" if m in row else "" for m in models)
+                 + f" | {kept} |")
+    return L + [""]
+
+
+def domain_answers_text(ev: dict) -> list[str]:
+    """Markdown lines: every model's greedy continuation of each in-domain prompt, side by side."""
+    prompts = ev.get("domain_prompts") or []
+    if not prompts:
+        return []
+    L = ["In the distillation domain: greedy continuations (raw text, no chat template) of the same prompts:", ""]
+    for i, prompt in enumerate(prompts):
+        L += [f"Prompt {i + 1}:", "", "```", prompt, "```", ""]
+        for name, r in ev["models"].items():
+            ans = (r.get("domain_answers") or [None] * len(prompts))[i]
+            if ans is not None:
+                L += [f"- {name}:", "", "```", prompt + ans.rstrip(), "```", ""]
+    return L
+
+
 def write_report(run: Run) -> Path:
     """``output_dir/report.md``: architecture, importance, training curves, evaluation, timing, artifacts."""
     import torch
@@ -1012,9 +1078,12 @@ def write_report(run: Run) -> Path:
             L += [f"Benchmarks: `minitron eval {suite}` ([{_rel(run, table)}]({_rel(run, table)})):", ""]
             if table.exists():
                 L += [table.read_text().strip(), ""]
+        L += task_accuracy_table(ev)
+        L += domain_answers_text(ev)
         answers = [(n, r["answer"]) for n, r in ev["models"].items() if r.get("answer") is not None]
         if answers:
-            L += [f"Greedy answers to \"{ev['prompt']}\":", ""]
+            L += [f"Out of the domain: greedy chat answers to \"{ev['prompt']}\". {OUT_OF_DOMAIN_NOTE}"
+                  if "distilled" in ev["models"] else f"Greedy answers to \"{ev['prompt']}\":", ""]
             L += [f"- {n}: {a.strip()!r}" for n, a in answers] + [""]
 
     final = _final_student(run)

@@ -287,3 +287,43 @@ def test_evaluate_benchmarks_run_eval_suites_and_link_tables(teacher_dir, tmp_pa
     bad = _config(teacher_dir, tmp_path / "bad", evaluate={"benchmarks": {"humaneval": {"output": "x"}}})
     with pytest.raises(ConfigError, match="benchmarks.humaneval: field 'output' is set by the pipeline"):
         load_run(_write(tmp_path, bad))
+
+
+def test_task_accuracy_retained_against_hand_numbers():
+    from minitron_hf.eval.base import accuracy_retained
+    from minitron_hf.pipeline import task_accuracy
+
+    assert accuracy_retained(0.55, 0.75, 0.25) == pytest.approx(0.6) and accuracy_retained(0.3, 0.25, 0.25) is None
+    res = {"teacher": {"pydoc_continuation": 0.75, "mini_mc": 0.9}, "pruned": {"pydoc_continuation": 0.35},
+           "distilled": {"pydoc_continuation": 0.55}}
+    acc = task_accuracy(res, "teacher")
+    assert set(acc) == {"pydoc_continuation"}  # no known chance level for mini_mc
+    row = acc["pydoc_continuation"]
+    assert row["retained"] == pytest.approx((0.55 - 0.25) / (0.75 - 0.25)) and row["retained_by"] == "distilled"
+    assert row["pruned"] == 0.35 and row["chance"] == 0.25
+
+
+def test_demo_summary_shows_task_accuracy_and_in_domain_answers(teacher_dir, tmp_path, capsys):
+    """Issue 21: the terminal summary and the report show accuracy retained on a real task, every model's
+    continuation of in-domain prompts, and the chat question labelled as out of the domain."""
+    pytest.importorskip("lm_eval")
+    out = tmp_path / "run"
+    prompts = ["def add(a, b):\n", "The with statement is used to"]
+    cfg = _config(teacher_dir, out, export=None, distill={"max_steps": 1},
+                  evaluate={"max_new_tokens": 3, "domain_prompts": prompts,
+                            "benchmarks": {"base": {"tasks": ["pydoc_continuation"], "num_fewshot": 0, "limit": 4}}})
+    assert main(["run", str(_write(tmp_path, cfg))]) == 0
+    printed = capsys.readouterr().out
+    ev = json.loads((out / "evaluate" / "evaluation.json").read_text())
+    res = ev["benchmarks"]["base"]["results"]
+    row = ev["task_accuracy"]["pydoc_continuation"]
+    t, d = res["teacher"]["pydoc_continuation"], res["distilled"]["pydoc_continuation"]
+    want = None if abs(t - 0.25) < 1e-9 else (d - 0.25) / (t - 0.25)
+    assert row["retained"] == (pytest.approx(want) if want is not None else None)
+    assert all(len(r["domain_answers"]) == 2 for r in ev["models"].values())
+    assert "accuracy retained" in printed and "| pydoc_continuation | 0.25 |" in printed
+    assert "in the distillation domain, prompt 2" in printed and "[distilled]" in printed
+    assert "out of the domain, a chat question" in printed
+    report = (out / "report.md").read_text()
+    assert "accuracy retained" in report and "In the distillation domain" in report
+    assert "Out of the domain: greedy chat answers" in report and "def add(a, b):" in report

@@ -30,6 +30,16 @@ PAPER_TASKS = {
     "xlsum_en": (3, "rougeL", "XLSum en (20%) (3)", 0.2),  # our task YAML: minitron_hf/eval/tasks/xlsum_en
 }
 
+# accuracy of a uniform guess (1 / choices), for "accuracy retained" = (student - chance) / (teacher - chance);
+# tasks whose chance level is not one number (TruthfulQA MC2, generation tasks) are left out
+CHANCE = {"pydoc_continuation": 0.25, "winogrande": 0.5, "arc_challenge": 0.25, "mmlu": 0.25, "hellaswag": 0.25}
+
+
+def accuracy_retained(student: float, teacher: float, chance: float) -> float | None:
+    """(student - chance) / (teacher - chance): 1 = the student keeps all of the teacher's skill above chance, 0 =
+    none of it. None when the teacher itself is at chance."""
+    return None if abs(teacher - chance) < 1e-9 else (student - chance) / (teacher - chance)
+
 
 @dataclass
 class BaseEvalConfig:
