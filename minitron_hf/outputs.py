@@ -60,17 +60,18 @@ def check_writable(path, field: str, need_bytes: int = 0) -> None:
 
 
 def check_output(output, field: str = "output", *, sources=(), overwrite: bool = False, allow_empty: bool = False,
-                 need_bytes: int = 0) -> Path:
+                 need_bytes: int = 0, replaced: bool = True) -> Path:
     """Check an output folder before any work (see the module docstring); returns it as a Path.
 
     ``sources`` are the inputs the command reads (model folders, data files): the output may not equal,
-    contain or lie inside any of them, whatever ``overwrite`` says."""
+    contain or lie inside any of them, whatever ``overwrite`` says. ``replaced=False`` is for a folder the command
+    adds to but never replaces as a whole (a run folder): it may then be or contain the current directory."""
     if output is None or str(output).strip() == "":
         raise OutputError(f"{field} is required: the directory to write to")
     out = Path(output).expanduser()
     res = out.resolve()
     cwd = Path.cwd().resolve()
-    if _within(cwd, res) or res == Path.home().resolve() or res == Path(res.anchor):
+    if replaced and (_within(cwd, res) or res == Path.home().resolve()) or res == Path(res.anchor):
         raise OutputError(f"{field}={str(output)!r} is {res}, which is (or contains) the current directory, the "
                           f"home directory or a filesystem root; give a new folder, e.g. {field}=out/model")
     for src in sources:

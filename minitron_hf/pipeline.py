@@ -750,10 +750,11 @@ def check_run_dir(run: Run, overwrite: bool = False) -> None:
     A new or empty folder is fine, and so is a run folder (``run_config.yaml``) of the same teacher and data (a
     changed option re-runs the stages it affects). A non-empty folder that is not a run, or a run of another teacher
     or data, is refused unless ``overwrite``; even then, files the run does not write are kept. The folder may not
-    be, contain or lie inside the teacher or a local data path, and must be writable."""
+    be, contain or lie inside the teacher or a local data path, and must be writable (it may be the current
+    directory: a run only adds its own files there, and deletes only those)."""
     out = run.out
     sources = [p for p in (run.cfg.teacher, run.data.data) if p and Path(str(p)).expanduser().exists()]
-    check_output(out, "output_dir", sources=sources, overwrite=True)
+    check_output(out, "output_dir", sources=sources, overwrite=True, replaced=False)
     if not out.exists() or not any(out.iterdir()):
         return
     marker = out / RUN_MARKER
