@@ -44,7 +44,6 @@ import fnmatch
 import hashlib
 import json
 import os
-import platform
 import re
 import shutil
 import signal

@@ -18,6 +18,7 @@ import typing
 from pathlib import Path
 
 import yaml
+
 from .errors import MinitronError
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
+
 from .errors import MinitronError
 
 logger = logging.getLogger(__name__)

@@ -16,10 +16,9 @@ import importlib.util
 import json
 import logging
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
 from .errors import MinitronError
 from .outputs import write_checkpoint_atomically  # noqa: F401  (re-exported: the writers import it from here)
 

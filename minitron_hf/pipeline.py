@@ -45,7 +45,7 @@ from pathlib import Path
 import yaml
 
 from .config import check_fields, instantiate, load_yaml
-from .outputs import OutputError, check_output, write_json_atomically, write_text_atomically
+from .outputs import check_output, write_json_atomically, write_text_atomically
 from .data import DataConfig
 from .errors import MinitronError
 

@@ -16,7 +16,7 @@ import yaml
 from minitron_hf.cli import main
 from minitron_hf.config import ConfigError, check_value, load_yaml
 from minitron_hf.errors import EXIT_BUG, EXIT_USER_ERROR, MinitronError
-from minitron_hf.outputs import CorruptFileError, OutputError, check_output, write_text_atomically
+from minitron_hf.outputs import OutputError, check_output, write_text_atomically
 
 from conftest import save_with_tokenizer, tiny_model
 

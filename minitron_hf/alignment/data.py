@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import ast
 import hashlib
-import json
 import random
 import re
 import sysconfig

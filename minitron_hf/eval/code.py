@@ -68,7 +68,6 @@ The paper's setting (arXiv 2408.11796 Table 1): pass@1 with temperature 0.2, top
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import marshal
 import math

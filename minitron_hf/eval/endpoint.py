@@ -21,6 +21,7 @@ import logging
 import os
 import random
 import time
+
 from ..errors import MinitronError
 
 logger = logging.getLogger(__name__)

@@ -22,6 +22,7 @@ import logging
 import random
 import re
 from pathlib import Path
+
 from ..errors import MinitronError
 
 logger = logging.getLogger(__name__)

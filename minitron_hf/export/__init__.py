@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+
 from ..errors import MinitronError
 
 

@@ -18,6 +18,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
 from ..errors import MinitronError
 
 logger = logging.getLogger(__name__)
