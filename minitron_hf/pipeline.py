@@ -786,12 +786,7 @@ def _clean_stage_dir(d: Path) -> None:
     no config.json was never started by a run: nothing in it is deleted."""
     if not d.exists() or not (d / "config.json").exists():
         return
-    keep = set()
-    if (d / _KEEP).exists():
-        try:
-            keep = set(json.loads((d / _KEEP).read_text()))
-        except (json.JSONDecodeError, TypeError):
-            keep = set()
+    keep = _kept(d)
     written = None
     try:
         written = json.loads((d / "done.json").read_text()).get("files")
@@ -816,8 +811,17 @@ def _start_stage_dir(d: Path, resume: bool, want: dict) -> None:
     write_json_atomically(d / "config.json", want)
 
 
+def _kept(d: Path) -> set[str]:
+    """The entries of a stage folder recorded as not the stage's own (``.minitron-keep.json``); a damaged record
+    keeps nothing."""
+    try:
+        return set(json.loads((d / _KEEP).read_text())) if (d / _KEEP).exists() else set()
+    except (json.JSONDecodeError, TypeError):
+        return set()
+
+
 def _stage_files(d: Path) -> list[str]:
-    keep = set(json.loads((d / _KEEP).read_text())) if (d / _KEEP).exists() else set()
+    keep = _kept(d)
     return sorted(e.name for e in d.iterdir() if e.name not in keep and e.name != _KEEP)
 
 
