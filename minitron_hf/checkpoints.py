@@ -498,6 +498,64 @@ class CheckpointMixin:
     def _load_extra_checkpoint_state(self, checkpoint_dir: Path) -> None:
         """Load what :meth:`_save_extra_checkpoint_state` wrote, before training resumes."""
 
+    # ------------------------------------------------------------------------------ data position
+    # A run reads a :class:`~minitron_hf.data.Blocks` dataset (any sample found from its index) or a stateful
+    # stream (``state_dict``/``load_state_dict``, :mod:`minitron_hf.data.streaming`). Either way a resume starts
+    # at the next unseen sample directly; the Trainer's own skip (iterating over the first N steps' batches) is off.
+    _data_start: int = 0
+
+    def _samples_per_step(self) -> int:
+        a = self.args
+        return a.per_device_train_batch_size * a.gradient_accumulation_steps * max(a.world_size, 1)
+
+    def _get_train_sampler(self, train_dataset=None):
+        from .data import Blocks, ResumableSampler
+
+        ds = self.train_dataset if train_dataset is None else train_dataset
+        if isinstance(ds, Blocks):
+            return ResumableSampler(len(ds), start=min(self._data_start, len(ds)))
+        return super()._get_train_sampler(train_dataset)
+
+    def _stateful_data(self):
+        ds = self.train_dataset
+        return ds if hasattr(ds, "state_dict") and hasattr(ds, "load_state_dict") else None
+
+    def _save_data_state(self, checkpoint_dir: Path) -> None:
+        """A stateful stream's position after the samples this process consumed, into ``data_state_rank<R>.json``
+        of the checkpoint (every process writes its own)."""
+        ds = self._stateful_data()
+        if ds is None:
+            return
+        consumed = self.state.global_step * self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        (checkpoint_dir / f"data_state_rank{self.args.process_index}.json").write_text(
+            json.dumps(ds.state_dict(consumed=consumed)))
+
+    def _resume_data_position(self, ckpt) -> int:
+        """Samples of the train dataset consumed before ``ckpt`` (0 for a fresh run); restores a stream's state."""
+        from .data import Blocks
+
+        if ckpt is None:
+            return 0
+        ds = self.train_dataset
+        state_file = Path(ckpt) / TRAINER_STATE
+        step = int(json.loads(state_file.read_text()).get("global_step", 0)) if state_file.is_file() else 0
+        if isinstance(ds, Blocks):
+            self.args.ignore_data_skip = True
+            start = step * self._samples_per_step()
+            logger.info("resuming the data at sample %d of %d (step %d): no batch before it is read again", start,
+                        len(ds), step)
+            return start
+        if self._stateful_data() is not None:
+            f = Path(ckpt) / f"data_state_rank{self.args.process_index}.json"
+            if not f.is_file():
+                raise CheckpointError(f"{ckpt} has no {f.name}: it was not written by a streaming run of this "
+                                      f"world size; resume with the same data and number of processes")
+            ds.load_state_dict(json.loads(f.read_text()))
+            self.args.ignore_data_skip = True
+            logger.info("resuming the data stream from %s (step %d)", f, step)
+        return 0
+
     # ------------------------------------------------------------------------------ divergence
     def _weights_are_finite(self) -> bool:
         """One reduction over the trainable parameters (this process's shards), agreed by every process."""
@@ -564,6 +622,7 @@ class CheckpointMixin:
         try:
             super()._save_checkpoint(model, trial)
             self._save_extra_checkpoint_state(tmp)
+            self._save_data_state(tmp)
             if self.args.should_save:
                 best = self.state.best_model_checkpoint
                 if best and Path(best).parent == staging:  # Trainer looked for the best one in the staging folder
@@ -668,6 +727,7 @@ class CheckpointMixin:
                 shutil.rmtree(p, ignore_errors=True)
         if ckpt is not None:
             self._load_extra_checkpoint_state(Path(ckpt))
+        self._data_start = self._resume_data_position(ckpt)
         result = super().train(ckpt, *args, **kwargs)
         if not self._weights_are_finite():
             loss = self._last_loss_value()

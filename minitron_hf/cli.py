@@ -100,6 +100,20 @@ def _correct(ns):
           f"{s['after_lm_loss']:.3f}; model in {args.output_dir}/final")
 
 
+def _data(ns):
+    from .data import DataConfig
+    from .data.prepare import PrepareConfig, run_prepare
+
+    data_cfg, cfg = parse_args([DataConfig, PrepareConfig], namespace=ns)
+    rec = run_prepare(data_cfg, cfg)
+    for r in rec["sources"]:
+        m = r["manifest"]
+        counts = ", ".join(f"{s} {m['splits'][s]['tokens']:,} tokens / {m['splits'][s]['documents']:,} docs"
+                           for s in m["splits"])
+        print(f"{r['data']} -> {r['folder']}: {counts}; {m['documents']['duplicates_dropped']:,} duplicates dropped")
+    print(f"use it with: --data {json.dumps(rec['config']) if isinstance(rec['config'], list) else rec['config']}")
+
+
 def _evaluate(ns):
     from .data import DataConfig
     from .models import count_parameters, resolve_model
@@ -320,6 +334,13 @@ def make_parser() -> argparse.ArgumentParser:
                                  ("rounds", [RoundsConfig, RPOConfig], "rounds of generate -> reward -> best/worst "
                                   "pairs -> RPO, with held-out reward per round")):
         build_parser(classes, asub.add_parser(name, help=help_)).set_defaults(func=_align)
+    p = sub.add_parser("data", help="tokenize a source (or a blend) once into token shards every stage reads")
+    dsub = p.add_subparsers(dest="data_command", required=True)
+    from .data.prepare import PrepareConfig
+
+    build_parser([DataConfig, PrepareConfig], dsub.add_parser(
+        "prepare", help="read the source once, split, dedup, tokenize in --num-proc processes, write shards + "
+        "manifest (resumable)")).set_defaults(func=_data)
     p = sub.add_parser("evaluate", help="validation LM loss and perplexity of checkpoints (same tokens for all)")
     p.add_argument("models", nargs="+")
     p.add_argument("--data", default="python-docs")

@@ -5,6 +5,7 @@ Stages, in order, each in its own subdirectory of ``output_dir``:
 ===========  =====================================================  ============================
 stage        what                                                   result
 ===========  =====================================================  ============================
+data         the data (or blend) tokenized once into token shards   ``data/`` (``data/source-N``)
 correct      teacher correction (only with a ``correct:`` section)  ``correct/final``
 importance   activation importance (width) and/or the depth scan    ``importance/``
 prune        trim the (corrected) teacher to ``prune.target``       ``prune/model``
@@ -51,7 +52,7 @@ from .errors import MinitronError
 
 logger = logging.getLogger(__name__)
 
-STAGES = ("correct", "importance", "prune", "distill", "align", "evaluate", "export")
+STAGES = ("data", "correct", "importance", "prune", "distill", "align", "evaluate", "export")
 EXPORT_FORMATS = ("hf", "fp8")
 
 
@@ -120,6 +121,10 @@ class AlignConfig:
     rounds: dict | None = field(default_factory=dict, metadata={"help": "`minitron align rounds` options (rounds, "
                                 "samples, reward, beta, eta, ...); null = no RPO"})
 
+
+# stages without a section of their own: importance takes prune's options; the data stage reads the top-level
+# data keys (`data:` itself is the source, not a section)
+_NO_SECTION = ("data", "importance")
 
 # fields each section may not set: the pipeline wires models and directories itself
 _RESERVED = {
@@ -195,9 +200,9 @@ def _set_override(values: dict, item: str) -> None:
         raise PipelineError(f"--set {item!r} must be KEY=VALUE or SECTION.KEY=VALUE")
     key, raw = item.split("=", 1)
     parts = key.strip().split(".")
-    if len(parts) > 2 or (len(parts) == 2 and parts[0] not in STAGES):
+    if len(parts) > 2 or (len(parts) == 2 and (parts[0] not in STAGES or parts[0] in _NO_SECTION)):
         raise PipelineError(f"--set {item!r}: expected KEY=VALUE or SECTION.KEY=VALUE with a section among "
-                            f"{', '.join(s for s in STAGES if s != 'importance')}")
+                            f"{', '.join(s for s in STAGES if s not in _NO_SECTION)}")
     # YAML 1.2 booleans only: `save_strategy=no` means the string "no", not False
     try:
         value = raw.strip() if raw.strip().lower() in ("yes", "no", "on", "off", "y", "n") else yaml.safe_load(raw)
@@ -225,7 +230,7 @@ class Run:
         return Path(self.cfg.output_dir)
 
     def enabled(self, stage: str) -> bool:
-        if stage in ("importance", "prune", "evaluate"):
+        if stage in ("data", "importance", "prune", "evaluate"):
             return True
         return self.sections.get(stage) is not None
 
@@ -244,7 +249,7 @@ def load_run(path: str | Path | None = None, overrides=(), values: dict | None =
     where = str(path) if path else "run config"
     check_fields(data, [RunConfig, DataConfig], where)
     for stage in STAGES:
-        if data.get(stage) is not None and not isinstance(data[stage], dict):
+        if stage not in _NO_SECTION and data.get(stage) is not None and not isinstance(data[stage], dict):
             raise PipelineError(f"{where}: section {stage!r} must be a mapping of options (or absent)")
     cfg, data_cfg = instantiate([RunConfig, DataConfig], data, where=where)
     if not cfg.output_dir:
@@ -253,7 +258,7 @@ def load_run(path: str | Path | None = None, overrides=(), values: dict | None =
         raise PipelineError(f"{where}: seq_len must be >= 2 and eval_samples >= 1 (got {cfg.seq_len}, {cfg.eval_samples})")
     sections = {}
     for stage in STAGES:
-        if stage == "importance":
+        if stage in _NO_SECTION:
             continue
         sec = getattr(cfg, stage)
         if sec is not None and not isinstance(sec, dict):
@@ -382,12 +387,13 @@ def _stage_objects(run: Run, stage: str):
 # --------------------------------------------------------------------------------------------------
 
 _INPUTS = {
-    "correct": (),
-    "importance": ("correct",),
-    "prune": ("correct", "importance"),
-    "distill": ("correct", "prune"),
+    "data": (),
+    "correct": ("data",),
+    "importance": ("data", "correct"),
+    "prune": ("data", "correct", "importance"),
+    "distill": ("data", "correct", "prune"),
     "align": ("prune", "distill"),
-    "evaluate": ("correct", "prune", "distill", "align"),
+    "evaluate": ("data", "correct", "prune", "distill", "align"),
     "export": ("prune", "distill", "align", "evaluate"),
 }
 
@@ -432,6 +438,10 @@ def _importance_options(run: Run) -> dict:
 def resolved_config(run: Run, stage: str) -> dict:
     """What a stage's result depends on: its options, the data, and the fingerprints of its inputs."""
     sec = _importance_options(run) if stage == "importance" else run.sections.get(stage)
+    if stage == "data":  # the content of the sources: a changed local file prepares again
+        from .data.sources import source_fingerprint
+
+        sec = {"sources": [source_fingerprint(c) for c, _ in run.data.sources()], "tokenizer": run.cfg.teacher}
     inputs = {}
     for up in _INPUTS[stage]:
         if run.enabled(up):
@@ -458,12 +468,38 @@ def _resume_from(output_dir: str, resume: bool) -> bool | None:
     return True if resume and latest_complete_checkpoint(output_dir) is not None else None
 
 
+def _stage_data(run: Run, resume: bool) -> dict:
+    """Every source tokenized once with the teacher's tokenizer (students share it), before any model loads: a
+    prepared folder is checked and used where it is; anything else is prepared into the shared cache
+    (``$MINITRON_CACHE/data``, keyed by content, split rule and tokenizer: later runs reuse it). An interrupted
+    preparation resumes at its first unfinished chunk."""
+    from .data import open_sources
+    from .models import load_tokenizer
+
+    sources = open_sources(run.data, load_tokenizer(run.cfg.teacher))
+    folders = [str(p.path) for p, _ in sources]
+    config = folders[0] if isinstance(run.data.data, str) else [{"data": f, "weight": w}
+                                                                 for f, (_, w) in zip(folders, sources)]
+    splits = [{s: v["tokens"] for s, v in p.manifest["splits"].items()} for p, _ in sources]
+    return {"tokens": sum(sum(x.values()) for x in splits), "config": config, "folders": folders, "splits": splits}
+
+
+def prepared_data(run: Run) -> DataConfig:
+    """The run's data as the stages read it: the data stage's prepared folder(s), same split and epoch options."""
+    from dataclasses import replace
+
+    done = read_done(run, "data")
+    if done is None:  # --only STAGE checks the data stage ran; a library caller may not have run it
+        return run.data
+    return replace(run.data, data=done["result"]["config"])
+
+
 def _stage_correct(run: Run, resume: bool) -> dict:
     from .distill.correct import run_correction
 
     cfg, args = _stage_objects(run, "correct")
     args.resume_from_checkpoint = _resume_from(args.output_dir, resume)
-    s = run_correction(run.data, cfg, args)
+    s = run_correction(prepared_data(run), cfg, args)
     return {"tokens": s.get("tokens"), "summary": s, "model": str(run.stage_dir("correct") / "final")}
 
 
@@ -493,7 +529,7 @@ def _stage_importance(run: Run, resume: bool) -> dict:
     out = run.stage_dir("importance") / "scores"
     if not width and not k:
         return {"tokens": 0, "note": "nothing to score (random importance or explicit drop_layers)"}
-    imp, li, _ = compute_scores(run.data, cfg, src, load_tokenizer(src), width, k)
+    imp, li, _ = compute_scores(prepared_data(run), cfg, src, load_tokenizer(src), width, k)
     res = {"tokens": (cfg.calib_samples * cfg.seq_len if width else 0), "scores": str(out)}
     if li is not None:
         res["drop_layers"] = li.best_block(cfg.depth_metric)
@@ -528,7 +564,7 @@ def _stage_prune(run: Run, resume: bool) -> dict:
     if result.get("drop_layers") is not None:
         cfg.target = {**cfg.target, "drop_layers": ",".join(map(str, result["drop_layers"]))}
         cfg.target.pop("num_hidden_layers", None)
-    rec = run_prune(run.data, cfg)
+    rec = run_prune(prepared_data(run), cfg)
     return {"tokens": 0, "model": cfg.output, "parameters": rec["parameters"]}
 
 
@@ -537,7 +573,7 @@ def _stage_distill(run: Run, resume: bool) -> dict:
 
     script, args = _stage_objects(run, "distill")
     args.resume_from_checkpoint = _resume_from(args.output_dir, resume)
-    s = run_distill(run.data, script, args)
+    s = run_distill(prepared_data(run), script, args)
     return {"tokens": s["tokens"], "model": s["final_model"], "summary": s}
 
 
@@ -579,7 +615,7 @@ def _stage_evaluate(run: Run, resume: bool) -> dict:
     if run.enabled("align"):
         models["aligned"] = (read_done(run, "align") or {}).get("result", {}).get("model")
     tok = load_tokenizer(resolve_model(run.cfg.teacher))
-    blocks = load_blocks(run.data, tok, "validation", run.cfg.seq_len, samples)
+    blocks = load_blocks(prepared_data(run), tok, "validation", run.cfg.seq_len, samples)
     rows = {}
     for name, path in models.items():
         d = resolve_model(path)
@@ -676,7 +712,7 @@ def _stage_export(run: Run, resume: bool) -> dict:
         from .export.fp8 import FP8Config, export_fp8
 
         dest = run.stage_dir("export") / "fp8"
-        rec = export_fp8(src, run.data, FP8Config(output=str(dest), calib_samples=ex.fp8_calib_samples,
+        rec = export_fp8(src, prepared_data(run), FP8Config(output=str(dest), calib_samples=ex.fp8_calib_samples,
                                                   seq_len=run.cfg.seq_len, overwrite=True))
         res["artifacts"]["fp8"] = str(dest)
         res["tokens"] += ex.fp8_calib_samples * run.cfg.seq_len
@@ -697,7 +733,7 @@ def _provenance(run: Run) -> dict:
                            for k, v in ev.get("models", {}).items()}}
 
 
-_RUNNERS = {"correct": _stage_correct, "importance": _stage_importance, "prune": _stage_prune,
+_RUNNERS = {"data": _stage_data, "correct": _stage_correct, "importance": _stage_importance, "prune": _stage_prune,
             "distill": _stage_distill, "align": _stage_align, "evaluate": _stage_evaluate, "export": _stage_export}
 
 
@@ -716,7 +752,8 @@ def select_stages(run: Run, from_stage: str | None = None, only: str | None = No
         raise PipelineError("give --from or --only, not both")
     enabled = [s for s in STAGES if run.enabled(s)]
     if only:
-        missing = [up for up in _INPUTS[only] if run.enabled(up) and read_done(run, up) is None]
+        # the data stage is optional here: without it the stage prepares its data into the cache itself
+        missing = [up for up in _INPUTS[only] if up != "data" and run.enabled(up) and read_done(run, up) is None]
         if missing:
             raise PipelineError(f"--only {only}: it needs the output of {', '.join(missing)}, which has not run yet; "
                                 f"run without --only (or --from {missing[0]}) first")

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from minitron_hf.data import (DataConfig, DataError, load_blocks, load_documents, pack_documents,
-                              python_docs_documents, split_documents)
+from minitron_hf.data import (DataConfig, DataError, digest, load_blocks, load_documents, python_docs_documents,
+                              split_documents, split_of)
 
 
 @pytest.fixture(scope="module")
@@ -27,19 +27,6 @@ def naive_stream(texts, tok):
     for t in texts:
         out += tok(t, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
     return out
-
-
-class CountingTokenizer:
-    """Wraps a tokenizer and records how many documents and characters it was asked to tokenize."""
-
-    def __init__(self, tok, eos_token_id="same"):
-        self.tok, self.docs, self.chars = tok, 0, 0
-        self.eos_token_id = tok.eos_token_id if eos_token_id == "same" else eos_token_id
-
-    def __call__(self, batch, **kw):
-        self.docs += len(batch)
-        self.chars += sum(map(len, batch))
-        return self.tok(batch, **kw)
 
 
 # -- python-docs ---------------------------------------------------------------------------------------
@@ -121,64 +108,42 @@ def test_bad_fractions(kw, field):
         split_documents(synthetic_docs(3), DataConfig(**kw))
 
 
-# -- packing -------------------------------------------------------------------------------------------
+# -- packing (the blocks every stage reads) -------------------------------------------------------------
 
-def test_packing_matches_naive_reference(tok):
-    texts = ["alpha beta", "gamma", "delta epsilon zeta", "def f(x):\n    return x + 1\n"]
-    stream = naive_stream(texts, tok)
-    for seq_len in (3, 5, 7):
-        blocks = pack_documents(texts, tok, seq_len)
-        assert blocks.dtype == torch.long and blocks.shape == (len(stream) // seq_len, seq_len)
-        assert blocks.flatten().tolist() == stream[: blocks.numel()]  # in order, no padding, remainder dropped
-    # EOS exactly at the document boundaries
-    flat = pack_documents(texts, tok, 1 + len(stream) // 2).flatten().tolist()
-    ends = [i for i, t in enumerate(stream) if t == tok.eos_token_id]
-    assert [i for i, t in enumerate(flat) if t == tok.eos_token_id] == [e for e in ends if e < len(flat)]
-    assert len(ends) == len(texts) and tok.eos_token_id not in tok(texts[0], add_special_tokens=False)["input_ids"]
-
-
-def test_max_blocks_respected_and_stops_early(tok):
-    texts = [t for _, t in load_documents(DataConfig())]
-    total_chars = sum(map(len, texts))
-    counting = CountingTokenizer(tok)
-    blocks = pack_documents(texts, counting, 64, max_blocks=8)
-    assert blocks.shape == (8, 64)
-    assert counting.chars < total_chars / 100  # a few documents, not the whole standard library
-    first = texts[: counting.docs]
-    assert blocks.flatten().tolist() == naive_stream(first, tok)[: 8 * 64]
-    # the same prefix as packing without a limit
-    assert torch.equal(pack_documents(first, tok, 64)[:8], blocks)
-
-
-def test_packing_errors(tok):
-    texts = ["one two three", "four five"]
-    n = len(naive_stream(texts, tok))
-    with pytest.raises(DataError, match=rf"only 1 blocks of seq_len={n // 2 + 1} tokens.*5 were requested.*"
-                                        "fewer samples.*shorter seq_len"):
-        pack_documents(texts, tok, n // 2 + 1, max_blocks=5)
-    with pytest.raises(DataError, match=f"no full block of seq_len={n + 1}"):
-        pack_documents(texts, tok, n + 1)
-    with pytest.raises(DataError, match="eos_token"):
-        pack_documents(texts, CountingTokenizer(tok, eos_token_id=None), 2)
-    with pytest.raises(DataError, match="max_blocks=0"):
-        pack_documents(texts, tok, 2, max_blocks=0)
-    with pytest.raises(DataError, match="seq_len=1"):
-        pack_documents(texts, tok, 1)
-
-
-def test_load_blocks_packs_the_requested_split(tok):
+def test_split_rule_is_unchanged(tok):
+    """The split of each document is the rule of the first release (split_documents), so a corpus prepared
+    today lands in the same splits as before."""
     cfg = DataConfig()
-    blocks = load_blocks(cfg, tok, "calibration", 128, max_blocks=6)
-    calib = split_documents(load_documents(cfg), cfg)["calibration"]
-    assert torch.equal(blocks, pack_documents(calib, tok, 128, max_blocks=6))
-    val = load_blocks(cfg, tok, "validation", 128, max_blocks=6)
-    assert blocks.shape == val.shape == (6, 128) and not torch.equal(blocks, val)
+    docs = load_documents(cfg)
+    old = {s: set(v) for s, v in split_documents(docs, cfg).items()}
+    for _, t in docs:
+        assert t in old[split_of(digest(t), cfg)]
+
+
+def test_load_blocks_are_blocks_of_the_split_documents(tok):
+    """Validation blocks are full seq_len blocks of the validation documents' token stream (each document then EOS,
+    in load order), in a shuffled block order, disjoint from calibration blocks."""
+    cfg = DataConfig()
+    val_docs = [t for _, t in load_documents(cfg) if split_of(digest(t), cfg) == "validation"]
+    stream = naive_stream(val_docs, tok)
+    ref = {tuple(stream[i:i + 128]) for i in range(0, len(stream) - 127, 128)}
+    blocks = load_blocks(cfg, tok, "validation", 128, max_blocks=6)
+    assert blocks.dtype == torch.long and blocks.shape == (6, 128)
+    assert all(tuple(b) in ref for b in blocks.tolist())
+    assert len({tuple(b) for b in blocks.tolist()}) == 6
+    calib = load_blocks(cfg, tok, "calibration", 128, max_blocks=6)
+    assert not {tuple(b) for b in calib.tolist()} & ref
+    assert torch.equal(blocks, load_blocks(cfg, tok, "validation", 128, max_blocks=6))  # deterministic
     with pytest.raises(DataError, match="split='test' is not one of train, validation, calibration"):
         load_blocks(cfg, tok, "test", 16)
-    with pytest.raises(DataError, match="calibration split: only .* blocks of seq_len=4096"):
+    with pytest.raises(DataError, match=r"calibration split.* blocks of seq_len=4096 are needed.*max_epochs=1"):
         load_blocks(cfg, tok, "calibration", 4096, max_blocks=10_000)
     with pytest.raises(DataError, match="validation split .* is empty; raise validation_fraction"):
         load_blocks(DataConfig(validation_fraction=0.0), tok, "validation", 16)
+    with pytest.raises(DataError, match="max_blocks=0"):
+        load_blocks(cfg, tok, "validation", 16, max_blocks=0)
+    with pytest.raises(DataError, match="seq_len=1"):
+        load_blocks(cfg, tok, "validation", 1, max_blocks=2)
 
 
 # -- local files ---------------------------------------------------------------------------------------
@@ -211,15 +176,20 @@ def test_local_jsonl_parquet_json_txt(tmp_path, tok):
 
     cfg = DataConfig(data=str(tmp_path / "d.jsonl"), validation_fraction=0.2)
     b = load_blocks(cfg, tok, "validation", 16, 4)
-    val = split_documents(load_documents(cfg), cfg)["validation"]
-    assert b.shape == (4, 16) and b.flatten().tolist() == naive_stream(val, tok)[:64]
+    stream = naive_stream([t for _, t in docs_of(cfg) if split_of(digest(t), cfg) == "validation"], tok)
+    ref = {tuple(stream[i:i + 16]) for i in range(0, len(stream) - 15, 16)}
+    assert b.shape == (4, 16) and all(tuple(x) in ref for x in b.tolist())
+
+
+def docs_of(cfg):
+    return load_documents(cfg)
 
 
 def test_bad_local_inputs(tmp_path):
     (tmp_path / "d.jsonl").write_text(json.dumps({"body": "x", "n": 1}))
-    with pytest.raises(DataError, match="text_field='text' is not a column.*available columns: body, n"):
+    with pytest.raises(DataError, match="text_field='text' is not a field of .*d.jsonl line 1; fields there: body, n"):
         load_documents(DataConfig(data=str(tmp_path / "d.jsonl")))
-    with pytest.raises(DataError, match="text_field='n' .* not text; string columns: body"):
+    with pytest.raises(DataError, match="text_field='n' of .*line 1 holds int, not text; string fields there: body"):
         load_documents(DataConfig(data=str(tmp_path / "d.jsonl"), text_field="n"))
     (tmp_path / "d.csv").write_text("a,b")
     with pytest.raises(DataError, match=r"unsupported file type '.csv'; allowed: .json, .jsonl, .parquet, .txt"):
@@ -228,7 +198,7 @@ def test_bad_local_inputs(tmp_path):
     with pytest.raises(DataError, match="data=.*empty.*no .json, .jsonl, .parquet, .txt files"):
         load_documents(DataConfig(data=str(tmp_path / "empty")))
     (tmp_path / "bad.json").write_text("{not json")
-    with pytest.raises(DataError, match="bad.json could not be read as json"):
+    with pytest.raises(DataError, match="bad.json' is not valid JSON"):
         load_documents(DataConfig(data=str(tmp_path / "bad.json")))
     (tmp_path / "blank.txt").write_text("  \n")
     with pytest.raises(DataError, match="holds no non-empty text"):

@@ -3,6 +3,7 @@ and every bad config failing before any work."""
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import yaml
@@ -57,7 +58,9 @@ def test_full_run_then_skip_rerun_and_only(teacher_dir, tmp_path):
     out = tmp_path / "run"
     path = _write(tmp_path, _config(teacher_dir, out))
     status = run_pipeline(load_run(path))
-    assert status == {s: "ran" for s in ("importance", "prune", "distill", "evaluate", "export")}
+    assert status == {s: "ran" for s in ("data", "importance", "prune", "distill", "evaluate", "export")}
+    data = read_done(load_run(path), "data")["result"]
+    assert (Path(data["config"]) / "manifest.json").is_file() and data["splits"][0]["train"] > 0
     for s in status:
         assert (out / s / "done.json").exists() and (out / s / "config.json").exists()
     # depth and width from one importance stage: the layer scan picked the dropped layer
@@ -94,8 +97,8 @@ def test_full_run_then_skip_rerun_and_only(teacher_dir, tmp_path):
     assert set(run_pipeline(load_run(path)).values()) == {"skipped (done)"}
     # changing distillation options re-runs distill and what reads it, not importance or prune
     status = run_pipeline(load_run(path, overrides=["distill.max_steps=2"]))
-    assert status == {"importance": "skipped (done)", "prune": "skipped (done)", "distill": "ran",
-                      "evaluate": "ran", "export": "ran"}
+    assert status == {"data": "skipped (done)", "importance": "skipped (done)", "prune": "skipped (done)",
+                      "distill": "ran", "evaluate": "ran", "export": "ran"}
     assert read_done(load_run(path), "distill")["result"]["summary"]["steps"] == 2
     # --only runs that stage alone, even when done
     assert run_pipeline(load_run(path, overrides=["distill.max_steps=2"]), only="evaluate") == {"evaluate": "ran"}

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from transformers import Trainer
 
-from ..data import BlockDataset, DataConfig, collate_blocks, load_blocks
+from ..data import BlockDataset, DataConfig, collate_blocks, load_blocks, train_blocks
 from ..models import load_model, load_tokenizer, resolve_model, write_checkpoint_atomically
 from .trainer import TrainArgs, eval_curve
 from ..checkpoints import CheckpointMixin, check_output_dir, remove_checkpoints
@@ -106,11 +106,12 @@ def _run_correction(data_cfg: DataConfig, cfg: CorrectionConfig, args: TrainArgs
     tok = load_tokenizer(src)
     need = cfg.train_samples or (args.max_steps * args.per_device_train_batch_size * args.gradient_accumulation_steps
                                  * max(args.world_size, 1) if args.max_steps > 0 else None)
-    train = load_blocks(data_cfg, tok, "train", cfg.seq_len, need)
+    train = train_blocks(data_cfg, tok, cfg.seq_len, need)
+    train.log_summary()
     val = load_blocks(data_cfg, tok, "validation", cfg.seq_len, cfg.eval_samples)
     model = prepare_mode(load_model(src), cfg.mode, cfg.lora_r, cfg.lora_alpha)
     model.train()
-    trainer = CorrectionTrainer(model=model, args=args, train_dataset=BlockDataset(train),
+    trainer = CorrectionTrainer(model=model, args=args, train_dataset=train,
                                 eval_dataset=BlockDataset(val), data_collator=collate_blocks, processing_class=tok)
     before = trainer.evaluate(metric_key_prefix="before")
     if resume is None and cfg.overwrite and args.should_save:
@@ -123,7 +124,7 @@ def _run_correction(data_cfg: DataConfig, cfg: CorrectionConfig, args: TrainArgs
                "tokens": trainer.state.global_step * tokens_per_step,
                "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
                "before_lm_loss": before["before_loss"], "after_lm_loss": after["eval_loss"],
-               "data": asdict(data_cfg), "wall_time_s": round(time.time() - t0, 1),
+               "data": asdict(data_cfg), "train_data": train.describe(), "wall_time_s": round(time.time() - t0, 1),
                "eval_curve": eval_curve(trainer.state.log_history, tokens_per_step, before)}
     if trainer.is_world_process_zero():
         plain = finalize_mode(trainer.model, cfg.mode)

@@ -1,0 +1,488 @@
+"""Tokenize once: one source -> token shards + index + manifest on disk (``minitron data prepare``).
+
+Layout of a prepared folder::
+
+    manifest.json                  written last: its presence means the folder is complete
+    train-00000.bin                the tokens of chunk 0's train documents, raw uint16 (uint32 if the vocabulary
+    train-00000.idx.npy            needs it); the .idx.npy holds each document's start offset in that .bin
+    validation-00000.bin ...       the same for the other splits
+    chunk-00000.json               a finished chunk: how far into the source it reaches, its token counts
+    chunk-00000.digests.npy        8-byte digests of its documents (to rebuild duplicate removal on resume)
+
+The source is read once, a document at a time (:func:`~minitron_hf.data.sources.iter_documents`); each
+document's split follows from its content hash; exact duplicates are dropped with a compact set of 8-byte
+digests (16-32 bytes per document). Documents are tokenized in batches by the fast tokenizer, in ``num_proc``
+worker processes when asked, and written in source order, so the output does not depend on ``num_proc``.
+
+Each document is written as ``[BOS] + tokens + [EOS]``: the BOS only where the tokenizer itself adds one
+(``add_special_tokens=True`` starts with ``bos_token_id``: Llama-3, Gemma), the EOS always, so documents stay
+separated when they are packed. Blocks of ``seq_len`` are cut when the shards are read, not here: one
+preparation serves every sequence length.
+
+Chunks (``shard_mb`` MB of source text each) are the unit of atomic writes and of resume: a chunk's files
+are written under temporary names and renamed, then ``chunk-N.json`` is written. An interrupted prepare
+restarts at the first unfinished chunk (the source is read again up to there, but not tokenized).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .sources import MANIFEST, SPLITS, DataConfig, DataError, check_config, digest, is_prepared, iter_documents, \
+    source_fingerprint, split_of
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "minitron-hf token shards"
+VERSION = 1
+PROGRESS = "prepare.json"
+_BATCH_CHARS = 1_000_000  # characters per tokenizer call (and per task sent to a worker)
+
+
+# --------------------------------------------------------------------------------------------- tokenizer
+
+
+def tokenizer_info(tok) -> dict:
+    """What a prepared folder must agree on with the model that reads it: a fingerprint of the tokenizer's full
+    definition (vocabulary, merges, normalizer, pre-tokenizer), its size, and the packing convention."""
+    backend = getattr(tok, "backend_tokenizer", None)
+    h = hashlib.sha256()
+    if backend is not None:
+        h.update(backend.to_str().encode())
+    else:  # a slow tokenizer: its vocabulary is its definition
+        h.update(json.dumps(sorted(tok.get_vocab().items())).encode())
+    size = len(tok)
+    bos_per_document = False
+    if tok.bos_token_id is not None:
+        ids = tok("a", add_special_tokens=True)["input_ids"]
+        bos_per_document = bool(ids) and ids[0] == tok.bos_token_id
+    if tok.eos_token_id is None:
+        raise DataError("the tokenizer has no eos_token; documents cannot be separated when packing")
+    h.update(f"\0{size}\0{tok.bos_token_id}\0{tok.eos_token_id}\0{bos_per_document}".encode())
+    return {"name": str(getattr(tok, "name_or_path", "")), "fingerprint": h.hexdigest(), "vocab_size": size,
+            "bos_token_id": tok.bos_token_id if bos_per_document else None, "eos_token_id": tok.eos_token_id,
+            "bos_per_document": bos_per_document, "dtype": "uint16" if size <= 2**16 else "uint32"}
+
+
+def encode(tok, texts: list[str], info: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Documents -> (their tokens concatenated, each one's length), with the BOS/EOS convention of ``info``."""
+    ids = tok(texts, add_special_tokens=False, verbose=False)["input_ids"]
+    pre = [info["bos_token_id"]] if info["bos_per_document"] else []
+    lengths = np.fromiter((len(x) + len(pre) + 1 for x in ids), dtype=np.int64, count=len(ids))
+    flat = np.empty(int(lengths.sum()), dtype=info["dtype"])
+    pos = 0
+    for x in ids:
+        if pre:
+            flat[pos] = pre[0]
+            pos += 1
+        flat[pos:pos + len(x)] = x
+        pos += len(x)
+        flat[pos] = info["eos_token_id"]
+        pos += 1
+    return flat, lengths
+
+
+_worker: dict = {}
+
+
+def _worker_init(tok_bytes: bytes, info: dict) -> None:
+    import pickle
+
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread per worker: the processes are the parallelism
+    _worker["tok"], _worker["info"] = pickle.loads(tok_bytes), info
+
+
+def _worker_encode(texts: list[str]):
+    return encode(_worker["tok"], texts, _worker["info"])
+
+
+# --------------------------------------------------------------------------------------------- duplicates
+
+
+class DigestSet:
+    """Set of 8-byte document digests in an open-addressing numpy table: 16-32 bytes per document (a Python set of
+    the same would take about 70). Two distinct documents share an 8-byte digest with probability n^2 / 2^65
+    (about 3% at a billion documents), in which case the later one is dropped as a duplicate."""
+
+    def __init__(self, capacity: int = 1 << 16):
+        self.table = np.zeros(capacity, dtype=np.uint64)
+        self.n = 0
+
+    @staticmethod
+    def key(d: bytes) -> int:
+        return int.from_bytes(d[:8], "little") or 1  # 0 marks an empty slot
+
+    def add(self, k: int) -> bool:
+        """Add ``k`` (a :meth:`key`); False if it was already there."""
+        if 2 * (self.n + 1) > len(self.table):
+            self._grow()
+        table, mask = self.table, len(self.table) - 1
+        i = k & mask
+        while True:
+            v = int(table[i])
+            if v == 0:
+                table[i] = k
+                self.n += 1
+                return True
+            if v == k:
+                return False
+            i = (i + 1) & mask
+
+    def _grow(self) -> None:
+        old = self.table[self.table != 0]
+        self.table = np.zeros(2 * len(self.table), dtype=np.uint64)
+        self.n = 0
+        for k in old.tolist():
+            self.add(k)
+
+    def __len__(self) -> int:
+        return self.n
+
+
+# --------------------------------------------------------------------------------------------- writing
+
+
+def prepare_key(cfg: DataConfig, info: dict, shard_mb: int) -> str:
+    """Identity of a preparation: same source content, split rule, tokenizer and chunking -> same folder."""
+    parts = {"source": source_fingerprint(cfg), "data": cfg.data, "data_config": cfg.data_config,
+             "data_split": cfg.data_split, "text_field": cfg.text_field, "max_documents": cfg.max_documents,
+             "split": [cfg.split_seed, cfg.validation_fraction, cfg.calibration_fraction],
+             "tokenizer": info["fingerprint"], "shard_mb": shard_mb, "version": VERSION}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def _write_json(path: Path, obj) -> None:
+    from ..outputs import write_json_atomically
+
+    write_json_atomically(path, obj)
+
+
+class _Chunk:
+    """The files of one chunk being written, under temporary names until :meth:`commit`."""
+
+    def __init__(self, out: Path, index: int, dtype: str):
+        self.out, self.index, self.dtype = out, index, dtype
+        self.files = {s: open(out / f".{s}-{index:05d}.bin.tmp", "wb") for s in SPLITS}
+        self.starts: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
+        self.tokens = dict.fromkeys(SPLITS, 0)
+        self.docs = dict.fromkeys(SPLITS, 0)
+        self.digests: list[int] = []
+        self.chars = 0
+
+    def add(self, split: str, tokens: np.ndarray, lengths: np.ndarray) -> None:
+        starts = self.tokens[split] + np.concatenate([[0], np.cumsum(lengths)[:-1]]) if len(lengths) else lengths
+        self.starts[split].append(starts.astype(np.int64))
+        self.files[split].write(tokens.tobytes())
+        self.tokens[split] += int(lengths.sum())
+        self.docs[split] += len(lengths)
+
+    def commit(self, source_docs: int) -> dict:
+        shards = {}
+        for s in SPLITS:
+            f = self.files[s]
+            f.flush()
+            os.fsync(f.fileno())
+            f.close()
+            tmp = self.out / f".{s}-{self.index:05d}.bin.tmp"
+            if not self.docs[s]:
+                tmp.unlink()
+                continue
+            name = f"{s}-{self.index:05d}"
+            np.save(self.out / f".{name}.idx.tmp.npy", np.concatenate(self.starts[s]))
+            os.replace(self.out / f".{name}.idx.tmp.npy", self.out / f"{name}.idx.npy")
+            os.replace(tmp, self.out / f"{name}.bin")
+            shards[s] = {"file": f"{name}.bin", "index": f"{name}.idx.npy", "tokens": self.tokens[s],
+                         "documents": self.docs[s]}
+        np.save(self.out / f".chunk-{self.index:05d}.digests.tmp.npy", np.array(self.digests, dtype=np.uint64))
+        os.replace(self.out / f".chunk-{self.index:05d}.digests.tmp.npy", self.out / f"chunk-{self.index:05d}.digests.npy")
+        record = {"index": self.index, "source_documents_end": source_docs, "shards": shards}
+        _write_json(self.out / f"chunk-{self.index:05d}.json", record)  # the commit point
+        return record
+
+    def abort(self) -> None:
+        for s, f in self.files.items():
+            f.close()
+            (self.out / f".{s}-{self.index:05d}.bin.tmp").unlink(missing_ok=True)
+
+
+def _finished_chunks(out: Path) -> list[dict]:
+    """Chunk records in order, up to the first gap; everything after (a half-written chunk) is removed."""
+    from ..outputs import read_json
+
+    records, i = [], 0
+    while (out / f"chunk-{i:05d}.json").is_file():
+        rec = read_json(out / f"chunk-{i:05d}.json")
+        ok = all((out / sh["file"]).is_file() and (out / sh["file"]).stat().st_size
+                 == sh["tokens"] * np.dtype(_dtype_of(out)).itemsize for sh in rec["shards"].values())
+        if not ok or not (out / f"chunk-{i:05d}.digests.npy").is_file():
+            break
+        records.append(rec)
+        i += 1
+    for p in out.iterdir():  # temporary files and anything of chunks from i on
+        name = p.name
+        if name.startswith(".") or (name[:5] in ("chunk",) and int(name[6:11]) >= i) or \
+                any(name.startswith(f"{s}-") and int(name[len(s) + 1:len(s) + 6]) >= i for s in SPLITS):
+            p.unlink()
+    return records
+
+
+def _dtype_of(out: Path) -> str:
+    from ..outputs import read_json
+
+    return read_json(out / PROGRESS)["tokenizer"]["dtype"]
+
+
+def prepare(cfg: DataConfig, tokenizer, output, shard_mb: int = 256, num_proc: int | None = None,
+            overwrite: bool = False, progress: bool = True) -> dict:
+    """Prepare one source into ``output``; returns its manifest. A complete folder with the same key is reused
+    as is; one with a different key is refused unless ``overwrite``; an interrupted one with the same key is
+    resumed at its first unfinished chunk."""
+    check_config(cfg)
+    if not isinstance(cfg.data, str):
+        raise DataError("prepare takes one source at a time; prepare each entry of a blend (data: [...]) into its "
+                        "own folder and list those folders in the blend")
+    if shard_mb < 1:
+        raise DataError(f"shard_mb={shard_mb} must be >= 1")
+    num_proc = cfg.num_proc if num_proc is None else num_proc
+    if num_proc < 1:
+        raise DataError(f"num_proc={num_proc} must be >= 1")
+    out = Path(output).expanduser()
+    info = tokenizer_info(tokenizer)
+    key = prepare_key(cfg, info, shard_mb)
+    from ..outputs import check_output, read_json
+
+    local = Path(cfg.data).expanduser()
+    check_output(out, "output", sources=[local] if local.exists() else [], overwrite=True)
+    progress_file = out / PROGRESS
+    if (out / MANIFEST).is_file():
+        old = read_json(out / MANIFEST)
+        if old.get("key") == key:
+            logger.info("data already prepared in %s (same source, tokenizer and split): reusing it", out)
+            return old
+        if not overwrite:
+            raise DataError(f"output={str(out)!r} already holds prepared data of another source or tokenizer "
+                            f"(source {old.get('source', {}).get('data')!r}, tokenizer "
+                            f"{old.get('tokenizer', {}).get('name')!r}); pass --overwrite to replace it or choose "
+                            f"another folder")
+        _remove_ours(out)
+    elif progress_file.is_file():
+        if read_json(progress_file).get("key") != key:
+            if not overwrite:
+                raise DataError(f"output={str(out)!r} holds an unfinished preparation of other data; pass "
+                                f"--overwrite to replace it or choose another folder")
+            _remove_ours(out)
+    elif out.exists() and any(out.iterdir()):
+        raise DataError(f"output={str(out)!r} exists and is not a prepared-data folder (no {MANIFEST}); choose a "
+                        f"new folder (--overwrite never deletes files it did not write)")
+    out.mkdir(parents=True, exist_ok=True)
+    if not progress_file.is_file():
+        _write_json(progress_file, {"key": key, "tokenizer": info, "started": time.time()})
+    done = _finished_chunks(out)
+    t0 = time.time()
+    seen = DigestSet()
+    for rec in done:
+        for k in np.load(out / f"chunk-{rec['index']:05d}.digests.npy").tolist():
+            seen.add(k)
+    skip = done[-1]["source_documents_end"] if done else 0
+    if done:
+        logger.info("resuming the preparation in %s at chunk %d (%d source documents already done)", out, len(done),
+                    skip)
+    stats = _write_chunks(cfg, tokenizer, info, out, shard_mb, num_proc, seen, skip, len(done), progress)
+    done = _finished_chunks(out)
+    return _write_manifest(cfg, info, out, key, done, stats, time.time() - t0, num_proc, shard_mb)
+
+
+def _ours(name: str) -> bool:
+    return name in (MANIFEST, PROGRESS) or name.startswith((".", "chunk-", *(f"{s}-" for s in SPLITS)))
+
+
+def _remove_ours(out: Path) -> None:
+    """Remove the files a preparation wrote (only those: a user's own files in the folder stay)."""
+    (out / MANIFEST).unlink(missing_ok=True)  # first: the folder stops counting as complete before shards go
+    for p in out.iterdir():
+        if p.is_file() and _ours(p.name):
+            p.unlink()
+
+
+def _write_chunks(cfg, tokenizer, info, out, shard_mb, num_proc, seen, skip, first_chunk, progress) -> dict:
+    """Read the source after its first ``skip`` documents, tokenize, write chunks from ``first_chunk`` on."""
+    chunk_chars = shard_mb * 1_000_000
+    stats = {"read": skip, "duplicates": 0, "kept": len(seen)}
+    pool = None
+    if num_proc > 1:
+        import multiprocessing
+        import pickle
+
+        pool = multiprocessing.get_context("spawn").Pool(num_proc, _worker_init, (pickle.dumps(tokenizer), info))
+    pending: deque = deque()  # (async result or encoded tuple, labels, chunk)
+    chunk = _Chunk(out, first_chunk, info["dtype"])
+    bar = tqdm(desc="prepare", unit="tok", unit_scale=True, disable=not progress, leave=False)
+
+    def drain(limit: int) -> None:
+        while len(pending) > limit:
+            res, labels, ch = pending.popleft()
+            flat, lengths = res.get() if pool is not None else res
+            ends = np.cumsum(lengths)
+            for s in SPLITS:
+                sel = np.flatnonzero(labels == SPLITS.index(s))
+                if len(sel):
+                    parts = [flat[ends[i] - lengths[i]:ends[i]] for i in sel]
+                    ch.add(s, np.concatenate(parts), lengths[sel])
+            bar.update(int(lengths.sum()))
+
+    texts, labels = [], []
+    batch_chars = 0
+
+    def submit() -> None:
+        nonlocal texts, labels, batch_chars
+        if not texts:
+            return
+        lab = np.array(labels, dtype=np.int8)
+        res = pool.apply_async(_worker_encode, (texts,)) if pool is not None else encode(tokenizer, texts, info)
+        pending.append((res, lab, chunk))
+        drain(2 * num_proc if pool is not None else 0)
+        texts, labels, batch_chars = [], [], 0
+
+    try:
+        for n, (_, text) in enumerate(iter_documents(cfg), 1):
+            if n <= skip:
+                continue
+            stats["read"] = n
+            d = DigestSet.key(digest(text))
+            if not seen.add(d):
+                stats["duplicates"] += 1
+                continue
+            stats["kept"] += 1
+            chunk.digests.append(d)
+            texts.append(text)
+            labels.append(SPLITS.index(split_of(digest(text), cfg)))
+            batch_chars += len(text)
+            chunk.chars += len(text)
+            if batch_chars >= _BATCH_CHARS:
+                submit()
+            if chunk.chars >= chunk_chars:
+                submit()
+                drain(0)
+                chunk.commit(n)
+                chunk = _Chunk(out, chunk.index + 1, info["dtype"])
+            if cfg.max_documents is not None and stats["kept"] >= cfg.max_documents:
+                break
+        submit()
+        drain(0)
+        if chunk.digests:
+            chunk.commit(stats["read"])
+        else:
+            chunk.abort()
+    except BaseException:
+        chunk.abort()
+        raise
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.terminate()
+    return stats
+
+
+def _write_manifest(cfg, info, out, key, chunks, stats, seconds, num_proc, shard_mb) -> dict:
+    splits = {}
+    for s in SPLITS:
+        shards = [rec["shards"][s] for rec in chunks if s in rec["shards"]]
+        splits[s] = {"documents": sum(x["documents"] for x in shards), "tokens": sum(x["tokens"] for x in shards),
+                     "shards": shards}
+    if not any(splits[s]["documents"] for s in SPLITS):
+        raise DataError(f"data={cfg.data!r} holds no non-empty text")
+    src = {k: v for k, v in asdict(cfg).items() if k in ("data", "data_config", "data_split", "text_field",
+                                                          "max_documents")}
+    src["fingerprint"] = source_fingerprint(cfg)
+    manifest = {
+        "format": FORMAT, "version": VERSION, "key": key, "source": src,
+        "split": {"seed": cfg.split_seed, "validation_fraction": cfg.validation_fraction,
+                  "calibration_fraction": cfg.calibration_fraction,
+                  "rule": "u = first 8 bytes of sha256(f'{seed}\\0{sha256(text).hexdigest()}') / 2**64; "
+                          "validation if u < validation_fraction, calibration if u < validation_fraction + "
+                          "calibration_fraction, else train"},
+        "tokenizer": info, "dtype": info["dtype"], "shard_mb": shard_mb, "num_proc": num_proc,
+        "documents": {"read": stats["read"], "duplicates_dropped": stats["duplicates"],
+                      "kept": sum(splits[s]["documents"] for s in SPLITS)},
+        "splits": splits, "chunks": len(chunks), "seconds": round(seconds, 1),
+    }
+    _write_json(out / MANIFEST, manifest)
+    (out / PROGRESS).unlink(missing_ok=True)
+    logger.info("prepared %s into %s: %s tokens in %d chunks (%s) in %.0f s", cfg.data, out,
+                f"{sum(splits[s]['tokens'] for s in SPLITS):,}", len(chunks),
+                ", ".join(f"{s} {splits[s]['documents']:,} docs" for s in SPLITS), seconds)
+    return manifest
+
+
+@contextlib.contextmanager
+def file_lock(path: Path):
+    """An exclusive lock on ``path`` (created if missing) while preparing into a shared cache: concurrent ranks of
+    one launch, or two runs on one machine, prepare once and the others wait and reuse it."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+# --------------------------------------------------------------------------------------------- command
+
+
+@dataclass
+class PrepareConfig:
+    """Options of ``minitron data prepare`` (the source's options come from DataConfig)."""
+
+    output: str | None = field(default=None, metadata={"help": "folder to write the token shards into (a blend: one "
+                               "sub-folder per source, plus blend.yaml)"})
+    tokenizer: str = field(default="smollm2-135m", metadata={"help": "model (folder, Hub id or 'smollm2-135m') whose "
+                           "tokenizer to use: the model that will read the data"})
+    shard_mb: int = field(default=256, metadata={"help": "MB of source text per chunk (the unit of atomic writes and "
+                          "of resume)"})
+    overwrite: bool = field(default=False, metadata={"help": "replace prepared data of another source or tokenizer "
+                            "in output (files it did not write are never deleted)"})
+
+
+def run_prepare(data_cfg: DataConfig, cfg: PrepareConfig) -> dict:
+    """Prepare every source of ``data_cfg`` under ``cfg.output``: {"sources": [{data, weight, folder, manifest}],
+    "config": the ``data:`` value that reads them}."""
+    from ..models import load_tokenizer
+
+    if not cfg.output:
+        raise DataError("output is required: the folder to write the token shards into (--output DIR)")
+    check_config(data_cfg)
+    entries = data_cfg.sources()  # blend weights and keys checked here, before the tokenizer loads
+    for c, _ in entries:
+        if is_prepared(c.data):
+            raise DataError(f"data={c.data!r} is already prepared; point the stages at it directly")
+    tok = load_tokenizer(cfg.tokenizer)
+    out = Path(cfg.output).expanduser()
+    blend = not isinstance(data_cfg.data, str)
+    results = []
+    for i, (c, w) in enumerate(entries):
+        folder = out / f"source-{i}" if blend else out
+        manifest = prepare(c, tok, folder, shard_mb=cfg.shard_mb, num_proc=data_cfg.num_proc, overwrite=cfg.overwrite)
+        results.append({"data": c.data, "weight": w, "folder": str(folder), "manifest": manifest})
+    config = [{"data": r["folder"], "weight": r["weight"]} for r in results] if blend else str(out)
+    if blend:
+        import yaml
+
+        from ..outputs import write_text_atomically
+
+        write_text_atomically(out / "blend.yaml", "# the prepared blend: use as the `data:` of a run or stage config\n"
+                              + yaml.safe_dump({"data": config}, sort_keys=False))
+    return {"sources": results, "config": config}
