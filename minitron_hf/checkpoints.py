@@ -516,6 +516,17 @@ class CheckpointMixin:
             return ResumableSampler(len(ds), start=min(self._data_start, len(ds)))
         return super()._get_train_sampler(train_dataset)
 
+    def get_train_dataloader(self):
+        """A stream (:class:`~minitron_hf.data.streaming.StreamingBlocks`) is already this rank's own: read it in this
+        process, as it comes, without accelerate dispatching rank 0's batches or re-sharding them (the Trainer moves
+        each batch to the device). Everything else: the Trainer's own loader."""
+        from .data.streaming import StreamingBlocks
+
+        if isinstance(self.train_dataset, StreamingBlocks):
+            return torch.utils.data.DataLoader(self.train_dataset, batch_size=self._train_batch_size,
+                                               collate_fn=self.data_collator, num_workers=0)
+        return super().get_train_dataloader()
+
     def _stateful_data(self):
         ds = self.train_dataset
         return ds if hasattr(ds, "state_dict") and hasattr(ds, "load_state_dict") else None

@@ -476,7 +476,10 @@ def _stage_data(run: Run, resume: bool) -> dict:
     from .data import open_sources
     from .models import load_tokenizer
 
-    sources = open_sources(run.data, load_tokenizer(run.cfg.teacher))
+    from .data import eval_config
+
+    # streaming: only the bounded validation/calibration part is prepared; the train split streams in each stage
+    sources = open_sources(eval_config(run.data), load_tokenizer(run.cfg.teacher))
     folders = [str(p.path) for p, _ in sources]
     config = folders[0] if isinstance(run.data.data, str) else [{"data": f, "weight": w}
                                                                  for f, (_, w) in zip(folders, sources)]
@@ -489,7 +492,7 @@ def prepared_data(run: Run) -> DataConfig:
     from dataclasses import replace
 
     done = read_done(run, "data")
-    if done is None:  # --only STAGE checks the data stage ran; a library caller may not have run it
+    if done is None or run.data.streaming:  # --only STAGE checks the data stage ran; a library caller may not have run it
         return run.data
     return replace(run.data, data=done["result"]["config"])
 

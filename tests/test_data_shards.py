@@ -93,7 +93,12 @@ def test_bos_follows_the_tokenizer(tmp_path, tok, corpus):
     prepare(cfg, bos_tok, tmp_path / "bos", progress=False)
     stream = Prepared(tmp_path / "bos", info)["train"]
     texts = split_texts(docs[:40], cfg, "train")
-    assert stream.read(0, stream.n_tokens).tolist() == naive_stream(texts, tok, bos=bos_tok.bos_token_id)
+    ref = naive_stream(texts, tok, bos=bos_tok.bos_token_id)
+    assert stream.read(0, stream.n_tokens).tolist() == ref
+    # every block starts with BOS, then the next seq_len - 1 tokens of the stream
+    blocks = Blocks([Source(stream, 1.0, "c")], 16, shuffle=False).tensor().tolist()
+    assert len(blocks) == len(ref) // 15
+    assert blocks == [[bos_tok.bos_token_id] + ref[k * 15:(k + 1) * 15] for k in range(len(blocks))]
     with pytest.raises(DataError, match="prepared with another tokenizer.*prepare it again"):
         Prepared(tmp_path / "bos", tokenizer_info(tok))
 

@@ -265,3 +265,45 @@ def test_continuous_correction_trains_teacher_and_resumes(tmp_path):
     assert lb[-1] == pytest.approx(la[-1], abs=1e-5)
     for a, b in zip(full.teacher.parameters(), resumed.teacher.parameters()):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_two_process_resume_continues_the_same_run(tiny_pair_dirs, tmp_path, streaming):
+    """`accelerate launch --num_processes 2`, resumed from checkpoint-2 of a 4-step run, ends with the weights of the
+    uninterrupted run: each rank reads the blocks it would have read next (the data position follows from the step;
+    no batch before it is read again)."""
+    import shutil
+
+    s, t = tiny_pair_dirs
+    common = ["--student", str(s), "--teacher", str(t), "--max-steps", "4", "--per-device-train-batch-size", "2",
+              "--seq-len", "32", "--eval-samples", "2", "--logging-steps", "1", "--report-to", "none",
+              "--learning-rate", "3e-3", "--save-strategy", "steps", "--save-steps", "2", "--eval-strategy", "no"]
+    if streaming:  # two files: each rank streams its own, and its position goes into data_state_rank<R>.json
+        from minitron_hf.data import python_docs_documents
+
+        d = tmp_path / "stream"
+        d.mkdir()
+        docs = [t for _, t in python_docs_documents()[:120]]
+        for i in range(2):
+            (d / f"part{i}.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in docs[i::2]))
+        common += ["--data", str(d), "--streaming", "true"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    acc = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "recipes/distill.py"]
+    full = subprocess.run([*acc, *common, "--output-dir", str(tmp_path / "full")], cwd=ROOT, capture_output=True,
+                          text=True, env=env, timeout=600)
+    assert full.returncode == 0, full.stderr[-3000:]
+    (tmp_path / "cut").mkdir()
+    shutil.copytree(tmp_path / "full" / "checkpoint-2", tmp_path / "cut" / "checkpoint-2")
+    res = subprocess.run([*acc, *common, "--output-dir", str(tmp_path / "cut"), "--resume-from-checkpoint", "true"],
+                         cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    if streaming:
+        assert "resuming the data stream from" in res.stderr
+        assert (tmp_path / "full" / "checkpoint-2" / "data_state_rank1.json").is_file()
+    else:
+        assert "resuming the data at sample 8 of 16 (step 2)" in res.stderr
+    w_full = load_file(str(tmp_path / "full" / "final" / "model.safetensors"))
+    w_res = load_file(str(tmp_path / "cut" / "final" / "model.safetensors"))
+    for k in w_full:
+        torch.testing.assert_close(w_res[k], w_full[k], atol=1e-6, rtol=1e-5)

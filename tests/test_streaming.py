@@ -56,10 +56,14 @@ def train_texts(texts, cfg):
 
 
 def reference_blocks(texts, tok, cfg, seq=SEQ, bos=None):
-    """Naive packing: every train document tokenized alone (+ EOS, BOS in front if given), concatenated, cut."""
+    """Naive packing: every train document tokenized alone (+ EOS, BOS in front if given), concatenated, cut; with
+    a BOS each block is BOS + the next seq - 1 tokens (BOS-expecting models see a BOS first in every sequence)."""
     flat = []
     for t in train_texts(texts, cfg):
         flat += ([bos] if bos is not None else []) + tok(t, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    if bos is not None:
+        n = len(flat) // (seq - 1)
+        return torch.tensor([[bos] + flat[k * (seq - 1):(k + 1) * (seq - 1)] for k in range(n)], dtype=torch.long)
     n = len(flat) // seq
     return torch.tensor(flat[:n * seq], dtype=torch.long).reshape(n, seq)
 
@@ -198,7 +202,8 @@ def test_resume_inside_a_long_last_document(tmp_path, texts, tok):
     """A document longer than many blocks, last in the stream: a position inside it carries the rest of it (more
     than a block), which must still come out as blocks although the stream holds nothing after it."""
     cfg = cfg_for(tmp_path / "long.jsonl")
-    long = next(t for _, t in python_docs_documents() if 20_000 < len(t) < 40_000 and split_of(digest(t), cfg) == "train")
+    long = next(t for _, t in python_docs_documents()
+                if 20_000 < len(t) < 40_000 and split_of(digest(t), cfg) == "train")
     small = texts[:10] + [long]
     path = write_jsonl(tmp_path / "long.jsonl", small)
     ref = reference_blocks(small, tok, cfg)
@@ -233,6 +238,21 @@ def test_passes_continue_and_stop_at_max_epochs(tmp_path, texts, tok):
         assert torch.equal(take(fresh), two[consumed:n]), consumed
     with pytest.raises(DataError, match="ran out of train documents .* max_epochs=2"):
         take(StreamingBlocks(cfg, tok, SEQ, 3 * len(one), dataset=stream(path)))
+
+
+def test_local_parquet_is_streamed(tmp_path, texts, tok):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = tmp_path / "pq"
+    folder.mkdir()
+    pq.write_table(pa.table({"body": texts[:60]}), folder / "part-0.parquet", row_group_size=16)
+    cfg = cfg_for(folder, text_field="body")
+    ds = StreamingBlocks(cfg, tok, SEQ, None)
+    assert torch.equal(take(ds), reference_blocks(texts[:60], tok, cfg))
+    write_jsonl(folder / "more.jsonl", texts[:3])
+    with pytest.raises(DataError, match="mixes json/jsonl and parquet"):
+        StreamingBlocks(cfg, tok, SEQ, None)
 
 
 # -- ranks --------------------------------------------------------------------------------------------
@@ -270,7 +290,8 @@ def test_documents_start_with_bos_when_the_tokenizer_adds_one(corpus, texts, tok
     assert tok2("a")["input_ids"][0] == tok2.bos_token_id == 1
     got = take(StreamingBlocks(cfg, tok2, SEQ, None, dataset=stream(path)))
     assert torch.equal(got, reference_blocks(texts, tok, cfg, bos=1))
-    flat = got.flatten().numpy()
+    assert bool((got[:, 0] == 1).all())  # every block begins with BOS
+    flat = got[:, 1:].flatten().numpy()  # the stream without the blocks' own BOS
     starts = np.concatenate([[0], np.flatnonzero(flat == tok.eos_token_id)[:-1] + 1])
     assert len(starts) > 200 and np.all(flat[starts] == 1)  # every document begins with BOS
 

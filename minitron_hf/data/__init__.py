@@ -16,6 +16,7 @@ reused by every later command.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -33,11 +34,12 @@ __all__ = [
     "Prepared", "ResumableSampler", "Source", "TokenStream", "blend_pattern", "check_config", "collate_blocks",
     "digest", "file_lock", "is_prepared", "iter_documents", "load_blocks", "load_documents", "open_sources",
     "prepare", "prepare_key", "python_docs_documents", "read_rows_file", "read_text_file", "split_documents",
-    "split_of", "tokenizer_info", "train_blocks",
+    "split_of", "tokenizer_info", "train_blocks", "eval_config", "describe_train",
 ]
 
 # shard_mb of the on-the-fly cache: small data (the embedded default) fits one chunk
 CACHE_SHARD_MB = 256
+STREAMING_EVAL_DOCUMENTS = 20_000
 
 
 def cache_folder(cfg: DataConfig, info: dict) -> Path:
@@ -89,21 +91,47 @@ def _blocks(cfg: DataConfig, tokenizer, split: str, seq_len: int, n: int | None,
 
 
 def load_blocks(cfg: DataConfig, tokenizer, split: str, seq_len: int, max_blocks: int | None = None) -> torch.LongTensor:
-    """``max_blocks`` token blocks of one split as a [n, seq_len] tensor (validation, calibration: small sets).
-    Asking for more blocks than the split holds is an error (these sets are never repeated)."""
+    """``max_blocks`` token blocks of one split as a [n, seq_len] tensor (validation, calibration: small sets; under
+    ``streaming`` from the prepared :func:`eval_config` part). Asking for more blocks than the split holds is an
+    error (these sets are never repeated)."""
     if max_blocks is not None and max_blocks < 1:
         raise DataError(f"max_blocks={max_blocks} must be >= 1 (or None for every full block)")
     try:
-        return _blocks(cfg, tokenizer, split, seq_len, max_blocks, f"{split} split", max_epochs=1).tensor()
+        return _blocks(eval_config(cfg), tokenizer, split, seq_len, max_blocks, f"{split} split", max_epochs=1).tensor()
     except DataError as e:
         msg = str(e)
         raise DataError(msg if msg.startswith(("the ", f"{split}")) else f"{split} split: {msg}") from None
 
 
-def train_blocks(cfg: DataConfig, tokenizer, seq_len: int, samples: int | None) -> Blocks:
-    """The train split as a map-style :class:`Blocks` dataset of ``samples`` blocks (None: one pass), read lazily;
-    more than ``max_epochs`` passes over any source is an error before training."""
+def train_blocks(cfg: DataConfig, tokenizer, seq_len: int, samples: int | None, rank: int = 0,
+                 world_size: int = 1):
+    """The train split: a map-style :class:`Blocks` dataset of ``samples`` blocks (None: one pass), read lazily,
+    where more than ``max_epochs`` passes over any source is an error before training; or, with ``streaming``, this
+    rank's :class:`~minitron_hf.data.streaming.StreamingBlocks` (``samples / world_size`` blocks of its own)."""
+    if cfg.streaming:
+        from .streaming import StreamingBlocks
+
+        if samples is None:
+            raise DataError("streaming=true needs max_steps (or train_samples): a stream's length is not known ahead, "
+                            "and every rank must stop after the same number of blocks")
+        return StreamingBlocks(replace(cfg, max_documents=None), tokenizer, seq_len, -(-samples // world_size),
+                               rank=rank, world_size=world_size)
     return _blocks(cfg, tokenizer, "train", seq_len, samples, "train split", max_epochs=cfg.max_epochs)
+
+
+def eval_config(cfg: DataConfig) -> DataConfig:
+    """The data validation and calibration blocks come from: ``cfg`` itself, or under ``streaming`` the first
+    ``max_documents`` (default 20,000) documents of the source, prepared (a stream is never read whole)."""
+    if not cfg.streaming:
+        return cfg
+    return replace(cfg, streaming=False, max_documents=cfg.max_documents or STREAMING_EVAL_DOCUMENTS)
+
+
+def describe_train(train) -> dict:
+    """What ``distill.json``/``correction.json`` record about the train data."""
+    if isinstance(train, Blocks):
+        return train.describe()
+    return {"streaming": train.cfg.data, "blocks_per_rank": train.n_samples, "world_size": train.world_size}
 
 
 class BlockDataset(torch.utils.data.Dataset):

@@ -17,7 +17,8 @@ worker processes when asked, and written in source order, so the output does not
 Each document is written as ``[BOS] + tokens + [EOS]``: the BOS only where the tokenizer itself adds one
 (``add_special_tokens=True`` starts with ``bos_token_id``: Llama-3, Gemma), the EOS always, so documents stay
 separated when they are packed. Blocks of ``seq_len`` are cut when the shards are read, not here: one
-preparation serves every sequence length.
+preparation serves every sequence length (and for such a tokenizer every block also starts with BOS: see
+:mod:`minitron_hf.data.shards`).
 
 Chunks (``shard_mb`` MB of source text each) are the unit of atomic writes and of resume: a chunk's files
 are written under temporary names and renamed, then ``chunk-N.json`` is written. An interrupted prepare
@@ -96,11 +97,11 @@ def encode(tok, texts: list[str], info: dict) -> tuple[np.ndarray, np.ndarray]:
 _worker: dict = {}
 
 
-def _worker_init(tok_bytes: bytes, info: dict) -> None:
+def _worker_init(tok, info: dict) -> None:
     import pickle
 
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread per worker: the processes are the parallelism
-    _worker["tok"], _worker["info"] = pickle.loads(tok_bytes), info
+    _worker["tok"], _worker["info"] = (pickle.loads(tok) if isinstance(tok, bytes) else tok), info
 
 
 def _worker_encode(texts: list[str]):
@@ -324,7 +325,13 @@ def _write_chunks(cfg, tokenizer, info, out, shard_mb, num_proc, seen, skip, fir
         import multiprocessing
         import pickle
 
-        pool = multiprocessing.get_context("spawn").Pool(num_proc, _worker_init, (pickle.dumps(tokenizer), info))
+        # fork where there is one: workers start at once with the tokenizer already loaded (spawn re-imports
+        # transformers in each, ~10 s). Nothing has run the tokenizer's thread pool yet (tokenizer_info encodes one
+        # string), which is what makes forking a fast tokenizer safe.
+        if "fork" in multiprocessing.get_all_start_methods():
+            pool = multiprocessing.get_context("fork").Pool(num_proc, _worker_init, (tokenizer, info))
+        else:
+            pool = multiprocessing.get_context("spawn").Pool(num_proc, _worker_init, (pickle.dumps(tokenizer), info))
     pending: deque = deque()  # (async result or encoded tuple, labels, chunk)
     chunk = _Chunk(out, first_chunk, info["dtype"])
     bar = tqdm(desc="prepare", unit="tok", unit_scale=True, disable=not progress, leave=False)
@@ -359,14 +366,15 @@ def _write_chunks(cfg, tokenizer, info, out, shard_mb, num_proc, seen, skip, fir
             if n <= skip:
                 continue
             stats["read"] = n
-            d = DigestSet.key(digest(text))
+            full = digest(text)
+            d = DigestSet.key(full)
             if not seen.add(d):
                 stats["duplicates"] += 1
                 continue
             stats["kept"] += 1
             chunk.digests.append(d)
             texts.append(text)
-            labels.append(SPLITS.index(split_of(digest(text), cfg)))
+            labels.append(SPLITS.index(split_of(full, cfg)))
             batch_chars += len(text)
             chunk.chars += len(text)
             if batch_chars >= _BATCH_CHARS:

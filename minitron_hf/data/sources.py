@@ -55,7 +55,9 @@ class DataConfig:
                             "read whole; train/validation/calibration are cut from the documents afterwards)"})
     text_field: str = field(default="text", metadata={"help": "column holding the text (json/jsonl/parquet/Hub)"})
     max_documents: int | None = field(default=None, metadata={"help": "keep at most this many documents (the first "
-                                      "ones in load order, after empty and duplicate texts are dropped)"})
+                                      "ones in load order, after empty and duplicate texts are dropped); with "
+                                      "streaming: the documents prepared for validation and calibration (default "
+                                      "20000)"})
     split_seed: int = field(default=0, metadata={"help": "seed of the deterministic split and shuffle"})
     validation_fraction: float = field(default=0.05, metadata={"help": "share of documents held out for validation"})
     calibration_fraction: float = field(default=0.05, metadata={"help": "share of documents for importance "

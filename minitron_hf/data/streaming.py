@@ -206,7 +206,10 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
             yield texts, states
 
     def _blocks(self, start: _Snapshot):
-        seq, n_samples, history = self.seq_len, self.n_samples, self._history
+        # ``seq``: stream tokens per block; a BOS-expecting tokenizer's blocks are BOS + seq_len - 1 of them (see
+        # :mod:`minitron_hf.data.shards`)
+        bos = self.info["bos_token_id"] if self.info["bos_per_document"] else None
+        seq, n_samples, history = self.seq_len - (bos is not None), self.n_samples, self._history
         blocks, epoch = start.blocks, start.epoch
         if n_samples is not None and blocks >= n_samples:
             return
@@ -226,7 +229,8 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
                 d = int(np.searchsorted(ends, p, side="left"))  # the first segment ending at or after p
                 blocks += 1
                 history.append(_Snapshot(blocks, states[d][0], states[d][1], buf[p:int(ends[d])]))
-                yield {"input_ids": torch.from_numpy(buf[p - seq:p].astype(np.int64))}
+                ids = buf[p - seq:p].astype(np.int64)
+                yield {"input_ids": torch.from_numpy(ids if bos is None else np.concatenate([[bos], ids]))}
                 if n_samples is not None and blocks >= n_samples:
                     return True
             return False
@@ -301,7 +305,8 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
     def load_state_dict(self, state: dict) -> None:
         """Start the next iteration at the position ``state`` (from :meth:`state_dict`) describes."""
         if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-            raise DataError(f"not a stream state of minitron-hf (format {state.get('format') if isinstance(state, dict) else type(state).__name__!r})")
+            what = f"format {state.get('format')!r}" if isinstance(state, dict) else type(state).__name__
+            raise DataError(f"not a stream state of minitron-hf ({what}); it must come from StreamingBlocks.state_dict")
         if state.get("version") != STATE_VERSION:
             raise DataError(f"stream state version {state.get('version')!r} is not {STATE_VERSION}; it was written by "
                             f"another version of minitron-hf")
