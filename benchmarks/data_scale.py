@@ -160,6 +160,28 @@ def distill_cmd(data: Path, out: Path, max_steps: int, resume: str | None = None
     return cmd
 
 
+def two_process(prepared: Path, mb: int) -> dict:
+    """The issue's end-to-end check: 2 processes (torchrun + gloo on CPU) distil 4 steps from the prepared corpus,
+    saving at step 2; a second launch resumes from a copy of that checkpoint-2 and must end with the same weights."""
+    from safetensors.torch import load_file
+
+    acc = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(ROOT / "recipes" / "distill.py")]
+    full, cut = RUNS / "two-full", RUNS / "two-resumed"
+    shutil.rmtree(cut, ignore_errors=True)
+    base = distill_cmd(prepared, full, 4)[len(MINITRON) + 1:]
+    r_full = run([*acc, *base], first_step=True)
+    cut.mkdir()
+    shutil.copytree(full / "checkpoint-2", cut / "checkpoint-2")
+    resumed = distill_cmd(prepared, cut, 4, resume="true")[len(MINITRON) + 1:]
+    resumed.remove("--overwrite")
+    r_res = run([*acc, *resumed], first_step=True)
+    a = load_file(str(full / "final" / "model.safetensors"))
+    b = load_file(str(cut / "final" / "model.safetensors"))
+    diff = max(float((a[k] - b[k]).abs().max()) for k in a)
+    return {"corpus_mb": mb, "full": r_full, "resumed": r_res, "max_abs_weight_diff": diff}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes-mb", type=int, nargs="+", default=[100, 1000, 4000])
@@ -205,6 +227,11 @@ def main():
         r = run(cmd, first_step=True)
         res["resume"][frac] = {"step": step, "steps": n_steps, **r}
         json.dump(res, open(RUNS / "data_scale.json", "w"), indent=1)
+    mid = 1000 if 1000 in a.sizes_mb else big
+    print(f"== accelerate launch --multi_gpu --num_processes 2 on the {mid} MB corpus: 4 steps, and resumed at 2",
+          flush=True)
+    res["two_process"] = two_process(RUNS / f"prepared-{mid}mb", mid)
+    json.dump(res, open(RUNS / "data_scale.json", "w"), indent=1)
     print("== tokenizer alone", flush=True)
     res["ceiling"] = tokenizer_ceiling(RUNS / f"corpus-{min(a.sizes_mb)}mb.jsonl")
     res["ceiling"]["tokens_per_s"] = round(res["ceiling"]["tokens"] / res["ceiling"]["seconds"])
@@ -251,6 +278,13 @@ def write_report(res: dict, sizes: list[int]) -> None:
           f"{r[0.1]['first_step_s']} s (steps {r[0.9]['step']:,} and {r[0.1]['step']:,} of {r[0.1]['steps']:,}) = "
           f"{r[0.9]['first_step_s'] / r[0.1]['first_step_s']:.2f}x | "
           f"{'yes' if r[0.9]['first_step_s'] <= 1.2 * r[0.1]['first_step_s'] else 'no'} |",
+          "", "## Two processes", "",
+          f"`accelerate launch --multi_gpu --num_processes 2 recipes/distill.py` (CPU: torchrun + gloo) on the prepared "
+          f"{res['two_process']['corpus_mb']:,} MB corpus, 4 steps of 2 x 1 x 256 tokens, saving at step 2: peak RSS "
+          f"of the process tree {res['two_process']['full']['rss_tree_mib']:,} MiB (both ranks, both models each; "
+          f"largest rank {res['two_process']['full']['rss_worker_mib']:,} MiB). Resumed from a copy of its "
+          f"checkpoint-2: peak {res['two_process']['resumed']['rss_tree_mib']:,} MiB, final weights differ from the "
+          f"uninterrupted run's by at most {res['two_process']['max_abs_weight_diff']:.1e}.",
           "", f"Tokenizer alone: {c['tokens']:,} tokens of {c['documents']:,} documents in {c['seconds']:.1f} s.",
           "Resume: checkpoint-2 of the largest corpus' run with its step set to 10% / 90% of the corpus (the data "
           "position follows from the step; the Trainer's batch skipping is off, so no earlier block is read).",

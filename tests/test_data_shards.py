@@ -81,6 +81,16 @@ def test_prepare_writes_the_naive_streams_and_is_independent_of_num_proc(tmp_pat
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
 
 
+def test_tokenizer_fingerprint_is_stable_across_calls(default_model_dir):
+    """A fresh tokenizer's first call sets padding/truncation on its backend; the fingerprint must not change."""
+    from minitron_hf.models import load_tokenizer
+
+    fresh = load_tokenizer(str(default_model_dir))
+    before = tokenizer_info(fresh)["fingerprint"]
+    fresh(["a b", "c"], padding=True, truncation=True, max_length=4)
+    assert tokenizer_info(fresh)["fingerprint"] == before
+
+
 def test_bos_follows_the_tokenizer(tmp_path, tok, corpus):
     path, docs = corpus
     bos_tok = copy.deepcopy(tok)
@@ -315,3 +325,32 @@ def test_resume_reads_exactly_the_next_batches_without_skipping(tmp_path, tok):
     for a, b in zip(resumed, full[6:]):
         assert torch.equal(a, b)
     assert min(reads) == 12  # samples 0..11 (steps 1-3) were not read again
+
+
+def test_cli_prepare_blend_and_hub_sources_are_not_prepared_on_the_fly(tmp_path, tok, corpus, default_model_dir,
+                                                                         capsys):
+    from minitron_hf.cli import main
+
+    path, _ = corpus
+    other = tmp_path / "other.jsonl"
+    other.write_text("".join(json.dumps({"text": t}) + "\n" for _, t in python_docs_documents()[420:470]))
+    blend = json.dumps([{"data": str(path), "weight": 3}, {"data": str(other), "weight": 1}])
+    assert main(["data", "prepare", "--data", blend, "--tokenizer", str(default_model_dir),
+                 "--output", str(tmp_path / "blend")]) == 0
+    out = capsys.readouterr().out
+    assert "use it with: --data [" in out
+    import yaml
+
+    cfg = yaml.safe_load((tmp_path / "blend" / "blend.yaml").read_text())["data"]
+    assert [c["data"] for c in cfg] == [str(tmp_path / "blend" / "source-0"), str(tmp_path / "blend" / "source-1")]
+    assert [c["weight"] for c in cfg] == [0.75, 0.25]
+    ds = train_blocks(DataConfig(data=cfg), tok, 64, 400)
+    assert sum(ds.locate(i)[0] == 0 for i in range(400)) == 300
+    # bad blend weights and missing output: one line, exit 2, nothing written
+    assert main(["data", "prepare", "--data", '[{"data": "x.jsonl", "weight": 0}]', "--output", str(tmp_path / "z")]) == 2
+    assert "data[0].weight=0 must be a number > 0" in capsys.readouterr().err and not (tmp_path / "z").exists()
+    assert main(["data", "prepare", "--data", str(path)]) == 2
+    assert "output is required" in capsys.readouterr().err
+    # a Hub dataset is never prepared implicitly inside a stage (it would be read whole first)
+    with pytest.raises(DataError, match="is a Hub dataset: it is prepared once, ahead.*minitron data prepare"):
+        load_blocks(DataConfig(data="someone/big-corpus"), tok, "calibration", 16, 2)

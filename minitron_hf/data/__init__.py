@@ -24,7 +24,7 @@ import torch
 from .prepare import file_lock, prepare, prepare_key, tokenizer_info
 from .shards import Blocks, Permutation, Prepared, ResumableSampler, Source, TokenStream, blend_pattern
 from .sources import (DEFAULT_DATA, LOCAL_EXTENSIONS, MANIFEST, SPLITS, DataConfig, DataError, check_config,
-                      digest, is_prepared, iter_documents, load_documents, python_docs_documents, read_rows_file,
+                      digest, is_hub, is_prepared, iter_documents, load_documents, python_docs_documents, read_rows_file,
                       read_text_file, split_documents, split_of)
 
 logger = logging.getLogger(__name__)
@@ -54,6 +54,11 @@ def open_source(cfg: DataConfig, tokenizer, info: dict | None = None, field: str
     info = info or tokenizer_info(tokenizer)
     if is_prepared(cfg.data):
         return Prepared(cfg.data, info, field)
+    if is_hub(cfg.data) and cfg.max_documents is None:
+        raise DataError(f"{field}={cfg.data!r} is a Hub dataset: it is prepared once, ahead, not on the fly inside a "
+                        f"stage (that would read all of it first). Run `minitron data prepare --data {cfg.data} "
+                        f"--tokenizer MODEL --output DIR` and pass data=DIR; or set max_documents=N to prepare only its "
+                        f"first N documents here (enough for calibration), or streaming=true to train from a stream")
     folder = cache_folder(cfg, info)
     if not (folder / MANIFEST).is_file():
         with file_lock(folder.with_name(folder.name + ".lock")):

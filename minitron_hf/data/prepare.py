@@ -60,7 +60,12 @@ def tokenizer_info(tok) -> dict:
     backend = getattr(tok, "backend_tokenizer", None)
     h = hashlib.sha256()
     if backend is not None:
-        h.update(backend.to_str().encode())
+        # the definition without the padding/truncation settings, which every call of the tokenizer may change
+        # (the first call sets them: a fingerprint taken before it would not match one taken after)
+        definition = json.loads(backend.to_str())
+        for transient in ("padding", "truncation"):
+            definition.pop(transient, None)
+        h.update(json.dumps(definition, sort_keys=True).encode())
     else:  # a slow tokenizer: its vocabulary is its definition
         h.update(json.dumps(sorted(tok.get_vocab().items())).encode())
     size = len(tok)

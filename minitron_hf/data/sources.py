@@ -292,6 +292,12 @@ def is_prepared(data) -> bool:
     return isinstance(data, str) and (Path(data).expanduser() / MANIFEST).is_file()
 
 
+def is_hub(data) -> bool:
+    """Whether ``data`` would be read from the Hub (not the embedded default, a local path or a blend)."""
+    return (isinstance(data, str) and data != DEFAULT_DATA and not Path(data).expanduser().exists()
+            and not _looks_like_path(data) and not data.lstrip().startswith("["))
+
+
 def iter_documents(cfg: DataConfig) -> Iterator[tuple[str, str]]:
     """(key, text) of every non-empty document of one source, in load order, read incrementally. Bad input
     (a missing path, an unreadable file, a missing or non-text field) raises :class:`DataError` at the first
