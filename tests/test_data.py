@@ -110,14 +110,30 @@ def test_bad_fractions(kw, field):
 
 # -- packing (the blocks every stage reads) -------------------------------------------------------------
 
+def first_release_split(text, seed=0, v=0.05, c=0.05):
+    """The split rule of the first release, written out independently: a uniform number from
+    sha256(f"{seed}\\0{sha256(text).hexdigest()}"), against the validation and calibration fractions."""
+    import hashlib
+
+    h = hashlib.sha256(text.encode()).hexdigest()
+    u = int.from_bytes(hashlib.sha256(f"{seed}\0{h}".encode()).digest()[:8], "big") / 2**64
+    return "validation" if u < v else "calibration" if u < v + c else "train"
+
+
 def test_split_rule_is_unchanged(tok):
-    """The split of each document is the rule of the first release (split_documents), so a corpus prepared
-    today lands in the same splits as before."""
+    """python-docs documents land in the same splits as with the first release's rule, in the prepared shards too."""
+    from minitron_hf.data import open_sources
+
     cfg = DataConfig()
     docs = load_documents(cfg)
-    old = {s: set(v) for s, v in split_documents(docs, cfg).items()}
+    counts = {"train": 0, "validation": 0, "calibration": 0}
     for _, t in docs:
-        assert t in old[split_of(digest(t), cfg)]
+        assert split_of(digest(t), cfg) == first_release_split(t)
+        counts[first_release_split(t)] += 1
+    (prepared, _), = open_sources(cfg, tok)
+    assert {s: prepared.manifest["splits"][s]["documents"] for s in counts} == counts
+    assert split_of(digest("x"), DataConfig(split_seed=3, validation_fraction=0.2)) == \
+        first_release_split("x", seed=3, v=0.2)
 
 
 def test_load_blocks_are_blocks_of_the_split_documents(tok):
