@@ -7,14 +7,13 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from minitron_hf.data import (Blocks, DataConfig, DataError, Permutation, Prepared, ResumableSampler, Source,
-                              blend_pattern, collate_blocks, digest, load_blocks, load_documents, prepare,
+                              blend_pattern, collate_blocks, digest, load_blocks, prepare,
                               python_docs_documents, split_of, tokenizer_info, train_blocks)
 
 
