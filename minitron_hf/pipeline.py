@@ -419,20 +419,18 @@ def _fingerprint(done: dict) -> str:
     return hashlib.sha256(json.dumps([done["config"], done["finished_at"]], sort_keys=True).encode()).hexdigest()[:16]
 
 
-# the prune options the calibration pass depends on (the exact width target does not matter: scores
-# rank every channel of the source, so a new width target reuses them)
-_IMPORTANCE_KEYS = ("importance", "calib_samples", "seq_len", "batch_size", "depth_metric", "val_samples", "dtype",
-                    "device", "depth_task_fewshot", "depth_task_limit", "depth_task_score", "depth_noncontiguous",
-                    "tasks_dir")
-
-
 def _importance_options(run: Run) -> dict:
+    """What the importance stage depends on: the prune options marked as scoring ones
+    (:meth:`~minitron_hf.pruning.prune.PruneConfig.scoring_fields`) and which kinds of scores the target needs."""
+    from .pruning.prune import PruneConfig
+
     sec = run.sections["prune"]
     target = {k: v for k, v in sec["target"].items() if v is not None}
     width = any(k in target for k in ("hidden_size", "intermediate_size", "num_attention_heads",
                                       "num_key_value_heads")) and sec.get("importance", "l2_mean") != "random"
     depth = None if "drop_layers" in target else target.get("num_hidden_layers")
-    return {**{k: sec[k] for k in _IMPORTANCE_KEYS if k in sec}, "width_scores": width, "depth_to_layers": depth}
+    return {**{k: sec[k] for k in PruneConfig.scoring_fields() if k in sec}, "width_scores": width,
+            "depth_to_layers": depth}
 
 
 def resolved_config(run: Run, stage: str) -> dict:

@@ -330,3 +330,26 @@ def test_demo_summary_shows_task_accuracy_and_in_domain_answers(teacher_dir, tmp
     report = (out / "report.md").read_text()
     assert "accuracy retained" in report and "In the distillation domain" in report
     assert "Out of the domain: greedy chat answers" in report and "def add(a, b):" in report
+
+
+def test_importance_stage_keys_on_the_scoring_options():
+    """The importance stage's cache key comes from the prune options marked as scoring ones: changing one of them
+    re-runs the calibration, changing the width target or an output option reuses it."""
+    from minitron_hf.pipeline import _importance_options
+    from minitron_hf.pruning.prune import PruneConfig
+
+    assert set(PruneConfig.scoring_fields()) == {
+        "importance", "calib_samples", "seq_len", "batch_size", "depth_metric", "val_samples", "dtype", "device",
+        "depth_task_fewshot", "depth_task_limit", "depth_task_score", "depth_noncontiguous", "tasks_dir"}
+
+    class R:
+        def __init__(self, **prune):
+            self.sections = {"prune": {"target": {"hidden_size": 432}, **prune}}
+
+    base = _importance_options(R())
+    assert _importance_options(R(calib_samples=8)) != base and _importance_options(R(dtype="bfloat16")) != base
+    assert _importance_options(R(merge_pruned_heads=True)) == base
+    assert _importance_options(R(max_shard_size_mb=10, overwrite=True, iterative_steps=1)) == base
+    wider = R()
+    wider.sections["prune"]["target"] = {"hidden_size": 480}
+    assert _importance_options(wider) == base  # scores rank every channel: a new width target reuses them

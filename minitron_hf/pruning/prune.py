@@ -38,38 +38,50 @@ class PruneConfig:
     target: dict = field(default_factory=dict, metadata={"help": "KEY=VALUE: hidden_size, intermediate_size, "
                          "num_attention_heads, num_key_value_heads, num_hidden_layers, drop_layers (repeatable)"})
     importance: str = field(default="l2_mean", metadata={"help": "'<batch>_<seq>' reducers (mean|l2|l1|max), "
-                            "paper default l2_mean; or 'random' (ablation)"})
+                            "paper default l2_mean; or 'random' (ablation)", "scores": True})
     scores: str | None = field(default=None, metadata={"help": "reuse scores saved by `minitron importance` "
                                "(skips calibration)"})
-    calib_samples: int = field(default=1024, metadata={"help": "calibration sequences (paper: 1024)"})
-    seq_len: int = field(default=512, metadata={"help": "tokens per calibration/validation sequence"})
-    batch_size: int = field(default=8, metadata={"help": "sequences per forward pass"})
+    calib_samples: int = field(default=1024, metadata={"help": "calibration sequences (paper: 1024)", "scores": True})
+    seq_len: int = field(default=512, metadata={"help": "tokens per calibration/validation sequence", "scores": True})
+    batch_size: int = field(default=8, metadata={"help": "sequences per forward pass", "scores": True})
     depth_metric: str = field(default="lm-loss", metadata={"help": "how to pick layers when only "
                               "num_hidden_layers is given: lm-loss (Fig. 7), block-influence, or "
-                              "task:<lm-eval task> (downstream accuracy, Fig. 8; e.g. task:winogrande)"})
+                              "task:<lm-eval task> (downstream accuracy, Fig. 8; e.g. task:winogrande)",
+                              "scores": True})
     depth_task_fewshot: int | None = field(default=None, metadata={"help": "task: metric: few-shot examples "
-                                           "(paper: Winogrande 5-shot; default: the task's)"})
+                                           "(paper: Winogrande 5-shot; default: the task's)", "scores": True})
     depth_task_limit: int | None = field(default=None, metadata={"help": "task: metric: evaluate only the first "
-                                         "N examples per candidate"})
+                                         "N examples per candidate", "scores": True})
     depth_task_score: str = field(default="acc", metadata={"help": "task: metric: which lm-eval metric "
-                                  "ranks the blocks (acc, acc_norm, ...)"})
+                                  "ranks the blocks (acc, acc_norm, ...)", "scores": True})
     depth_noncontiguous: bool = field(default=True, metadata={"help": "task: metric: also score every single "
-                                      "layer and the non-contiguous choice (the paper's comparison)"})
+                                      "layer and the non-contiguous choice (the paper's comparison)", "scores": True})
     tasks_dir: str | None = field(default=None, metadata={"help": "folder of local lm-eval task YAML files "
-                                  "(the Hub's task data is unreachable offline)"})
-    val_samples: int = field(default=32, metadata={"help": "validation sequences for the lm-loss depth metric"})
+                                  "(the Hub's task data is unreachable offline)", "scores": True})
+    val_samples: int = field(default=32, metadata={"help": "validation sequences for the lm-loss depth metric",
+                                                   "scores": True})
     iterative_steps: int = field(default=1, metadata={"help": "1 = single-shot (paper); N > 1 prunes in N "
                                  "steps, re-estimating importance after each"})
     merge_pruned_heads: bool = field(default=False, metadata={"help": "add pruned heads' residual into kept "
                                      "heads (arXiv 2407.14679 sec. 2.3) instead of plain removal"})
     dtype: str = field(default="float32", metadata={"help": "dtype for calibration forward passes; the output "
-                       "keeps the source's dtype", "choices": list(DTYPES)})
-    device: str | None = field(default=None, metadata={"help": "cpu, cuda, ... (default: cuda when available)"})
+                       "keeps the source's dtype", "choices": list(DTYPES), "scores": True})
+    device: str | None = field(default=None, metadata={"help": "cpu, cuda, ... (default: cuda when available)",
+                                                       "scores": True})
     overwrite: bool = field(default=False, metadata={"help": "replace an existing output directory"})
     max_shard_size_mb: int = field(default=2048, metadata={"help": "largest output safetensors shard"})
 
     def __post_init__(self):
         self.target = dict(self.target or {})
+
+    @classmethod
+    def scoring_fields(cls) -> tuple[str, ...]:
+        """The options the calibration pass (importance scores, depth scan) depends on: those marked
+        ``metadata={..., "scores": True}``. The exact width target is not one of them: scores rank every channel of
+        the source, so a new width target reuses them (``minitron run`` keys its importance stage on these)."""
+        import dataclasses
+
+        return tuple(f.name for f in dataclasses.fields(cls) if f.metadata.get("scores"))
 
 
 def _device(name: str | None) -> torch.device:
