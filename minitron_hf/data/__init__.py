@@ -34,7 +34,7 @@ __all__ = [
     "Prepared", "ResumableSampler", "Source", "TokenStream", "blend_pattern", "check_config", "collate_blocks",
     "digest", "file_lock", "is_prepared", "iter_documents", "load_blocks", "load_documents", "open_sources",
     "prepare", "prepare_key", "python_docs_documents", "read_rows_file", "read_text_file", "split_documents",
-    "split_of", "tokenizer_info", "train_blocks", "eval_config", "describe_train",
+    "split_of", "tokenizer_info", "train_blocks", "eval_config",
 ]
 
 # shard_mb of the on-the-fly cache: small data (the embedded default) fits one chunk
@@ -65,7 +65,7 @@ def open_source(cfg: DataConfig, tokenizer, info: dict | None = None, field: str
             if not (folder / MANIFEST).is_file():
                 logger.info("preparing data=%r into the cache %s (once; `minitron data prepare` does this ahead of "
                             "time for large data)", cfg.data, folder)
-                prepare(cfg, tokenizer, folder, shard_mb=CACHE_SHARD_MB)
+                prepare(cfg, tokenizer, folder, shard_mb=CACHE_SHARD_MB, info=info)
     return Prepared(folder, info, field)
 
 
@@ -130,13 +130,6 @@ def eval_config(cfg: DataConfig) -> DataConfig:
     if not cfg.streaming:
         return cfg
     return replace(cfg, streaming=False, max_documents=cfg.max_documents or STREAMING_EVAL_DOCUMENTS)
-
-
-def describe_train(train) -> dict:
-    """What ``distill.json``/``correction.json`` record about the train data."""
-    if isinstance(train, Blocks):
-        return train.describe()
-    return {"streaming": train.cfg.data, "blocks_per_rank": train.n_samples, "world_size": train.world_size}
 
 
 class BlockDataset(torch.utils.data.Dataset):

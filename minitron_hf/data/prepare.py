@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..outputs import write_json_atomically
 from .sources import MANIFEST, SPLITS, DataConfig, DataError, check_config, digest, is_prepared, iter_documents, \
     source_fingerprint, split_of
 
@@ -168,12 +169,6 @@ def prepare_key(cfg: DataConfig, info: dict, shard_mb: int) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
-def _write_json(path: Path, obj) -> None:
-    from ..outputs import write_json_atomically
-
-    write_json_atomically(path, obj)
-
-
 class _Chunk:
     """The files of one chunk being written, under temporary names until :meth:`commit`."""
 
@@ -213,7 +208,7 @@ class _Chunk:
         np.save(self.out / f".chunk-{self.index:05d}.digests.tmp.npy", np.array(self.digests, dtype=np.uint64))
         os.replace(self.out / f".chunk-{self.index:05d}.digests.tmp.npy", self.out / f"chunk-{self.index:05d}.digests.npy")
         record = {"index": self.index, "source_documents_end": source_docs, "shards": shards}
-        _write_json(self.out / f"chunk-{self.index:05d}.json", record)  # the commit point
+        write_json_atomically(self.out / f"chunk-{self.index:05d}.json", record)  # the commit point
         return record
 
     def abort(self) -> None:
@@ -222,15 +217,16 @@ class _Chunk:
             (self.out / f".{s}-{self.index:05d}.bin.tmp").unlink(missing_ok=True)
 
 
-def _finished_chunks(out: Path) -> list[dict]:
+def _finished_chunks(out: Path, dtype: str) -> list[dict]:
     """Chunk records in order, up to the first gap; everything after (a half-written chunk) is removed."""
     from ..outputs import read_json
 
+    itemsize = np.dtype(dtype).itemsize
     records, i = [], 0
     while (out / f"chunk-{i:05d}.json").is_file():
         rec = read_json(out / f"chunk-{i:05d}.json")
         ok = all((out / sh["file"]).is_file() and (out / sh["file"]).stat().st_size
-                 == sh["tokens"] * np.dtype(_dtype_of(out)).itemsize for sh in rec["shards"].values())
+                 == sh["tokens"] * itemsize for sh in rec["shards"].values())
         if not ok or not (out / f"chunk-{i:05d}.digests.npy").is_file():
             break
         records.append(rec)
@@ -243,14 +239,8 @@ def _finished_chunks(out: Path) -> list[dict]:
     return records
 
 
-def _dtype_of(out: Path) -> str:
-    from ..outputs import read_json
-
-    return read_json(out / PROGRESS)["tokenizer"]["dtype"]
-
-
 def prepare(cfg: DataConfig, tokenizer, output, shard_mb: int = 256, num_proc: int | None = None,
-            overwrite: bool = False, progress: bool = True) -> dict:
+            overwrite: bool = False, progress: bool = True, info: dict | None = None) -> dict:
     """Prepare one source into ``output``; returns its manifest. A complete folder with the same key is reused
     as is; one with a different key is refused unless ``overwrite``; an interrupted one with the same key is
     resumed at its first unfinished chunk."""
@@ -264,7 +254,7 @@ def prepare(cfg: DataConfig, tokenizer, output, shard_mb: int = 256, num_proc: i
     if num_proc < 1:
         raise DataError(f"num_proc={num_proc} must be >= 1")
     out = Path(output).expanduser()
-    info = tokenizer_info(tokenizer)
+    info = info or tokenizer_info(tokenizer)  # ``info``: the caller's tokenizer_info(tokenizer), not computed twice
     key = prepare_key(cfg, info, shard_mb)
     from ..outputs import check_output, read_json
 
@@ -293,8 +283,8 @@ def prepare(cfg: DataConfig, tokenizer, output, shard_mb: int = 256, num_proc: i
                         f"new folder (--overwrite never deletes files it did not write)")
     out.mkdir(parents=True, exist_ok=True)
     if not progress_file.is_file():
-        _write_json(progress_file, {"key": key, "tokenizer": info, "started": time.time()})
-    done = _finished_chunks(out)
+        write_json_atomically(progress_file, {"key": key, "tokenizer": info, "started": time.time()})
+    done = _finished_chunks(out, info["dtype"])
     t0 = time.time()
     seen = DigestSet()
     for rec in done:
@@ -304,9 +294,8 @@ def prepare(cfg: DataConfig, tokenizer, output, shard_mb: int = 256, num_proc: i
     if done:
         logger.info("resuming the preparation in %s at chunk %d (%d source documents already done)", out, len(done),
                     skip)
-    stats = _write_chunks(cfg, tokenizer, info, out, shard_mb, num_proc, seen, skip, len(done), progress)
-    done = _finished_chunks(out)
-    return _write_manifest(cfg, info, out, key, done, stats, time.time() - t0, num_proc, shard_mb)
+    stats, written = _write_chunks(cfg, tokenizer, info, out, shard_mb, num_proc, seen, skip, len(done), progress)
+    return _write_manifest(cfg, info, out, key, done + written, stats, time.time() - t0, num_proc, shard_mb)
 
 
 def _ours(name: str) -> bool:
@@ -322,9 +311,11 @@ def _remove_ours(out: Path) -> None:
 
 
 def _write_chunks(cfg, tokenizer, info, out, shard_mb, num_proc, seen, skip, first_chunk, progress) -> dict:
-    """Read the source after its first ``skip`` documents, tokenize, write chunks from ``first_chunk`` on."""
+    """Read the source after its first ``skip`` documents, tokenize, write chunks from ``first_chunk`` on; returns
+    (counts, the records of the chunks written)."""
     chunk_chars = shard_mb * 1_000_000
     stats = {"read": skip, "duplicates": 0, "kept": len(seen)}
+    written: list[dict] = []
     pool = None
     if num_proc > 1:
         import multiprocessing
@@ -387,14 +378,14 @@ def _write_chunks(cfg, tokenizer, info, out, shard_mb, num_proc, seen, skip, fir
             if chunk.chars >= chunk_chars:
                 submit()
                 drain(0)
-                chunk.commit(n)
+                written.append(chunk.commit(n))
                 chunk = _Chunk(out, chunk.index + 1, info["dtype"])
             if cfg.max_documents is not None and stats["kept"] >= cfg.max_documents:
                 break
         submit()
         drain(0)
         if chunk.digests:
-            chunk.commit(stats["read"])
+            written.append(chunk.commit(stats["read"]))
         else:
             chunk.abort()
     except BaseException:
@@ -404,7 +395,7 @@ def _write_chunks(cfg, tokenizer, info, out, shard_mb, num_proc, seen, skip, fir
         bar.close()
         if pool is not None:
             pool.terminate()
-    return stats
+    return stats, written
 
 
 def _write_manifest(cfg, info, out, key, chunks, stats, seconds, num_proc, shard_mb) -> dict:
@@ -430,7 +421,7 @@ def _write_manifest(cfg, info, out, key, chunks, stats, seconds, num_proc, shard
                       "kept": sum(splits[s]["documents"] for s in SPLITS)},
         "splits": splits, "chunks": len(chunks), "seconds": round(seconds, 1),
     }
-    _write_json(out / MANIFEST, manifest)
+    write_json_atomically(out / MANIFEST, manifest)
     (out / PROGRESS).unlink(missing_ok=True)
     logger.info("prepared %s into %s: %s tokens in %d chunks (%s) in %.0f s", cfg.data, out,
                 f"{sum(splits[s]['tokens'] for s in SPLITS):,}", len(chunks),

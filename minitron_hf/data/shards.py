@@ -111,8 +111,10 @@ class TokenStream:
         except (OSError, ValueError) as e:
             raise DataError(f"{where}: index {path} is missing or corrupt ({type(e).__name__}: {e}); prepare the "
                             f"data again") from None
+        # O(1) per shard, every process, every stage: shape, dtype, ends (np.load's header check covers the size).
+        # Reading whole indexes here would cost 8 bytes per document per open: 3 GB per rank at 400M documents.
         bad = (idx.ndim != 1 or len(idx) != sh["documents"] or idx.dtype != np.int64
-               or (len(idx) and (idx[0] != 0 or idx[-1] >= sh["tokens"] or bool(np.any(np.diff(idx) <= 0)))))
+               or (len(idx) and (idx[0] != 0 or idx[-1] >= sh["tokens"] or (len(idx) > 1 and idx[1] <= 0))))
         if bad:
             raise DataError(f"{where}: index {path} is corrupt (it must hold {sh['documents']:,} increasing document "
                             f"offsets below {sh['tokens']:,}); prepare the data again")

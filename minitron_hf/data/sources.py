@@ -21,7 +21,6 @@ import functools
 import hashlib
 import json
 import logging
-import os
 import sys
 import sysconfig
 from collections.abc import Iterator
@@ -86,6 +85,11 @@ class DataConfig:
                 raise DataError(f"data={self.data!r} must be a list of {{data, weight}} mappings")
         if not self.data:
             raise DataError("data=[] is an empty blend; give at least one {data: ..., weight: ...}")
+        import typing
+
+        from ..config import check_value
+
+        hints = typing.get_type_hints(DataConfig)
         allowed = {f.name for f in fields(DataConfig)} - {"max_epochs", "num_proc", "streaming"} | {"weight"}
         out = []
         for i, entry in enumerate(self.data):
@@ -100,13 +104,7 @@ class DataConfig:
                 raise DataError(f"{where}.weight={w!r} must be a number > 0 (weights are normalised to sum to 1)")
             if not isinstance(entry["data"], str):
                 raise DataError(f"{where}.data={entry['data']!r} must be a string (blends do not nest)")
-            from .. import config as _config
-
-            kw = {k: v for k, v in entry.items() if k != "weight"}
-            for k, v in kw.items():
-                import typing
-
-                kw[k] = _config.check_value(f"{where}.{k}", v, typing.get_type_hints(DataConfig)[k])
+            kw = {k: check_value(f"{where}.{k}", v, hints[k]) for k, v in entry.items() if k != "weight"}
             out.append((replace(self, **kw), float(w)))
         total = sum(w for _, w in out)
         return [(c, w / total) for c, w in out]
@@ -134,8 +132,6 @@ def check_config(cfg: DataConfig) -> None:
     if cfg.num_proc < 1:
         raise DataError(f"num_proc={cfg.num_proc} must be >= 1")
 
-
-_check_fractions = check_config
 
 
 @functools.lru_cache(maxsize=1)
@@ -241,13 +237,13 @@ def _jsonl_documents(f: Path, cfg: DataConfig) -> Iterator[tuple[str, str]]:
             try:
                 row = json.loads(line)
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                raise DataError(f"data={_name(cfg)!r}: {f} line {i} is not valid JSON ({getattr(e, 'msg', e)})") from None
+                raise DataError(f"data={cfg.describe()!r}: {f} line {i} is not valid JSON ({getattr(e, 'msg', e)})") from None
             yield f"{f}:{i}", _row_text(row, cfg, f"{f} line {i}")
 
 
 def _row_text(row, cfg: DataConfig, where: str) -> str:
     if not isinstance(row, dict):
-        raise DataError(f"data={_name(cfg)!r}: {where} is not a JSON object")
+        raise DataError(f"data={cfg.describe()!r}: {where} is not a JSON object")
     if cfg.text_field not in row:
         raise DataError(f"text_field={cfg.text_field!r} is not a field of {where}; fields there: "
                         f"{', '.join(row) or 'none'}")
@@ -266,7 +262,7 @@ def _parquet_documents(f: Path, cfg: DataConfig) -> Iterator[tuple[str, str]]:
     try:
         pf = pq.ParquetFile(f)
     except Exception as e:  # pyarrow's errors have no common base
-        raise DataError(f"data={_name(cfg)!r}: {f} could not be read as parquet ({type(e).__name__}: {e})") from None
+        raise DataError(f"data={cfg.describe()!r}: {f} could not be read as parquet ({type(e).__name__}: {e})") from None
     schema = pf.schema_arrow
     if cfg.text_field not in schema.names:
         raise DataError(f"text_field={cfg.text_field!r} is not a column of {f}; available columns: "
@@ -281,10 +277,6 @@ def _parquet_documents(f: Path, cfg: DataConfig) -> Iterator[tuple[str, str]]:
         for text in batch.column(0).to_pylist():
             yield f"{f}:{i}", text or ""
             i += 1
-
-
-def _name(cfg: DataConfig) -> str:
-    return cfg.data if isinstance(cfg.data, str) else cfg.describe()
 
 
 def is_prepared(data) -> bool:
@@ -386,7 +378,7 @@ def load_documents(cfg: DataConfig) -> list[tuple[str, str]]:
         if cfg.max_documents is not None and len(docs) >= cfg.max_documents:
             break
     if not docs:
-        raise DataError(f"data={_name(cfg)!r} holds no non-empty text")
+        raise DataError(f"data={cfg.describe()!r} holds no non-empty text")
     return docs
 
 
@@ -418,10 +410,3 @@ def source_fingerprint(cfg: DataConfig) -> str:
         else:
             h.update(f"hub\0{cfg.data}\0{cfg.data_config}\0{cfg.data_split}".encode())
     return h.hexdigest()
-
-
-def env_int(name: str, default: int) -> int:
-    try:
-        return int(os.environ.get(name, default))
-    except ValueError:
-        return default

@@ -274,6 +274,15 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
             from_beginning = True
             self.dataset.load_state_dict(copy.deepcopy(self._initial_state))
 
+    def describe(self) -> dict:
+        """What ``distill.json``/``correction.json`` record about the train data (as :meth:`Blocks.describe`)."""
+        return {"streaming": self.cfg.data, "blocks_per_rank": self.n_samples, "world_size": self.world_size}
+
+    def log_summary(self) -> None:
+        logger.info("train data %s: streamed, %s blocks of %d tokens per rank, %d rank(s)", self.cfg.data,
+                    f"{self.n_samples:,}" if self.n_samples is not None else "one pass of", self.seq_len,
+                    self.world_size)
+
     # ------------------------------------------------------------------------------ resume
 
     def _identity(self) -> dict:

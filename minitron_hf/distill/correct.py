@@ -20,8 +20,7 @@ from pathlib import Path
 
 from transformers import Trainer
 
-from ..data import BlockDataset, DataConfig, collate_blocks, describe_train, load_blocks, \
-    train_blocks
+from ..data import BlockDataset, DataConfig, collate_blocks, load_blocks, train_blocks
 from ..models import load_model, load_tokenizer, resolve_model, write_checkpoint_atomically
 from .trainer import TrainArgs, eval_curve
 from ..checkpoints import CheckpointMixin, check_output_dir, remove_checkpoints
@@ -108,8 +107,7 @@ def _run_correction(data_cfg: DataConfig, cfg: CorrectionConfig, args: TrainArgs
     need = cfg.train_samples or (args.max_steps * args.per_device_train_batch_size * args.gradient_accumulation_steps
                                  * max(args.world_size, 1) if args.max_steps > 0 else None)
     train = train_blocks(data_cfg, tok, cfg.seq_len, need, args.process_index, max(args.world_size, 1))
-    if hasattr(train, "log_summary"):
-        train.log_summary()
+    train.log_summary()
     val = load_blocks(data_cfg, tok, "validation", cfg.seq_len, cfg.eval_samples)
     model = prepare_mode(load_model(src), cfg.mode, cfg.lora_r, cfg.lora_alpha)
     model.train()
@@ -126,7 +124,7 @@ def _run_correction(data_cfg: DataConfig, cfg: CorrectionConfig, args: TrainArgs
                "tokens": trainer.state.global_step * tokens_per_step,
                "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
                "before_lm_loss": before["before_loss"], "after_lm_loss": after["eval_loss"],
-               "data": asdict(data_cfg), "train_data": describe_train(train), "wall_time_s": round(time.time() - t0, 1),
+               "data": asdict(data_cfg), "train_data": train.describe(), "wall_time_s": round(time.time() - t0, 1),
                "eval_curve": eval_curve(trainer.state.log_history, tokens_per_step, before)}
     if trainer.is_world_process_zero():
         plain = finalize_mode(trainer.model, cfg.mode)

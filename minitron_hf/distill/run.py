@@ -17,8 +17,7 @@ from pathlib import Path
 import torch
 
 from ..checkpoints import check_output_dir, parse_resume_flag, remove_checkpoints
-from ..data import BlockDataset, DataConfig, collate_blocks, describe_train, load_blocks, \
-    train_blocks
+from ..data import BlockDataset, DataConfig, collate_blocks, load_blocks, train_blocks
 from ..models import load_model, load_tokenizer, resolve_model
 from .trainer import (BaselineEvaluation, DistillationConfig, DistillationError, DistillationTrainer, check_pair,
                       eval_curve)
@@ -94,8 +93,7 @@ def _run_distill(data_cfg: DataConfig, script: DistillScriptConfig, args: Distil
         need = args.max_steps * args.per_device_train_batch_size * args.gradient_accumulation_steps * world
     train = train_blocks(data_cfg, tok, script.seq_len, need, args.process_index, max(args.world_size, 1))
     val = load_blocks(data_cfg, tok, "validation", script.seq_len, script.eval_samples)
-    if hasattr(train, "log_summary"):
-        train.log_summary()
+    train.log_summary()
     dtype = DTYPES[script.model_dtype]
     student = load_model(student_dir, dtype=dtype)
     teacher = load_model(teacher_dir, dtype=dtype)
@@ -120,7 +118,7 @@ def _run_distill(data_cfg: DataConfig, script: DistillScriptConfig, args: Distil
     tokens_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * world * script.seq_len
     summary = {
         "student": str(script.student), "teacher": str(script.teacher), "data": asdict(data_cfg),
-        "train_data": describe_train(train),  # per source: weight, blocks available, samples drawn, epochs
+        "train_data": train.describe(),  # per source: weight, blocks available, samples drawn, epochs
         "seq_len": script.seq_len, "tokens_per_step": tokens_per_step, "steps": trainer.state.global_step,
         "tokens": trainer.state.global_step * tokens_per_step,
         "before": before, "after": after, "train_runtime_s": result.metrics.get("train_runtime"),
