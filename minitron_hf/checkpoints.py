@@ -55,6 +55,7 @@ JIT_SENTINEL = "checkpoint-is-incomplete.txt"  # transformers' JIT (on SIGTERM) 
 _CHECKPOINT_RE = re.compile(rf"^{PREFIX}-(\d+)$")
 _TRUE = {"true", "yes", "1", "on"}
 _FALSE = {"false", "no", "0", "off", "none", "null", ""}
+AUTO = "auto"  # resume when there is a complete checkpoint, else start: what a requeued SLURM job passes
 
 
 class CheckpointError(MinitronError):
@@ -261,7 +262,8 @@ def last_good_checkpoint(output_dir: str | Path, diverged_at: int | None = None)
 
 def parse_resume_flag(value) -> bool | str | None:
     """``resume_from_checkpoint`` as given (bool, CLI string or path) -> True, None or a path string:
-    "true"/"1"/"yes" mean True (the newest complete checkpoint), "false"/"0"/"no"/"" mean no resume."""
+    "true"/"1"/"yes" mean True (the newest complete checkpoint), "false"/"0"/"no"/"" mean no resume, and "auto"
+    stays "auto" (the newest complete checkpoint if there is one, else a fresh start: for requeued cluster jobs)."""
     if value is None or value is False:
         return None
     if value is True:
@@ -273,6 +275,8 @@ def parse_resume_flag(value) -> bool | str | None:
         return True
     if s.lower() in _FALSE:
         return None
+    if s.lower() == AUTO:
+        return AUTO
     return s
 
 
@@ -283,6 +287,11 @@ def resolve_resume(value, output_dir: str | Path) -> str | None:
     if flag is None:
         return None
     out = Path(output_dir)
+    if flag == AUTO:
+        ckpt = latest_complete_checkpoint(out)
+        if ckpt is None:
+            logger.info("resume_from_checkpoint=auto: no complete checkpoint in %s, starting from step 0", out)
+        return None if ckpt is None else str(ckpt)
     if flag is True:
         ckpt = latest_complete_checkpoint(out)
         if ckpt is None:
@@ -426,6 +435,9 @@ def check_training_arguments(args) -> None:
         raise TrainingArgumentsError("invalid training option" + ("s: " if len(bad) > 1 else ": ") + "; ".join(bad))
     if hasattr(args, "resume_from_checkpoint"):
         args.resume_from_checkpoint = parse_resume_flag(args.resume_from_checkpoint)
+    from .distributed import check_global_batch
+
+    check_global_batch(args)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -490,6 +502,16 @@ class CheckpointMixin:
     _ckpt_staging: str | None = None
     _ckpt_pending_push: str | None = None
     _last_loss: torch.Tensor | None = None
+
+    # ------------------------------------------------------------------------------ accelerator
+    def create_accelerator_and_postprocess(self):
+        """The Trainer's accelerator; on CPU-only machines an FSDP launch really shards (see
+        :func:`minitron_hf.distributed.enable_fsdp_on_cpu`)."""
+        from .distributed import enable_fsdp_on_cpu
+
+        super().create_accelerator_and_postprocess()
+        if enable_fsdp_on_cpu(self.accelerator, self.args):
+            self.is_fsdp_enabled = True
 
     # ------------------------------------------------------------------------------ hooks
     def _save_extra_checkpoint_state(self, checkpoint_dir: Path) -> None:

@@ -147,13 +147,14 @@ def _smollm2_package_dir() -> Path:
 
 def save_trained(trainer, tokenizer, final: Path) -> Path:
     """Write a finished Trainer's model with its tokenizer to ``final`` as a vanilla checkpoint, atomically, from
-    the main process only (the others return at once)."""
+    the main process only; the others wait until it is there."""
     if trainer.accelerator.is_main_process:
         def write(d):
             trainer.model.save_pretrained(d)
             tokenizer.save_pretrained(d)
 
         write_checkpoint_atomically(final, write)
+    trainer.accelerator.wait_for_everyone()
     return Path(final)
 
 

@@ -71,6 +71,8 @@ class RunConfig:
     eval_samples: int = field(default=16, metadata={"help": "validation sequences for evaluation (all stages)"})
     report_to: str = field(default="tensorboard", metadata={"help": "trainer logging: tensorboard, wandb, trackio, "
                            "none, or a comma-separated list (a section's own report_to wins)"})
+    ddp_timeout: int = field(default=1800, metadata={"help": "under `accelerate launch`: seconds a collective waits "
+                             "for the other processes before the run fails (a hung rank); set once for all stages"})
     correct: dict | None = field(default=None, metadata={"help": "teacher correction options (minitron "
                                  "correct-teacher); absent = no correction"})
     prune: dict | None = field(default=None, metadata={"help": "pruning options (minitron prune), target required"})
@@ -765,17 +767,29 @@ def select_stages(run: Run, from_stage: str | None = None, only: str | None = No
     return enabled, set()
 
 
-def _state():
-    """accelerate's process state (N processes under ``accelerate launch``, else one)."""
-    import torch
-    from accelerate import PartialState
+def _state(timeout_s: float | None = None):
+    from .distributed import process_state
 
-    return PartialState(cpu=not torch.cuda.is_available())
+    return process_state(timeout_s)
 
 
-# stages whose work is spread over the processes of ``accelerate launch``; the others run on the main
-# process while the rest wait
-_PARALLEL = ("correct", "importance", "prune", "distill")
+# stages whose work is spread over the processes of ``accelerate launch`` (trainers and calibration; alignment's
+# TRL trainers are distributed trainers too); the others (data, evaluate, export) run on the main process while the
+# rest wait for its done.json (:func:`_await_main`)
+_PARALLEL = ("correct", "importance", "prune", "distill", "align")
+AWAIT_POLL_S = 2.0
+
+
+def _await_main(d: Path, stage: str) -> None:
+    """A non-main process waits for the main process to finish a main-only stage by watching for its done.json,
+    not in a collective: a barrier would time out (``ddp_timeout``, 30 min by default) during a long evaluation or
+    data preparation. If the main process fails, the launcher stops this one."""
+    t0, said = time.time(), False
+    while not (d / "done.json").exists():
+        if not said and time.time() - t0 > 60:
+            logger.info("stage %s runs on the main process; waiting for %s", stage, d / "done.json")
+            said = True
+        time.sleep(AWAIT_POLL_S)
 
 
 RUN_MARKER = "run_config.yaml"
@@ -883,7 +897,7 @@ def run_pipeline(run: Run, from_stage: str | None = None, only: str | None = Non
     """
     stages, forced = select_stages(run, from_stage, only)
     check_run_dir(run, overwrite)
-    state = _state()
+    state = _state(run.cfg.ddp_timeout)
     main = state.is_main_process
     state.wait_for_everyone()  # every process has checked the folder before the main one writes in it
     out_existed = run.out.exists()
@@ -911,7 +925,11 @@ def run_pipeline(run: Run, from_stage: str | None = None, only: str | None = Non
         logger.info("stage %s: %s", stage, "resuming" if resume else "running")
         t0 = time.time()
         try:
-            result = _RUNNERS[stage](run, resume) if main or stage in _PARALLEL else None
+            if main or stage in _PARALLEL:
+                result = _RUNNERS[stage](run, resume)
+            else:
+                result = None
+                _await_main(d, stage)
         except BaseException as e:
             if main:
                 _stage_failed(d, existed)

@@ -29,7 +29,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..distributed import process_state
 from ..models import generate_chat, load_model, load_tokenizer, resolve_model, save_trained
+from ..outputs import write_text_atomically
 from .data import load_rows, prompt_rows, verifiable_reward
 from .rpo import AlignmentError, RPOConfig, RPOTrainer, check_preference_dataset
 from .sft import ensure_chat_template
@@ -275,17 +277,24 @@ def _run_rounds(cfg: RoundsConfig, args: RPOConfig) -> dict:
     start = resolve_model(cfg.model)
     ensure_chat_template(load_tokenizer(start), cfg.chat_template, add_default=False)  # before any work
     train, held = split_prompts(prompt_rows(load_rows(cfg.prompts, field="prompts"), field="prompts"), cfg)
-    reward_fn = make_reward(cfg.reward)
+    # Under `accelerate launch` every process trains (RPO is a distributed trainer); the main process alone samples
+    # and scores answers, writes the files and measures the held-out reward, and the others read its pairs.
+    state = process_state()
+    main = state.is_main_process
+    reward_fn = make_reward(cfg.reward) if main else None
     root.mkdir(parents=True, exist_ok=True)
     record = {"config": asdict(cfg), "rpo": {k: getattr(args, k) for k in ("beta", "eta", "rpo_loss", "sft_weight",
                                                                             "learning_rate", "num_train_epochs")},
               "train_prompts": len(train), "heldout_prompts": len(held), "rounds": []}
     t0 = time.time()
-    h = heldout_reward(start, held, reward_fn, cfg)
-    record["rounds"].append({"round": 0, "policy": str(start), "heldout_reward": h["mean_reward"],
-                             "wall_time_s": round(time.time() - t0, 1)})
-    _write_heldout(root / "round_0", held, h)
-    logger.info("round 0 (%s): held-out reward %.3f", start, h["mean_reward"])
+    if main:
+        h = heldout_reward(start, held, reward_fn, cfg)
+        record["rounds"].append({"round": 0, "policy": str(start), "heldout_reward": h["mean_reward"],
+                                 "wall_time_s": round(time.time() - t0, 1)})
+        _write_heldout(root / "round_0", held, h)
+        logger.info("round 0 (%s): held-out reward %.3f", start, h["mean_reward"])
+    else:
+        record["rounds"].append({"round": 0, "policy": str(start)})
     policy = start
     for k in range(1, cfg.rounds + 1):
         t0 = time.time()
@@ -297,13 +306,17 @@ def _run_rounds(cfg: RoundsConfig, args: RPOConfig) -> dict:
             record["rounds"].append(prev)
             policy = final
             continue
-        answers = generate(policy, train, cfg, n=cfg.samples, seed=args.seed + k)
-        flat_rows = [r for r, a in zip(train, answers) for _ in a]
-        flat = score(reward_fn, flat_rows, [x for a in answers for x in a])
-        rewards = [flat[i * cfg.samples:(i + 1) * cfg.samples] for i in range(len(train))]
-        pairs = best_worst_pairs(train, answers, rewards, cfg.min_reward_gap)
-        d.mkdir(parents=True, exist_ok=True)
-        (d / "preferences.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
+        if main:
+            answers = generate(policy, train, cfg, n=cfg.samples, seed=args.seed + k)
+            flat_rows = [r for r, a in zip(train, answers) for _ in a]
+            flat = score(reward_fn, flat_rows, [x for a in answers for x in a])
+            rewards = [flat[i * cfg.samples:(i + 1) * cfg.samples] for i in range(len(train))]
+            pairs = best_worst_pairs(train, answers, rewards, cfg.min_reward_gap)
+            d.mkdir(parents=True, exist_ok=True)
+            write_text_atomically(d / "preferences.jsonl", "".join(json.dumps(p) + "\n" for p in pairs))
+        state.wait_for_everyone()
+        if not main:
+            pairs = [json.loads(line) for line in (d / "preferences.jsonl").read_text().splitlines()]
         if not pairs:
             raise AlignmentError(f"round {k}: every prompt's {cfg.samples} answers got the same reward, no pair to "
                                  f"train on (raise samples or temperature)")
@@ -319,6 +332,10 @@ def _run_rounds(cfg: RoundsConfig, args: RPOConfig) -> dict:
         out = trainer.train()
         save_trained(trainer, tok, final)
         del trainer
+        policy = final
+        if not main:  # the main process measures and records the round
+            record["rounds"].append({"round": k, "policy": str(final)})
+            continue
         h = heldout_reward(final, held, reward_fn, cfg)
         _write_heldout(d, held, h)
         gaps = [p["chosen_reward"] - p["rejected_reward"] for p in pairs]
@@ -329,9 +346,10 @@ def _run_rounds(cfg: RoundsConfig, args: RPOConfig) -> dict:
         record["rounds"].append(rec)
         logger.info("round %d: %d pairs, train reward %.3f, held-out reward %.3f (%.0f s)", k, len(pairs),
                     rec["mean_train_reward"], rec["heldout_reward"], rec["wall_time_s"])
-        policy = final
-    (root / "rounds.json").write_text(json.dumps(record, indent=1))
-    (root / "rounds.md").write_text(rounds_table(record) + "\n")
+    if main:
+        (root / "rounds.json").write_text(json.dumps(record, indent=1))
+        (root / "rounds.md").write_text(rounds_table(record) + "\n")
+    state.wait_for_everyone()
     return record
 
 

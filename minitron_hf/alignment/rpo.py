@@ -41,6 +41,7 @@ from trl import DPOConfig, DPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import use_adapter
 from ..checkpoints import CheckpointMixin, check_training_arguments
+from ..distributed import GLOBAL_BATCH_HELP, connect_cpu_processes
 from ..errors import MinitronError
 
 RPO_LOSSES = ("rpo_bwd_kl", "rpo_fwd_kl", "rpo_sq")
@@ -81,6 +82,7 @@ class RPOConfig(DPOConfig):
     average_log_probs: bool = field(default=False, metadata={"help": "use per-token mean log-probs in the gap "
                                     "instead of sums (NeMo-Aligner preference_average_log_probs)"})
     learning_rate: float = field(default=1e-6, metadata={"help": "AdamW learning rate"})
+    global_batch_size: int | None = field(default=None, metadata={"help": GLOBAL_BATCH_HELP})
 
     def __post_init__(self):
         check_training_arguments(self)  # as distill.trainer.TrainArgs: before anything is created
@@ -90,6 +92,7 @@ class RPOConfig(DPOConfig):
             raise AlignmentError(f"beta={self.beta} must be > 0, eta={self.eta} and sft_weight={self.sft_weight} >= 0")
         if not torch.cuda.is_available():
             self.use_cpu = True  # connect `accelerate launch` CPU processes (as distill.trainer.TrainArgs)
+            connect_cpu_processes(self)  # with ddp_timeout (distributed.connect_cpu_processes)
             if self.bf16 is None:  # TRL defaults to bf16, which is many times slower on these CPUs (README)
                 self.bf16 = False
         super().__post_init__()
@@ -276,5 +279,6 @@ def _run_rpo(cfg: RPOScriptConfig, args: RPOConfig) -> dict:
     save_trained(trainer, tok, final)
     rec = {"model": str(path), "data": cfg.data, "pairs": len(dataset), "train_loss": out.training_loss,
            "steps": out.global_step, "wall_time_s": round(time.time() - t0, 1), "final": str(final)}
-    (Path(args.output_dir) / "rpo.json").write_text(json.dumps(rec, indent=1))
+    if trainer.accelerator.is_main_process:
+        (Path(args.output_dir) / "rpo.json").write_text(json.dumps(rec, indent=1))
     return rec

@@ -23,6 +23,7 @@ import torch
 from trl import SFTConfig
 
 from ..checkpoints import CheckpointMixin, check_training_arguments
+from ..distributed import GLOBAL_BATCH_HELP, connect_cpu_processes
 from ..models import load_model, load_tokenizer, resolve_model, save_trained
 from .data import load_rows, sft_examples
 from .rpo import AlignmentError
@@ -55,11 +56,13 @@ class SFTArgs(SFTConfig):
     max_length: int | None = field(default=512, metadata={"help": "tokens per (packed) sequence"})
     report_to: list[str] | str = field(default="none", metadata={"help": "integrations to report to"})
     save_strategy: str = field(default="no", metadata={"help": "no | steps | epoch (checkpoints)"})
+    global_batch_size: int | None = field(default=None, metadata={"help": GLOBAL_BATCH_HELP})
 
     def __post_init__(self):
         check_training_arguments(self)  # as distill.trainer.TrainArgs: before anything is created
         if not torch.cuda.is_available():
             self.use_cpu = True  # as distill.trainer.TrainArgs: connects `accelerate launch` CPU processes
+            connect_cpu_processes(self)  # with ddp_timeout (distributed.connect_cpu_processes)
             if self.bf16 is None:
                 self.bf16 = False  # bf16 autocast is many times slower on these CPUs (README)
         super().__post_init__()
@@ -132,7 +135,8 @@ def _run_sft(cfg: SFTStageConfig, args: SFTArgs) -> dict:
     save_trained(trainer, tok, final)
     rec = {"model": str(path), "data": cfg.data, "examples": len(examples), "train_loss": out.training_loss,
            "steps": out.global_step, "wall_time_s": round(time.time() - t0, 1), "final": str(final)}
-    (Path(args.output_dir) / "sft.json").write_text(json.dumps(rec, indent=1))
+    if trainer.accelerator.is_main_process:
+        (Path(args.output_dir) / "sft.json").write_text(json.dumps(rec, indent=1))
     logger.info("SFT on %d examples of %s: loss %.3f in %.0f s -> %s", len(examples), cfg.data, out.training_loss,
                 rec["wall_time_s"], final)
     return rec

@@ -154,7 +154,12 @@ def save_vanilla(trainer, final: Path) -> None:
         return
     state_dict = trainer.accelerator.get_state_dict(trainer.model_wrapped)
     if trainer.is_world_process_zero():
-        trainer.accelerator.unwrap_model(trainer.model_wrapped).save_pretrained(final, state_dict=state_dict)
+        model = trainer.accelerator.unwrap_model(trainer.model_wrapped)
+        # the gathered tensors are copies: tied weights (lm_head = embed_tokens) would be written twice
+        for target, source in (getattr(model, "all_tied_weights_keys", None) or {}).items():
+            if target in state_dict and source in state_dict:
+                state_dict[target] = state_dict[source]
+        model.save_pretrained(final, state_dict=state_dict)
         trainer.processing_class.save_pretrained(final)
     trainer.accelerator.wait_for_everyone()
 

@@ -19,6 +19,7 @@ mixin shared by every trainer of the project):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from pathlib import Path
@@ -29,6 +30,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from .losses import LOSSES, auto_chunk_size, chunked_kd_loss, chunked_lm_loss_sum, naive_kd_loss
 from ..checkpoints import CheckpointMixin, check_training_arguments
+from ..distributed import GLOBAL_BATCH_HELP, connect_cpu_processes
 from ..errors import MinitronError
 
 logger = logging.getLogger(__name__)
@@ -58,6 +60,7 @@ class TrainArgs(TrainingArguments):
     """TrainingArguments that also connect ``accelerate launch`` processes on CPU-only machines."""
 
     remove_unused_columns: bool = field(default=False, metadata={"help": "keep all dataset columns"})
+    global_batch_size: int | None = field(default=None, metadata={"help": GLOBAL_BATCH_HELP})
 
     def __post_init__(self):
         check_training_arguments(self)  # before anything is created; "true" -> True for resume_from_checkpoint
@@ -65,7 +68,12 @@ class TrainArgs(TrainingArguments):
         # otherwise every process would train alone
         if not torch.cuda.is_available():
             self.use_cpu = True
+            connect_cpu_processes(self)  # with ddp_timeout (distributed.connect_cpu_processes)
         super().__post_init__()
+        if self.deepspeed and self.use_cpu:
+            from ..distributed import connect_deepspeed_on_cpu
+
+            connect_deepspeed_on_cpu(self)
 
 
 @dataclass
@@ -156,6 +164,18 @@ class _TeacherStep(TrainerCallback):
             t._teacher_lm_losses = []
 
 
+def _is_dtensor(t) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(t, DTensor)
+
+
+def _is_fsdp2_module(m) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(m, FSDPModule)
+
+
 def _deepspeed_teacher(teacher, accelerator):
     """An inference engine for the teacher with the student's ZeRO partitioning (stage 3 shards it;
     other stages keep a full copy per device), without optimizer or scheduler."""
@@ -182,6 +202,10 @@ def _fsdp_teacher(model, accelerator):
         from accelerate.utils import fsdp2_prepare_model
 
         model = fsdp2_prepare_model(accelerator, model)  # per-layer fully_shard, as for the student
+        local = sum((p.to_local() if _is_dtensor(p) else p).numel() for p in model.parameters())
+        total = sum(p.numel() for p in model.parameters())
+        logger.info("teacher sharded with FSDP2: %d of %d parameters on process %d", local, total,
+                    accelerator.process_index)
     else:
         model = accelerator.prepare_model(model)  # FSDP1 wraps outside evaluation mode
     model.eval()
@@ -217,13 +241,20 @@ class DistillationTrainer(CheckpointMixin, Trainer):
             self.teacher = _fsdp_teacher(teacher_model, self.accelerator)
         else:  # single device, DDP: placed like the student
             self.teacher = self.accelerator.prepare_model(teacher_model, evaluation_mode=True)
+        logger.info("KD loss: %s", "full [tokens x vocab] logits" if self._full_logits() else
+                    "chunked from hidden states" + (" (LM heads gathered by FSDP2)" if self.accelerator.is_fsdp2 else
+                                                    " (LM heads gathered by ZeRO-3)" if self._zero3() else ""))
 
     # -------------------------------------------------------------------------------------- loss
     def _full_logits(self) -> bool:
-        """Sharded LM-head weights (FSDP, ZeRO-3) cannot be read outside the forward: use full logits."""
-        zero3 = self.is_deepspeed_enabled and \
-            self.accelerator.state.deepspeed_plugin.deepspeed_config.get("zero_optimization", {}).get("stage") == 3
-        return self.args.kd_chunk_size == 0 or getattr(self, "is_fsdp_enabled", False) or zero3
+        """Full [tokens x vocab] logits when asked (kd_chunk_size=0), and under FSDP1, whose flat parameters cannot
+        be read outside the forward. FSDP2 and ZeRO-3 gather the LM heads for the chunked loss (:meth:`_head`)."""
+        fsdp1 = getattr(self, "is_fsdp_enabled", False) and not self.accelerator.is_fsdp2
+        return self.args.kd_chunk_size == 0 or fsdp1
+
+    def _zero3(self) -> bool:
+        return bool(self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.deepspeed_config
+                    .get("zero_optimization", {}).get("stage") == 3)
 
     def _forward(self, model, inputs, grad: bool):
         """Final hidden states (or logits on the full-logits path) of one model."""
@@ -235,9 +266,41 @@ class DistillationTrainer(CheckpointMixin, Trainer):
         with torch.set_grad_enabled(grad):
             return model(**kw, output_hidden_states=True, logits_to_keep=1).hidden_states[-1]
 
+    @contextlib.contextmanager
     def _head(self, model):
-        head = self.accelerator.unwrap_model(model).get_output_embeddings()
-        return head.weight[: self.vocab], None if head.bias is None else head.bias[: self.vocab]
+        """The LM-head weight and bias (the vocabulary rows KD compares) as full tensors, for the chunked loss.
+
+        - FSDP2: the head belongs to the root module's parameter group (or to its own ``fully_shard`` unit). The
+          root keeps its group unsharded from its forward until the end of backward, so right after a forward the
+          weight is already the full tensor, and the gradients the chunked loss puts on it are reduce-scattered
+          with the rest of the group. Otherwise (a head with its own unit, resharded after its forward) it is
+          gathered here with ``FSDPModule.unshard()``: once per step, never per chunk.
+        - ZeRO-3: the partitioned weight is gathered for the loss (``deepspeed.zero.GatheredParameters``) and
+          partitioned again after it. The chunked loss computes its weight gradient inside the forward and keeps
+          no reference to the weight, so the backward does not need it gathered; DeepSpeed's gradient hooks
+          reduce-scatter that gradient like any other."""
+        m = self.accelerator.unwrap_model(model)
+        head = m.get_output_embeddings()
+        params = [p for p in (head.weight, head.bias) if p is not None]
+        gather = contextlib.nullcontext()
+        if _is_dtensor(head.weight):
+            owner = next((x for x in (head, m) if _is_fsdp2_module(x)), None)
+            if owner is None:
+                raise DistillationError("the LM-head weight is sharded (DTensor) but not by FSDP2: set kd_chunk_size=0")
+            owner.unshard()
+        elif any(hasattr(p, "ds_id") for p in params):  # DeepSpeed ZeRO-3 partitioned parameters
+            import deepspeed
+
+            gather = deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+        with gather:
+            yield head.weight[: self.vocab], None if head.bias is None else head.bias[: self.vocab]
+
+    def _release_teacher_head(self):
+        """FSDP2: put the teacher's root group (embeddings, head) back to its shards after the loss; its forward
+        left it gathered, and without a backward nothing else would reshard it."""
+        t = self.accelerator.unwrap_model(self.teacher)
+        if _is_fsdp2_module(t):
+            t.reshard()
 
     def kd_loss(self, model, inputs, num_items=None, with_grad=True, outputs=None) -> torch.Tensor:
         """KD loss of a batch; ``outputs`` = (student, teacher) forward results to reuse."""
@@ -248,10 +311,9 @@ class DistillationTrainer(CheckpointMixin, Trainer):
                     num_items=num_items)
         if self._full_logits():
             return naive_kd_loss(hs, ht, labels, **opts)
-        ws, bs = self._head(model)
-        wt, bt = self._head(self.teacher)
-        return chunked_kd_loss(hs, ws, ht, wt, labels, student_bias=bs, teacher_bias=bt,
-                               chunk_size=a.kd_chunk_size, **opts)
+        with self._head(model) as (ws, bs), self._head(self.teacher) as (wt, bt):
+            return chunked_kd_loss(hs, ws, ht, wt, labels, student_bias=bs, teacher_bias=bt,
+                                   chunk_size=a.kd_chunk_size, **opts)
 
     def _both(self, model, inputs, with_grad):
         hs = self._forward(model, inputs, with_grad)
@@ -267,6 +329,7 @@ class DistillationTrainer(CheckpointMixin, Trainer):
         if self.teacher_optimizer is not None and model.training:
             outputs = self._correct_teacher(model, inputs, n)
         loss = self.kd_loss(model, inputs, n, outputs=outputs)
+        self._release_teacher_head()
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             # num_items counts the tokens of every process; DDP averages gradients over processes
             loss = loss * self.accelerator.num_processes
@@ -327,9 +390,11 @@ class DistillationTrainer(CheckpointMixin, Trainer):
                     sums[i] += torch.nn.functional.cross_entropy(
                         out.reshape(-1, out.shape[-1]).float(), labels.reshape(-1), ignore_index=-100, reduction="sum")
                 else:
-                    w, b = self._head(m)
-                    sums[i] += chunked_lm_loss_sum(out, w, labels, b, self.args.kd_chunk_size or auto_chunk_size(w.shape[0], w.device))
+                    with self._head(m) as (w, b):
+                        sums[i] += chunked_lm_loss_sum(out, w, labels, b, self.args.kd_chunk_size or
+                                                       auto_chunk_size(w.shape[0], w.device))
             sums[3] += int((labels != -100).sum())
+            self._release_teacher_head()
         sums = self.accelerator.reduce(sums, reduction="sum")
         k = max(float(sums[3]), 1.0)
         return {"kd_loss": float(sums[0]) / k, "student_lm_loss": float(sums[1]) / k,

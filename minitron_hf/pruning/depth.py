@@ -88,8 +88,12 @@ def dropped_layers(model, drop):
 
 
 @torch.no_grad()
-def lm_loss(model, blocks: torch.Tensor, batch_size: int = 8, progress: bool = False) -> float:
-    """Mean next-token cross-entropy over [N, seq_len] token blocks (every token counts once)."""
+def lm_loss(model, blocks: torch.Tensor, batch_size: int = 8, progress: bool = False, reduce: bool = False) -> float:
+    """Mean next-token cross-entropy over [N, seq_len] token blocks (every token counts once).
+
+    ``reduce``: the blocks are this process's shard of the data-parallel calibration; the sums are all-reduced,
+    so every process must call it. Without it nothing is collective (a main-process-only evaluation under
+    ``accelerate launch`` would otherwise wait for the other processes forever)."""
     device = next(model.parameters()).device
     total, count = 0.0, 0
     for i in tqdm(range(0, len(blocks), batch_size), desc="val loss", disable=not progress, leave=False):
@@ -98,7 +102,8 @@ def lm_loss(model, blocks: torch.Tensor, batch_size: int = 8, progress: bool = F
         n = ids.shape[0] * (ids.shape[1] - 1)
         total += float(out.loss) * n
         count += n
-    total, count = _all_reduce_sum(torch.tensor([total, count], dtype=torch.float64)).tolist()
+    if reduce:
+        total, count = _all_reduce_sum(torch.tensor([total, count], dtype=torch.float64)).tolist()
     return total / max(count, 1)
 
 
@@ -244,15 +249,16 @@ def block_task_accuracy(model, tokenizer, task: str, block_size: int, *, metric:
 
 
 def block_lm_losses(model, blocks: torch.Tensor, block_size: int, batch_size: int = 8, progress: bool = True):
-    """Validation loss after removing each contiguous block of ``block_size`` layers."""
+    """Validation loss after removing each contiguous block of ``block_size`` layers (``blocks``: this process's shard
+    under data parallelism; every process calls it)."""
     L = model.config.num_hidden_layers
     if not 1 <= block_size < L:
         raise DepthError(f"block_size={block_size} must be between 1 and num_hidden_layers - 1 = {L - 1}")
-    baseline = lm_loss(model, blocks, batch_size)
+    baseline = lm_loss(model, blocks, batch_size, reduce=True)
     losses = []
     for s in tqdm(range(L - block_size + 1), desc=f"drop {block_size} layers", disable=not progress):
         with dropped_layers(model, range(s, s + block_size)):
-            losses.append(lm_loss(model, blocks, batch_size))
+            losses.append(lm_loss(model, blocks, batch_size, reduce=True))
     return baseline, losses
 
 

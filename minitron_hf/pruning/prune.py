@@ -187,11 +187,11 @@ def _interpolate(src_cfg, final: dict, step: int, steps: int) -> dict:
 
 def _dist_state():
     """accelerate's process state: one process normally; N under ``accelerate launch``/torchrun."""
-    from accelerate import PartialState
+    from ..distributed import process_state
 
     # without an accelerator, accelerate only sets up gloo data parallel when told cpu=True
     # (`accelerate launch --multi_gpu --num_processes N` on a CPU machine starts N processes via torchrun)
-    return PartialState(cpu=not torch.cuda.is_available())
+    return process_state()
 
 
 def _shard(blocks, state):
