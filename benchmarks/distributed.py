@@ -14,7 +14,7 @@ mode, which builds the `DistillationTrainer` through the library (python-docs tr
 2. FSDP2 on 2 processes, 1 sequence per process, seq 256 / 1024 / 4096, vocab 49,152: chunked KD loss (default
    chunk) against full [tokens x vocab] logits (kd_chunk_size=0); 3 steps.
 
-    .venv/bin/python benchmarks/distributed.py
+    .venv/bin/python benchmarks/distributed.py [--reuse]
 
 Writes benchmarks/results/distributed.md and distributed.json. Run it alone: it uses both cores.
 """
@@ -103,9 +103,15 @@ def ensure_student(teacher: Path) -> Path:
     return out
 
 
+REUSE = False  # --reuse: keep the measured rows found in runs/distributed_bench (run only the missing ones)
+
+
 def launch(name: str, launch_args: list[str], student: Path, teacher: Path, seq_len: int, per_device: int,
-           steps: int, chunk: int | None) -> dict:
+           steps: int, chunk: int | None, threads: int = 1) -> dict:
     out = WORK / name
+    if REUSE and (out / "rank0.json").exists():
+        wall = float((out / "wall_s").read_text()) if (out / "wall_s").exists() else None
+        return _record(name, out, seq_len, per_device, threads, wall)
     if out.exists():
         import shutil
 
@@ -116,16 +122,22 @@ def launch(name: str, launch_args: list[str], student: Path, teacher: Path, seq_
     if chunk is not None:
         cmd += ["--kd-chunk-size", str(chunk)]
     t0 = time.time()
-    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
+                       env={**os.environ, "OMP_NUM_THREADS": str(threads)})
     if r.returncode != 0:
         raise SystemExit(f"{name} failed:\n{r.stderr[-4000:]}")
-    ranks = [json.loads(p.read_text()) for p in sorted(out.glob("rank*.json"))]
-    rec = {"name": name, "seq_len": seq_len, "per_device": per_device, "processes": len(ranks),
-           "fsdp2": ranks[0]["fsdp2"], "full_logits": ranks[0]["full_logits"],
-           "step_s": max(x["step_s"] for x in ranks), "peak_rss_gib": [round(x["peak_rss_gib"], 2) for x in ranks],
-           "losses": ranks[0]["losses"], "wall_s": round(time.time() - t0, 1)}
+    (out / "wall_s").write_text(f"{time.time() - t0:.1f}")
+    rec = _record(name, out, seq_len, per_device, threads, round(time.time() - t0, 1))
     print(json.dumps(rec), flush=True)
     return rec
+
+
+def _record(name, out, seq_len, per_device, threads, wall_s) -> dict:
+    ranks = [json.loads(p.read_text()) for p in sorted(out.glob("rank*.json"))]
+    return {"name": name, "seq_len": seq_len, "per_device": per_device, "processes": len(ranks), "threads": threads,
+            "fsdp2": ranks[0]["fsdp2"], "full_logits": ranks[0]["full_logits"],
+            "step_s": max(x["step_s"] for x in ranks), "peak_rss_gib": [round(x["peak_rss_gib"], 2) for x in ranks],
+            "losses": ranks[0]["losses"], "wall_s": wall_s}
 
 
 def main() -> None:
@@ -140,6 +152,7 @@ def main() -> None:
            "--dynamo_backend", "no"]
     fsdp2 = ["--config_file", str(ROOT / "recipes/accelerate/fsdp2-cpu.yaml")]
     part1 = [launch("1proc", one, student, teacher, 256, 4, 6, None),
+             launch("1proc-2threads", one, student, teacher, 256, 4, 6, None, threads=2),
              launch("ddp", ddp, student, teacher, 256, 2, 6, None),
              launch("fsdp2", fsdp2, student, teacher, 256, 2, 6, None)]
     part2 = []
@@ -150,22 +163,28 @@ def main() -> None:
     (ROOT / "benchmarks" / "results" / "distributed.json").write_text(json.dumps({"steps": part1, "seq": part2},
                                                                                  indent=1))
     rows1 = "\n".join(
-        f"| {r['name']} | {r['processes']} x {r['per_device']} | {r['step_s']:.2f} | "
+        f"| {r['name']} | {r['processes']} x {r['per_device']} | {r['threads']} | {r['step_s']:.2f} | "
         f"{' / '.join(f'{x:.2f}' for x in r['peak_rss_gib'])} | {', '.join(f'{x:.4f}' for x in r['losses'])} |"
         for r in part1)
     rows2 = "\n".join(
         f"| {r['seq_len']} | {'full logits' if r['full_logits'] else 'chunked'} | {r['step_s']:.2f} | "
         f"{' / '.join(f'{x:.2f}' for x in r['peak_rss_gib'])} |" for r in part2)
+    by = {(r["seq_len"], r["full_logits"]): max(r["peak_rss_gib"]) for r in part2}
+    extra = ", ".join(f"{seq}: {by[(seq, True)] - by[(seq, False)]:+.2f} GiB" for seq in (256, 1024, 4096))
+    growth = ", ".join(f"{by[(seq, False)]:.2f}" for seq in (256, 1024, 4096))
     body = f"""
 Pair: SmolLM2-135M teacher, its width-pruned student (hidden 432, MLP 768), fp32, python-docs blocks. Step time:
 median wall time of a training step after the first (slowest process). Peak RSS: per process, its high-water mark
 during `train()` only (reset at the start of training; loading the models does not count). Processes are CPU
-processes over gloo started by `accelerate launch` (torchrun), one thread each (OMP_NUM_THREADS=1), on 2 cores.
+processes over gloo started by `accelerate launch` (torchrun), one thread each (OMP_NUM_THREADS=1) unless the
+table says otherwise, on 2 cores: 2 processes use both cores, like the 1-process run with 2 threads. With
+`--reuse`, rows already measured in runs/distributed_bench (by an earlier run of this script) are kept and only
+the missing ones run.
 
 ## KD step at the same global batch (4 x 256 tokens, 6 steps)
 
-| run | processes x per-device batch | step (s) | peak RSS per process (GiB) | train KD loss per step |
-|---|---|---|---|---|
+| run | processes x per-device batch | threads per process | step (s) | peak RSS per process (GiB) | train KD loss per step |
+|---|---|---|---|---|---|
 {rows1}
 
 ## Chunked KD loss against full logits under FSDP2 (2 processes x 1 sequence, vocab 49,152, 3 steps)
@@ -173,6 +192,12 @@ processes over gloo started by `accelerate launch` (torchrun), one thread each (
 | sequence length | KD loss | step (s) | peak RSS per process (GiB) |
 |---|---|---|---|
 {rows2}
+
+What full logits add to the larger process's peak, by sequence length: {extra}; that is the [tokens x 49,152]
+fp32 logits of both models (0.8 GB each at 4096) and their softmax and gradient copies. The chunked loss holds one
+[chunk x vocab] block at a time (the CPU default: about 16M logits, 64 MB), so what it adds does not grow with the
+sequence; the chunked runs' own growth ({growth} GiB) is the two models' activations for a longer sequence
+(no gradient checkpointing here), the same in both columns.
 """
     print(write_result("distributed", "Distributed distillation on CPU processes: DDP, FSDP2, chunked KD loss", body))
 
@@ -187,5 +212,7 @@ if __name__ == "__main__":
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--kd-chunk-size", type=int, default=None)
     p.add_argument("--out")
+    p.add_argument("--reuse", action="store_true", help="keep rows already measured in runs/distributed_bench")
     a = p.parse_args()
+    REUSE = a.reuse
     worker(a) if a.worker else main()

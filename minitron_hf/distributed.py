@@ -1,8 +1,15 @@
-"""Running a trainer on many processes: FSDP2 on CPU machines, the global batch, collective timeouts.
+"""Running on many processes (``accelerate launch``): the process state, FSDP2 and DeepSpeed on CPU processes, the
+global batch, collective timeouts.
 
-Every trainer of the project (distillation, teacher correction, SFT, RPO) goes through
-:class:`~minitron_hf.checkpoints.CheckpointMixin`, which calls :func:`enable_fsdp_on_cpu` right after the
-Trainer creates its accelerator.
+- :func:`process_state`: accelerate's process state (main process, barriers) outside a Trainer, with a timeout.
+- :func:`connect_cpu_processes`: the trainers' configs connect CPU processes with their ``ddp_timeout``.
+- :func:`enable_fsdp_on_cpu`: called by :class:`~minitron_hf.checkpoints.CheckpointMixin` (every trainer:
+  distillation, teacher correction, SFT, RPO) right after the Trainer creates its accelerator.
+- :func:`connect_deepspeed_on_cpu`: DeepSpeed's communication on the gloo group, before ``from_pretrained``.
+- :func:`check_global_batch`: ``global_batch_size`` against per device x accumulation x processes.
+
+How the chunked KD loss reads sharded LM heads is in ``distill/trainer.py`` (``DistillationTrainer._head``);
+how a sharded model becomes a plain checkpoint is ``models.save_trained``.
 
 Facts this module relies on (accelerate 1.15, torch 2.13, checked on a 2-core CPU machine):
 

@@ -145,16 +145,36 @@ def _smollm2_package_dir() -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
-def save_trained(trainer, tokenizer, final: Path) -> Path:
-    """Write a finished Trainer's model with its tokenizer to ``final`` as a vanilla checkpoint, atomically, from
-    the main process only; the others wait until it is there."""
-    if trainer.accelerator.is_main_process:
+def save_trained(trainer, tokenizer, final: Path, finalize=None, extra=None) -> Path:
+    """Write a finished Trainer's model with its tokenizer to ``final`` as a vanilla checkpoint that
+    ``from_pretrained`` loads, atomically, from the main process; the others wait until it is there.
+
+    Under FSDP and DeepSpeed every process first takes part in gathering the full state dict (FSDP2's
+    sharded parameters, ZeRO-3's partitions; ZeRO-3 needs ``stage3_gather_16bit_weights_on_model_save``).
+    The gathered tensors are copies, so tied weights (lm_head = embed_tokens) are tied again before writing,
+    or the head would be written twice. ``finalize(model)`` gives the model to save (e.g. LoRA merged; not
+    under sharding); ``extra(tmp_dir)`` writes more files into the folder before it is put in place."""
+    acc = trainer.accelerator
+    state_dict = None
+    if getattr(trainer, "is_fsdp_enabled", False) or getattr(trainer, "is_deepspeed_enabled", False):
+        state_dict = acc.get_state_dict(trainer.model_wrapped)  # collective: every process
+    if acc.is_main_process:
+        model = acc.unwrap_model(trainer.model_wrapped if trainer.model_wrapped is not None else trainer.model)
+        if finalize is not None:
+            model = finalize(model)
+        if state_dict is not None:
+            for target, source in (getattr(model, "all_tied_weights_keys", None) or {}).items():
+                if target in state_dict and source in state_dict:
+                    state_dict[target] = state_dict[source]
+
         def write(d):
-            trainer.model.save_pretrained(d)
+            model.save_pretrained(d, state_dict=state_dict)
             tokenizer.save_pretrained(d)
+            if extra is not None:
+                extra(Path(d))
 
         write_checkpoint_atomically(final, write)
-    trainer.accelerator.wait_for_everyone()
+    acc.wait_for_everyone()
     return Path(final)
 
 

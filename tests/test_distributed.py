@@ -134,6 +134,30 @@ def test_fsdp2_on_cpu_shards_both_models_and_equals_one_process(pair, fsdp2_run,
     assert s40["after"]["eval_kd_loss"] < s40["before"]["before_kd_loss"]
 
 
+def test_teacher_correction_under_fsdp2_writes_a_plain_teacher(pair, tmp_path, monkeypatch):
+    """`recipes/correct_teacher.py` under FSDP2 on 2 CPU processes: the baseline is evaluated inside train() (the
+    model is sharded there), and final/ is gathered into a plain checkpoint with its tied head written once.
+    mode=lora under FSDP is refused before any weights load."""
+    t = pair[1]
+    out = tmp_path / "corr"
+    r = _run([ACCELERATE, "launch", *FSDP2_CPU, "recipes/correct_teacher.py", "--model", str(t), "--mode", "full",
+              "--max-steps", "2", "--per-device-train-batch-size", "2", "--seq-len", "32", "--eval-samples", "2",
+              "--learning-rate", "1e-3", "--report-to", "none", "--save-strategy", "no", "--output-dir", str(out)])
+    assert "FSDP2 on 2 CPU processes over gloo" in r.stderr
+    summary = json.loads((out / "final" / "correction.json").read_text())
+    assert summary["steps"] == 2 and summary["before_lm_loss"] > 0 and summary["after_lm_loss"] > 0
+    before, after = load_file(str(t / "model.safetensors")), load_file(str(out / "final" / "model.safetensors"))
+    assert set(after) == set(before)
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+    from minitron_hf.cli import main
+
+    monkeypatch.setattr("minitron_hf.distill.correct.load_model", lambda *a, **k: pytest.fail("weights loaded"))
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what `accelerate launch --config_file fsdp2...` sets
+    assert main(["correct-teacher", "--model", str(t), "--mode", "lora", "--output-dir", str(tmp_path / "l"),
+                 "--report-to", "none"]) == 2
+
+
 def _rank_pid(launcher: psutil.Process, rank: int) -> int | None:
     for p in launcher.children(recursive=True):
         try:
@@ -159,6 +183,33 @@ def test_deepspeed_zero3_on_cpu_equals_one_process(pair, one_run, tmp_path):
     assert AutoModelForCausalLM.from_pretrained(out / "final").config.hidden_size == 36
 
 
+def _stop_all(proc: subprocess.Popen, workers: list[int]) -> None:
+    """Cleanup whatever happened: the launcher and every worker it started (a test that fails must not leave
+    training processes behind)."""
+    for pid in workers:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    if proc.poll() is None:
+        proc.kill()
+
+
+def _workers(proc: subprocess.Popen) -> list[int]:
+    return [p.pid for p in psutil.Process(proc.pid).children(recursive=True)]
+
+
+def _gone(pids: list[int]) -> bool:
+    alive = []
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                alive.append(pid)
+        except psutil.NoSuchProcess:
+            pass
+    return not alive
+
+
 def test_killing_one_rank_stops_the_run_and_the_resume_continues_the_curve(pair, fsdp2_run, tmp_path):
     """kill -9 of rank 1 after checkpoint-4: the launcher stops every process (no rank waits forever), exits
     non-zero, and `--resume-from-checkpoint true` ends with the uninterrupted run's weights."""
@@ -173,13 +224,14 @@ def test_killing_one_rank_stops_the_run_and_the_resume_continues_the_curve(pair,
             time.sleep(0.05)
         pid = _rank_pid(psutil.Process(proc.pid), 1)
         assert pid is not None
+        workers = _workers(proc)
         os.kill(pid, signal.SIGKILL)
         killed_at = time.time()
         err = proc.communicate(timeout=300)[1]
         stopped_after = time.time() - killed_at
+        assert _gone(workers), "a rank outlived the launcher"
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        _stop_all(proc, locals().get("workers", []))
     print(f"the run stopped {stopped_after:.1f} s after rank 1 was killed (exit code {proc.returncode})")
     assert proc.returncode != 0
     assert stopped_after < 120, f"the run took {stopped_after:.0f} s to stop after a rank was killed"
@@ -209,13 +261,15 @@ def test_a_hung_rank_times_out_the_others(pair, tmp_path):
             time.sleep(0.05)
         pid = _rank_pid(psutil.Process(proc.pid), 1)
         assert pid is not None
+        workers = _workers(proc)
         os.kill(pid, signal.SIGSTOP)
         stopped_at = time.time()
         err = proc.communicate(timeout=300)[1]
         waited = time.time() - stopped_at
+        time.sleep(1)
+        assert _gone(workers), "a rank outlived the launcher"
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        _stop_all(proc, locals().get("workers", []))
     print(f"the job ended {waited:.1f} s after rank 1 hung (--ddp-timeout 15; exit code {proc.returncode})")
     assert proc.returncode != 0
     assert 10 < waited < 200, waited

@@ -21,9 +21,10 @@ from pathlib import Path
 from transformers import Trainer
 
 from ..data import BlockDataset, DataConfig, collate_blocks, load_blocks, train_blocks
-from ..models import load_model, load_tokenizer, resolve_model, write_checkpoint_atomically
-from .trainer import TrainArgs, eval_curve
+from ..models import load_model, load_tokenizer, resolve_model, save_trained
+from .trainer import BaselineEvaluation, TrainArgs, eval_curve
 from ..checkpoints import CheckpointMixin, check_output_dir, remove_checkpoints
+from ..distributed import fsdp_requested
 from ..errors import MinitronError
 
 logger = logging.getLogger(__name__)
@@ -100,6 +101,9 @@ def _run_correction(data_cfg: DataConfig, cfg: CorrectionConfig, args: TrainArgs
     final = Path(args.output_dir) / "final"
     if final.exists() and not cfg.overwrite:
         raise CorrectionError(f"output_dir={args.output_dir!r} already holds a corrected model; pass --overwrite")
+    if cfg.mode == "lora" and (fsdp_requested(args) or args.deepspeed):
+        raise CorrectionError("mode=lora runs on one device or with DDP; under FSDP or DeepSpeed use mode=full or "
+                              "mode=norm (the merged LoRA teacher is saved from an unsharded model)")
     resume = check_output_dir(args.output_dir, args.resume_from_checkpoint, cfg.overwrite, CorrectionError,
                               args=args, sources=[cfg.model])
     src = resolve_model(cfg.model)
@@ -113,10 +117,17 @@ def _run_correction(data_cfg: DataConfig, cfg: CorrectionConfig, args: TrainArgs
     model.train()
     trainer = CorrectionTrainer(model=model, args=args, train_dataset=train,
                                 eval_dataset=BlockDataset(val), data_collator=collate_blocks, processing_class=tok)
-    before = trainer.evaluate(metric_key_prefix="before")
+    sharded = getattr(trainer, "is_fsdp_enabled", False) or trainer.is_deepspeed_enabled
+    if sharded:  # the model is placed and sharded inside train(): evaluate it there (as distillation does)
+        baseline = BaselineEvaluation(trainer)
+        trainer.add_callback(baseline)
+    else:
+        before = trainer.evaluate(metric_key_prefix="before")
     if resume is None and cfg.overwrite and args.should_save:
         remove_checkpoints(args.output_dir)  # a fresh run: the earlier run's checkpoints would mix with this one's
     trainer.train(resume_from_checkpoint=resume)
+    if sharded:
+        before = baseline.metrics
     after = trainer.evaluate()
     tokens_per_step = (args.per_device_train_batch_size * args.gradient_accumulation_steps * max(args.world_size, 1)
                        * cfg.seq_len)
@@ -126,16 +137,8 @@ def _run_correction(data_cfg: DataConfig, cfg: CorrectionConfig, args: TrainArgs
                "before_lm_loss": before["before_loss"], "after_lm_loss": after["eval_loss"],
                "data": asdict(data_cfg), "train_data": train.describe(), "wall_time_s": round(time.time() - t0, 1),
                "eval_curve": eval_curve(trainer.state.log_history, tokens_per_step, before)}
-    if trainer.is_world_process_zero():
-        plain = finalize_mode(trainer.model, cfg.mode)
-
-        def write(tmp: Path) -> None:
-            plain.save_pretrained(tmp, safe_serialization=True)
-            tok.save_pretrained(tmp)
-            (tmp / "correction.json").write_text(json.dumps(summary, indent=1))
-
-        write_checkpoint_atomically(final, write)
-    trainer.accelerator.wait_for_everyone()
+    save_trained(trainer, tok, final, finalize=lambda m: finalize_mode(m, cfg.mode),  # also gathered under FSDP/ZeRO-3
+                 extra=lambda tmp: (tmp / "correction.json").write_text(json.dumps(summary, indent=1)))
     logger.info("teacher correction (%s): LM loss %.3f -> %.3f in %d steps; corrected teacher in %s", cfg.mode,
                 summary["before_lm_loss"], summary["after_lm_loss"], summary["steps"], final)
     return summary

@@ -18,7 +18,7 @@ import torch
 
 from ..checkpoints import check_output_dir, parse_resume_flag, remove_checkpoints
 from ..data import BlockDataset, DataConfig, collate_blocks, load_blocks, train_blocks
-from ..models import load_model, load_tokenizer, resolve_model
+from ..models import load_model, load_tokenizer, resolve_model, save_trained
 from .trainer import (BaselineEvaluation, DistillationConfig, DistillationError, DistillationTrainer, check_pair,
                       eval_curve)
 
@@ -114,7 +114,7 @@ def _run_distill(data_cfg: DataConfig, script: DistillScriptConfig, args: Distil
         before = baseline.metrics
     after = trainer.evaluate(metric_key_prefix="eval")
     final = Path(args.output_dir) / "final"
-    save_vanilla(trainer, final)
+    save_trained(trainer, tok, final)  # also under FSDP/ZeRO-3: gathered into a plain checkpoint
     tokens_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * world * script.seq_len
     summary = {
         "student": str(script.student), "teacher": str(script.teacher), "data": asdict(data_cfg),
@@ -143,25 +143,6 @@ def _run_distill(data_cfg: DataConfig, script: DistillScriptConfig, args: Distil
                 script.student, before["before_student_lm_loss"], after["eval_student_lm_loss"],
                 after["eval_teacher_lm_loss"], before["before_kd_loss"], after["eval_kd_loss"], trainer.state.global_step)
     return summary
-
-
-def save_vanilla(trainer, final: Path) -> None:
-    """The student as a plain transformers checkpoint (safetensors, config, generation config,
-    tokenizer), also under FSDP, whose ``save_model`` with SHARDED_STATE_DICT writes per-rank shards
-    that ``from_pretrained`` cannot read: gather the full state dict instead (every rank takes part)."""
-    if not getattr(trainer, "is_fsdp_enabled", False):
-        trainer.save_model(str(final))  # DeepSpeed ZeRO-3 gathers (stage3_gather_16bit_weights_on_model_save)
-        return
-    state_dict = trainer.accelerator.get_state_dict(trainer.model_wrapped)
-    if trainer.is_world_process_zero():
-        model = trainer.accelerator.unwrap_model(trainer.model_wrapped)
-        # the gathered tensors are copies: tied weights (lm_head = embed_tokens) would be written twice
-        for target, source in (getattr(model, "all_tied_weights_keys", None) or {}).items():
-            if target in state_dict and source in state_dict:
-                state_dict[target] = state_dict[source]
-        model.save_pretrained(final, state_dict=state_dict)
-        trainer.processing_class.save_pretrained(final)
-    trainer.accelerator.wait_for_everyone()
 
 
 def plot_curves(history: list[dict], tokens_per_step: int, path: Path, before: dict | None = None,
