@@ -504,6 +504,11 @@ class CheckpointMixin:
     _last_loss: torch.Tensor | None = None
 
     # ------------------------------------------------------------------------------ accelerator
+    @property
+    def sharded(self) -> bool:
+        """FSDP or DeepSpeed: the model is placed and sharded only inside ``train()``, and saving it gathers."""
+        return bool(getattr(self, "is_fsdp_enabled", False) or getattr(self, "is_deepspeed_enabled", False))
+
     def create_accelerator_and_postprocess(self):
         """The Trainer's accelerator; on CPU-only machines an FSDP launch really shards (see
         :func:`minitron_hf.distributed.enable_fsdp_on_cpu`)."""

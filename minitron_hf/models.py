@@ -156,7 +156,7 @@ def save_trained(trainer, tokenizer, final: Path, finalize=None, extra=None) -> 
     under sharding); ``extra(tmp_dir)`` writes more files into the folder before it is put in place."""
     acc = trainer.accelerator
     state_dict = None
-    if getattr(trainer, "is_fsdp_enabled", False) or getattr(trainer, "is_deepspeed_enabled", False):
+    if trainer.sharded:  # CheckpointMixin, which every trainer of the project mixes in
         state_dict = acc.get_state_dict(trainer.model_wrapped)  # collective: every process
     if acc.is_main_process:
         model = acc.unwrap_model(trainer.model_wrapped if trainer.model_wrapped is not None else trainer.model)

@@ -48,6 +48,7 @@ import yaml
 from .config import check_fields, instantiate, load_yaml
 from .outputs import check_output, write_json_atomically, write_text_atomically
 from .data import DataConfig
+from .distributed import process_state
 from .errors import MinitronError
 
 logger = logging.getLogger(__name__)
@@ -542,7 +543,7 @@ def _stage_importance(run: Run, resume: bool) -> dict:
         else:
             n_blocks = len(li.lm_loss or li.block_influence)
             res["tokens"] += cfg.val_samples * cfg.seq_len * (n_blocks + 1)
-    if not _state().is_main_process:
+    if not process_state().is_main_process:
         return res
 
     def write(tmp: Path) -> None:
@@ -767,12 +768,6 @@ def select_stages(run: Run, from_stage: str | None = None, only: str | None = No
     return enabled, set()
 
 
-def _state(timeout_s: float | None = None):
-    from .distributed import process_state
-
-    return process_state(timeout_s)
-
-
 # stages whose work is spread over the processes of ``accelerate launch`` (trainers and calibration; alignment's
 # TRL trainers are distributed trainers too); the others (data, evaluate, export) run on the main process while the
 # rest wait for its done.json (:func:`_await_main`)
@@ -897,7 +892,7 @@ def run_pipeline(run: Run, from_stage: str | None = None, only: str | None = Non
     """
     stages, forced = select_stages(run, from_stage, only)
     check_run_dir(run, overwrite)
-    state = _state(run.cfg.ddp_timeout)
+    state = process_state(run.cfg.ddp_timeout)
     main = state.is_main_process
     state.wait_for_everyone()  # every process has checked the folder before the main one writes in it
     out_existed = run.out.exists()

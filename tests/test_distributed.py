@@ -210,6 +210,17 @@ def _gone(pids: list[int]) -> bool:
     return not alive
 
 
+def _rank_1_after_checkpoint_4(proc: subprocess.Popen, out: Path) -> tuple[int, list[int]]:
+    """Wait until the launched run has written checkpoint-4; then rank 1's pid and every worker's."""
+    deadline = time.time() + 600
+    while not (out / "checkpoint-4" / "minitron_checkpoint.json").exists():
+        assert proc.poll() is None and time.time() < deadline, "no checkpoint-4 before the run ended"
+        time.sleep(0.05)
+    pid = _rank_pid(psutil.Process(proc.pid), 1)
+    assert pid is not None
+    return pid, _workers(proc)
+
+
 def test_killing_one_rank_stops_the_run_and_the_resume_continues_the_curve(pair, fsdp2_run, tmp_path):
     """kill -9 of rank 1 after checkpoint-4: the launcher stops every process (no rank waits forever), exits
     non-zero, and `--resume-from-checkpoint true` ends with the uninterrupted run's weights."""
@@ -218,13 +229,7 @@ def test_killing_one_rank_stops_the_run_and_the_resume_continues_the_curve(pair,
     proc = subprocess.Popen(_cmd(pair, out, FSDP2_CPU), cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.time() + 600
-        while not (out / "checkpoint-4" / "minitron_checkpoint.json").exists():
-            assert proc.poll() is None and time.time() < deadline, "no checkpoint-4 before the run ended"
-            time.sleep(0.05)
-        pid = _rank_pid(psutil.Process(proc.pid), 1)
-        assert pid is not None
-        workers = _workers(proc)
+        pid, workers = _rank_1_after_checkpoint_4(proc, out)
         os.kill(pid, signal.SIGKILL)
         killed_at = time.time()
         err = proc.communicate(timeout=300)[1]
@@ -255,13 +260,7 @@ def test_a_hung_rank_times_out_the_others(pair, tmp_path):
     proc = subprocess.Popen(_cmd(pair, out, FSDP2_CPU, 2, "--ddp-timeout", "15"), cwd=ROOT, env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.time() + 600
-        while not (out / "checkpoint-4" / "minitron_checkpoint.json").exists():
-            assert proc.poll() is None and time.time() < deadline, "no checkpoint-4 before the run ended"
-            time.sleep(0.05)
-        pid = _rank_pid(psutil.Process(proc.pid), 1)
-        assert pid is not None
-        workers = _workers(proc)
+        pid, workers = _rank_1_after_checkpoint_4(proc, out)
         os.kill(pid, signal.SIGSTOP)
         stopped_at = time.time()
         err = proc.communicate(timeout=300)[1]

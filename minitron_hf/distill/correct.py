@@ -117,7 +117,7 @@ def _run_correction(data_cfg: DataConfig, cfg: CorrectionConfig, args: TrainArgs
     model.train()
     trainer = CorrectionTrainer(model=model, args=args, train_dataset=train,
                                 eval_dataset=BlockDataset(val), data_collator=collate_blocks, processing_class=tok)
-    sharded = getattr(trainer, "is_fsdp_enabled", False) or trainer.is_deepspeed_enabled
+    sharded = trainer.sharded
     if sharded:  # the model is placed and sharded inside train(): evaluate it there (as distillation does)
         baseline = BaselineEvaluation(trainer)
         trainer.add_callback(baseline)

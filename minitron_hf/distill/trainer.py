@@ -224,7 +224,7 @@ class DistillationTrainer(CheckpointMixin, Trainer):
         self.teacher_optimizer = None
         self._teacher_lm_losses: list[float] = []
         if self.args.continuous_correction:
-            if self.is_deepspeed_enabled or getattr(self, "is_fsdp_enabled", False):
+            if self.sharded:
                 raise DistillationError("continuous_correction runs on one device or DDP, not FSDP/DeepSpeed")
             teacher_model.train()
             teacher_model.requires_grad_(True)
@@ -399,11 +399,6 @@ class DistillationTrainer(CheckpointMixin, Trainer):
         k = max(float(sums[3]), 1.0)
         return {"kd_loss": float(sums[0]) / k, "student_lm_loss": float(sums[1]) / k,
                 "teacher_lm_loss": float(sums[2]) / k}
-
-    @property
-    def sharded(self) -> bool:
-        """FSDP or DeepSpeed: the student is prepared only inside ``train()``."""
-        return bool(getattr(self, "is_fsdp_enabled", False) or self.is_deepspeed_enabled)
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
         dataloader = self.get_eval_dataloader(eval_dataset)

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from ..data import DataConfig, load_blocks
+from ..distributed import process_state
 from ..models import arch_spec, load_model, resolve_model, write_checkpoint_atomically
 from .depth import DepthError, check_metric, is_task_metric, layer_importance
 from .importance import (Importance, estimate_importance, parse_aggregation, plot_importance,
@@ -185,15 +186,6 @@ def _interpolate(src_cfg, final: dict, step: int, steps: int) -> dict:
     return t
 
 
-def _dist_state():
-    """accelerate's process state: one process normally; N under ``accelerate launch``/torchrun."""
-    from ..distributed import process_state
-
-    # without an accelerator, accelerate only sets up gloo data parallel when told cpu=True
-    # (`accelerate launch --multi_gpu --num_processes N` on a CPU machine starts N processes via torchrun)
-    return process_state()
-
-
 def _shard(blocks, state):
     return blocks if blocks is None or state.num_processes == 1 else blocks[state.process_index:: state.num_processes]
 
@@ -207,7 +199,7 @@ def compute_scores(data_cfg: DataConfig, cfg: PruneConfig, src: Path, tokenizer,
     checked before the model, so a too-small dataset fails before any forward pass. Under
     ``accelerate launch`` each process scores its shard and the sums are all-reduced.
     """
-    state = state or _dist_state()
+    state = state or process_state()
     device = device if device is not None else (state.device if state.num_processes > 1 else _device(cfg.device))
     by_influence = depth_k > 0 and cfg.depth_metric == "block-influence"
     by_task = depth_k > 0 and is_task_metric(cfg.depth_metric)
@@ -247,7 +239,7 @@ def run_prune(data_cfg: DataConfig, cfg: PruneConfig) -> dict:
     """
     t0 = time.time()
     src, config, target, new_config, drop = validate(cfg)
-    state = _dist_state()
+    state = process_state()
     if state.num_processes > 1 and cfg.iterative_steps > 1:
         raise PruningConfigError("iterative_steps > 1 runs in a single process; launch without accelerate")
     from ..models import load_tokenizer
