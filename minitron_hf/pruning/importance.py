@@ -183,6 +183,71 @@ def _decoder_layers(model):
     return base.layers
 
 
+class WidthScores:
+    """The fp32 accumulators of every width axis, one set per decoder layer, filled by forward hooks.
+
+    One home for the probe points, shared by the in-memory pass (:func:`estimate_importance`: hooks on every
+    layer at once) and the sequential pass (:mod:`.sequential`: hooks on the one layer that is loaded)."""
+
+    def __init__(self, config, aggregation: str, device):
+        arch_spec(config)
+        self.aggregation = aggregation
+        batch_agg, seq_agg = parse_aggregation(aggregation)
+        L, self.H, self.hd = config.num_hidden_layers, config.num_attention_heads, head_dim_of(config)
+        self.heads = [ChannelReducer((self.H,), batch_agg, seq_agg, device) for _ in range(L)]
+        self.neurons = [ChannelReducer((config.intermediate_size,), batch_agg, seq_agg, device) for _ in range(L)]
+        self.hidden = [[ChannelReducer((config.hidden_size,), batch_agg, seq_agg, device) for _ in range(2)]
+                       for _ in range(L)]
+        self.mask: torch.Tensor | None = None  # attention mask of the batch being run (1 = real token)
+        self.tokens = 0
+
+    def set_batch(self, ids: torch.Tensor, mask: torch.Tensor | None) -> None:
+        self.mask = mask
+        self.tokens += int(mask.sum()) if mask is not None else ids.numel()
+
+    def attach(self, layer, i: int) -> list:
+        """Hooks on decoder layer ``i``'s probe points; returns the handles to remove."""
+        H, hd = self.H, self.hd
+
+        def head_hook(module, args):
+            x = args[0]
+            self.heads[i].update(x.view(*x.shape[:-1], H, hd).float().norm(dim=-1), self.mask)
+
+        def neuron_hook(module, args):
+            self.neurons[i].update(args[0].abs(), self.mask)
+
+        def norm_hook(r):
+            def hook(module, args, out):
+                r.update(out.abs(), self.mask)
+            return hook
+
+        return [layer.self_attn.o_proj.register_forward_pre_hook(head_hook),
+                layer.mlp.down_proj.register_forward_pre_hook(neuron_hook),
+                layer.input_layernorm.register_forward_hook(norm_hook(self.hidden[i][0])),
+                layer.post_attention_layernorm.register_forward_hook(norm_hook(self.hidden[i][1]))]
+
+    def result(self) -> Importance:
+        """All-reduced over data-parallel processes (every process must call it), checked finite."""
+        for r in [*self.heads, *self.neurons, *(x for pair in self.hidden for x in pair)]:
+            r.all_reduce()
+        result = Importance(
+            heads=torch.stack([r.result() for r in self.heads]).cpu(),
+            neurons=torch.stack([r.result() for r in self.neurons]).cpu(),
+            hidden_per_layer=torch.stack([torch.stack([a.result(), b.result()]) for a, b in self.hidden]).cpu(),
+            meta={"aggregation": self.aggregation, "samples": int(self.heads[0].count), "tokens": self.tokens},
+        )
+        if not all(torch.isfinite(t).all() for t in (result.heads, result.neurons, result.hidden_per_layer)):
+            raise ImportanceError("importance scores are not finite (NaN/inf activations); check the model's dtype")
+        return result
+
+
+def as_batches(batches: Iterable[dict] | torch.Tensor, batch_size: int) -> list[dict]:
+    """A [N, seq_len] LongTensor of token blocks split into ``batch_size`` rows, or the given dicts."""
+    if isinstance(batches, torch.Tensor):
+        return [{"input_ids": batches[i: i + batch_size]} for i in range(0, len(batches), batch_size)]
+    return list(batches)
+
+
 @torch.no_grad()
 def estimate_importance(
     model,
@@ -196,71 +261,24 @@ def estimate_importance(
     ``batches`` is either a [N, seq_len] LongTensor of token blocks (split into ``batch_size``) or an
     iterable of dicts with ``input_ids`` and optional ``attention_mask``.
     """
-    batch_agg, seq_agg = parse_aggregation(aggregation)
-    config = model.config
-    arch_spec(config)
-    L, H, hd = config.num_hidden_layers, config.num_attention_heads, head_dim_of(config)
     device = next(model.parameters()).device
-    heads = [ChannelReducer((H,), batch_agg, seq_agg, device) for _ in range(L)]
-    neurons = [ChannelReducer((config.intermediate_size,), batch_agg, seq_agg, device) for _ in range(L)]
-    hidden = [[ChannelReducer((config.hidden_size,), batch_agg, seq_agg, device) for _ in range(2)] for _ in range(L)]
-    state: dict = {"mask": None}
-
-    def head_hook(r):
-        def hook(module, args):
-            x = args[0]
-            r.update(x.view(*x.shape[:-1], H, hd).float().norm(dim=-1), state["mask"])
-        return hook
-
-    def input_hook(r):
-        def hook(module, args):
-            r.update(args[0].abs(), state["mask"])
-        return hook
-
-    def output_hook(r):
-        def hook(module, args, out):
-            r.update(out.abs(), state["mask"])
-        return hook
-
-    handles = []
-    for i, layer in enumerate(_decoder_layers(model)):
-        handles.append(layer.self_attn.o_proj.register_forward_pre_hook(head_hook(heads[i])))
-        handles.append(layer.mlp.down_proj.register_forward_pre_hook(input_hook(neurons[i])))
-        handles.append(layer.input_layernorm.register_forward_hook(output_hook(hidden[i][0])))
-        handles.append(layer.post_attention_layernorm.register_forward_hook(output_hook(hidden[i][1])))
-
-    if isinstance(batches, torch.Tensor):
-        blocks = batches
-        batches = [{"input_ids": blocks[i : i + batch_size]} for i in range(0, len(blocks), batch_size)]
-    batches = list(batches)
-    n_tokens = 0
+    scores = WidthScores(model.config, aggregation, device)
+    handles = [h for i, layer in enumerate(_decoder_layers(model)) for h in scores.attach(layer, i)]
     was_training = model.training
     model.eval()
     try:
-        for batch in tqdm(batches, desc="importance", disable=not progress):
+        for batch in tqdm(as_batches(batches, batch_size), desc="importance", disable=not progress):
             ids = batch["input_ids"].to(device)
             mask = batch.get("attention_mask")
             mask = None if mask is None else mask.to(device)
-            state["mask"] = mask
-            n_tokens += int(mask.sum()) if mask is not None else ids.numel()
+            scores.set_batch(ids, mask)
             # base model only: the LM head is not needed for any score
             model.base_model(input_ids=ids, attention_mask=mask, use_cache=False)
     finally:
         for h in handles:
             h.remove()
         model.train(was_training)
-
-    for r in [*heads, *neurons, *(x for pair in hidden for x in pair)]:
-        r.all_reduce()
-    result = Importance(
-        heads=torch.stack([r.result() for r in heads]).cpu(),
-        neurons=torch.stack([r.result() for r in neurons]).cpu(),
-        hidden_per_layer=torch.stack([torch.stack([a.result(), b.result()]) for a, b in hidden]).cpu(),
-        meta={"aggregation": aggregation, "samples": int(heads[0].count), "tokens": n_tokens},
-    )
-    if not all(torch.isfinite(t).all() for t in (result.heads, result.neurons, result.hidden_per_layer)):
-        raise ImportanceError("importance scores are not finite (NaN/inf activations); check the model's dtype")
-    return result
+    return scores.result()
 
 
 def plot_importance(imp: Importance, out_path: str | Path, title: str = "") -> Path:

@@ -19,9 +19,10 @@ import torch
 from ..data import DataConfig, load_blocks
 from ..distributed import process_state
 from ..models import arch_spec, load_model, resolve_model, write_checkpoint_atomically
-from .depth import DepthError, check_metric, is_task_metric, layer_importance
+from .depth import DepthError, LayerImportance, check_metric, is_task_metric, layer_importance
 from .importance import (Importance, estimate_importance, parse_aggregation, plot_importance,
                          random_importance)
+from .sequential import LayerwiseModel, SequentialOptions, SequentialPlan, calibrate, decide_sequential
 from .trim import (PruneTarget, PruningConfigError, copy_aux_files, has_tokenizer, make_plan,
                    parameter_counts, resolve_target, trim_checkpoint)
 
@@ -31,8 +32,9 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 @dataclass
-class PruneConfig:
-    """Options of ``minitron prune`` / ``recipes/prune.py`` (data options come from DataConfig)."""
+class PruneConfig(SequentialOptions):
+    """Options of ``minitron prune`` / ``recipes/prune.py`` (data options come from DataConfig; the
+    larger-than-memory options from :class:`~minitron_hf.pruning.sequential.SequentialOptions`)."""
 
     model: str = field(default="smollm2-135m", metadata={"help": "alias 'smollm2-135m', a local checkpoint dir or a Hub id"})
     output: str | None = field(default=None, metadata={"help": "directory to write the pruned checkpoint to"})
@@ -110,6 +112,7 @@ def validate(cfg: PruneConfig):
     from transformers import AutoConfig
 
     out = check_output(cfg.output, cfg.overwrite)
+    cfg.check_sequential_options()
     if cfg.importance != "random":
         parse_aggregation(cfg.importance)
     try:
@@ -140,6 +143,8 @@ def validate(cfg: PruneConfig):
         raise PruningConfigError("target is empty: give at least one KEY=VALUE, e.g. --target hidden_size=432")
     target = PruneTarget.from_dict(cfg.target)
     new_config, drop = resolve_target(config, target)
+    if cfg.sequential and drop is None and new_config["num_hidden_layers"] < config.num_hidden_layers:
+        _check_task_sequential(cfg)
     if cfg.seq_len > getattr(config, "max_position_embeddings", cfg.seq_len):
         raise PruningConfigError(f"seq_len={cfg.seq_len} exceeds the model's max_position_embeddings="
                                  f"{config.max_position_embeddings}")
@@ -186,18 +191,53 @@ def _interpolate(src_cfg, final: dict, step: int, steps: int) -> dict:
     return t
 
 
+def _check_task_sequential(cfg) -> None:
+    if is_task_metric(cfg.depth_metric):
+        raise PruningConfigError(
+            f"depth_metric={cfg.depth_metric!r} needs the whole model in memory (lm-eval runs the full model for every "
+            f"candidate block), but calibration runs layer by layer here (sequential); use depth_metric=lm-loss or "
+            f"block-influence, which run layer by layer, or give drop_layers explicitly")
+
+
+def _offload_dir(cfg) -> Path:
+    """Where the disk activation cache goes: ``offload_dir``, else beside the output (a disk the user chose)."""
+    import tempfile
+
+    if cfg.offload_dir:
+        return Path(cfg.offload_dir).expanduser()
+    return Path(cfg.output).expanduser().resolve().parent if cfg.output else Path(tempfile.gettempdir())
+
+
+def sequential_scores(cfg, src: Path, calib, val, aggregation: str | None, influence_block: int, loss_block: int,
+                      device, progress: bool = True) -> tuple[Importance | None, LayerImportance | None, list]:
+    """Width importance and the depth scans, one layer at a time (:mod:`.sequential`); ``cfg`` carries the
+    :class:`SequentialOptions` and ``dtype``/``batch_size``. Returns (scores, depth scores, cache facts)."""
+    plan = SequentialPlan(aggregation=aggregation, influence_block=influence_block, loss_block=loss_block,
+                          batch_size=cfg.batch_size, activation_cache=cfg.activation_cache,
+                          offload_dir=_offload_dir(cfg), progress=progress,
+                          memory_limit=int(cfg.memory_limit_gb * 2 ** 30) if cfg.memory_limit_gb else None)
+    out = calibrate(LayerwiseModel(src, DTYPES[cfg.dtype], device), calib, val, plan)
+    li = None
+    if influence_block or loss_block:
+        li = LayerImportance(block_size=influence_block or loss_block, baseline_loss=out.get("baseline_loss"),
+                             lm_loss=out.get("lm_loss", []), block_influence=out.get("block_influence", []),
+                             layer_influence=out.get("layer_influence", []))
+    return out.get("importance"), li, out["cache"]
+
+
 def _shard(blocks, state):
     return blocks if blocks is None or state.num_processes == 1 else blocks[state.process_index:: state.num_processes]
 
 
 def compute_scores(data_cfg: DataConfig, cfg: PruneConfig, src: Path, tokenizer, width_scores: bool,
-                   depth_k: int, state=None, device=None):
+                   depth_k: int, state=None, device=None, info: dict | None = None):
     """The calibration pass(es): activation importance of every width axis (when ``width_scores``) and
     the depth scan of contiguous blocks of ``depth_k`` layers (when > 0) under ``cfg.depth_metric``.
 
     Returns (Importance | None, LayerImportance | None, calibration blocks | None). Data is loaded and
     checked before the model, so a too-small dataset fails before any forward pass. Under
-    ``accelerate launch`` each process scores its shard and the sums are all-reduced.
+    ``accelerate launch`` each process scores its shard and the sums are all-reduced. A model that does not fit
+    the device (or ``cfg.sequential``) is calibrated one layer at a time; ``info`` receives how.
     """
     state = state or process_state()
     device = device if device is not None else (state.device if state.num_processes > 1 else _device(cfg.device))
@@ -209,6 +249,11 @@ def compute_scores(data_cfg: DataConfig, cfg: PruneConfig, src: Path, tokenizer,
         from ..eval.harness import check_tasks, task_manager
 
         check_tasks([cfg.depth_metric[len("task:"):]], task_manager(cfg.tasks_dir))  # before loading weights
+    seq = (width_scores or depth_k > 0) and decide_sequential(cfg, src, DTYPES[cfg.dtype], device)
+    if seq and by_task:
+        _check_task_sequential(cfg)
+    if info is not None:
+        info["sequential"] = bool(seq)
     calib = load_blocks(data_cfg, tokenizer, "calibration", cfg.seq_len, cfg.calib_samples) \
         if width_scores or by_influence else None
     val = load_blocks(data_cfg, tokenizer, "validation", cfg.seq_len, cfg.val_samples) \
@@ -216,6 +261,16 @@ def compute_scores(data_cfg: DataConfig, cfg: PruneConfig, src: Path, tokenizer,
     calib, val = _shard(calib, state), _shard(val, state)
     if not width_scores and depth_k <= 0:
         return None, None, calib
+    if seq:
+        imp, li, cache = sequential_scores(cfg, src, calib, val, cfg.importance if width_scores else None,
+                                           depth_k if by_influence else 0,
+                                           depth_k if depth_k > 0 and not by_influence else 0, device,
+                                           progress=state.is_main_process)
+        if imp is not None:
+            imp.meta.update({"model": str(cfg.model), "seq_len": cfg.seq_len, "sequential": True})
+        if info is not None:
+            info["activation_cache"] = cache
+        return imp, li, calib
     model = load_model(src, dtype=DTYPES[cfg.dtype], device=device)
     li = imp = None
     if depth_k > 0:
@@ -260,10 +315,14 @@ def run_prune(data_cfg: DataConfig, cfg: PruneConfig) -> dict:
         "data": asdict(data_cfg), "processes": state.num_processes,
     }
     depth_k = config.num_hidden_layers - new_config["num_hidden_layers"] if depth_needed else 0
-    imp, li, calib = compute_scores(data_cfg, cfg, src, tokenizer, need_scores, depth_k, state, device)
+    how: dict = {}
+    imp, li, calib = compute_scores(data_cfg, cfg, src, tokenizer, need_scores, depth_k, state, device, how)
+    record["importance"].update(how)
     if calib is None and width and cfg.iterative_steps > 1 and cfg.importance != "random":
         # steps after the first re-estimate importance on the partly pruned model
         calib = load_blocks(data_cfg, tokenizer, "calibration", cfg.seq_len, cfg.calib_samples)
+    if width and cfg.iterative_steps > 1 and cfg.importance != "random" and "sequential" not in how:
+        how["sequential"] = decide_sequential(cfg, src, dtype, device)  # the first step reused saved scores
     if li is not None:
         drop = li.best_block(cfg.depth_metric)
         record["depth"] = {"metric": cfg.depth_metric, "block_size": depth_k, "dropped": drop,
@@ -290,7 +349,9 @@ def run_prune(data_cfg: DataConfig, cfg: PruneConfig) -> dict:
             step_width = _interpolate(config, new_config, step, steps) if steps > 1 else width
             step_new, step_drop = resolve_target(
                 cur_config, PruneTarget.from_dict({**step_width, "drop_layers": cur_drop or None}))
-            if step > 1 and cfg.importance != "random":  # re-estimate on the partly pruned model
+            if step > 1 and cfg.importance != "random" and how.get("sequential"):  # re-estimate on the
+                cur_imp = sequential_scores(cfg, cur_src, calib, None, cfg.importance, 0, 0, device)[0]  # partly
+            elif step > 1 and cfg.importance != "random":  # pruned model, as the first step ran
                 cur_imp = estimate_importance(load_model(cur_src, dtype=dtype, device=device), calib,
                                               cfg.importance, batch_size=cfg.batch_size)
             elif step > 1:
@@ -338,7 +399,7 @@ def _write_checkpoint(src: Path, dest: Path, config, plan, cfg: PruneConfig) -> 
 
 
 @dataclass
-class ImportanceConfig:
+class ImportanceConfig(SequentialOptions):
     """Options of ``minitron importance``: scores and plots, no pruning."""
 
     model: str = field(default="smollm2-135m", metadata={"help": "alias, local checkpoint dir or Hub id"})
@@ -356,31 +417,48 @@ class ImportanceConfig:
 
 
 def run_importance(data_cfg: DataConfig, cfg: ImportanceConfig) -> dict:
+    from transformers import AutoConfig
+
     out = check_output(cfg.output, cfg.overwrite)
+    cfg.check_sequential_options()
     parse_aggregation(cfg.importance)
     from ..models import load_tokenizer
 
     src = resolve_model(cfg.model)
     check_output(cfg.output, cfg.overwrite, sources=[src])
+    L = AutoConfig.from_pretrained(src).num_hidden_layers
+    if cfg.block_size and not 1 <= cfg.block_size < L:
+        raise PruningConfigError(f"block_size={cfg.block_size} must be between 1 and {L - 1}")
+    device = _device(cfg.device)
+    seq = decide_sequential(cfg, src, DTYPES[cfg.dtype], device)
     tokenizer = load_tokenizer(src)
     calib = load_blocks(data_cfg, tokenizer, "calibration", cfg.seq_len, cfg.calib_samples)
     val = load_blocks(data_cfg, tokenizer, "validation", cfg.seq_len, cfg.val_samples) if cfg.block_size else None
-    model = load_model(src, dtype=DTYPES[cfg.dtype], device=_device(cfg.device))
-    if cfg.block_size and not 1 <= cfg.block_size < model.config.num_hidden_layers:
-        raise PruningConfigError(f"block_size={cfg.block_size} must be between 1 and {model.config.num_hidden_layers - 1}")
     t0 = time.time()
-    imp = estimate_importance(model, calib, cfg.importance, batch_size=cfg.batch_size)
-    imp.meta.update({"model": str(cfg.model), "seq_len": cfg.seq_len, "seconds": round(time.time() - t0, 1)})
+    li = None
+    if seq:  # both depth metrics on the validation blocks, as in memory
+        imp, _, cache = sequential_scores(cfg, src, calib, None, cfg.importance, 0, 0, device)
+        if cfg.block_size:
+            _, li, more = sequential_scores(cfg, src, val, val, None, cfg.block_size, cfg.block_size, device)
+            cache += more
+        imp.meta["activation_cache"] = cache
+    else:
+        model = load_model(src, dtype=DTYPES[cfg.dtype], device=device)
+        imp = estimate_importance(model, calib, cfg.importance, batch_size=cfg.batch_size)
+        if cfg.block_size:
+            li = layer_importance(model, val, cfg.block_size, batch_size=cfg.batch_size)
+    imp.meta.update({"model": str(cfg.model), "seq_len": cfg.seq_len, "sequential": bool(seq),
+                     "seconds": round(time.time() - t0, 1)})
     result = {"importance": imp.meta}
+    if li is not None:
+        result["layers"] = {"best_block_lm_loss": li.best_block("lm-loss"),
+                            "best_block_influence": li.best_block("block-influence")}
 
     def write(tmp: Path) -> None:
         imp.save(tmp)
         plot_importance(imp, tmp / "importance.png", title=f"{cfg.model} ({cfg.importance})")
-        if cfg.block_size:
-            li = layer_importance(model, val, cfg.block_size, batch_size=cfg.batch_size)
+        if li is not None:
             li.save(tmp)
-            result["layers"] = {"best_block_lm_loss": li.best_block("lm-loss"),
-                                "best_block_influence": li.best_block("block-influence")}
 
     write_checkpoint_atomically(out, write)
     return result
