@@ -197,7 +197,8 @@ def chat_loss(model, tok, texts: list[str]) -> float:
 def evaluate(name: str, model_dir, held, rcfg, fresh: bool) -> dict:
     from minitron_hf.alignment.rounds import heldout_reward, make_reward
     from minitron_hf.data import DataConfig
-    from minitron_hf.models import generate_chat, load_model, load_tokenizer, resolve_model
+    from minitron_hf.generation import generate_texts
+    from minitron_hf.models import load_model, load_tokenizer, resolve_model
     from minitron_hf.pruning.prune import validation_loss
 
     cache = RUNS / f"eval_{name}.json"
@@ -209,8 +210,8 @@ def evaluate(name: str, model_dir, held, rcfg, fresh: bool) -> dict:
     h = heldout_reward(d, held, make_reward("verifiable"), rcfg)
     model, tok = load_model(d), load_tokenizer(d)
     closs = chat_loss(model, tok, heldout_chats(tok))
-    answers = [a[0] for a in generate_chat(model, tok, [[{"role": "user", "content": p}] for p in PROMPTS],
-                                           max_new_tokens=40)]
+    answers = [a[0].strip() for a in generate_texts(model, tok, [[{"role": "user", "content": p}] for p in PROMPTS],
+                                                    chat=True, max_new_tokens=40)]
     res = {"model": str(model_dir), "val_loss": loss, "chat_loss": closs, "heldout_reward": h["mean_reward"],
            "answers": answers,
            "heldout_answers": h["answers"][:5], "heldout_rewards": h["rewards"], "eval_wall_s": round(time.time() - t0, 1)}

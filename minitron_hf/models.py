@@ -325,46 +325,9 @@ def load_tokenizer(name):
 
 def generate_answer(model, tokenizer, prompt: str, max_new_tokens: int = 48, chat: bool = True) -> str:
     """Greedy answer to ``prompt``: through the chat template when the tokenizer has one and ``chat``, else a raw
-    continuation of the text."""
-    import torch
+    continuation of the text (:func:`minitron_hf.generation.generate_texts`)."""
+    from .generation import generate_texts
 
-    if chat and tokenizer.chat_template:
-        ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                            return_tensors="pt", return_dict=True)["input_ids"]
-    else:
-        ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
-    ids = ids.to(model.device)
-    with torch.no_grad():
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                             do_sample=False, pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
-    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
-
-
-def generate_chat(model, tokenizer, conversations, *, n: int = 1, temperature: float = 0.0, top_p: float = 1.0,
-                  max_new_tokens: int = 64, batch_size: int = 16, seed: int = 0) -> list[list[str]]:
-    """``n`` answers to each conversation (a list of {"role", "content"} messages) through the chat template,
-    batched with left padding (similar lengths together); greedy when ``temperature`` is 0."""
-    import torch
-
-    texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    torch.manual_seed(seed)
-    sample = temperature > 0
-    out: list[list[str]] = [[] for _ in texts]
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    per_call = max(1, batch_size // n)
-    device = next(model.parameters()).device
-    for b in range(0, len(order), per_call):
-        idx = order[b:b + per_call]
-        # the template already holds the special tokens (BOS included where the model uses one)
-        enc = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-        with torch.no_grad():
-            gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=sample,
-                                 temperature=temperature if sample else None, top_p=top_p if sample else None,
-                                 top_k=None, num_return_sequences=n, pad_token_id=tokenizer.pad_token_id)
-        answers = tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-        for j, a in enumerate(answers):
-            out[idx[j // n]].append(a.strip())
-    return out
+    chat = bool(chat and tokenizer.chat_template)
+    prompt = [{"role": "user", "content": prompt}] if chat else prompt
+    return generate_texts(model, tokenizer, [prompt], chat=chat, max_new_tokens=max_new_tokens)[0][0]

@@ -30,7 +30,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..distributed import process_state
-from ..models import generate_chat, load_model, load_tokenizer, resolve_model, save_trained
+from ..generation import generate_texts
+from ..models import load_model, load_tokenizer, resolve_model, save_trained
 from ..outputs import write_text_atomically
 from .data import load_rows, prompt_rows, verifiable_reward
 from .rpo import AlignmentError, RPOConfig, RPOTrainer, check_preference_dataset
@@ -169,8 +170,10 @@ def generate(policy_dir: Path, rows: list[dict], cfg: RoundsConfig, n: int, gree
 
     model = load_model(policy_dir, device="cuda" if torch.cuda.is_available() else None)
     tok = ensure_chat_template(load_tokenizer(policy_dir), cfg.chat_template, add_default=False)
-    return generate_chat(model, tok, [r["messages"] for r in rows], n=n, temperature=temperature, top_p=cfg.top_p,
-                         max_new_tokens=cfg.max_new_tokens, batch_size=cfg.generation_batch_size, seed=seed)
+    answers = generate_texts(model, tok, [r["messages"] for r in rows], chat=True, n=n, temperature=temperature,
+                             top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.generation_batch_size,
+                             seed=seed)
+    return [[a.strip() for a in row] for row in answers]
 
 
 # ------------------------------------------------------------------------------------------------

@@ -236,28 +236,12 @@ def parse_calls(text: str) -> list[dict] | None:
 def chat_generate(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int, batch_size: int
                   ) -> list[str]:
     """Greedy answers to chat conversations (the tokenizer's chat template), batched by length."""
-    import torch
-
     if not getattr(tokenizer, "chat_template", None):
         raise BFCLError("models: BFCL needs a chat model (its tokenizer has no chat template)")
-    prompts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
-    device = next(model.parameters()).device
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    out = [""] * len(prompts)
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    for b in range(0, len(order), batch_size):
-        idx = order[b:b + batch_size]
-        enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False
-                        ).to(device)
-        with torch.no_grad():
-            gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, temperature=None,
-                                 top_p=None, top_k=None, pad_token_id=tokenizer.pad_token_id)
-        texts = tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-        for i, t in zip(idx, texts):
-            out[i] = t
-    return out
+    from ..generation import generate_texts
+
+    return [a[0] for a in generate_texts(model, tokenizer, conversations, chat=True, max_new_tokens=max_new_tokens,
+                                         batch_size=batch_size)]
 
 
 def _answers(model_id, conversations, cfg: BFCLConfig) -> list[str]:

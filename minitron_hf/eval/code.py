@@ -690,38 +690,17 @@ def generate(model, tokenizer, problems: list[dict], cfg: HumanEvalConfig, task:
     """``cfg.samples`` programs' code per problem from an in-memory model: raw continuations of
     ``task.completion_prompt`` cut at its stop sequences, or (chat style) the code block of the answer to
     ``task.chat_request``. HumanEval's task when ``task`` is None."""
-    import torch
+    from ..generation import generate_texts
 
     task = task or humaneval_task()
     chat = _is_chat(tokenizer, cfg.prompt_style)
-    if chat:
-        prompts = [tokenizer.apply_chat_template([{"role": "user", "content": task.chat_request(p)}],
-                                                 tokenize=False, add_generation_prompt=True) for p in problems]
-    else:
-        prompts = [task.completion_prompt(p) for p in problems]
+    prompts = [[{"role": "user", "content": task.chat_request(p)}] if chat else task.completion_prompt(p)
+               for p in problems]
 
-    device = next(model.parameters()).device
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    torch.manual_seed(cfg.seed)
-    out: list[list[str]] = [[] for _ in prompts]
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths share a batch
-    per_call = max(1, cfg.batch_size // cfg.samples) if cfg.samples <= cfg.batch_size else 1
-    for b in range(0, len(order), per_call):
-        idx = order[b:b + per_call]
-        enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True).to(device)
-        sample = cfg.temperature > 0
-        stop = {} if chat else {"stop_strings": list(task.stop), "tokenizer": tokenizer}  # a batch ends once all stop
-        with torch.no_grad():
-            gen = model.generate(**enc, max_new_tokens=cfg.max_new_tokens, do_sample=sample,
-                                 temperature=cfg.temperature if sample else None, top_p=cfg.top_p if sample else None,
-                                 top_k=None, num_return_sequences=cfg.samples, pad_token_id=tokenizer.pad_token_id,
-                                 **stop)
-        texts = tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-        for j, t in enumerate(texts):
-            out[idx[j // cfg.samples]].append(extract_code(t) if chat else task.cut(t))
-    return out
+    texts = generate_texts(model, tokenizer, prompts, chat=chat, n=cfg.samples, temperature=cfg.temperature,
+                           top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
+                           seed=cfg.seed, stop_strings=None if chat else task.stop)  # a batch ends once all stop
+    return [[extract_code(t) if chat else task.cut(t) for t in samples] for samples in texts]
 
 
 def generate_endpoint(model_name: str, problems: list[dict], cfg: HumanEvalConfig, task: CodeTask | None = None,

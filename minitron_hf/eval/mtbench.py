@@ -240,37 +240,18 @@ def generate_answers(model, tokenizer, questions: list[dict], cfg: MTBenchConfig
     """Two answers per question from an in-memory model: all turn-1 answers, then every turn 2 with the
     model's own turn-1 answer in the conversation. Batches hold one temperature and similar lengths."""
     import torch
-    from tqdm.auto import tqdm
 
-    device = next(model.parameters()).device
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    torch.manual_seed(cfg.seed)
+    from ..generation import generate_texts
+
+    torch.manual_seed(cfg.seed)  # once: turn 2 samples continue the same random stream
     answers: list[list[str]] = [[] for _ in questions]
     temps = [temperature_of(q, cfg) for q in questions]
     for turn in (1, 2):
-        prompts = [tokenizer.apply_chat_template(_conversation(q, a), tokenize=False, add_generation_prompt=True)
-                   for q, a in zip(questions, answers)]
-        order = sorted(range(len(questions)), key=lambda i: (temps[i], len(prompts[i])))
-        batches, cur = [], []
-        for i in order:
-            if cur and (len(cur) == cfg.batch_size or temps[cur[0]] != temps[i]):
-                batches.append(cur)
-                cur = []
-            cur.append(i)
-        batches += [cur] if cur else []
-        for idx in tqdm(batches, desc=f"MT-Bench turn {turn}", leave=False):
-            t = temps[idx[0]]
-            enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True,
-                            add_special_tokens=False).to(device)
-            with torch.no_grad():
-                gen = model.generate(**enc, max_new_tokens=cfg.max_new_tokens, do_sample=t > 0,
-                                     temperature=t if t > 0 else None, top_p=None, top_k=None,
-                                     pad_token_id=tokenizer.pad_token_id)
-            for i, text in zip(idx, tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:],
-                                                           skip_special_tokens=True)):
-                answers[i].append(text.strip())
+        texts = generate_texts(model, tokenizer, [_conversation(q, a) for q, a in zip(questions, answers)], chat=True,
+                               temperature=temps, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
+                               seed=None, desc=f"MT-Bench turn {turn}")
+        for a, t in zip(answers, texts):
+            a.append(t[0].strip())
     return answers
 
 
