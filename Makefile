@@ -40,7 +40,9 @@ demo-depth: install
 demo-instruct: install
 	$(VENV)/bin/minitron run recipes/configs/smollm2-135m/minitron-width-instruct.yaml --set output_dir=$(RUNS)/demo/width $(DEMO_FLAGS)
 
+# lint first (seconds; ruff settings in pyproject.toml), then every test
 test: install
+	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest -q -p no:cacheprovider
 
 bench: bench-importance bench-trim bench-quality bench-throughput

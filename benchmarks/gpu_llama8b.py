@@ -147,7 +147,7 @@ def kd_loss(tiny: bool, chunks=(130, 512, 1024, None, 4096)) -> list[dict]:
                 row["ms"] = round(sorted(times)[1] * 1e3, 1)
             except torch.OutOfMemoryError:
                 row["peak_gib"] = "OOM"
-            del hs, ws, ht, wt
+            hs = ws = ht = wt = None  # free them before the next size (step's closure sees the same names)
             torch.cuda.empty_cache()
             rows.append(row)
     return rows

@@ -333,7 +333,7 @@ def test_pipeline_resumes_only_from_a_complete_checkpoint(tmp_path):
     assert _resume_from(str(tmp_path), True) is True and _resume_from(str(tmp_path), False) is None
 
 
-def test_distill_refuses_an_earlier_runs_checkpoints_and_overwrite_removes_only_them(tiny_pair_dirs, tmp_path, capsys,
+def test_distill_refuses_an_earlier_runs_checkpoints_and_overwrite_removes_only_them(tiny_pair_dirs, tmp_path, capsys,  # noqa: F811
                                                                                      monkeypatch):
     from minitron_hf.cli import main
 

