@@ -105,9 +105,9 @@ def _unit(key: str) -> float:
 def _doc_sentences() -> list[str]:
     from pydoc_data.topics import topics
 
-    from ..eval.harness import _sentences
+    from ..data.sources import prose_sentences
 
-    return [s for s in _sentences(topics.values()) if len(s.split()) <= 30]
+    return [s for s in prose_sentences(topics.values()) if len(s.split()) <= 30]
 
 
 def _rewrite(sentence: str, constraints: list[dict]) -> str:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import re
 import logging
 import sys
 import sysconfig
@@ -410,3 +411,22 @@ def source_fingerprint(cfg: DataConfig) -> str:
         else:
             h.update(f"hub\0{cfg.data}\0{cfg.data_config}\0{cfg.data_split}".encode())
     return h.hexdigest()
+
+
+def prose_sentences(texts) -> list[str]:
+    """The prose sentences of ``texts`` (12-40 words, ending with a period, mostly alphabetic, no markup),
+    deduplicated and sorted: the material of the built-in continuation task and of the chat data's prompts."""
+    out = []
+    for text in texts:
+        for para in re.split(r"\n\s*\n", text):
+            para = " ".join(para.split())
+            for s in re.split(r"(?<=[.!?])\s+(?=[A-Z])", para):
+                words = s.split()
+                if not 12 <= len(words) <= 40 or not s.endswith("."):
+                    continue
+                # prose, not code or tables: mostly alphabetic words, no markup
+                if sum(w.strip(".,;:()'\"").isalpha() for w in words) < 0.8 * len(words) or any(
+                        c in s for c in "*=<>{}[]|`\\_~"):
+                    continue
+                out.append(s)
+    return sorted(set(out))

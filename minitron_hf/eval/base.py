@@ -81,7 +81,7 @@ def run_base_eval(models, cfg: BaseEvalConfig, names=None) -> dict:
     """Every model on every task; {"config", "tasks", "results": {model: {task: value}}}."""
     import torch
 
-    from ..export import check_checkpoint
+    from ..model_files import check_checkpoint
     from ..models import load_model, load_tokenizer, resolve_model
 
     if not models:

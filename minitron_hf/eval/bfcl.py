@@ -285,7 +285,7 @@ def run_bfcl(models, cfg: BFCLConfig, names=None) -> dict:
             check_endpoint(cfg.model_base_url, field="model_base_url", api_key_env=cfg.api_key_env, model=str(m),
                            model_field="models")
     else:
-        from ..export import check_checkpoint
+        from ..model_files import check_checkpoint
         from ..models import resolve_model
 
         models = [check_checkpoint(resolve_model(m), field="models") for m in models]

@@ -765,7 +765,7 @@ def _check_models(models, cfg: HumanEvalConfig) -> list:
             check_endpoint(cfg.model_base_url, field="model_base_url", api_key_env=cfg.api_key_env, model=str(m),
                            model_field="models")
         return [str(m) for m in models]
-    from ..export import check_checkpoint
+    from ..model_files import check_checkpoint
     from ..models import resolve_model
 
     return [check_checkpoint(resolve_model(m), field="models") for m in models]

@@ -20,9 +20,9 @@ import difflib
 import json
 import logging
 import random
-import re
 from pathlib import Path
 
+from ..data.sources import prose_sentences
 from ..errors import MinitronError
 
 logger = logging.getLogger(__name__)
@@ -42,23 +42,6 @@ def _check_installed():
 # ------------------------------------------------------------------------------------------------
 # Local tasks built from the Python install
 # ------------------------------------------------------------------------------------------------
-
-def _sentences(texts) -> list[str]:
-    out = []
-    for text in texts:
-        for para in re.split(r"\n\s*\n", text):
-            para = " ".join(para.split())
-            for s in re.split(r"(?<=[.!?])\s+(?=[A-Z])", para):
-                words = s.split()
-                if not 12 <= len(words) <= 40 or not s.endswith("."):
-                    continue
-                # prose, not code or tables: mostly alphabetic words, no markup
-                if sum(w.strip(".,;:()'\"").isalpha() for w in words) < 0.8 * len(words) or any(
-                        c in s for c in "*=<>{}[]|`\\_~"):
-                    continue
-                out.append(s)
-    return sorted(set(out))
-
 
 def _continuation_items(sentences: list[str], n: int, rng: random.Random) -> list[dict]:
     rng.shuffle(sentences)
@@ -94,8 +77,8 @@ def build_pydoc_continuation(directory: Path, n_test: int = 200, n_train: int = 
 
     splits = split_documents(load_documents(DataConfig()), DataConfig())
     rng = random.Random(seed)
-    test = _continuation_items(_sentences(splits["validation"]), n_test, rng)
-    train = _continuation_items(_sentences(splits["calibration"] + splits["train"][:200]), n_train, rng)
+    test = _continuation_items(prose_sentences(splits["validation"]), n_test, rng)
+    train = _continuation_items(prose_sentences(splits["calibration"] + splits["train"][:200]), n_train, rng)
     directory.mkdir(parents=True, exist_ok=True)
     for name, rows in (("test", test), ("train", train)):
         (directory / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))

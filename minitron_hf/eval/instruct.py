@@ -296,7 +296,7 @@ def run_instruct_eval(models, cfg: InstructEvalConfig, names=None) -> dict:
     ``bench/<metric>`` keys (e.g. ``ifeval/prompt_level_strict_acc``, ``mtbench/turn1``)."""
     import torch
 
-    from ..export import check_checkpoint
+    from ..model_files import check_checkpoint
     from ..models import load_model, load_tokenizer, resolve_model
 
     models = list(models or [])

@@ -343,7 +343,7 @@ def _answer_settings(cfg: MTBenchConfig, source: str) -> dict:
 
 def run_mtbench(models, cfg: MTBenchConfig, names=None) -> dict:
     """MT-Bench of each model; {"config", "results": {name: {score, turn1, turn2, <category>...}}}."""
-    from ..export import check_checkpoint
+    from ..model_files import check_checkpoint
     from ..models import resolve_model
 
     check_config(cfg)
