@@ -203,7 +203,7 @@ class WidthScores:
 
     def set_batch(self, ids: torch.Tensor, mask: torch.Tensor | None) -> None:
         self.mask = mask
-        self.tokens += int(mask.sum()) if mask is not None else ids.numel()
+        self.tokens += batch_tokens(ids, mask)
 
     def attach(self, layer, i: int) -> list:
         """Hooks on decoder layer ``i``'s probe points; returns the handles to remove."""
@@ -239,6 +239,11 @@ class WidthScores:
         if not all(torch.isfinite(t).all() for t in (result.heads, result.neurons, result.hidden_per_layer)):
             raise ImportanceError("importance scores are not finite (NaN/inf activations); check the model's dtype")
         return result
+
+
+def batch_tokens(ids: torch.Tensor, mask: torch.Tensor | None) -> int:
+    """Real (unpadded) tokens of a batch: the count the scores' metadata reports."""
+    return int(mask.sum()) if mask is not None else ids.numel()
 
 
 def as_batches(batches: Iterable[dict] | torch.Tensor, batch_size: int) -> list[dict]:

@@ -87,9 +87,6 @@ class SequentialOptions:
 # The checkpoint on disk
 # --------------------------------------------------------------------------------------------------
 
-_ST_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
-                "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
-
 
 @dataclass(frozen=True)
 class TensorInfo:
@@ -529,7 +526,7 @@ def calibrate(lw: LayerwiseModel, calib, val, plan: SequentialPlan) -> dict:
     """Run the passes ``plan`` asks for; returns ``{"importance", "block_influence", "layer_influence",
     "baseline_loss", "lm_loss", "cache"}`` (absent keys: not asked for)."""
     from .depth import DepthError, _all_reduce_sum
-    from .importance import WidthScores, as_batches
+    from .importance import WidthScores, as_batches, batch_tokens
 
     L = lw.config.num_hidden_layers
     for k in (plan.influence_block, plan.loss_block):
@@ -560,8 +557,7 @@ def calibrate(lw: LayerwiseModel, calib, val, plan: SequentialPlan) -> dict:
         finally:
             cache.close()
         if width:
-            width.tokens = sum(b["input_ids"].numel() if b.get("attention_mask") is None
-                               else int(b["attention_mask"].sum()) for b in batches)
+            width.tokens = sum(batch_tokens(b["input_ids"], b.get("attention_mask")) for b in batches)
             out["importance"] = width.result()
         if k:
             n_tok = float(sum(b["input_ids"].numel() for b in batches))
