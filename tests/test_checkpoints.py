@@ -325,7 +325,7 @@ def test_resume_flag_strings(tmp_path):
 
 
 def test_pipeline_resumes_only_from_a_complete_checkpoint(tmp_path):
-    from minitron_hf.pipeline import _resume_from
+    from minitron_hf.pipeline.base import resume_from as _resume_from
 
     (tmp_path / "checkpoint-4").mkdir()
     assert _resume_from(str(tmp_path), True) is None  # only a partial one: the stage starts over

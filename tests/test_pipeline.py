@@ -196,9 +196,9 @@ def test_set_overrides_are_typed(teacher_dir, tmp_path):
     path = _write(tmp_path, _config(teacher_dir, tmp_path / "run"))
     run = load_run(path, overrides=["distill.save_strategy=no", "distill.learning_rate=1e-4", "seq_len=16",
                                     "distill.lr_scheduler_kwargs={min_lr: 1.0e-5}"])
-    from minitron_hf.pipeline import _stage_objects
+    from minitron_hf.pipeline.distill import STAGE
 
-    script, args = _stage_objects(run, "distill")  # what the trainer gets: typed ("1e-4" is a str in YAML 1.1)
+    script, args = STAGE.options(run)  # what the trainer gets: typed ("1e-4" is a str in YAML 1.1)
     assert args.save_strategy == "no" and args.learning_rate == 1e-4 and script.seq_len == 16
     assert args.lr_scheduler_kwargs == {"min_lr": 1e-5}
 
@@ -335,7 +335,7 @@ def test_demo_summary_shows_task_accuracy_and_in_domain_answers(teacher_dir, tmp
 def test_importance_stage_keys_on_the_scoring_options():
     """The importance stage's cache key comes from the prune options marked as scoring ones: changing one of them
     re-runs the calibration, changing the width target or an output option reuses it."""
-    from minitron_hf.pipeline import _importance_options
+    from minitron_hf.pipeline.importance import STAGE
     from minitron_hf.pruning.prune import PruneConfig
 
     assert set(PruneConfig.scoring_fields()) == {
@@ -346,10 +346,10 @@ def test_importance_stage_keys_on_the_scoring_options():
         def __init__(self, **prune):
             self.sections = {"prune": {"target": {"hidden_size": 432}, **prune}}
 
-    base = _importance_options(R())
-    assert _importance_options(R(calib_samples=8)) != base and _importance_options(R(dtype="bfloat16")) != base
-    assert _importance_options(R(merge_pruned_heads=True)) == base
-    assert _importance_options(R(max_shard_size_mb=10, overwrite=True, iterative_steps=1)) == base
+    base = STAGE.key(R())
+    assert STAGE.key(R(calib_samples=8)) != base and STAGE.key(R(dtype="bfloat16")) != base
+    assert STAGE.key(R(merge_pruned_heads=True)) == base
+    assert STAGE.key(R(max_shard_size_mb=10, overwrite=True, iterative_steps=1)) == base
     wider = R()
     wider.sections["prune"]["target"] = {"hidden_size": 480}
-    assert _importance_options(wider) == base  # scores rank every channel: a new width target reuses them
+    assert STAGE.key(wider) == base  # scores rank every channel: a new width target reuses them
