@@ -54,7 +54,7 @@ def test_importance_beats_random_pruning(pruned_pair, default_model_dir):
     imp = validation_loss(pruned_pair / "imp", DataConfig(), **kw)
     rand = validation_loss(pruned_pair / "rand", DataConfig(), **kw)
     print(f"validation loss: teacher {teacher:.3f}, importance-pruned {imp:.3f}, random-pruned {rand:.3f}")
-    # measured 2.01 / 5.90 / 13.87 (README, "Measured"): activation importance must keep far more of the model than
+    # measured 2.01 / 5.90 / 13.87 (docs/measured.md): activation importance must keep far more of the model than
     # chance, not just a little; 2 nats is under a third of the measured gap
     assert teacher < imp and rand - imp > 2.0
 

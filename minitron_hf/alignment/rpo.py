@@ -93,7 +93,7 @@ class RPOConfig(DPOConfig):
         if not torch.cuda.is_available():
             self.use_cpu = True  # connect `accelerate launch` CPU processes (as distill.trainer.TrainArgs)
             connect_cpu_processes(self)  # with ddp_timeout (distributed.connect_cpu_processes)
-            if self.bf16 is None:  # TRL defaults to bf16, which is many times slower on these CPUs (README)
+            if self.bf16 is None:  # TRL defaults to bf16: many times slower on these CPUs (docs/development.md)
                 self.bf16 = False
         super().__post_init__()
 

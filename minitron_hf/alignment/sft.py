@@ -64,7 +64,7 @@ class SFTArgs(SFTConfig):
             self.use_cpu = True  # as distill.trainer.TrainArgs: connects `accelerate launch` CPU processes
             connect_cpu_processes(self)  # with ddp_timeout (distributed.connect_cpu_processes)
             if self.bf16 is None:
-                self.bf16 = False  # bf16 autocast is many times slower on these CPUs (README)
+                self.bf16 = False  # bf16 autocast is many times slower on these CPUs (docs/development.md)
         super().__post_init__()
 
 
