@@ -1,6 +1,11 @@
 """Evaluation suites, teacher vs students: LM Evaluation Harness tasks (``base``, ``instruct``), code pass@k
 (``code``: HumanEval, MBPP), MT-Bench (``mtbench``), BFCL (``bfcl``); ``harness`` runs lm-eval on in-memory
-models, ``endpoint`` talks to OpenAI-compatible servers."""
+models, ``endpoint`` talks to OpenAI-compatible servers.
+
+Every suite implements one protocol, :class:`.suite.Suite` (check, generate, score, table; ``run`` drives them),
+and the suites that can evaluate served models share :class:`.suite.ServedModelOptions`. A new suite is a module
+with a config dataclass and a ``Suite`` subclass, and a line in :data:`SUITES`: ``minitron eval <name>``, the run
+config's ``evaluate.benchmarks`` and :func:`suite_parts` pick it up from there."""
 
 import json
 from pathlib import Path

@@ -58,8 +58,9 @@ class BaseEvalConfig(ServedModelOptions):
     tasks_dir: str | None = field(default=None, metadata={"help": "folder of local lm-eval task YAML files"})
     device: str | None = field(default=None, metadata={"help": "cpu, cuda (default: cuda when available)"})
     tokenizer: str | None = field(default=None, metadata={
-        "help": "tokenizer (a checkpoint directory) for model_base_url requests (default: the served model's "
-                "root directory, as the server reports it)"})
+        "help": "tokenizer (a checkpoint directory) for model_base_url requests, which go through lm-eval's "
+                "local-completions model: loglikelihood tasks need the server to return prompt logprobs (echo + "
+                "logprobs), as vLLM does (default: the served model's root directory, as the server reports it)"})
     output: str | None = field(default=None, metadata={"help": "directory for results.json and results.md"})
 
     def __post_init__(self):
