@@ -37,15 +37,15 @@ def _search(ns):
 
 
 def _eval(ns):
-    from .eval import suite_parts
+    from .eval import suite_class
 
     from .outputs import check_writable
 
-    cls, run, table = suite_parts(ns.eval_command)
-    (cfg,) = parse_args([cls], namespace=ns)
+    suite = suite_class(ns.eval_command)
+    (cfg,) = parse_args([suite.config_class], namespace=ns)  # the config validates its values here
     if getattr(cfg, "output", None):  # before any model is loaded or any answer generated
         check_writable(cfg.output, "output")
-    print(table(run(ns.models, cfg, names=ns.names)))
+    print(suite.table(suite(cfg).run(ns.models, ns.names)))
 
 
 def _align(ns):
@@ -313,15 +313,16 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("correct-teacher", help="teacher correction: LM fine-tune on the distillation data")
     build_parser([DataConfig, CorrectionConfig, TrainArgs], p).set_defaults(func=_correct)
-    from .eval import SUITES, suite_parts
+    from .eval import SUITES, suite_class
 
     p = sub.add_parser("eval", help="benchmarks of checkpoints, teacher vs students: " + ", ".join(SUITES))
     esub = p.add_subparsers(dest="eval_command", required=True)
-    for name, (_, _, _, help_) in SUITES.items():
-        e = esub.add_parser(name, help=help_)
+    for name in SUITES:
+        suite = suite_class(name)
+        e = esub.add_parser(name, help=suite.help)
         e.add_argument("models", nargs="+", help="checkpoints (the first is the teacher column)")
         e.add_argument("--names", nargs="+", help="labels of the models in the tables")
-        build_parser([suite_parts(name)[0]], e).set_defaults(func=_eval)
+        build_parser([suite.config_class], e).set_defaults(func=_eval)
     p = sub.add_parser("align", help="instruct variants (paper sec. 3.5): SFT stages, RPO, rounds of on-policy RPO")
     asub = p.add_subparsers(dest="align_command", required=True)
     from .alignment.rounds import RoundsConfig

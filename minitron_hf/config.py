@@ -61,9 +61,40 @@ def _fields(classes):
             yield cls, f, hints[f.name]
 
 
+def renamed_fields(classes) -> dict[str, str]:
+    """``{old name: new name}`` of the options of ``classes`` that were renamed: the ``RENAMED`` class attributes
+    (a ``ClassVar``) of each class and its bases, less names that are fields again. An old name in a YAML file, a
+    run config or on the command line is an error naming the new one, not an unknown field."""
+    out = {}
+    for cls in classes:
+        for c in reversed(cls.__mro__):
+            out.update(vars(c).get("RENAMED", {}))
+    current = {f.name for _, f, _ in _fields(classes)}
+    return {old: new for old, new in out.items() if old not in current}
+
+
+def renamed_message(old: str, new: str) -> str:
+    return f"field {old!r} was renamed: use {new!r} (--{new.replace('_', '-')} on the command line)"
+
+
+class _RenamedOption(argparse.Action):
+    """A hidden command-line option under an old name: using it is an error naming the new option."""
+
+    def __init__(self, option_strings, dest, new: str = "", **kw):
+        self.new = new
+        super().__init__(option_strings, dest, **kw)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        raise argparse.ArgumentError(self, "renamed: use --" + self.new.replace("_", "-"))
+
+
 def build_parser(classes, parser: argparse.ArgumentParser | None = None, append_fields=()) -> argparse.ArgumentParser:
     parser = parser or argparse.ArgumentParser()
     parser.add_argument("--config", type=Path, help="YAML file whose keys set defaults for the options below")
+    for old, new in renamed_fields(classes).items():
+        flag = "--" + old.replace("_", "-")
+        parser.add_argument(*dict.fromkeys([flag, "--" + old]), dest=argparse.SUPPRESS, default=argparse.SUPPRESS,
+                            nargs="*", action=_RenamedOption, new=new, help=argparse.SUPPRESS)
     for cls, f, tp in _fields(classes):
         scalar, is_list = _base_type(tp)
         kw: dict = {"dest": f.name, "help": f.metadata.get("help", ""), "default": argparse.SUPPRESS}
@@ -112,7 +143,10 @@ def check_fields(data: dict, classes, where: str, reserved=()) -> None:
     """Every key of ``data`` must be a field of one of ``classes`` (and not in ``reserved``, fields that
     the caller sets itself); the error names the nearest valid field."""
     valid = [f.name for _, f, _ in _fields(classes) if f.name not in reserved]
+    renamed = renamed_fields(classes)
     for k in data:
+        if k in renamed:
+            raise ConfigError(f"{where}: {renamed_message(k, renamed[k])}")
         if k in reserved:
             raise ConfigError(f"{where}: field {k!r} is set by the pipeline and cannot be given here")
         if k not in valid:
@@ -230,7 +264,12 @@ def check_value(name: str, value, tp):
 
 
 def instantiate(classes, values: dict, where: str | None = None):
-    """Split a flat dict of values over the dataclasses, check every value's type, and build them."""
+    """Split a flat dict of values over the dataclasses, check every value's type, and build them. A key that is
+    the old name of a renamed option (:func:`renamed_fields`) is an error naming the new one."""
+    renamed = renamed_fields(classes)
+    for k in values:
+        if k in renamed:
+            raise ConfigError(f"{where + ': ' if where else ''}{renamed_message(k, renamed[k])}")
     out = []
     for cls in classes:
         hints = typing.get_type_hints(cls)

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from minitron_hf.eval.bfcl import (LIVE_CATEGORIES, BFCLConfig, BFCLError, call_worker, check_config, ensure_venv,
+from minitron_hf.eval.bfcl import (LIVE_CATEGORIES, BFCLConfig, BFCLError, call_worker, ensure_venv,
                                    parse_calls, run_bfcl)
 
 ANSWERS = [  # (model answer, calls)
@@ -36,11 +36,11 @@ def test_bad_input(capsys):
     from minitron_hf.cli import main
 
     with pytest.raises(BFCLError, match="'simple' is not a BFCL live category"):
-        check_config(BFCLConfig(categories=["simple"]))
+        BFCLConfig(categories=["simple"])
     with pytest.raises(BFCLError, match="limit=0"):
-        check_config(BFCLConfig(limit=0))
+        BFCLConfig(limit=0)
     with pytest.raises(BFCLError, match="install='some'"):
-        check_config(BFCLConfig(install="some"))
+        BFCLConfig(install="some")
     with pytest.raises(BFCLError, match="models"):
         run_bfcl([], BFCLConfig())
     assert main(["eval", "bfcl", "x", "--categories", "live_simple", "multi_turn_base"]) == 2

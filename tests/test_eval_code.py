@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from minitron_hf.eval.code import (CodeEvalError, HumanEvalConfig, _spawn, check_config, evaluate_completions,
+from minitron_hf.eval.code import (CodeEvalError, HumanEvalConfig, _spawn, evaluate_completions,
                                    extract_code, load_problems, pass_at_k, program, run_humaneval, run_program,
                                    sandbox_layers, truncate)
 
@@ -181,9 +181,9 @@ def test_truncate_at_the_next_top_level_statement():
 
 def test_bad_input():
     with pytest.raises(CodeEvalError, match="samples=0"):
-        check_config(HumanEvalConfig(samples=0))
+        HumanEvalConfig(samples=0)
     with pytest.raises(CodeEvalError, match="greedy"):
-        check_config(HumanEvalConfig(samples=5, temperature=0))
+        HumanEvalConfig(samples=5, temperature=0)
     with pytest.raises(CodeEvalError, match="models"):
         run_humaneval([], HumanEvalConfig(samples=1, temperature=0))
 

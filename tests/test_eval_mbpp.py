@@ -7,7 +7,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from minitron_hf.eval.code import (CodeEvalError, HumanEvalConfig, MBPPConfig, check_config, evaluate_completions,
+from minitron_hf.eval.code import (CodeEvalError, HumanEvalConfig, MBPPConfig, evaluate_completions,
                                    load_mbpp, mbpp_cut, mbpp_prompt, mbpp_task, pass_at_k, run_humaneval, run_mbpp)
 
 # MBPP-shaped rows written for these tests (ids follow MBPP's splits: 1-10 prompt, 11-510 test, 511-600 validation)
@@ -119,11 +119,11 @@ def test_bad_input(mbpp_file, tmp_path, capsys):
     from minitron_hf.cli import main
 
     with pytest.raises(CodeEvalError, match="split='prompt'"):
-        check_config(MBPPConfig(split="prompt"))
+        MBPPConfig(split="prompt")
     with pytest.raises(CodeEvalError, match="dataset='plus'"):
-        check_config(MBPPConfig(dataset="plus"))
+        MBPPConfig(dataset="plus")
     with pytest.raises(CodeEvalError, match="num_fewshot=11"):
-        check_config(MBPPConfig(num_fewshot=11))
+        MBPPConfig(num_fewshot=11)
     with pytest.raises(CodeEvalError, match="data_files=.*no such file"):
         run_mbpp(["x"], MBPPConfig(data_files=str(tmp_path / "missing.jsonl"), samples=1, temperature=0))
     bad = tmp_path / "bad.jsonl"
@@ -215,7 +215,8 @@ def test_mbpp_through_an_endpoint(mbpp_file, tmp_path):
 
     with StubServer(answer, models=["served-a"]) as srv:
         cfg = MBPPConfig(data_files=str(mbpp_file), model_base_url=srv.url, samples=2, temperature=0.2, top_p=0.9,
-                         max_new_tokens=64, prompt_style="auto", output=str(tmp_path / "out"), concurrency=3)
+                         max_new_tokens=64, prompt_style="auto", output=str(tmp_path / "out"),
+                         model_concurrency=3)
         out = run_mbpp(["served-a"], cfg, names=["a"])
         m = out["results"]["a"]
         assert m["prompt_style"] == "completion" and m["problems"] == 4 and m["pass@1"] == pytest.approx(0.5)
@@ -290,7 +291,7 @@ def test_eval_base_through_an_endpoint_equals_local(tmp_path, default_model_dir)
     local = run_base_eval([str(d)], BaseEvalConfig(tasks=["mini_mc"], tasks_dir=str(tasks)), names=["m"])
     with StubServer(answer, models=["tiny"], roots={"tiny": str(d)}) as srv:
         out = run_base_eval(["tiny"], BaseEvalConfig(tasks=["mini_mc"], tasks_dir=str(tasks), model_base_url=srv.url,
-                                                     batch_size=4, concurrency=2), names=["m"])
+                                                     batch_size=4, model_concurrency=2), names=["m"])
         assert srv.requests and all(b["echo"] is True and b["logprobs"] == 1 and b["max_tokens"] == 1
                                     and b["model"] == "tiny" for _, b in srv.requests)
         with pytest.raises(ValueError, match="models='other' is not served"):

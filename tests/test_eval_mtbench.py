@@ -207,7 +207,7 @@ def test_served_model_judged_scores_match_hand_computation(stub, tmp_path, monke
     temperatures sent to the model, and a second run reusing answers and judgments (no requests)."""
     monkeypatch.setenv("MTB_TEST_KEY", "sekrit")
     cfg = MTBenchConfig(judge_base_url=stub.url, judge_model=JUDGE, judge_api_key_env="MTB_TEST_KEY",
-                        model_base_url=stub.url, sampling="category", judge_workers=4, output=str(tmp_path / "mt"))
+                        model_base_url=stub.url, sampling="category", judge_concurrency=4, output=str(tmp_path / "mt"))
     out = run_mtbench([MODEL], cfg, names=["served"])
     r, ref = out["results"]["served"], hand_scores()
     assert ref["unparsed"] > 0  # the case is exercised

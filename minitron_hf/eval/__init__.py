@@ -1,30 +1,40 @@
 """Evaluation suites, teacher vs students: LM Evaluation Harness tasks (``base``, ``instruct``), code pass@k
 (``code``: HumanEval, MBPP), MT-Bench (``mtbench``), BFCL (``bfcl``); ``harness`` runs lm-eval on in-memory
-models, ``endpoint`` talks to OpenAI-compatible servers."""
+models, ``endpoint`` talks to OpenAI-compatible servers.
+
+Every suite implements one protocol, :class:`.suite.Suite` (check, generate, score, table; ``run`` drives them),
+and the suites that can evaluate served models share :class:`.suite.ServedModelOptions`. A new suite is a module
+with a config dataclass and a ``Suite`` subclass, and a line in :data:`SUITES`: ``minitron eval <name>``, the run
+config's ``evaluate.benchmarks`` and :func:`suite_parts` pick it up from there."""
 
 import json
 from pathlib import Path
 
-# `minitron eval <name>`: (module under minitron_hf.eval, config class, run function, help). Each run
-# function takes (models, cfg, names=None) and returns {"config", "results": {model: {metric: value}}};
-# each module has a results_table(out) -> markdown.
+# `minitron eval <name>` -> (module under minitron_hf.eval, its Suite subclass). Each suite implements the protocol
+# of .suite.Suite (check, generate, score, table); adding one is a module and a line here.
 SUITES = {
-    "base": ("base", "BaseEvalConfig", "run_base_eval", "LM Evaluation Harness tasks, the paper's Table 1 settings"),
-    "humaneval": ("code", "HumanEvalConfig", "run_humaneval", "HumanEval pass@k, generated code run sandboxed"),
-    "mbpp": ("code", "MBPPConfig", "run_mbpp", "MBPP pass@k (3-shot or chat), generated code run sandboxed"),
-    "bfcl": ("bfcl", "BFCLConfig", "run_bfcl", "BFCL live function-calling accuracy (bfcl-eval in its own venv)"),
-    "mtbench": ("mtbench", "MTBenchConfig", "run_mtbench", "MT-Bench, two turns rated 1-10 by an LLM judge"),
-    "instruct": ("instruct", "InstructEvalConfig", "run_instruct_eval", "the paper's Table 2: IFEval ... MMLU"),
+    "base": ("base", "BaseSuite"),
+    "humaneval": ("code", "HumanEvalSuite"),
+    "mbpp": ("code", "MBPPSuite"),
+    "bfcl": ("bfcl", "BFCLSuite"),
+    "mtbench": ("mtbench", "MTBenchSuite"),
+    "instruct": ("instruct", "InstructSuite"),
 }
 
 
-def suite_parts(name: str):
-    """(config class, run function, results_table) of a suite, its module imported now."""
+def suite_class(name: str):
+    """The :class:`~.suite.Suite` subclass of ``minitron eval <name>``, its module imported now."""
     import importlib
 
-    mod, cls, run, _ = SUITES[name]
-    m = importlib.import_module(f".{mod}", __package__)
-    return getattr(m, cls), getattr(m, run), m.results_table
+    mod, cls = SUITES[name]
+    return getattr(importlib.import_module(f".{mod}", __package__), cls)
+
+
+def suite_parts(name: str):
+    """(config class, run function ``(models, cfg, names=None) -> {"config", ..., "results"}``, table function
+    ``(out) -> markdown``) of a suite, its module imported now."""
+    cls = suite_class(name)
+    return cls.config_class, cls.run_suite, cls.table
 
 
 def write_results(output, out: dict, table: str, **jsonl) -> None:

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import write_results
-from .harness import EvalError, check_tasks, evaluate_model, score, task_manager
+from .harness import check_tasks, evaluate_model, score, task_manager
+from .suite import EvalError, ServedModelOptions, Suite, at_least
 
 logger = logging.getLogger(__name__)
 
@@ -42,8 +42,10 @@ def accuracy_retained(student: float, teacher: float, chance: float) -> float | 
 
 
 @dataclass
-class BaseEvalConfig:
-    """Options of ``minitron eval base``."""
+class BaseEvalConfig(ServedModelOptions):
+    """Options of ``minitron eval base`` (and those of :class:`.suite.ServedModelOptions`: with model_base_url,
+    lm-eval's local-completions model on that server; loglikelihood tasks need prompt logprobs, echo + logprobs,
+    which vLLM returns)."""
 
     tasks: list[str] = field(default_factory=lambda: list(PAPER_TASKS), metadata={
         "help": "lm-eval tasks (default: the paper's Table 1 set, each with its few-shot count)"})
@@ -55,17 +57,20 @@ class BaseEvalConfig:
     batch_size: int = field(default=8, metadata={"help": "requests per forward pass"})
     tasks_dir: str | None = field(default=None, metadata={"help": "folder of local lm-eval task YAML files"})
     device: str | None = field(default=None, metadata={"help": "cpu, cuda (default: cuda when available)"})
-    model_base_url: str | None = field(default=None, metadata={
-        "help": "evaluate models served by an OpenAI-compatible server (vLLM: `minitron serve`, e.g. "
-                "http://127.0.0.1:8000/v1) through lm-eval's local-completions model: the models are then served "
-                "model names; loglikelihood tasks need prompt logprobs (echo + logprobs, which vLLM returns)"})
     tokenizer: str | None = field(default=None, metadata={
-        "help": "tokenizer (a checkpoint directory) for model_base_url requests (default: the served model's "
-                "root directory, as the server reports it)"})
-    api_key_env: str | None = field(default=None, metadata={"help": "environment variable holding the server's "
-                                    "API key (unset: no key)"})
-    concurrency: int = field(default=4, metadata={"help": "requests in flight at once with model_base_url"})
+        "help": "tokenizer (a checkpoint directory) for model_base_url requests, which go through lm-eval's "
+                "local-completions model: loglikelihood tasks need the server to return prompt logprobs (echo + "
+                "logprobs), as vLLM does (default: the served model's root directory, as the server reports it)"})
     output: str | None = field(default=None, metadata={"help": "directory for results.json and results.md"})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.tasks:
+            raise EvalError(f"tasks={self.tasks!r}: name at least one lm-eval task")
+        if self.limit is not None and self.limit <= 0:
+            raise EvalError(f"limit={self.limit} must be > 0 (a count, or a fraction < 1; unset: every example)")
+        at_least(self, ("batch_size",))
+        at_least(self, ("num_fewshot",), low=0, optional=("num_fewshot",))
 
 
 def _settings(task: str, cfg: BaseEvalConfig) -> tuple[int | None, str, str]:
@@ -77,51 +82,74 @@ def _settings(task: str, cfg: BaseEvalConfig) -> tuple[int | None, str, str]:
     return shots, metric, label
 
 
+class BaseSuite(Suite):
+    """Every model on every lm-eval task (lm-eval generates and scores in one call: ``generate`` keeps its raw
+    results, ``score`` picks each task's metric)."""
+
+    name = "base"
+    help = "LM Evaluation Harness tasks, the paper's Table 1 settings"
+    config_class = BaseEvalConfig
+
+    @staticmethod
+    def table(out: dict) -> str:
+        return results_table(out)
+
+    def check(self, models, names) -> list:
+        """Checkpoint directories, or (model_base_url) (served name, tokenizer directory, max_model_len) of each
+        model; the task names against lm-eval's index."""
+        from ..model_files import check_checkpoint
+        from ..models import resolve_model
+
+        cfg = self.cfg
+        refs = served_models(cfg, models) if cfg.model_base_url else \
+            [check_checkpoint(resolve_model(m), field="models") for m in models]
+        self.manager = task_manager(cfg.tasks_dir)
+        check_tasks(cfg.tasks, self.manager)  # before any model loads
+        return refs
+
+    def _limit(self, task):  # limit, else the paper's per-task share (XLSum: 20%)
+        lim = self.cfg.limit if self.cfg.limit is not None else PAPER_TASKS.get(task, (None,) * 4)[3]
+        return int(lim) if lim is not None and lim >= 1 else lim
+
+    def generate(self, model, name: str) -> dict:
+        """lm-eval's results of every task on one model: {task: (results, seconds)}."""
+        import torch
+
+        from ..models import load_model, load_tokenizer
+
+        cfg = self.cfg
+        if cfg.model_base_url:
+            loaded = tok = None
+            lm = endpoint_lm(cfg, *model)
+        else:
+            device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+            loaded = load_model(model, device=device,
+                                dtype=torch.bfloat16 if device.startswith("cuda") else torch.float32)
+            tok, lm = load_tokenizer(model), None
+        out = {}
+        for task in cfg.tasks:
+            shots, _, _ = _settings(task, cfg)
+            t0 = time.time()
+            out[task] = (evaluate_model(loaded, tok, [task], num_fewshot=shots, limit=self._limit(task),
+                                        batch_size=cfg.batch_size, manager=self.manager, lm=lm), time.time() - t0)
+        return out
+
+    def score(self, name: str, outputs: dict) -> dict:
+        res = {}
+        for task, (r, seconds) in outputs.items():
+            shots, metric, _ = _settings(task, self.cfg)
+            res[task] = score(r, task, metric)
+            logger.info("%s %s (%s-shot): %s = %.4f in %.0f s", name, task, shots, metric, res[task], seconds)
+        return res
+
+    def summary(self) -> dict:
+        return {"tasks": {t: dict(zip(("num_fewshot", "metric", "label"), _settings(t, self.cfg)))
+                          for t in self.cfg.tasks}}
+
+
 def run_base_eval(models, cfg: BaseEvalConfig, names=None) -> dict:
     """Every model on every task; {"config", "tasks", "results": {model: {task: value}}}."""
-    import torch
-
-    from ..model_files import check_checkpoint
-    from ..models import load_model, load_tokenizer, resolve_model
-
-    if not models:
-        raise EvalError("models: name at least one checkpoint (the first is the teacher column)")
-    if cfg.limit is not None and cfg.limit <= 0:
-        raise EvalError(f"limit={cfg.limit} must be > 0")
-    names = [str(m) for m in models] if names is None else list(names)
-    if cfg.model_base_url:
-        served = served_models(cfg, models)
-    else:
-        paths = [check_checkpoint(resolve_model(m), field="models") for m in models]
-    manager = task_manager(cfg.tasks_dir)
-    check_tasks(cfg.tasks, manager)  # before any model loads
-    def task_limit(task):  # --limit, else the paper's per-task share (XLSum: 20%)
-        lim = cfg.limit if cfg.limit is not None else PAPER_TASKS.get(task, (None,) * 4)[3]
-        return int(lim) if lim is not None and lim >= 1 else lim
-    device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    results = {}
-    for i, name in enumerate(names):
-        if cfg.model_base_url:
-            model = tok = None
-            lm = endpoint_lm(cfg, *served[i])
-        else:
-            model = load_model(paths[i], device=device,
-                               dtype=torch.bfloat16 if device.startswith("cuda") else torch.float32)
-            tok, lm = load_tokenizer(paths[i]), None
-        results[name] = {}
-        for task in cfg.tasks:
-            shots, metric, _ = _settings(task, cfg)
-            t0 = time.time()
-            r = evaluate_model(model, tok, [task], num_fewshot=shots, limit=task_limit(task), batch_size=cfg.batch_size,
-                               manager=manager, lm=lm)
-            results[name][task] = score(r, task, metric)
-            logger.info("%s %s (%s-shot): %s = %.4f in %.0f s", name, task, shots, metric, results[name][task],
-                        time.time() - t0)
-        del model
-    out = {"config": asdict(cfg), "tasks": {t: dict(zip(("num_fewshot", "metric", "label"), _settings(t, cfg)))
-                                            for t in cfg.tasks}, "results": results}
-    write_results(cfg.output, out, results_table(out))
-    return out
+    return BaseSuite(cfg).run(models, names)
 
 
 def served_models(cfg: BaseEvalConfig, models) -> list[tuple[str, str, int | None]]:
@@ -129,13 +157,12 @@ def served_models(cfg: BaseEvalConfig, models) -> list[tuple[str, str, int | Non
     before any evaluation when the server does not answer, does not serve a model, or no tokenizer is found."""
     from . import endpoint
 
-    if cfg.concurrency < 1:
-        raise EvalError(f"concurrency={cfg.concurrency} must be >= 1")
     for m in models:
-        endpoint.check_endpoint(cfg.model_base_url, field="model_base_url", api_key_env=cfg.api_key_env,
+        endpoint.check_endpoint(cfg.model_base_url, field="model_base_url", api_key_env=cfg.model_api_key_env,
                                 model=str(m), model_field="models")
     # vLLM's model list also names each model's root (the checkpoint it loaded) and max_model_len
-    info = {m.id: m for m in endpoint._client(cfg.model_base_url, endpoint.api_key(cfg.api_key_env)).models.list().data}
+    client = endpoint._client(cfg.model_base_url, endpoint.api_key(cfg.model_api_key_env))
+    info = {m.id: m for m in client.models.list().data}
     out = []
     for m in models:
         root = getattr(info.get(str(m)), "root", None)
@@ -155,11 +182,11 @@ def endpoint_lm(cfg: BaseEvalConfig, name: str, tokenizer: str, max_len: int | N
 
     from .endpoint import api_key
 
-    key = api_key(cfg.api_key_env)
+    key = api_key(cfg.model_api_key_env)
     return LocalCompletionsAPI(base_url=f"{cfg.model_base_url.rstrip('/')}/completions", model=name,
                                tokenizer=tokenizer, tokenizer_backend="huggingface", tokenized_requests=True,
-                               num_concurrent=cfg.concurrency, batch_size=cfg.batch_size, max_length=max_len or 2048,
-                               seed=0, header={"Authorization": f"Bearer {key}"})
+                               num_concurrent=cfg.model_concurrency, batch_size=cfg.batch_size,
+                               max_length=max_len or 2048, seed=0, header={"Authorization": f"Bearer {key}"})
 
 
 def results_table(out: dict) -> str:

@@ -33,11 +33,10 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import write_results
-from ..errors import MinitronError
+from .suite import EvalError, ServedModelOptions, Suite, at_least, one_of
 
 logger = logging.getLogger(__name__)
 
@@ -62,13 +61,17 @@ UNDECLARED = ["soundfile"]
 WORKER = Path(__file__).with_name("_bfcl_worker.py")
 
 
-class BFCLError(MinitronError):
+class BFCLError(EvalError):
     """Bad BFCL input; the message names the field and what is allowed."""
 
 
+INSTALL = ("checker", "full")
+
+
 @dataclass
-class BFCLConfig:
-    """Options of ``minitron eval bfcl``."""
+class BFCLConfig(ServedModelOptions):
+    """Options of ``minitron eval bfcl`` (and those of :class:`.suite.ServedModelOptions`: with model_base_url the
+    models answer from that server)."""
 
     categories: list[str] = field(default_factory=lambda: list(LIVE_CATEGORIES), metadata={
         "help": "BFCL live categories: " + ", ".join(LIVE_CATEGORIES)})
@@ -76,37 +79,27 @@ class BFCLConfig:
     max_new_tokens: int = field(default=512, metadata={"help": "tokens generated per answer"})
     batch_size: int = field(default=8, metadata={"help": "conversations per generate call"})
     device: str | None = field(default=None, metadata={"help": "cpu, cuda (default: cuda when available)"})
-    model_base_url: str | None = field(default=None, metadata={
-        "help": "generate through an OpenAI-compatible server (vLLM: `minitron serve`, e.g. http://127.0.0.1:8000/v1); "
-                "the models are then served model names"})
-    api_key_env: str | None = field(default=None, metadata={"help": "environment variable holding the server's "
-                                    "API key (unset: no key)"})
-    concurrency: int = field(default=8, metadata={"help": "requests in flight at once with model_base_url"})
     venv: str | None = field(default=None, metadata={"help": "virtual environment for bfcl-eval (created when "
                              "missing; default: <cache>/bfcl-venv)"})
     install: str = field(default="checker", metadata={
         "help": "what goes into a new venv: checker (bfcl-eval and the few packages its data, prompt, decoder and "
                 "AST checker import: about 45 MB, under a minute) or full (every requirement of bfcl-eval, its "
                 "model handlers' SDKs and torch included: about 6 GB)",
-        "choices": ["checker", "full"]})
+        "choices": list(INSTALL)})
     output: str | None = field(default=None, metadata={"help": "directory for results.json/results.md and every "
                                "answer with its verdict (answers.jsonl)"})
 
-
-def check_config(cfg: BFCLConfig) -> None:
-    cats = [cfg.categories] if isinstance(cfg.categories, str) else list(cfg.categories)
-    if not cats:
-        raise BFCLError("categories: name at least one of " + ", ".join(LIVE_CATEGORIES))
-    for c in cats:
-        if c not in LIVE_CATEGORIES:
-            raise BFCLError(f"categories: {c!r} is not a BFCL live category ({', '.join(LIVE_CATEGORIES)})")
-    for name in ("max_new_tokens", "batch_size", "concurrency"):
-        if getattr(cfg, name) < 1:
-            raise BFCLError(f"{name}={getattr(cfg, name)} must be >= 1")
-    if cfg.limit is not None and cfg.limit < 1:
-        raise BFCLError(f"limit={cfg.limit} must be >= 1 (or unset for every entry)")
-    if cfg.install not in ("checker", "full"):
-        raise BFCLError(f"install={cfg.install!r} is not one of checker, full")
+    def __post_init__(self):
+        super().__post_init__()
+        cats = [self.categories] if isinstance(self.categories, str) else list(self.categories or [])
+        if not cats:
+            raise BFCLError("categories: name at least one of " + ", ".join(LIVE_CATEGORIES))
+        for c in cats:
+            if c not in LIVE_CATEGORIES:
+                raise BFCLError(f"categories: {c!r} is not a BFCL live category ({', '.join(LIVE_CATEGORIES)})")
+        at_least(self, ("max_new_tokens", "batch_size"), error=BFCLError)
+        at_least(self, ("limit",), error=BFCLError, optional=("limit",))
+        one_of("install", self.install, INSTALL, BFCLError)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -249,10 +242,10 @@ def _answers(model_id, conversations, cfg: BFCLConfig) -> list[str]:
         from . import endpoint
 
         def one(conv):
-            return endpoint.chat(cfg.model_base_url, str(model_id), conv, api_key_env=cfg.api_key_env, temperature=0,
-                                 max_tokens=cfg.max_new_tokens)
+            return endpoint.chat(cfg.model_base_url, str(model_id), conv, api_key_env=cfg.model_api_key_env,
+                                 temperature=0, max_tokens=cfg.max_new_tokens)
 
-        with ThreadPoolExecutor(cfg.concurrency) as pool:
+        with ThreadPoolExecutor(cfg.model_concurrency) as pool:
             return list(pool.map(one, conversations))
     import torch
 
@@ -269,50 +262,74 @@ def _answers(model_id, conversations, cfg: BFCLConfig) -> list[str]:
         del model
 
 
-def run_bfcl(models, cfg: BFCLConfig, names=None) -> dict:
-    """BFCL live accuracy of each model; {"config", "results": {name: {metric: value}}} (files in ``cfg.output``)."""
-    check_config(cfg)
-    if not models:
-        raise BFCLError("models: name at least one checkpoint" + (" (served model name)" if cfg.model_base_url
-                                                                  else ""))
-    names = [str(m) for m in models] if names is None else list(names)
-    if len(names) != len(models):
-        raise BFCLError(f"names: {len(names)} given for {len(models)} models")
-    if cfg.model_base_url:
-        from .endpoint import check_endpoint
+class BFCLSuite(Suite):
+    """BFCL live: ``generate`` answers every entry greedily, ``score`` decodes the answers into calls and has
+    bfcl-eval's checker (in its own venv) judge them."""
 
-        for m in models:
-            check_endpoint(cfg.model_base_url, field="model_base_url", api_key_env=cfg.api_key_env, model=str(m),
-                           model_field="models")
-    else:
-        from ..model_files import check_checkpoint
-        from ..models import resolve_model
+    name = "bfcl"
+    help = "BFCL live function-calling accuracy (bfcl-eval in its own venv)"
+    config_class = BFCLConfig
+    error = BFCLError
 
-        models = [check_checkpoint(resolve_model(m), field="models") for m in models]
-    categories = [cfg.categories] if isinstance(cfg.categories, str) else list(cfg.categories)
-    py = ensure_venv(cfg.venv, cfg.install)
-    data = call_worker(py, "load", {"categories": categories, "limit": cfg.limit})
-    entries = [dict(e, category=c) for c in categories for e in data[c]]
-    results, rows = {}, []
-    for name, model_id in zip(names, models):
+    @staticmethod
+    def table(out: dict) -> str:
+        return results_table(out)
+
+    def check(self, models, names) -> list:
+        """Served names (checked against the server) or checkpoint directories; the bfcl-eval venv (created when
+        missing) and the entries of the categories."""
+        cfg = self.cfg
+        if cfg.model_base_url:
+            from .endpoint import check_endpoint
+
+            for m in models:
+                check_endpoint(cfg.model_base_url, field="model_base_url", api_key_env=cfg.model_api_key_env,
+                               model=str(m), model_field="models")
+        else:
+            from ..model_files import check_checkpoint
+            from ..models import resolve_model
+
+            models = [check_checkpoint(resolve_model(m), field="models") for m in models]
+        categories = [cfg.categories] if isinstance(cfg.categories, str) else list(cfg.categories)
+        self.py = ensure_venv(cfg.venv, cfg.install)
+        data = call_worker(self.py, "load", {"categories": categories, "limit": cfg.limit})
+        self.counts = {c: len(data[c]) for c in categories}
+        self.entries = [dict(e, category=c) for c in categories for e in data[c]]
+        self.rows: list[dict] = []
+        return models
+
+    def generate(self, model, name: str) -> tuple[list[str], float]:
+        """(the answer to every entry, seconds)."""
         t0 = time.time()
-        texts = _answers(model_id, [e["messages"] for e in entries], cfg)
-        gen_s = time.time() - t0
+        texts = _answers(model, [e["messages"] for e in self.entries], self.cfg)
+        return texts, time.time() - t0
+
+    def score(self, name: str, outputs) -> dict:
+        texts, gen_s = outputs
+        entries = self.entries
         decoded = [parse_calls(t) for t in texts]
-        scored = call_worker(py, "score", {"entries": [{"id": e["id"], "category": e["category"], "decoded": d}
-                                                       for e, d in zip(entries, decoded)]})
+        scored = call_worker(self.py, "score", {"entries": [{"id": e["id"], "category": e["category"], "decoded": d}
+                                                            for e, d in zip(entries, decoded)]})
         r = {f"{c}": s["accuracy"] for c, s in scored["categories"].items()}
         r.update(scored["summary"])
         r.update({"entries": len(entries), "decoded": sum(d is not None for d in decoded),
                   "generation_s": round(gen_s, 1)})
-        results[name] = r
-        rows += [{"model": name, "id": e["id"], "category": e["category"], "answer": t, "decoded": d,
-                  "valid": s["valid"], "error": s["error"]}
-                 for e, t, d, s in zip(entries, texts, decoded, scored["entries"])]
-        logger.info("bfcl %s: %s", name, r)
-    out = {"config": asdict(cfg), "counts": {c: len(data[c]) for c in categories}, "results": results}
-    write_results(cfg.output, out, results_table(out), answers=rows)
-    return out
+        self.rows += [{"model": name, "id": e["id"], "category": e["category"], "answer": t, "decoded": d,
+                       "valid": s["valid"], "error": s["error"]}
+                      for e, t, d, s in zip(entries, texts, decoded, scored["entries"])]
+        return r
+
+    def summary(self) -> dict:
+        return {"counts": self.counts}
+
+    def samples(self) -> dict:
+        return {"answers": self.rows}
+
+
+def run_bfcl(models, cfg: BFCLConfig, names=None) -> dict:
+    """BFCL live accuracy of each model; {"config", "counts", "results": {name: {metric: value}}} (files in
+    ``cfg.output``)."""
+    return BFCLSuite(cfg).run(models, names)
 
 
 def results_table(out: dict) -> str:

@@ -79,12 +79,11 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-from . import write_results
-from ..errors import MinitronError
+from .suite import EvalError, ServedModelOptions, Suite, at_least, one_of
 
 logger = logging.getLogger(__name__)
 
@@ -92,13 +91,18 @@ logger = logging.getLogger(__name__)
 STOP = ("\nclass ", "\ndef ", "\n#", "\nif __name__", "\nprint(", "\nassert ")
 
 
-class CodeEvalError(MinitronError):
+class CodeEvalError(EvalError):
     """Bad code-evaluation input; the message names the field."""
 
 
+PROMPT_STYLES = ("auto", "completion", "chat")
+
+
 @dataclass
-class HumanEvalConfig:
-    """Options of ``minitron eval humaneval``."""
+class HumanEvalConfig(ServedModelOptions):
+    """Options of ``minitron eval humaneval`` (and those of :class:`.suite.ServedModelOptions`: with
+    model_base_url, one request per sample, and prompt_style auto means completion; set chat for instruct
+    models)."""
 
     samples: int = field(default=20, metadata={"help": "completions per problem (paper: 20)"})
     temperature: float = field(default=0.2, metadata={"help": "sampling temperature (paper: 0.2; 0 = greedy)"})
@@ -106,8 +110,8 @@ class HumanEvalConfig:
     max_new_tokens: int = field(default=384, metadata={"help": "tokens generated per completion"})
     prompt_style: str = field(default="auto", metadata={"help": "completion (the raw prompt is continued, base "
                               "models), chat (the chat template asks for the whole function in a code block, "
-                              "instruct models), auto (chat when the tokenizer has a chat template)",
-                              "choices": ["auto", "completion", "chat"]})
+                              "instruct models), auto (chat when the tokenizer has a chat template; completion "
+                              "with model_base_url)", "choices": list(PROMPT_STYLES)})
     limit: int | None = field(default=None, metadata={"help": "only the first N problems"})
     batch_size: int = field(default=16, metadata={"help": "prompts per generate call"})
     timeout_s: float = field(default=10.0, metadata={"help": "wall-clock limit per program"})
@@ -115,15 +119,23 @@ class HumanEvalConfig:
     workers: int = field(default=2, metadata={"help": "programs run at once"})
     seed: int = field(default=0, metadata={"help": "sampling seed"})
     device: str | None = field(default=None, metadata={"help": "cpu, cuda (default: cuda when available)"})
-    model_base_url: str | None = field(default=None, metadata={
-        "help": "generate through an OpenAI-compatible server instead of loading checkpoints (vLLM: "
-                "`minitron serve`, e.g. http://127.0.0.1:8000/v1); the models are then served model names, and "
-                "prompt_style auto means completion (set chat for instruct models)"})
-    api_key_env: str | None = field(default=None, metadata={"help": "environment variable holding the server's "
-                                    "API key (unset: no key)"})
-    concurrency: int = field(default=8, metadata={"help": "requests in flight at once with model_base_url"})
     output: str | None = field(default=None, metadata={"help": "directory for results.json/results.md and "
                                "every completion (samples.jsonl)"})
+
+    def __post_init__(self):
+        super().__post_init__()
+        at_least(self, ("samples", "max_new_tokens", "batch_size", "workers", "memory_mb"), error=CodeEvalError)
+        at_least(self, ("limit",), error=CodeEvalError, optional=("limit",))
+        if self.temperature < 0:
+            raise CodeEvalError(f"temperature={self.temperature} must be >= 0 (0 = greedy)")
+        if not 0 < self.top_p <= 1:
+            raise CodeEvalError(f"top_p={self.top_p} must be in (0, 1]")
+        if self.timeout_s <= 0:
+            raise CodeEvalError(f"timeout_s={self.timeout_s} must be > 0")
+        one_of("prompt_style", self.prompt_style, PROMPT_STYLES, CodeEvalError)
+        if self.temperature == 0 and self.samples > 1:
+            raise CodeEvalError(f"samples={self.samples} with temperature=0: greedy decoding gives one completion; "
+                                f"use samples=1 or a temperature > 0")
 
 
 @dataclass
@@ -140,29 +152,14 @@ class MBPPConfig(HumanEvalConfig):
     num_fewshot: int = field(default=3, metadata={"help": "examples from the prompt split before each problem in "
                              "completion style (MBPP paper: 3, tasks 2-4); chat style asks zero-shot"})
 
-
-def check_config(cfg: HumanEvalConfig) -> None:
-    for name in ("samples", "max_new_tokens", "batch_size", "workers", "memory_mb", "concurrency"):
-        if getattr(cfg, name) < 1:
-            raise CodeEvalError(f"{name}={getattr(cfg, name)} must be >= 1")
-    if cfg.limit is not None and cfg.limit < 1:
-        raise CodeEvalError(f"limit={cfg.limit} must be >= 1 (or unset for every problem)")
-    if isinstance(cfg, MBPPConfig):
-        if cfg.dataset not in ("full", "sanitized"):
-            raise CodeEvalError(f"dataset={cfg.dataset!r} is not one of full, sanitized")
-        if cfg.split not in MBPP_SPLITS or cfg.split == "prompt":
-            raise CodeEvalError(f"split={cfg.split!r} is not one of test, validation, train")
-        if not 0 <= cfg.num_fewshot <= 10:
-            raise CodeEvalError(f"num_fewshot={cfg.num_fewshot} must be in 0..10 (the prompt split has 10 tasks)")
-        if cfg.data_files is not None and not Path(cfg.data_files).expanduser().is_file():
-            raise CodeEvalError(f"data_files={cfg.data_files!r}: no such file (a JSONL file of MBPP rows)")
-    if cfg.temperature < 0 or not 0 < cfg.top_p <= 1 or cfg.timeout_s <= 0:
-        raise CodeEvalError("temperature must be >= 0, top_p in (0, 1], timeout_s > 0")
-    if cfg.prompt_style not in ("auto", "completion", "chat"):
-        raise CodeEvalError(f"prompt_style={cfg.prompt_style!r} is not one of auto, completion, chat")
-    if cfg.temperature == 0 and cfg.samples > 1:
-        raise CodeEvalError(f"samples={cfg.samples} with temperature=0: greedy decoding gives one completion; "
-                            f"use samples=1 or a temperature > 0")
+    def __post_init__(self):
+        super().__post_init__()
+        one_of("dataset", self.dataset, ("full", "sanitized"), CodeEvalError)
+        one_of("split", self.split, ("test", "validation", "train"), CodeEvalError)
+        if not 0 <= self.num_fewshot <= 10:
+            raise CodeEvalError(f"num_fewshot={self.num_fewshot} must be in 0..10 (the prompt split has 10 tasks)")
+        if self.data_files is not None and not Path(self.data_files).expanduser().is_file():
+            raise CodeEvalError(f"data_files={self.data_files!r}: no such file (a JSONL file of MBPP rows)")
 
 
 def load_problems(limit: int | None = None) -> list[dict]:
@@ -707,7 +704,7 @@ def generate_endpoint(model_name: str, problems: list[dict], cfg: HumanEvalConfi
                       style: str = "completion") -> list[list[str]]:
     """The same as :func:`generate` through the OpenAI-compatible server at ``cfg.model_base_url``: one
     request per sample (``/completions`` with the stop sequences, or ``/chat/completions``), sample j of
-    every problem with seed ``cfg.seed + j``, ``cfg.concurrency`` requests in flight."""
+    every problem with seed ``cfg.seed + j``, ``cfg.model_concurrency`` requests in flight."""
     from . import endpoint
 
     task = task or humaneval_task()
@@ -719,14 +716,14 @@ def generate_endpoint(model_name: str, problems: list[dict], cfg: HumanEvalConfi
         p = problems[i]
         if style == "chat":
             text = endpoint.chat(cfg.model_base_url, model_name, [{"role": "user", "content": task.chat_request(p)}],
-                                 api_key_env=cfg.api_key_env, seed=cfg.seed + j, **sampling)
+                                 api_key_env=cfg.model_api_key_env, seed=cfg.seed + j, **sampling)
             return extract_code(text)
-        text = endpoint.complete(cfg.model_base_url, model_name, task.completion_prompt(p), api_key_env=cfg.api_key_env,
+        text = endpoint.complete(cfg.model_base_url, model_name, task.completion_prompt(p), api_key_env=cfg.model_api_key_env,
                                  stop=list(task.stop), seed=cfg.seed + j, **sampling)
         return task.cut(text)
 
     jobs = [(i, j) for i in range(len(problems)) for j in range(cfg.samples)]
-    with ThreadPoolExecutor(cfg.concurrency) as pool:
+    with ThreadPoolExecutor(cfg.model_concurrency) as pool:
         texts = list(pool.map(one, jobs))
     return [texts[i * cfg.samples:(i + 1) * cfg.samples] for i in range(len(problems))]
 
@@ -755,14 +752,11 @@ def evaluate_completions(problems: list[dict], completions: list[list[str]], cfg
 
 def _check_models(models, cfg: HumanEvalConfig) -> list:
     """Checkpoint directories, or (with ``model_base_url``) the served names, checked against the server."""
-    if not models:
-        raise CodeEvalError("models: name at least one checkpoint" + (" (served model name)" if cfg.model_base_url
-                                                                      else ""))
     if cfg.model_base_url:
         from .endpoint import check_endpoint
 
         for m in models:
-            check_endpoint(cfg.model_base_url, field="model_base_url", api_key_env=cfg.api_key_env, model=str(m),
+            check_endpoint(cfg.model_base_url, field="model_base_url", api_key_env=cfg.model_api_key_env, model=str(m),
                            model_field="models")
         return [str(m) for m in models]
     from ..model_files import check_checkpoint
@@ -771,58 +765,90 @@ def _check_models(models, cfg: HumanEvalConfig) -> list:
     return [check_checkpoint(resolve_model(m), field="models") for m in models]
 
 
-def run_code_eval(task: CodeTask, problems: list[dict], models, cfg: HumanEvalConfig, names=None) -> dict:
-    """``task`` on each model (checkpoints, or served names with ``cfg.model_base_url``);
-    {"config", "results": {name: metrics}} (and files in ``cfg.output``). Inputs are checked by the caller."""
-    import torch
+class HumanEvalSuite(Suite):
+    """HumanEval pass@k: ``generate`` writes the completions (transformers on a checkpoint, or one request per
+    sample to model_base_url), ``score`` runs each one's test program in the sandbox."""
 
-    names = [str(m) for m in models] if names is None else list(names)
-    if len(names) != len(models):
-        raise CodeEvalError(f"names: {len(names)} given for {len(models)} models")
-    results, samples = {}, []
-    for name, model_id in zip(names, models):
-        t0 = time.time()
+    name = "humaneval"
+    help = "HumanEval pass@k, generated code run sandboxed"
+    config_class = HumanEvalConfig
+    error = CodeEvalError
+
+    @staticmethod
+    def table(out: dict) -> str:
+        return results_table(out)
+
+    def load(self) -> tuple[CodeTask, list[dict]]:
+        """(the task, its problems)."""
+        return humaneval_task(), load_problems(self.cfg.limit)
+
+    def check(self, models, names) -> list:
+        refs = _check_models(models, self.cfg)
+        self.task, self.problems = self.load()
+        self.rows: list[dict] = []
+        return refs
+
+    def generate(self, model, name: str) -> tuple[list[list[str]], str, float]:
+        """(completions per problem, the prompt style used, seconds)."""
+        import torch
+
+        cfg, t0 = self.cfg, time.time()
         if cfg.model_base_url:
             style = "chat" if cfg.prompt_style == "chat" else "completion"
-            completions = generate_endpoint(str(model_id), problems, cfg, task, style)
+            completions = generate_endpoint(str(model), self.problems, cfg, self.task, style)
         else:
             from ..models import load_model, load_tokenizer
 
             device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
-            model = load_model(model_id, device=device,
-                               dtype=torch.bfloat16 if device.startswith("cuda") else torch.float32)
-            tok = load_tokenizer(model_id)
+            loaded = load_model(model, device=device,
+                                dtype=torch.bfloat16 if device.startswith("cuda") else torch.float32)
+            tok = load_tokenizer(model)
             style = "chat" if _is_chat(tok, cfg.prompt_style) else "completion"
-            completions = generate(model, tok, problems, replace(cfg, prompt_style=style), task)
-            del model
-        gen_s = time.time() - t0
-        r = evaluate_completions(problems, completions, cfg, task)
+            completions = generate(loaded, tok, self.problems, replace(cfg, prompt_style=style), self.task)
+            del loaded
+        return completions, style, time.time() - t0
+
+    def score(self, name: str, outputs) -> dict:
+        completions, style, gen_s = outputs
+        t0 = time.time()
+        r = evaluate_completions(self.problems, completions, self.cfg, self.task)
         r["metrics"].update({"prompt_style": style, "generation_s": round(gen_s, 1),
-                             "execution_s": round(time.time() - t0 - gen_s, 1)})
-        results[name] = r["metrics"]
-        samples += [{"model": name, "task_id": t["task_id"], "completion": c, "status": s}
-                    for t, cs in zip(r["per_task"], completions) for c, s in zip(cs, t["status"])]
-        logger.info("%s %s: %s", task.name, name, r["metrics"])
-    out = {"config": asdict(cfg), "benchmark": task.name, "results": results}
-    write_results(cfg.output, out, results_table(out), samples=samples)
-    return out
+                             "execution_s": round(time.time() - t0, 1)})
+        self.rows += [{"model": name, "task_id": t["task_id"], "completion": c, "status": s}
+                      for t, cs in zip(r["per_task"], completions) for c, s in zip(cs, t["status"])]
+        return r["metrics"]
+
+    def summary(self) -> dict:
+        return {"benchmark": self.task.name}
+
+    def samples(self) -> dict:
+        return {"samples": self.rows}
+
+
+class MBPPSuite(HumanEvalSuite):
+    """MBPP pass@k: HumanEval's machinery on MBPP's problems (3-shot completion prompts or a chat request)."""
+
+    name = "mbpp"
+    help = "MBPP pass@k (3-shot or chat), generated code run sandboxed"
+    config_class = MBPPConfig
+
+    def load(self) -> tuple[CodeTask, list[dict]]:
+        problems, shots = load_mbpp(self.cfg)
+        if len(shots) < self.cfg.num_fewshot:
+            raise CodeEvalError(f"num_fewshot={self.cfg.num_fewshot}: the prompt split (task_id 1-10) has "
+                                f"{len(shots)} rows")
+        return mbpp_task(shots), problems
 
 
 def run_humaneval(models, cfg: HumanEvalConfig, names=None) -> dict:
-    """HumanEval on each checkpoint; {"config", "results": {name: metrics}} (and files in ``cfg.output``)."""
-    check_config(cfg)
-    models = _check_models(models, cfg)
-    return run_code_eval(humaneval_task(), load_problems(cfg.limit), models, cfg, names)
+    """HumanEval on each checkpoint; {"config", "benchmark", "results": {name: metrics}} (and files in
+    ``cfg.output``)."""
+    return HumanEvalSuite(cfg).run(models, names)
 
 
 def run_mbpp(models, cfg: MBPPConfig, names=None) -> dict:
-    """MBPP on each checkpoint; {"config", "results": {name: metrics}} (and files in ``cfg.output``)."""
-    check_config(cfg)
-    models = _check_models(models, cfg)
-    problems, shots = load_mbpp(cfg)
-    if len(shots) < cfg.num_fewshot:
-        raise CodeEvalError(f"num_fewshot={cfg.num_fewshot}: the prompt split (task_id 1-10) has {len(shots)} rows")
-    return run_code_eval(mbpp_task(shots), problems, models, cfg, names)
+    """MBPP on each checkpoint; {"config", "benchmark", "results": {name: metrics}} (and files in ``cfg.output``)."""
+    return MBPPSuite(cfg).run(models, names)
 
 
 def results_table(out: dict) -> str:

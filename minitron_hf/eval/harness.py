@@ -23,13 +23,9 @@ import random
 from pathlib import Path
 
 from ..data.sources import prose_sentences
-from ..errors import MinitronError
+from .suite import EvalError
 
 logger = logging.getLogger(__name__)
-
-
-class EvalError(MinitronError):
-    """Evaluation input that cannot work; the message names the field and what is allowed."""
 
 
 def _check_installed():

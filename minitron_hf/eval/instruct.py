@@ -34,7 +34,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from . import write_results
-from .harness import EvalError, check_tasks, evaluate_model, score, task_manager, wrap_model
+from .harness import check_tasks, evaluate_model, score, task_manager, wrap_model
+from .suite import EvalError, Suite, at_least, one_of
 
 logger = logging.getLogger(__name__)
 
@@ -53,18 +54,16 @@ BENCHMARKS = {
 IFEVAL_METRICS = ("prompt_level_strict_acc", "inst_level_strict_acc", "prompt_level_loose_acc", "inst_level_loose_acc")
 # benchmarks run by lm-eval: the config field naming the task (``task`` or ``task:metric``)
 HARNESS = {"ifeval": "ifeval_task", "gpqa": "gpqa_task", "gsm8k": "gsm8k_task", "mmlu": "mmlu_task"}
-# benchmarks run by another module: (module, config class, run function, checker, result keys tried for the
-# headline number, extra InstructEvalConfig fields passed on as {sub-config field: our field})
+# benchmarks run by another suite: (the suite, as registered in minitron_hf.eval.SUITES; result keys tried for the
+# headline number; extra InstructEvalConfig fields passed on as {sub-config field: our field})
 OTHERS = {
-    "humaneval": ("code", "HumanEvalConfig", "run_humaneval", "check_config", ("pass@1",),
-                  {"samples": "code_samples", "temperature": "code_temperature"}),
-    "mbpp": ("code", "MBPPConfig", "run_mbpp", "check_config", ("pass@1",),
+    "humaneval": ("humaneval", ("pass@1",), {"samples": "code_samples", "temperature": "code_temperature"}),
+    "mbpp": ("mbpp", ("pass@1",),
              {"samples": "code_samples", "temperature": "code_temperature", "data_files": "mbpp_data_files"}),
-    "mtbench": ("mtbench", "MTBenchConfig", "run_mtbench", "check_config", ("mtbench", "score"),
+    "mtbench": ("mtbench", ("mtbench", "score"),
                 {"judge_base_url": "judge_base_url", "judge_model": "judge_model",
                  "judge_api_key_env": "judge_api_key_env"}),
-    "bfcl": ("bfcl", "BFCLConfig", "run_bfcl", "check_config", ("bfcl_live", "live_overall", "accuracy"),
-             {"venv": "bfcl_venv"}),
+    "bfcl": ("bfcl", ("bfcl_live", "live_overall", "accuracy"), {"venv": "bfcl_venv"}),
 }
 # InstructEvalConfig fields every sub-benchmark receives when its config has a field of that name
 SHARED = ("limit", "batch_size", "device", "seed", "max_new_tokens")
@@ -116,6 +115,21 @@ class InstructEvalConfig:
     output: str | None = field(default=None, metadata={
         "help": "directory for results.json, results.md, samples_<benchmark>.jsonl and a folder per "
                 "HumanEval/MBPP/MT-Bench/BFCL run"})
+
+    def __post_init__(self):
+        benches = check_benchmarks(self.benchmarks)
+        at_least(self, ("batch_size", "code_samples"))
+        at_least(self, ("max_new_tokens", "limit"), optional=("max_new_tokens", "limit"))
+        at_least(self, ("mmlu_fewshot",), low=0)
+        one_of("chat_template", self.chat_template, CHAT_TEMPLATE)
+        if self.code_temperature < 0:
+            raise EvalError(f"code_temperature={self.code_temperature} must be >= 0 (0 = greedy)")
+        for b in benches:
+            if b in HARNESS:
+                harness_task(self, b)
+        if self.judge_base_url is not None and not str(self.judge_base_url).startswith(("http://", "https://")):
+            raise EvalError(f"judge_base_url={self.judge_base_url!r}: expected the URL of an OpenAI-compatible API, "
+                            f"e.g. https://api.openai.com/v1 or http://127.0.0.1:8001/v1 (vLLM)")
 
 
 def check_benchmarks(names) -> list[str]:
@@ -184,26 +198,25 @@ def check_ifeval_dependencies() -> None:
             f"{', '.join(map(str, nltk.data.path))} (or a folder named by the NLTK_DATA environment variable)")
 
 
-def _other_parts(bench: str):
-    """(config class, run function, checker or None) of a benchmark run by another module, imported now."""
-    import importlib
+def _sub_suite(bench: str):
+    """The :class:`~.suite.Suite` subclass that runs a benchmark of :data:`OTHERS`, its module imported now."""
+    from . import suite_class
 
-    mod, cls, run, checker = OTHERS[bench][:4]
     try:
-        m = importlib.import_module(f".{mod}", __package__)
-        return getattr(m, cls), getattr(m, run), getattr(m, checker, None)
-    except (ImportError, AttributeError) as e:
-        raise EvalError(f"benchmarks: {bench!r} is not available in this install (minitron_hf.eval.{mod}."
-                        f"{run}: {e}); leave it out of benchmarks") from None
+        return suite_class(OTHERS[bench][0])
+    except (ImportError, AttributeError, KeyError) as e:
+        raise EvalError(f"benchmarks: {bench!r} is not available in this install (suite {OTHERS[bench][0]!r}: "
+                        f"{type(e).__name__}: {e}); leave it out of benchmarks") from None
 
 
 def sub_config(bench: str, cfg: InstructEvalConfig):
     """The options of a sub-benchmark from ours: the shared ones and its own (:data:`OTHERS`), copied only
-    where its config has a field of that name and our value is set; ``output`` becomes a subfolder."""
-    cls = _other_parts(bench)[0]
+    where its config has a field of that name and our value is set; ``output`` becomes a subfolder. Built, hence
+    validated (its ``__post_init__``), before any model loads."""
+    cls = _sub_suite(bench).config_class
     names = {f.name for f in fields(cls)}
     values = {n: getattr(cfg, n) for n in SHARED}
-    values.update({theirs: getattr(cfg, ours) for theirs, ours in OTHERS[bench][5].items()})
+    values.update({theirs: getattr(cfg, ours) for theirs, ours in OTHERS[bench][2].items()})
     values["output"] = str(Path(cfg.output) / bench) if cfg.output else None
     return cls(**{k: v for k, v in values.items() if k in names and v is not None})
 
@@ -219,47 +232,6 @@ def benchmark_scores(bench: str, results: dict, task: str, metrics) -> dict:
     return out
 
 
-def _check(cfg: InstructEvalConfig, models, names) -> tuple[list[str], dict, object, dict]:
-    """Everything checkable before a model loads; (benchmarks, {bench: (task, metrics)}, task manager,
-    {bench: sub-config})."""
-    benches = check_benchmarks(cfg.benchmarks)
-    if not models:
-        raise EvalError("models: name at least one checkpoint (the first is the teacher column)")
-    if len(names) != len(models) or len(set(names)) != len(names):
-        raise EvalError(f"names={names}: give one distinct name per model ({len(models)} models)")
-    for name in ("batch_size", "max_new_tokens", "limit", "code_samples"):
-        v = getattr(cfg, name)
-        if v is not None and v < 1:
-            raise EvalError(f"{name}={v} must be >= 1")
-    if cfg.mmlu_fewshot < 0:
-        raise EvalError(f"mmlu_fewshot={cfg.mmlu_fewshot} must be >= 0")
-    if cfg.chat_template not in CHAT_TEMPLATE:
-        raise EvalError(f"chat_template={cfg.chat_template!r} is not one of {', '.join(CHAT_TEMPLATE)}")
-    tasks = {b: harness_task(cfg, b) for b in benches if b in HARNESS}
-    if "ifeval" in benches:
-        check_ifeval_dependencies()
-    manager = task_manager(cfg.tasks_dir) if tasks else None  # lm-eval's task index: seconds
-    for b, (task, _) in tasks.items():
-        try:
-            check_tasks([task], manager)
-        except EvalError as e:
-            raise EvalError(f"{HARNESS[b]}: {e}") from None
-    subs = {}
-    for b in benches:
-        if b in OTHERS:
-            subs[b] = sub_config(b, cfg)
-            checker = _other_parts(b)[2]
-            if checker is not None:
-                checker(subs[b])
-    if "mtbench" in subs and getattr(subs["mtbench"], "judge_base_url", None):  # the judge answers, now
-        from .endpoint import check_endpoint
-
-        j = subs["mtbench"]
-        check_endpoint(j.judge_base_url, field="judge_base_url", api_key_env=getattr(j, "judge_api_key_env", None),
-                       model=getattr(j, "judge_model", None), model_field="judge_model")
-    return benches, tasks, manager, subs
-
-
 def _labels(out: dict) -> dict:
     cfg = out["config"]
     labels = {b: BENCHMARKS[b] for b in out["benchmarks"]}
@@ -269,10 +241,6 @@ def _labels(out: dict) -> dict:
     if "mtbench" in labels and judge:
         labels["mtbench"] = f"MT-Bench ({judge})"
     return labels
-
-
-def _write(out: dict, cfg: InstructEvalConfig, samples: dict) -> None:
-    write_results(cfg.output, out, results_table(out), **{f"samples_{b}": rows for b, rows in samples.items()})
 
 
 def _sample_rows(model: str, task: str, records: list[dict], metrics) -> list[dict]:
@@ -289,74 +257,136 @@ def _sample_rows(model: str, task: str, records: list[dict], metrics) -> list[di
     return rows
 
 
+class InstructSuite(Suite):
+    """The paper's Table 2. The lm-eval benchmarks run here: ``generate`` evaluates them on one model, one at a
+    time (the model loaded once), and ``score`` records each as it comes; HumanEval, MBPP, MT-Bench and BFCL run
+    through their own suites, each on every model, after them. :meth:`run` (overridden) rewrites results.json and
+    results.md after every benchmark."""
+
+    name = "instruct"
+    help = "the paper's Table 2: IFEval, MT-Bench, BFCL, GPQA, HumanEval, MBPP, GSM8K, MMLU"
+    config_class = InstructEvalConfig
+
+    @staticmethod
+    def table(out: dict) -> str:
+        return results_table(out)
+
+    def check(self, models, names) -> list:
+        """Checkpoint directories; lm-eval task names, IFEval's packages and data, the sub-benchmarks' options
+        and the judge endpoint, all before any model loads."""
+        from ..model_files import check_checkpoint
+        from ..models import load_tokenizer, resolve_model
+
+        cfg = self.cfg
+        self.benches = check_benchmarks(cfg.benchmarks)
+        self.tasks = {b: harness_task(cfg, b) for b in self.benches if b in HARNESS}
+        if "ifeval" in self.benches:
+            check_ifeval_dependencies()
+        self.manager = task_manager(cfg.tasks_dir) if self.tasks else None  # lm-eval's task index: seconds
+        for b, (task, _) in self.tasks.items():
+            try:
+                check_tasks([task], self.manager)
+            except EvalError as e:
+                raise EvalError(f"{HARNESS[b]}: {e}") from None
+        self.subs = {b: sub_config(b, cfg) for b in self.benches if b in OTHERS}
+        if "mtbench" in self.subs:  # the judge answers, now
+            from .endpoint import check_endpoint
+
+            j = self.subs["mtbench"]
+            check_endpoint(j.judge_base_url, field="judge_base_url", api_key_env=j.judge_api_key_env,
+                           model=j.judge_model, model_field="judge_model")
+        paths = [check_checkpoint(resolve_model(m), field="models") for m in models]
+        if cfg.chat_template == "always" and self.tasks:
+            for name, path in zip(names, paths):
+                if not getattr(load_tokenizer(path), "chat_template", None):
+                    raise EvalError(f"chat_template=always: the tokenizer of {name!r} has no chat template (use auto)")
+        return paths
+
+    def generate(self, model, name: str):
+        """The lm-eval benchmarks on one checkpoint, one at a time: yields (benchmark, lm-eval results, per-document
+        records, whether the chat template was applied, seconds). The model loads before the first and is freed
+        after the last."""
+        import torch
+
+        from ..models import load_model, load_tokenizer
+
+        cfg = self.cfg
+        device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        loaded = load_model(model, device=device, dtype=torch.bfloat16 if device.startswith("cuda") else torch.float32)
+        tok = load_tokenizer(model)
+        chat = cfg.chat_template == "always" or (cfg.chat_template == "auto" and bool(getattr(tok, "chat_template",
+                                                                                              None)))
+        lm = wrap_model(loaded, tok, cfg.batch_size)
+        gen_kwargs = {"max_gen_toks": cfg.max_new_tokens} if cfg.max_new_tokens else None
+        for b, (task, _) in self.tasks.items():
+            t0, recs = time.time(), {}
+            r = evaluate_model(loaded, tok, [task], num_fewshot=self.out["settings"][b]["num_fewshot"],
+                               limit=cfg.limit, batch_size=cfg.batch_size, manager=self.manager, lm=lm, seed=cfg.seed,
+                               apply_chat_template=chat, system_instruction=cfg.system_prompt if chat else None,
+                               gen_kwargs=gen_kwargs, samples=recs)
+            yield b, r, recs, chat, time.time() - t0
+        del loaded, lm
+
+    def score(self, name: str, outputs) -> dict:
+        """Each lm-eval benchmark's number (and its metrics) as :meth:`generate` yields it; the files rewritten
+        after each."""
+        res = self.out["results"][name]
+        for b, r, recs, chat, seconds in outputs:
+            task, metrics = self.tasks[b]
+            res.update(benchmark_scores(b, r, task, metrics))
+            self.out["settings"][b]["chat_template"][name] = chat
+            for t, records in recs.items():  # a group (MMLU) logs its subtasks
+                self.rows.setdefault(b, []).extend(_sample_rows(name, t, records, metrics))
+            logger.info("%s %s (%s): %.4f in %.0f s", name, b, task, res[b], seconds)
+            self.write()
+        return res
+
+    def samples(self) -> dict:
+        return {f"samples_{b}": rows for b, rows in self.rows.items()}
+
+    def write(self) -> None:
+        write_results(self.cfg.output, self.out, results_table(self.out), **self.samples())
+
+    def run(self, models, names=None) -> dict:
+        """Every benchmark on every model; {"config", "benchmarks", "settings", "results": {model: {key: value}},
+        "complete"}."""
+        cfg = self.cfg
+        models = list(models or [])
+        names = self.check_names(models, names)
+        paths = self.check(models, names)
+        self.out = out = {"config": asdict(cfg), "benchmarks": self.benches, "settings": {},
+                          "results": {n: {} for n in names}, "complete": False}
+        self.rows: dict[str, list] = {}
+        for b, (task, metrics) in self.tasks.items():
+            out["settings"][b] = {"task": task, "metrics": list(metrics),
+                                  "num_fewshot": cfg.mmlu_fewshot if b == "mmlu" else 0, "chat_template": {}}
+        for name, path in zip(names, paths if self.tasks else []):
+            self.score(name, self.generate(path, name))
+        for b, sub_cfg in self.subs.items():
+            t0 = time.time()
+            sub = _sub_suite(b).run_suite([str(p) for p in paths], sub_cfg, names=names)
+            out["settings"][b] = {k: v for k, v in (sub.get("config") or {}).items() if k != "output"}
+            for name in names:
+                r = sub["results"][name]
+                key = next((k for k in OTHERS[b][1] if k in r), None)
+                if key is None:
+                    raise EvalError(f"{b} reported none of {', '.join(OTHERS[b][1])} for {name!r} (it has: "
+                                    f"{', '.join(r)})")
+                out["results"][name][b] = float(r[key])
+                out["results"][name].update({f"{b}/{k}": v for k, v in r.items() if isinstance(v, (int, float))})
+            logger.info("%s done in %.0f s", b, time.time() - t0)
+            self.write()
+        out["complete"] = True
+        self.write()
+        return out
+
+
 def run_instruct_eval(models, cfg: InstructEvalConfig, names=None) -> dict:
     """Every benchmark on every model; {"config", "benchmarks", "settings", "results": {model: {key: value}}}.
 
     ``results[model][bench]`` is the table's number (0-1, MT-Bench 1-10); details are under
     ``bench/<metric>`` keys (e.g. ``ifeval/prompt_level_strict_acc``, ``mtbench/turn1``)."""
-    import torch
-
-    from ..model_files import check_checkpoint
-    from ..models import load_model, load_tokenizer, resolve_model
-
-    models = list(models or [])
-    names = [str(m) for m in models] if names is None else list(names)
-    benches, tasks, manager, subs = _check(cfg, models, names)
-    paths = [check_checkpoint(resolve_model(m), field="models") for m in models]
-    if cfg.chat_template == "always" and any(b in HARNESS for b in benches):
-        for name, path in zip(names, paths):
-            if not getattr(load_tokenizer(path), "chat_template", None):
-                raise EvalError(f"chat_template=always: the tokenizer of {name!r} has no chat template (use auto)")
-
-    out = {"config": asdict(cfg), "benchmarks": benches, "settings": {}, "results": {n: {} for n in names},
-           "complete": False}
-    samples: dict[str, list] = {}
-    device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    harness = [b for b in benches if b in HARNESS]
-    gen_kwargs = {"max_gen_toks": cfg.max_new_tokens} if cfg.max_new_tokens else None
-    for b in harness:
-        out["settings"][b] = {"task": tasks[b][0], "metrics": list(tasks[b][1]),
-                              "num_fewshot": cfg.mmlu_fewshot if b == "mmlu" else 0, "chat_template": {}}
-    for name, path in zip(names, paths if harness else []):
-        model = load_model(path, device=device, dtype=torch.bfloat16 if device.startswith("cuda") else torch.float32)
-        tok = load_tokenizer(path)
-        has_template = bool(getattr(tok, "chat_template", None))
-        chat = cfg.chat_template == "always" or (cfg.chat_template == "auto" and has_template)
-        lm = wrap_model(model, tok, cfg.batch_size)
-        for b in harness:
-            task, metrics = tasks[b]
-            t0, recs = time.time(), {}
-            r = evaluate_model(model, tok, [task], num_fewshot=out["settings"][b]["num_fewshot"], limit=cfg.limit,
-                               batch_size=cfg.batch_size, manager=manager, lm=lm, seed=cfg.seed,
-                               apply_chat_template=chat, system_instruction=cfg.system_prompt if chat else None,
-                               gen_kwargs=gen_kwargs, samples=recs)
-            res = out["results"][name]
-            res.update(benchmark_scores(b, r, task, metrics))
-            out["settings"][b]["chat_template"][name] = chat
-            for t, records in recs.items():  # a group (MMLU) logs its subtasks
-                samples.setdefault(b, []).extend(_sample_rows(name, t, records, metrics))
-            logger.info("%s %s (%s): %.4f in %.0f s", name, b, task, res[b], time.time() - t0)
-            _write(out, cfg, samples)
-        del model, lm
-    for b in benches:
-        if b not in OTHERS:
-            continue
-        run = _other_parts(b)[1]
-        t0 = time.time()
-        sub = run([str(p) for p in paths], subs[b], names=names)
-        out["settings"][b] = {k: v for k, v in (sub.get("config") or {}).items() if k != "output"}
-        for name in names:
-            r = sub["results"][name]
-            key = next((k for k in OTHERS[b][4] if k in r), None)
-            if key is None:
-                raise EvalError(f"{b} reported none of {', '.join(OTHERS[b][4])} for {name!r} (it has: {', '.join(r)})")
-            out["results"][name][b] = float(r[key])
-            out["results"][name].update({f"{b}/{k}": v for k, v in r.items() if isinstance(v, (int, float))})
-        logger.info("%s done in %.0f s", b, time.time() - t0)
-        _write(out, cfg, samples)
-    out["complete"] = True
-    _write(out, cfg, samples)
-    return out
+    return InstructSuite(cfg).run(models, names)
 
 
 def _fmt(bench: str, v) -> str:

