@@ -286,8 +286,14 @@ def instantiate(classes, values: dict, where: str | None = None):
                     raise ConfigError(f"{where}: {e}" if where else str(e)) from None
         try:
             out.append(cls(**kw))
-        except MinitronError:
-            raise
+        except MinitronError as e:  # the class's own __post_init__ check: say where the value came from
+            if not where or str(e).startswith(where):
+                raise
+            try:
+                better = type(e)(f"{where}: {e}")
+            except TypeError:  # an error class with its own constructor arguments: keep it as it is
+                raise e from None
+            raise better from None
         except ValueError as e:  # a library's own check of its options (TrainingArguments.__post_init__, ...)
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ConfigError(f"{where + ': ' if where else ''}{msg}") from None

@@ -162,6 +162,8 @@ def test_cli_run_and_from(teacher_dir, tmp_path, capsys):
     ({"output_dir": None}, "output_dir is required"),
     ({"distill": "yes"}, "section 'distill' must be a mapping"),
     ({"report_to": "wandb"}, "report_to='wandb'"),
+    # a value a suite config's own __post_init__ refuses still names where it came from
+    ({"evaluate": {"benchmarks": {"humaneval": {"samples": 0}}}}, "section 'evaluate': benchmarks.humaneval: samples=0"),
 ])
 def test_bad_configs_fail_before_any_work(teacher_dir, tmp_path, change, message):
     import importlib.util

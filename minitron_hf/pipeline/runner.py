@@ -248,7 +248,7 @@ def _started_with(started: Path, want: dict) -> bool:
 def _explain_failure(e: BaseException, stage: str, command: str) -> BaseException | None:
     """The error to show instead of ``e``, in terms of ``minitron run`` (which has no --resume-from-checkpoint: a
     rerun resumes the stage from its newest complete checkpoint), or None to keep ``e``."""
-    from .checkpoints import TrainingDivergedError
+    from ..checkpoints import TrainingDivergedError
 
     if isinstance(e, TrainingDivergedError):
         return e.with_hint(f"lower learning_rate in section {stage!r} (or check the data) and rerun `{command}`: the "
