@@ -475,7 +475,7 @@ def _stage_data(run: Run, resume: bool) -> dict:
     (``$MINITRON_CACHE/data``, keyed by content, split rule and tokenizer: later runs reuse it). An interrupted
     preparation resumes at its first unfinished chunk."""
     from .data import open_sources
-    from .models import load_tokenizer
+    from .loading import load_tokenizer
 
     from .data import eval_config
 
@@ -511,7 +511,7 @@ def _importance_plan(run: Run):
     """(PruneConfig, source dir, width scores needed?, depth block size)."""
     from transformers import AutoConfig
 
-    from .models import resolve_model
+    from .loading import resolve_model
     from .pruning.trim import PruneTarget, resolve_target
 
     cfg = _stage_objects(run, "prune")
@@ -525,7 +525,8 @@ def _importance_plan(run: Run):
 
 
 def _stage_importance(run: Run, resume: bool) -> dict:
-    from .models import load_tokenizer, write_checkpoint_atomically
+    from .loading import load_tokenizer
+    from .outputs import write_checkpoint_atomically
     from .pruning.importance import plot_importance
     from .pruning.prune import compute_scores
 
@@ -604,7 +605,9 @@ def _stage_evaluate(run: Run, resume: bool) -> dict:
 
     from transformers import AutoConfig
 
-    from .models import count_parameters, generate_answer, load_model, load_tokenizer, resolve_model
+    from .arch import count_parameters
+    from .generation import generate_answer
+    from .loading import load_model, load_tokenizer, resolve_model
     from .pruning.depth import lm_loss
     from .data import load_blocks
 
@@ -982,7 +985,8 @@ def _config_dump(run: Run) -> dict:
 def _arch(path) -> dict | None:
     from transformers import AutoConfig
 
-    from .models import count_parameters, resolve_model
+    from .arch import count_parameters
+    from .loading import resolve_model
 
     try:
         c = AutoConfig.from_pretrained(resolve_model(path))

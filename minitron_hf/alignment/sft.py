@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 from trl import SFTConfig
 
-from ..checkpoints import CheckpointMixin, check_training_arguments
+from ..checkpoints import CheckpointMixin, check_training_arguments, save_trained
 from ..distributed import GLOBAL_BATCH_HELP, connect_cpu_processes
-from ..models import load_model, load_tokenizer, resolve_model, save_trained
+from ..loading import load_model, load_tokenizer, resolve_model
 from .data import load_rows, sft_examples
 from .rpo import AlignmentError
 

@@ -82,7 +82,7 @@ def run_base_eval(models, cfg: BaseEvalConfig, names=None) -> dict:
     import torch
 
     from ..model_files import check_checkpoint
-    from ..models import load_model, load_tokenizer, resolve_model
+    from ..loading import load_model, load_tokenizer, resolve_model
 
     if not models:
         raise EvalError("models: name at least one checkpoint (the first is the teacher column)")

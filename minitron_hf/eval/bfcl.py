@@ -114,7 +114,7 @@ def check_config(cfg: BFCLConfig) -> None:
 # ------------------------------------------------------------------------------------------------
 
 def default_venv() -> Path:
-    from ..models import cache_dir
+    from ..outputs import cache_dir
 
     return cache_dir() / "bfcl-venv"
 
@@ -256,7 +256,7 @@ def _answers(model_id, conversations, cfg: BFCLConfig) -> list[str]:
             return list(pool.map(one, conversations))
     import torch
 
-    from ..models import load_model, load_tokenizer
+    from ..loading import load_model, load_tokenizer
 
     tok = load_tokenizer(model_id)
     if not getattr(tok, "chat_template", None):  # before the weights load
@@ -286,7 +286,7 @@ def run_bfcl(models, cfg: BFCLConfig, names=None) -> dict:
                            model_field="models")
     else:
         from ..model_files import check_checkpoint
-        from ..models import resolve_model
+        from ..loading import resolve_model
 
         models = [check_checkpoint(resolve_model(m), field="models") for m in models]
     categories = [cfg.categories] if isinstance(cfg.categories, str) else list(cfg.categories)

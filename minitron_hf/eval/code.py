@@ -766,7 +766,7 @@ def _check_models(models, cfg: HumanEvalConfig) -> list:
                            model_field="models")
         return [str(m) for m in models]
     from ..model_files import check_checkpoint
-    from ..models import resolve_model
+    from ..loading import resolve_model
 
     return [check_checkpoint(resolve_model(m), field="models") for m in models]
 
@@ -786,7 +786,7 @@ def run_code_eval(task: CodeTask, problems: list[dict], models, cfg: HumanEvalCo
             style = "chat" if cfg.prompt_style == "chat" else "completion"
             completions = generate_endpoint(str(model_id), problems, cfg, task, style)
         else:
-            from ..models import load_model, load_tokenizer
+            from ..loading import load_model, load_tokenizer
 
             device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
             model = load_model(model_id, device=device,

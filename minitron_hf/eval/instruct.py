@@ -297,7 +297,7 @@ def run_instruct_eval(models, cfg: InstructEvalConfig, names=None) -> dict:
     import torch
 
     from ..model_files import check_checkpoint
-    from ..models import load_model, load_tokenizer, resolve_model
+    from ..loading import load_model, load_tokenizer, resolve_model
 
     models = list(models or [])
     names = [str(m) for m in models] if names is None else list(names)

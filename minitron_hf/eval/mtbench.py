@@ -344,7 +344,7 @@ def _answer_settings(cfg: MTBenchConfig, source: str) -> dict:
 def run_mtbench(models, cfg: MTBenchConfig, names=None) -> dict:
     """MT-Bench of each model; {"config", "results": {name: {score, turn1, turn2, <category>...}}}."""
     from ..model_files import check_checkpoint
-    from ..models import resolve_model
+    from ..loading import resolve_model
 
     check_config(cfg)
     if not models:
@@ -363,7 +363,7 @@ def run_mtbench(models, cfg: MTBenchConfig, names=None) -> dict:
     endpoint.check_endpoint(cfg.judge_base_url, field="judge_base_url", api_key_env=cfg.judge_api_key_env,
                             model=cfg.judge_model, model_field="judge_model")
     if paths[0] is not None:
-        from ..models import load_tokenizer
+        from ..loading import load_tokenizer
 
         for m, p in zip(models, paths):
             if not getattr(load_tokenizer(p), "chat_template", None):
@@ -396,7 +396,7 @@ def run_mtbench(models, cfg: MTBenchConfig, names=None) -> dict:
             else:
                 import torch
 
-                from ..models import load_model, load_tokenizer
+                from ..loading import load_model, load_tokenizer
 
                 device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
                 model = load_model(path, device=device,
