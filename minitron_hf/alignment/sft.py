@@ -1,7 +1,7 @@
 """Supervised fine-tuning stages on TRL's ``SFTTrainer`` (``minitron align sft``).
 
 The paper (arXiv 2408.11796 sec. 3.5) runs math + code SFT, then instruction SFT, before RPO; each is one
-call of :func:`run_sft` with its own YAML (recipes/configs/smollm2-135m/sft-*.yaml). Data are chat
+call of :func:`run_sft` with its own YAML (alignment/configs/smollm2-135m/sft-*.yaml). Data are chat
 examples (:mod:`.data`): each becomes a conversational prompt/completion pair, so TRL puts the loss on
 the completion (the last assistant turn) only, through the model's chat template; ``packing`` packs
 several examples per sequence (TRL's best-fit-decreasing packing, with position ids restarting per
