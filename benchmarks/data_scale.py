@@ -128,7 +128,7 @@ def tokenizer_ceiling(corpus: Path, mb: int = 100) -> dict:
     code = f"""
 import json, time, os
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
-from minitron_hf.models import load_tokenizer
+from minitron_hf.loading import load_tokenizer
 tok = load_tokenizer("smollm2-135m")
 texts, n = [], 0
 with open({str(corpus)!r}) as f:

@@ -49,7 +49,7 @@ def worker(a) -> None:
 
     from minitron_hf.data import BlockDataset, DataConfig, collate_blocks, load_blocks
     from minitron_hf.distill.trainer import DistillationConfig, DistillationTrainer
-    from minitron_hf.models import load_model, load_tokenizer
+    from minitron_hf.loading import load_model, load_tokenizer
 
     class Probe(TrainerCallback):
         def __init__(self):
@@ -143,7 +143,7 @@ def _record(name, out, seq_len, per_device, threads, wall_s) -> dict:
 def main() -> None:
     from common import write_result
 
-    from minitron_hf.models import ensure_default_model
+    from minitron_hf.default_model import ensure_default_model
 
     teacher = ensure_default_model()
     student = ensure_student(teacher)

@@ -14,7 +14,7 @@ import torch
 
 from common import write_result
 from minitron_hf.data import DataConfig, load_blocks
-from minitron_hf.models import load_model, load_tokenizer
+from minitron_hf.loading import load_model, load_tokenizer
 from minitron_hf.pruning.importance import estimate_importance
 
 

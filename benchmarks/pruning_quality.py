@@ -15,8 +15,9 @@ import time
 from pathlib import Path
 
 from common import write_result
+from minitron_hf.arch import count_parameters
 from minitron_hf.data import DataConfig
-from minitron_hf.models import count_parameters, resolve_model
+from minitron_hf.loading import resolve_model
 from minitron_hf.pruning.prune import PruneConfig, run_prune, validation_loss
 
 WIDTH = {"hidden_size": 432, "intermediate_size": 768}

@@ -771,7 +771,7 @@ def build_models(fx_dir: Path) -> None:
     import torch
     from transformers import AutoConfig, LlamaConfig, LlamaForCausalLM
 
-    from minitron_hf.models import resolve_model
+    from minitron_hf.loading import resolve_model
 
     src = resolve_model("smollm2-135m")
     ref = AutoConfig.from_pretrained(src)
@@ -1485,7 +1485,7 @@ def main():
             for mod in ("minitron_hf.pruning.prune", "minitron_hf.distill.run", "minitron_hf.pipeline",
                         "minitron_hf.export.hub", "minitron_hf.export.fp8", "minitron_hf.export.trtllm",
                         "minitron_hf.eval.code", "minitron_hf.alignment.sft", "minitron_hf.alignment.rpo",
-                        "minitron_hf.data", "minitron_hf.models"):
+                        "minitron_hf.data", "minitron_hf.loading"):
                 try:
                     importlib.import_module(mod)
                 except BaseException:  # noqa: BLE001  the child will hit (and print) the same failure

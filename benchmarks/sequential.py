@@ -146,7 +146,7 @@ def main():
     a = ap.parse_args()
     parts = {int(p) for p in a.parts.split(",")}
     a.work.mkdir(parents=True, exist_ok=True)
-    from minitron_hf.models import ensure_default_model
+    from minitron_hf.default_model import ensure_default_model
 
     smol = ensure_default_model()
     out_json = ROOT / "benchmarks" / "results" / "sequential.json"

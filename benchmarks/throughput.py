@@ -18,8 +18,8 @@ from pathlib import Path
 from common import RESULTS, write_result
 
 from minitron_hf.data import DataConfig
+from minitron_hf.default_model import ensure_default_model
 from minitron_hf.export.throughput import ThroughputConfig, results_table, run_throughput
-from minitron_hf.models import ensure_default_model
 from minitron_hf.pruning.prune import PruneConfig, run_prune
 
 
@@ -58,7 +58,7 @@ def main() -> None:
     body = (f"{cfg.backend} backend, {cfg.num_requests} requests per input/output-length pair, at most "
             f"{cfg.batch_size} sequences at once, greedy, EOS ignored (every request generates exactly OSL tokens). "
             f"Speedup = output tokens/s over the teacher's on the same requests; FLOPs ratio = the teacher's "
-            f"forward FLOPs per request over the student's (`minitron_hf.models.forward_flops`); target = "
+            f"forward FLOPs per request over the student's (`minitron_hf.arch.forward_flops`); target = "
             f"{cfg.target_fraction} x FLOPs ratio.\n\n{results_table(res['rows'])}\n\n"
             f"{met} of {len(rows)} student rows meet the target. Plot: {args.name}.png (bars: measured speedup; "
             f"black marks: FLOPs ratio).\n")

@@ -25,6 +25,9 @@ correction, SFT, RPO), changes that:
 :func:`check_output_dir` / :func:`remove_checkpoints` refuse (or, with overwrite, clear) an output
 directory holding checkpoints of an earlier run, and :func:`check_training_arguments` refuses
 nonsensical numeric ``TrainingArguments`` before anything is created.
+
+:func:`save_trained` writes the finished model (not a training checkpoint) as a vanilla ``from_pretrained``
+folder, atomically, also when it is sharded across processes (FSDP, DeepSpeed ZeRO-3).
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from pathlib import Path
 import torch
 
 from .errors import MinitronError
-from .outputs import safetensors_problem
+from .outputs import safetensors_problem, write_checkpoint_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -773,3 +776,40 @@ class CheckpointMixin:
             raise self._diverged(f"the weights are not finite at the end of training (step {step}, last loss "
                                  f"{_fmt(loss)})", step, loss)
         return result
+
+
+# --------------------------------------------------------------------------------------------------
+# The finished model
+# --------------------------------------------------------------------------------------------------
+
+def save_trained(trainer, tokenizer, final: Path, finalize=None, extra=None) -> Path:
+    """Write a finished Trainer's model with its tokenizer to ``final`` as a vanilla checkpoint that
+    ``from_pretrained`` loads, atomically, from the main process; the others wait until it is there.
+
+    Under FSDP and DeepSpeed every process first takes part in gathering the full state dict (FSDP2's
+    sharded parameters, ZeRO-3's partitions; ZeRO-3 needs ``stage3_gather_16bit_weights_on_model_save``).
+    The gathered tensors are copies, so tied weights (lm_head = embed_tokens) are tied again before writing,
+    or the head would be written twice. ``finalize(model)`` gives the model to save (e.g. LoRA merged; not
+    under sharding); ``extra(tmp_dir)`` writes more files into the folder before it is put in place."""
+    acc = trainer.accelerator
+    state_dict = None
+    if trainer.sharded:  # CheckpointMixin, which every trainer of the project mixes in
+        state_dict = acc.get_state_dict(trainer.model_wrapped)  # collective: every process
+    if acc.is_main_process:
+        model = acc.unwrap_model(trainer.model_wrapped if trainer.model_wrapped is not None else trainer.model)
+        if finalize is not None:
+            model = finalize(model)
+        if state_dict is not None:
+            for target, source in (getattr(model, "all_tied_weights_keys", None) or {}).items():
+                if target in state_dict and source in state_dict:
+                    state_dict[target] = state_dict[source]
+
+        def write(d):
+            model.save_pretrained(d, state_dict=state_dict)
+            tokenizer.save_pretrained(d)
+            if extra is not None:
+                extra(Path(d))
+
+        write_checkpoint_atomically(final, write)
+    acc.wait_for_everyone()
+    return Path(final)

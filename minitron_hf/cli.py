@@ -116,7 +116,8 @@ def _data(ns):
 
 def _evaluate(ns):
     from .data import DataConfig
-    from .models import count_parameters, resolve_model
+    from .arch import count_parameters
+    from .loading import resolve_model
     from .pruning.prune import validation_loss
 
     from transformers import AutoConfig
@@ -132,7 +133,8 @@ def _evaluate(ns):
 
 
 def _generate(ns):
-    from .models import generate_answer, load_model, load_tokenizer
+    from .generation import generate_answer
+    from .loading import load_model, load_tokenizer
 
     model, tok = load_model(ns.model), load_tokenizer(ns.model)
     if ns.raw:

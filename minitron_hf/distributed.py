@@ -9,7 +9,7 @@ global batch, collective timeouts.
 - :func:`check_global_batch`: ``global_batch_size`` against per device x accumulation x processes.
 
 How the chunked KD loss reads sharded LM heads is in ``distill/trainer.py`` (``DistillationTrainer._head``);
-how a sharded model becomes a plain checkpoint is ``models.save_trained``.
+how a sharded model becomes a plain checkpoint is ``checkpoints.save_trained``.
 
 Facts this module relies on (accelerate 1.15, torch 2.13, checked on a 2-core CPU machine):
 

@@ -7,6 +7,8 @@
 - Batches hold prompts of one temperature and similar length, left-padded by hand. The caller's tokenizer is never
   changed (no ``padding_side`` or ``pad_token`` set on it).
 - ``n`` samples per prompt (``num_return_sequences``), greedy when the temperature is 0, optional stop strings.
+
+:func:`generate_answer` is the one-prompt greedy case (the reports' "a greedy answer from each model").
 """
 
 from __future__ import annotations
@@ -72,3 +74,11 @@ def generate_texts(model, tokenizer, prompts: Sequence, *, chat: bool, n: int = 
         for j, a in enumerate(tokenizer.batch_decode(gen[:, input_ids.shape[1]:], skip_special_tokens=True)):
             out[idx[j // n]].append(a)
     return out
+
+
+def generate_answer(model, tokenizer, prompt: str, max_new_tokens: int = 48, chat: bool = True) -> str:
+    """Greedy answer to ``prompt``: through the chat template when the tokenizer has one and ``chat``, else a raw
+    continuation of the text (:func:`generate_texts`)."""
+    chat = bool(chat and tokenizer.chat_template)
+    prompt = [{"role": "user", "content": prompt}] if chat else prompt
+    return generate_texts(model, tokenizer, [prompt], chat=chat, max_new_tokens=max_new_tokens)[0][0]

@@ -1,7 +1,9 @@
 """A model's folder on disk: what makes it a checkpoint the stages accept.
 
 Shared by every stage that takes a checkpoint folder (export, serving, evaluation): each checks its input here before
-any heavy work, and the error names the field, the value and what is expected.
+any heavy work, and the error names the field, the value and what is expected. :func:`verify_checkpoint_files` reads
+the headers of the weight files (no weights), so a truncated download fails here rather than mid-load; model
+resolution (:func:`minitron_hf.loading.resolve_model`) runs it on every folder it returns.
 """
 
 from __future__ import annotations
@@ -10,6 +12,12 @@ import json
 from pathlib import Path
 
 from .errors import MinitronError
+from .outputs import CorruptFileError, read_json, safetensors_problem
+
+
+class ModelNotFoundError(MinitronError):
+    """A model name that is neither an alias, a local checkpoint nor a reachable Hub repository (or a folder
+    without safetensors weights)."""
 
 
 class NotACheckpointError(MinitronError):
@@ -39,9 +47,36 @@ def check_checkpoint(path, field: str = "model_dir") -> Path:
         bins = [f.name for f in p.glob("*.bin")] + [f.name for f in p.glob("*.pt")]
         hint = f" (found {', '.join(bins)}: pickled weights are not accepted, re-save with safetensors)" if bins else ""
         raise NotACheckpointError(f"{field}={str(path)!r} has no *.safetensors weights{hint}; expected {want}")
-    from .models import verify_checkpoint_files
-
     return verify_checkpoint_files(p)
+
+
+def verify_checkpoint_files(path) -> Path:
+    """Cheap integrity checks of a checkpoint folder, before anything loads it (headers only, no weights read):
+    ``config.json`` is a JSON object with a ``model_type``; every ``*.safetensors`` file (and every shard a
+    ``model.safetensors.index.json`` names) has a readable header and exactly the size its header promises, so a
+    truncated or garbage file is an error naming it instead of a ``SafetensorError`` traceback mid-load."""
+    path = Path(path)
+    cfg = read_json(path / "config.json")
+    if not isinstance(cfg, dict) or not cfg.get("model_type"):
+        raise CorruptFileError(path / "config.json", "is not a model config (a JSON object with a model_type)")
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        pickles = sorted(f.name for f in path.iterdir() if f.suffix in (".bin", ".pt", ".pth"))
+        raise ModelNotFoundError(f"{path} has config.json but no *.safetensors weights" + (
+            f" ({', '.join(pickles)}: pickled weights are not loaded, re-save with safetensors)" if pickles else ""))
+    index = path / "model.safetensors.index.json"
+    if index.exists():
+        idx = read_json(index)
+        shards = set((idx.get("weight_map") or {}).values()) if isinstance(idx, dict) else set()
+        missing = sorted(s for s in shards if not (path / s).is_file())
+        if missing:
+            raise CorruptFileError(index, f"names shards that are missing: {', '.join(missing)}")
+    for f in files:
+        problem = safetensors_problem(f)
+        if problem:
+            raise CorruptFileError(f, f"{problem.removeprefix(f.name).strip()}: not a complete safetensors file; "
+                                      f"re-save or re-download it")
+    return path
 
 
 def is_fp8_checkpoint(path) -> bool:

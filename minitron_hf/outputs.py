@@ -12,6 +12,9 @@ Every command that writes a folder calls :func:`check_output` before it loads a 
 Writes are atomic: :func:`write_checkpoint_atomically` builds a folder under a temporary sibling name
 and renames it into place; :func:`write_text_atomically` / :func:`write_json_atomically` do the same
 for one file. A crash or a full disk leaves the previous content (or nothing), never a partial file.
+
+What the project caches between runs (the converted default model, data prepared on the fly, lm-eval task files,
+the bfcl-eval environment) goes under one folder, :func:`cache_dir`.
 """
 
 from __future__ import annotations
@@ -29,6 +32,11 @@ from .errors import MinitronError
 
 class OutputError(MinitronError):
     """An output location that cannot or must not be written."""
+
+
+def cache_dir() -> Path:
+    """Where converted models (and the other caches) live: ``$MINITRON_CACHE`` or ``~/.cache/minitron_hf``."""
+    return Path(os.environ.get("MINITRON_CACHE", Path.home() / ".cache" / "minitron_hf"))
 
 
 def _nearest_existing(p: Path) -> Path:

@@ -42,7 +42,7 @@ def model_type(request):
 @pytest.fixture(scope="session")
 def default_model_dir():
     """The embedded default model converted to an HF checkpoint (cached across runs)."""
-    from minitron_hf.models import ensure_default_model
+    from minitron_hf.default_model import ensure_default_model
 
     return ensure_default_model()
 

@@ -82,7 +82,7 @@ def test_prepare_writes_the_naive_streams_and_is_independent_of_num_proc(tmp_pat
 
 def test_tokenizer_fingerprint_is_stable_across_calls(default_model_dir):
     """A fresh tokenizer's first call sets padding/truncation on its backend; the fingerprint must not change."""
-    from minitron_hf.models import load_tokenizer
+    from minitron_hf.loading import load_tokenizer
 
     fresh = load_tokenizer(str(default_model_dir))
     before = tokenizer_info(fresh)["fingerprint"]

@@ -11,7 +11,7 @@ import torch
 
 from minitron_hf.cli import main
 from minitron_hf.eval.harness import EvalError, check_tasks, evaluate_model, local_tasks_dir, score, task_manager
-from minitron_hf.models import load_model, load_tokenizer
+from minitron_hf.loading import load_model, load_tokenizer
 from minitron_hf.pruning.depth import DepthError, layer_importance
 
 pytest.importorskip("lm_eval")

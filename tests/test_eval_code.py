@@ -231,7 +231,7 @@ def test_xlsum_en_task_yaml_runs_on_local_rows(tmp_path, default_model_dir):
     from rouge_score import rouge_scorer
 
     from minitron_hf.eval.harness import PACKAGE_TASKS, evaluate_model, task_manager
-    from minitron_hf.models import load_model, load_tokenizer
+    from minitron_hf.loading import load_model, load_tokenizer
 
     src = PACKAGE_TASKS / "xlsum_en"
     d = tmp_path / "xlsum_local"

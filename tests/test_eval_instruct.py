@@ -195,13 +195,13 @@ def test_ifeval_scoring_strict_and_loose_against_hand_values(local_tasks, punkt_
 def test_bad_input_fails_before_any_model_loads(tmp_path, monkeypatch, shared_index, default_model_dir, capsys):
     import nltk
 
-    import minitron_hf.models
+    import minitron_hf.loading
     from minitron_hf.cli import main
 
     def no_load(*a, **k):
         raise AssertionError("a model was loaded")
 
-    monkeypatch.setattr(minitron_hf.models, "load_model", no_load)
+    monkeypatch.setattr(minitron_hf.loading, "load_model", no_load)
     with pytest.raises(EvalError, match="did you mean 'ifeval'"):
         check_benchmarks(["ifevl"])
     with pytest.raises(EvalError, match="did you mean 'mtbench'"):

@@ -268,7 +268,7 @@ def test_eval_base_through_an_endpoint_equals_local(tmp_path, default_model_dir)
     from test_depth_task import write_mini_task
 
     from minitron_hf.eval.base import BaseEvalConfig, run_base_eval
-    from minitron_hf.models import load_model, load_tokenizer
+    from minitron_hf.loading import load_model, load_tokenizer
 
     d = save_with_tokenizer(tiny_model("llama", vocab_size=49152), tmp_path / "tiny", default_model_dir)
     tasks = write_mini_task(tmp_path / "tasks")

@@ -246,13 +246,13 @@ def test_served_model_judged_scores_match_hand_computation(stub, tmp_path, monke
 def test_bad_input_fails_before_any_model_loads(tmp_path, monkeypatch, stub):
     from conftest import tiny_model
 
-    import minitron_hf.models as models
+    import minitron_hf.loading as loading
 
     def no_loading(*a, **k):
         raise AssertionError("a model was loaded")
 
-    monkeypatch.setattr(models, "load_model", no_loading)
-    monkeypatch.setattr(models, "load_tokenizer", no_loading)
+    monkeypatch.setattr(loading, "load_model", no_loading)
+    monkeypatch.setattr(loading, "load_tokenizer", no_loading)
     ckpt = tmp_path / "tiny"
     tiny_model("llama").save_pretrained(ckpt)
     out = tmp_path / "mt"

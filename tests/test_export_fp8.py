@@ -136,7 +136,7 @@ def test_warns_about_dims_not_divisible_by_16(exported):
 
 def test_bad_input_fails_before_loading(exported, tmp_path, monkeypatch):
     src, out, _, _ = exported
-    monkeypatch.setattr("minitron_hf.models.load_model", lambda *a, **k: pytest.fail("model loaded"))
+    monkeypatch.setattr("minitron_hf.loading.load_model", lambda *a, **k: pytest.fail("model loaded"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(NotACheckpointError, match="no config.json"):
         export_fp8(tmp_path / "empty", DataConfig(), FP8Config(output=str(tmp_path / "o")))

@@ -44,7 +44,7 @@ def test_throughput_rows_and_speedup(pair, tmp_path):
 
 def test_forward_flops_against_a_count_of_the_matmuls():
     """Naive reference: count every matmul's MACs token by token (prefill and decode alike)."""
-    from minitron_hf.models import forward_flops
+    from minitron_hf.arch import forward_flops
 
     c = tiny_model("llama", num_hidden_layers=3, hidden_size=64, intermediate_size=96, num_attention_heads=4,
                    num_key_value_heads=2).config

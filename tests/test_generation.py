@@ -67,7 +67,7 @@ def test_every_suite_gives_the_model_one_bos_and_leaves_the_tokenizer_alone(bos_
     from minitron_hf.eval.bfcl import chat_generate
     from minitron_hf.eval.code import HumanEvalConfig, generate, load_problems
     from minitron_hf.eval.mtbench import MTBenchConfig, generate_answers
-    from minitron_hf.models import generate_answer
+    from minitron_hf.generation import generate_answer
 
     tok, (model, seen) = bos_tokenizer, model_inputs
     side, pad = tok.padding_side, tok.pad_token

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from conftest import save_with_tokenizer, tiny_model
 
+from minitron_hf.arch import count_parameters
 from minitron_hf.distill.trainer import eval_curve
-from minitron_hf.models import count_parameters
 
 PAPER = Path(__file__).resolve().parents[1] / "benchmarks" / "paper"
 SCRIPTS = ["fig5_init", "fig3_4_correction", "fig6_width_depth", "fig7_8_depth", "table15_reducers", "practices",

@@ -6,9 +6,9 @@ import pytest
 import yaml
 
 from conftest import save_with_tokenizer, tiny_model
+from minitron_hf.arch import count_parameters
 from minitron_hf.cli import main
 from minitron_hf.data import DataConfig
-from minitron_hf.models import count_parameters
 from minitron_hf.pruning.search import SearchConfig, budget_params, choose, enumerate_candidates, run_search
 from minitron_hf.pruning.trim import PruneTarget, PruningConfigError, resolve_target
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from minitron_hf.models import UnsupportedModelError, arch_spec, count_parameters
+from minitron_hf.arch import UnsupportedModelError, arch_spec, count_parameters
 from minitron_hf.pruning.importance import estimate_importance, random_importance
 from minitron_hf.pruning.trim import (PruneTarget, PruningConfigError, _merge_heads, make_plan, resolve_target,
                                       trim_checkpoint)

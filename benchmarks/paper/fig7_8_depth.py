@@ -18,7 +18,7 @@ def main():
     sec = lib.Section("fig7_8", "Fig. 7 and 8: contiguous layer removal, LM loss and task accuracy")
     from minitron_hf.data import load_blocks
     from minitron_hf.eval.harness import evaluate_model, score, task_manager, wrap_model
-    from minitron_hf.models import load_model, load_tokenizer
+    from minitron_hf.loading import load_model, load_tokenizer
     from minitron_hf.pruning.depth import block_lm_losses, block_task_accuracy, dropped_layers, lm_loss
 
     src = lib.teacher_dir()

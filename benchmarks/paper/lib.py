@@ -67,7 +67,7 @@ def steps(n: int) -> int:
 
 
 def teacher_dir() -> Path:
-    from minitron_hf.models import resolve_model
+    from minitron_hf.loading import resolve_model
 
     return resolve_model(TEACHER)
 
@@ -81,7 +81,7 @@ def teacher_config():
 def non_embedding(model_dir) -> int:
     from transformers import AutoConfig
 
-    from minitron_hf.models import count_parameters
+    from minitron_hf.arch import count_parameters
 
     return count_parameters(AutoConfig.from_pretrained(model_dir))["non_embedding"]
 
@@ -160,7 +160,7 @@ def random_init(like: Path) -> Path:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from minitron_hf.models import load_tokenizer
+    from minitron_hf.loading import load_tokenizer
 
     def build(tmp: Path):
         torch.manual_seed(SEED)

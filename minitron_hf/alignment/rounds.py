@@ -29,9 +29,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..checkpoints import save_trained
 from ..distributed import process_state
 from ..generation import generate_texts
-from ..models import load_model, load_tokenizer, resolve_model, save_trained
+from ..loading import load_model, load_tokenizer, resolve_model
 from ..outputs import write_text_atomically
 from .data import load_rows, prompt_rows, verifiable_reward
 from .rpo import AlignmentError, RPOConfig, RPOTrainer, check_preference_dataset

@@ -254,7 +254,8 @@ def _run_rpo(cfg: RPOScriptConfig, args: RPOConfig) -> dict:
 
     from datasets import Dataset
 
-    from ..models import load_model, load_tokenizer, resolve_model, save_trained
+    from ..checkpoints import save_trained
+    from ..loading import load_model, load_tokenizer, resolve_model
     from .data import load_rows
     from .sft import ensure_chat_template
 

@@ -1,7 +1,7 @@
 """Supervised fine-tuning stages on TRL's ``SFTTrainer`` (``minitron align sft``).
 
 The paper (arXiv 2408.11796 sec. 3.5) runs math + code SFT, then instruction SFT, before RPO; each is one
-call of :func:`run_sft` with its own YAML (recipes/configs/smollm2-135m/sft-*.yaml). Data are chat
+call of :func:`run_sft` with its own YAML (alignment/configs/smollm2-135m/sft-*.yaml). Data are chat
 examples (:mod:`.data`): each becomes a conversational prompt/completion pair, so TRL puts the loss on
 the completion (the last assistant turn) only, through the model's chat template; ``packing`` packs
 several examples per sequence (TRL's best-fit-decreasing packing, with position ids restarting per
@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 from trl import SFTConfig
 
-from ..checkpoints import CheckpointMixin, check_training_arguments
+from ..checkpoints import CheckpointMixin, check_training_arguments, save_trained
 from ..distributed import GLOBAL_BATCH_HELP, connect_cpu_processes
-from ..models import load_model, load_tokenizer, resolve_model, save_trained
+from ..loading import load_model, load_tokenizer, resolve_model
 from .data import load_rows, sft_examples
 from .rpo import AlignmentError
 

@@ -43,7 +43,7 @@ STREAMING_EVAL_DOCUMENTS = 20_000
 
 
 def cache_folder(cfg: DataConfig, info: dict) -> Path:
-    from ..models import cache_dir
+    from ..outputs import cache_dir
 
     return cache_dir() / "data" / prepare_key(cfg, info, CACHE_SHARD_MB)[:20]
 

@@ -464,7 +464,7 @@ class PrepareConfig:
 def run_prepare(data_cfg: DataConfig, cfg: PrepareConfig) -> dict:
     """Prepare every source of ``data_cfg`` under ``cfg.output``: {"sources": [{data, weight, folder, manifest}],
     "config": the ``data:`` value that reads them}."""
-    from ..models import load_tokenizer
+    from ..loading import load_tokenizer
 
     if not cfg.output:
         raise DataError("output is required: the folder to write the token shards into (--output DIR)")

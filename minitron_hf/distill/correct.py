@@ -21,9 +21,9 @@ from pathlib import Path
 from transformers import Trainer
 
 from ..data import BlockDataset, DataConfig, collate_blocks, load_blocks, train_blocks
-from ..models import load_model, load_tokenizer, resolve_model, save_trained
+from ..loading import load_model, load_tokenizer, resolve_model
 from .trainer import BaselineEvaluation, TrainArgs, eval_curve
-from ..checkpoints import CheckpointMixin, check_output_dir, remove_checkpoints
+from ..checkpoints import CheckpointMixin, check_output_dir, remove_checkpoints, save_trained
 from ..distributed import fsdp_requested
 from ..errors import MinitronError
 

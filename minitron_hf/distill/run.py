@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoints import check_output_dir, parse_resume_flag, remove_checkpoints
+from ..checkpoints import check_output_dir, parse_resume_flag, remove_checkpoints, save_trained
 from ..data import BlockDataset, DataConfig, collate_blocks, load_blocks, train_blocks
-from ..models import load_model, load_tokenizer, resolve_model, save_trained
+from ..loading import load_model, load_tokenizer, resolve_model
 from .trainer import (BaselineEvaluation, DistillationConfig, DistillationError, DistillationTrainer, check_pair,
                       eval_curve)
 

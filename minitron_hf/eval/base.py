@@ -98,7 +98,7 @@ class BaseSuite(Suite):
         """Checkpoint directories, or (model_base_url) (served name, tokenizer directory, max_model_len) of each
         model; the task names against lm-eval's index."""
         from ..model_files import check_checkpoint
-        from ..models import resolve_model
+        from ..loading import resolve_model
 
         cfg = self.cfg
         refs = served_models(cfg, models) if cfg.model_base_url else \
@@ -115,7 +115,7 @@ class BaseSuite(Suite):
         """lm-eval's results of every task on one model: {task: (results, seconds)}."""
         import torch
 
-        from ..models import load_model, load_tokenizer
+        from ..loading import load_model, load_tokenizer
 
         cfg = self.cfg
         if cfg.model_base_url:

@@ -107,7 +107,7 @@ class BFCLConfig(ServedModelOptions):
 # ------------------------------------------------------------------------------------------------
 
 def default_venv() -> Path:
-    from ..models import cache_dir
+    from ..outputs import cache_dir
 
     return cache_dir() / "bfcl-venv"
 
@@ -249,7 +249,7 @@ def _answers(model_id, conversations, cfg: BFCLConfig) -> list[str]:
             return list(pool.map(one, conversations))
     import torch
 
-    from ..models import load_model, load_tokenizer
+    from ..loading import load_model, load_tokenizer
 
     tok = load_tokenizer(model_id)
     if not getattr(tok, "chat_template", None):  # before the weights load
@@ -287,7 +287,7 @@ class BFCLSuite(Suite):
                                model=str(m), model_field="models")
         else:
             from ..model_files import check_checkpoint
-            from ..models import resolve_model
+            from ..loading import resolve_model
 
             models = [check_checkpoint(resolve_model(m), field="models") for m in models]
         categories = [cfg.categories] if isinstance(cfg.categories, str) else list(cfg.categories)

@@ -760,7 +760,7 @@ def _check_models(models, cfg: HumanEvalConfig) -> list:
                            model_field="models")
         return [str(m) for m in models]
     from ..model_files import check_checkpoint
-    from ..models import resolve_model
+    from ..loading import resolve_model
 
     return [check_checkpoint(resolve_model(m), field="models") for m in models]
 
@@ -797,7 +797,7 @@ class HumanEvalSuite(Suite):
             style = "chat" if cfg.prompt_style == "chat" else "completion"
             completions = generate_endpoint(str(model), self.problems, cfg, self.task, style)
         else:
-            from ..models import load_model, load_tokenizer
+            from ..loading import load_model, load_tokenizer
 
             device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
             loaded = load_model(model, device=device,

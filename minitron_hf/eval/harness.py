@@ -111,7 +111,7 @@ PACKAGE_TASKS = Path(__file__).parent / "tasks"
 
 def local_tasks_dir() -> Path:
     """The cache directory of the built-in local tasks (built on first use)."""
-    from ..models import cache_dir
+    from ..outputs import cache_dir
 
     root = cache_dir() / "lm_eval_tasks"
     for name, build in LOCAL_TASKS.items():

@@ -275,7 +275,7 @@ class InstructSuite(Suite):
         """Checkpoint directories; lm-eval task names, IFEval's packages and data, the sub-benchmarks' options
         and the judge endpoint, all before any model loads."""
         from ..model_files import check_checkpoint
-        from ..models import load_tokenizer, resolve_model
+        from ..loading import load_tokenizer, resolve_model
 
         cfg = self.cfg
         self.benches = check_benchmarks(cfg.benchmarks)
@@ -308,7 +308,7 @@ class InstructSuite(Suite):
         after the last."""
         import torch
 
-        from ..models import load_model, load_tokenizer
+        from ..loading import load_model, load_tokenizer
 
         cfg = self.cfg
         device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")

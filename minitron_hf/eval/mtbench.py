@@ -358,7 +358,7 @@ class MTBenchSuite(Suite):
         """(model, checkpoint directory or None when served) of each model; the questions, the model endpoint or
         checkpoints (with a chat template), the judge endpoint; earlier answers and judgments in ``output``."""
         from ..model_files import check_checkpoint
-        from ..models import resolve_model
+        from ..loading import resolve_model
 
         cfg = self.cfg
         self.questions = load_questions(cfg.categories, cfg.limit, cfg.reference)
@@ -372,7 +372,7 @@ class MTBenchSuite(Suite):
         endpoint.check_endpoint(cfg.judge_base_url, field="judge_base_url", api_key_env=cfg.judge_api_key_env,
                                 model=cfg.judge_model, model_field="judge_model")
         if paths[0] is not None:
-            from ..models import load_tokenizer
+            from ..loading import load_tokenizer
 
             for m, p in zip(models, paths):
                 if not getattr(load_tokenizer(p), "chat_template", None):
@@ -406,7 +406,7 @@ class MTBenchSuite(Suite):
         else:
             import torch
 
-            from ..models import load_model, load_tokenizer
+            from ..loading import load_model, load_tokenizer
 
             device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
             loaded = load_model(path, device=device, dtype=torch.bfloat16 if device.startswith("cuda") else torch.float32)

@@ -85,7 +85,7 @@ def dims_not_divisible(config, by: int = 16) -> list[str]:
 def _check(model_dir, cfg: FP8Config):
     from transformers import AutoConfig
 
-    from ..models import arch_spec
+    from ..arch import arch_spec
 
     src = check_checkpoint(model_dir)
     if is_fp8_checkpoint(src):
@@ -139,7 +139,8 @@ def export_fp8(model_dir, data_cfg, cfg: FP8Config) -> dict:
     from tqdm.auto import tqdm
 
     from ..data import load_blocks
-    from ..models import load_model, load_tokenizer, write_checkpoint_atomically
+    from ..loading import load_model, load_tokenizer
+    from ..outputs import write_checkpoint_atomically
     from .hub import read_records
 
     t0 = time.time()

@@ -28,7 +28,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ..models import DEFAULT_MODEL, count_parameters, write_checkpoint_atomically
+from ..arch import count_parameters
+from ..default_model import DEFAULT_MODEL
+from ..outputs import write_checkpoint_atomically
 from . import check_checkpoint, is_fp8_checkpoint
 from ..errors import MinitronError
 

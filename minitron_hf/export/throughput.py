@@ -86,7 +86,7 @@ def _grid(cfg: ThroughputConfig) -> list[tuple[int, int]]:
 def _describe(path: Path) -> dict:
     from transformers import AutoConfig
 
-    from ..models import count_parameters
+    from ..arch import count_parameters
 
     c = AutoConfig.from_pretrained(path)
     return {"config": c, "parameters": count_parameters(c)["total"], "layers": c.num_hidden_layers,
@@ -98,7 +98,7 @@ def _transformers_runner(path: Path, cfg: ThroughputConfig, max_len: int):
     """(time(prompts, warmup, output_len) -> seconds, close) with static batches of ``batch_size``."""
     import torch
 
-    from ..models import load_model
+    from ..loading import load_model
 
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = {"auto": torch.bfloat16 if device.startswith("cuda") else torch.float32}.get(cfg.dtype) \
@@ -217,7 +217,8 @@ def run_throughput(models, cfg: ThroughputConfig, names=None) -> dict:
     ``names`` optionally labels the models in the rows (default: as given)."""
     from transformers import AutoTokenizer
 
-    from ..models import forward_flops, resolve_model
+    from ..arch import forward_flops
+    from ..loading import resolve_model
     from . import check_checkpoint
 
     _check(models, cfg)

@@ -125,7 +125,7 @@ def plan(model_dir, cfg: TRTLLMConfig) -> dict:
     """Check the options and decide everything (no files written)."""
     from transformers import AutoConfig
 
-    from ..models import count_parameters
+    from ..arch import count_parameters
 
     d = check_checkpoint(model_dir).resolve()
     if not cfg.output:
@@ -249,7 +249,7 @@ def export_trtllm(model_dir, cfg: TRTLLMConfig) -> dict:
     import yaml
     from transformers import AutoTokenizer
 
-    from ..models import write_checkpoint_atomically
+    from ..outputs import write_checkpoint_atomically
 
     p = plan(model_dir, cfg)
     out = Path(p["output"])

@@ -32,7 +32,7 @@ class DataStage(Stage):
 
     def run(self, run: Run, resume: bool) -> DataResult:
         from ..data import eval_config, open_sources
-        from ..models import load_tokenizer
+        from ..loading import load_tokenizer
 
         # streaming: only the bounded validation/calibration part is prepared; the train split streams in each stage
         sources = open_sources(eval_config(run.data), load_tokenizer(run.cfg.teacher))

@@ -129,7 +129,9 @@ class EvaluateStage(Stage):
         from transformers import AutoConfig
 
         from ..data import load_blocks
-        from ..models import count_parameters, generate_answer, load_model, load_tokenizer, resolve_model
+        from ..arch import count_parameters
+        from ..generation import generate_answer
+        from ..loading import load_model, load_tokenizer, resolve_model
         from ..pruning.depth import lm_loss
 
         ev = self.options(run)

@@ -56,7 +56,7 @@ class ImportanceStage(Stage):
         """(PruneConfig, source dir, width scores needed?, depth block size)."""
         from transformers import AutoConfig
 
-        from ..models import resolve_model
+        from ..loading import resolve_model
         from ..pruning.trim import PruneTarget, resolve_target
 
         cfg = self.options(run)
@@ -69,7 +69,7 @@ class ImportanceStage(Stage):
         return cfg, src, width, max(k, 0)
 
     def run(self, run: Run, resume: bool) -> ImportanceResult:
-        from ..models import load_tokenizer
+        from ..loading import load_tokenizer
         from ..outputs import write_checkpoint_atomically
         from ..pruning.importance import plot_importance
         from ..pruning.prune import compute_scores

@@ -17,7 +17,8 @@ class PruneResult(StageResult):
 def _arch(path) -> dict | None:
     from transformers import AutoConfig
 
-    from ..models import count_parameters, resolve_model
+    from ..arch import count_parameters
+    from ..loading import resolve_model
 
     try:
         c = AutoConfig.from_pretrained(resolve_model(path))

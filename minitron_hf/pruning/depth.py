@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..models import arch_spec
+from ..arch import arch_spec
 from ..errors import MinitronError
 
 logger = logging.getLogger(__name__)

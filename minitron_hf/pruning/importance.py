@@ -31,7 +31,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from ..models import arch_spec, head_dim_of
+from ..arch import arch_spec, head_dim_of
 from ..errors import MinitronError
 
 logger = logging.getLogger(__name__)

@@ -16,9 +16,11 @@ from pathlib import Path
 
 import torch
 
+from ..arch import arch_spec
 from ..data import DataConfig, load_blocks
 from ..distributed import process_state
-from ..models import arch_spec, load_model, resolve_model, write_checkpoint_atomically
+from ..loading import load_model, resolve_model
+from ..outputs import write_checkpoint_atomically
 from .depth import DepthError, LayerImportance, check_metric, is_task_metric, layer_importance
 from .importance import (Importance, estimate_importance, parse_aggregation, plot_importance,
                          random_importance)
@@ -88,7 +90,7 @@ class PruneConfig(SequentialOptions):
 
 
 def _device(name: str | None) -> torch.device:
-    from ..models import parse_device
+    from ..loading import parse_device
 
     return parse_device(name)
 
@@ -165,7 +167,7 @@ def validate(cfg: PruneConfig):
 def count_parameters_ratio(config, new_config: dict) -> float:
     from types import SimpleNamespace
 
-    from ..models import count_parameters
+    from ..arch import count_parameters
 
     new = SimpleNamespace(**{**config.to_dict(), **new_config})
     return count_parameters(new)["total"] / max(count_parameters(config)["total"], 1)
@@ -297,7 +299,7 @@ def run_prune(data_cfg: DataConfig, cfg: PruneConfig) -> dict:
     state = process_state()
     if state.num_processes > 1 and cfg.iterative_steps > 1:
         raise PruningConfigError("iterative_steps > 1 runs in a single process; launch without accelerate")
-    from ..models import load_tokenizer
+    from ..loading import load_tokenizer
 
     tokenizer = load_tokenizer(src)
     device = state.device if state.num_processes > 1 else _device(cfg.device)
@@ -423,7 +425,7 @@ def run_importance(data_cfg: DataConfig, cfg: ImportanceConfig) -> dict:
     out = check_output(cfg.output, cfg.overwrite)
     cfg.check_sequential_options()
     parse_aggregation(cfg.importance)
-    from ..models import load_tokenizer
+    from ..loading import load_tokenizer
 
     src = resolve_model(cfg.model)
     check_output(cfg.output, cfg.overwrite, sources=[src])
@@ -468,7 +470,7 @@ def run_importance(data_cfg: DataConfig, cfg: ImportanceConfig) -> dict:
 def validation_loss(model_dir, data_cfg: DataConfig, samples: int = 32, seq_len: int = 512, batch_size: int = 8,
                     device=None) -> float:
     """LM loss of a checkpoint on the validation split (the number pruning is judged by)."""
-    from ..models import load_tokenizer
+    from ..loading import load_tokenizer
     from .depth import lm_loss
 
     from .trim import PruningConfigError

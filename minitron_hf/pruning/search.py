@@ -26,8 +26,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..arch import count_parameters
 from ..data import DataConfig
-from ..models import count_parameters, resolve_model, write_checkpoint_atomically
+from ..loading import resolve_model
+from ..outputs import write_checkpoint_atomically
 from .trim import PruneTarget, PruningConfigError, resolve_target
 
 logger = logging.getLogger(__name__)

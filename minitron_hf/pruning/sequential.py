@@ -44,8 +44,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ..arch import arch_spec
 from ..errors import MinitronError
-from ..models import arch_spec
 
 logger = logging.getLogger(__name__)
 

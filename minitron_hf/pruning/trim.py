@@ -30,7 +30,7 @@ import torch
 from safetensors import safe_open
 from tqdm.auto import tqdm
 
-from ..models import arch_spec, count_parameters, head_dim_of
+from ..arch import arch_spec, count_parameters, head_dim_of
 from ..errors import MinitronError
 
 logger = logging.getLogger(__name__)

@@ -1,0 +1,96 @@
+"""Where models come from and how they load: names resolve to local checkpoint folders, which load with vanilla
+transformers (``trust_remote_code`` stays off).
+
+A model name resolves in one place (:func:`resolve_model`): the embedded default alias ``smollm2-135m``
+(:mod:`minitron_hf.default_model`), a local checkpoint directory, or a Hub id. Every folder it returns has passed
+:func:`~minitron_hf.model_files.verify_checkpoint_files`; :func:`load_model` also refuses an unsupported
+architecture (:func:`~minitron_hf.arch.arch_spec`) before reading any weights.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .arch import arch_spec
+from .default_model import DEFAULT_MODEL, ensure_default_model
+from .model_files import ModelNotFoundError, verify_checkpoint_files
+
+
+def resolve_model(name: str | os.PathLike) -> Path:
+    """Turn a model name into a local checkpoint directory.
+
+    ``smollm2-135m`` (the embedded default) -> converted once into :func:`~minitron_hf.outputs.cache_dir`; an
+    existing directory -> itself; anything else -> a Hub id, downloaded with ``huggingface_hub`` (safetensors,
+    configs and tokenizer files only).
+    """
+    if str(name) == DEFAULT_MODEL:
+        return ensure_default_model()
+    path = Path(name).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ModelNotFoundError(f"model={str(name)!r} is a file; expected a checkpoint directory")
+        if not (path / "config.json").exists():
+            raise ModelNotFoundError(f"model={str(name)!r}: directory has no config.json (not an HF checkpoint)")
+        return verify_checkpoint_files(path)
+    if str(name).startswith((".", "/", "~")) or str(name).count("/") > 1:
+        raise ModelNotFoundError(f"model={str(name)!r}: no such directory")
+    from huggingface_hub import snapshot_download
+
+    try:
+        local = Path(
+            snapshot_download(
+                str(name),
+                allow_patterns=["*.json", "*.safetensors", "tokenizer*", "*.model", "*.tiktoken", "*.txt", "*.jinja"],
+            )
+        )
+    except Exception as e:  # offline, gated, typo: one clear message
+        raise ModelNotFoundError(
+            f"model={str(name)!r} is not the alias {DEFAULT_MODEL!r}, not a local directory, and could not be "
+            f"downloaded from the Hub ({type(e).__name__}: {e}). Offline machines must pass a local checkpoint."
+        ) from e
+    return verify_checkpoint_files(local)
+
+
+def parse_device(name: str | None, field: str = "device"):
+    """``torch.device`` of a name (default: cuda when available, else cpu); an unknown name, or an accelerator this
+    machine does not have, is an error naming the field."""
+    import torch
+
+    from .config import ConfigError
+
+    if not name:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"{field}={name!r} is not a device; use cpu, cuda, cuda:N, mps, ...") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"{field}={name!r}: this machine has no CUDA device; use cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"{field}={name!r}: only {torch.cuda.device_count()} CUDA device(s) here")
+    return dev
+
+
+def load_model(name, dtype=None, device=None):
+    """Load a supported causal LM with vanilla transformers (``trust_remote_code`` stays off)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    path = resolve_model(name)
+    arch_spec(AutoConfig.from_pretrained(path))  # fail before loading weights
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32)
+    if device is not None:
+        model.to(device)
+    model.eval()
+    return model
+
+
+def load_tokenizer(name):
+    from transformers import AutoTokenizer
+
+    path = resolve_model(name)
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except Exception as e:
+        raise ModelNotFoundError(f"model={str(name)!r}: no usable tokenizer in {path} ({type(e).__name__}: {e})") from e
