@@ -4,7 +4,7 @@ transformers (``trust_remote_code`` stays off).
 A model name resolves in one place (:func:`resolve_model`): the embedded default alias ``smollm2-135m``
 (:mod:`minitron_hf.default_model`), a local checkpoint directory, or a Hub id. Every folder it returns has passed
 :func:`~minitron_hf.model_files.verify_checkpoint_files`; :func:`load_model` also refuses an unsupported
-architecture (:func:`~minitron_hf.arch.arch_spec`) before reading any weights.
+architecture (:func:`~minitron_hf.arch.family_of`) before reading any weights.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .arch import arch_spec
+from .arch import family_of
 from .default_model import DEFAULT_MODEL, ensure_default_model
 from .model_files import ModelNotFoundError, verify_checkpoint_files
 
@@ -78,7 +78,7 @@ def load_model(name, dtype=None, device=None):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     path = resolve_model(name)
-    arch_spec(AutoConfig.from_pretrained(path))  # fail before loading weights
+    family_of(AutoConfig.from_pretrained(path))  # fail before loading weights
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32)
     if device is not None:
         model.to(device)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from minitron_hf.arch import UnsupportedModelError, arch_spec, count_parameters
+from minitron_hf.arch import UnsupportedModelError, count_parameters, family_of
 from minitron_hf.pruning.importance import estimate_importance, random_importance
 from minitron_hf.pruning.trim import (PruneTarget, PruningConfigError, _merge_heads, make_plan, resolve_target,
                                       trim_checkpoint)
@@ -198,7 +198,7 @@ def test_unknown_model_type():
     from transformers import GPT2Config
 
     with pytest.raises(UnsupportedModelError, match="llama, mistral, qwen2, qwen3"):
-        arch_spec(GPT2Config())
+        family_of(GPT2Config())
 
 
 def test_streamed_files_are_valid_safetensors_in_source_dtype(tmp_path):

@@ -1,10 +1,11 @@
-"""Architecture facts: what differs between the model families we prune, and what follows from a config alone.
+"""Architecture facts: one module per model family behind one interface (:class:`~.base.Family`), and what follows
+from a config alone.
 
-Every architecture we prune stores its weights under the same Llama-style names (``model.layers.N.
-self_attn.q_proj`` ...). What differs is a handful of facts, kept in one small table: whether the
-attention has q/k norms (Qwen3), whether transformers' config insists on ``hidden_size %
-num_attention_heads == 0`` (Llama in transformers 5.x), and which config fields hold one entry per
-layer. Nothing else in the code branches on the model type.
+``llama``, ``mistral``, ``qwen2`` and ``qwen3`` each have a module here stating their layout (prunable axes,
+slicing rules, probe points, parameter count, pruned config, logits, LoRA/FP8/TensorRT-LLM names). Pruning,
+importance, distillation and export ask :func:`family_of` for a model's family and use only that interface: nothing
+else in the code branches on the model type. Adding a family is one module here, one entry in :data:`FAMILIES`,
+and its run of the conformance suite (``tests/test_arch_conformance.py``).
 
 From a config alone: the head width (:func:`head_dim_of`), the parameter count (:func:`count_parameters`) and the
 forward FLOPs of a request (:func:`forward_flops`).
@@ -12,83 +13,36 @@ forward FLOPs of a request (:func:`forward_flops`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from . import llama, mistral, qwen2, qwen3
+from .base import Family, UnsupportedModelError
 
-from ..errors import MinitronError
+FAMILIES: dict[str, Family] = {f.model_type: f for f in (llama.FAMILY, mistral.FAMILY, qwen2.FAMILY, qwen3.FAMILY)}
 
-
-class UnsupportedModelError(MinitronError):
-    """The checkpoint's ``model_type`` is not in :data:`ARCHITECTURES`."""
-
-
-@dataclass(frozen=True)
-class ArchSpec:
-    """What the pruner needs to know about one ``model_type``."""
-
-    model_type: str
-    qk_norm: bool = False
-    """Attention has ``q_norm``/``k_norm`` RMSNorms over ``head_dim`` (shared by all heads, so head
-    and hidden pruning leave them untouched)."""
-    hidden_divisible_by_heads: bool = False
-    """The transformers config validator rejects ``hidden_size % num_attention_heads != 0`` even
-    when ``head_dim`` is explicit (LlamaConfig in transformers 5.x)."""
-    per_layer_fields: tuple[str, ...] = ()
-    """Config fields that hold one entry per decoder layer and are sliced when layers are dropped."""
+__all__ = ["FAMILIES", "Family", "UnsupportedModelError", "count_parameters", "family_of", "forward_flops",
+           "head_dim_of"]
 
 
-ARCHITECTURES: dict[str, ArchSpec] = {
-    "llama": ArchSpec("llama", hidden_divisible_by_heads=True),
-    # Mistral-NeMo (head_dim 128 with hidden 5120) is model_type "mistral" with an explicit head_dim.
-    "mistral": ArchSpec("mistral"),
-    "qwen2": ArchSpec("qwen2", per_layer_fields=("layer_types",)),
-    "qwen3": ArchSpec("qwen3", qk_norm=True, per_layer_fields=("layer_types",)),
-}
-
-
-def arch_spec(config) -> ArchSpec:
-    """The adapter for a config (object or dict); a clear error for anything unsupported."""
+def family_of(config, check: bool = True) -> Family:
+    """The family of a config (object or mapping); a clear error for a model type without a module, and (``check``)
+    for a config carrying fields its module does not know."""
     model_type = config.get("model_type") if isinstance(config, dict) else getattr(config, "model_type", None)
-    if model_type not in ARCHITECTURES:
+    if model_type not in FAMILIES:
         raise UnsupportedModelError(
-            f"model_type={model_type!r} is not supported; supported model types: "
-            f"{', '.join(sorted(ARCHITECTURES))}"
-        )
-    return ARCHITECTURES[model_type]
+            f"model_type={model_type!r} is not supported; supported model types: {', '.join(sorted(FAMILIES))}")
+    family = FAMILIES[model_type]
+    if check:
+        family.check_config(config)
+    return family
 
 
 def head_dim_of(config) -> int:
-    hd = getattr(config, "head_dim", None)
-    return int(hd) if hd else config.hidden_size // config.num_attention_heads
+    return family_of(config, check=False).head_dim(config)
 
 
 def count_parameters(config) -> dict[str, int]:
-    """Analytic parameter count of a decoder-only model from its config alone.
-
-    ``embedding`` counts the input embedding and, when untied, the LM head; ``non_embedding`` is the
-    rest (the convention of the Minitron papers and of scaling-law work).
-    """
-    spec = arch_spec(config)
-    h = config.hidden_size
-    hd = head_dim_of(config)
-    q = config.num_attention_heads * hd
-    kv = config.num_key_value_heads * hd
-    inter = config.intermediate_size
-    vocab = config.vocab_size
-    attn_bias = bool(getattr(config, "attention_bias", False))
-    mlp_bias = bool(getattr(config, "mlp_bias", False))
-
-    attn = h * q + 2 * h * kv + q * h
-    if spec.model_type == "qwen2":  # q/k/v always carry a bias, o_proj never
-        attn += q + 2 * kv
-    elif attn_bias:  # Llama/Mistral attention_bias: q, k, v and o
-        attn += q + 2 * kv + h
-    if spec.qk_norm:
-        attn += 2 * hd
-    mlp = 3 * h * inter + ((2 * inter + h) if mlp_bias else 0)
-    per_layer = attn + mlp + 2 * h  # two RMSNorms
-    body = config.num_hidden_layers * per_layer + h  # + final norm
-    embedding = vocab * h * (1 if getattr(config, "tie_word_embeddings", False) else 2)
-    return {"total": body + embedding, "embedding": embedding, "non_embedding": body}
+    """Analytic parameter count of a decoder-only model from its config alone (see
+    :meth:`~.base.Family.count_parameters`)."""
+    return family_of(config, check=False).count_parameters(config)
 
 
 def forward_flops(config, tokens: int, context: int = 0) -> float:

@@ -23,6 +23,7 @@ from transformers import Trainer
 from ..data import BlockDataset, DataConfig, collate_blocks, load_blocks, train_blocks
 from ..loading import load_model, load_tokenizer, resolve_model
 from .trainer import BaselineEvaluation, TrainArgs, eval_curve
+from ..arch import family_of
 from ..checkpoints import CheckpointMixin, check_output_dir, remove_checkpoints, save_trained
 from ..distributed import fsdp_requested
 from ..errors import MinitronError
@@ -30,7 +31,6 @@ from ..errors import MinitronError
 logger = logging.getLogger(__name__)
 
 MODES = ("full", "lora", "norm")
-LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 class CorrectionError(MinitronError):
@@ -72,8 +72,9 @@ def prepare_mode(model, mode: str, lora_r: int = 16, lora_alpha: int = 32):
     if mode == "lora":
         from peft import LoraConfig, get_peft_model
 
+        targets = family_of(model.config).lora_targets  # every linear of a decoder layer
         return get_peft_model(model, LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=0.0,
-                                                target_modules=LORA_TARGETS, task_type="CAUSAL_LM"))
+                                                target_modules=targets, task_type="CAUSAL_LM"))
     raise CorrectionError(f"mode={mode!r} is not one of {', '.join(MODES)}")
 
 

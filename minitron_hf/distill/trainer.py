@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
+from ..arch import family_of
 from .losses import LOSSES, auto_chunk_size, chunked_kd_loss, chunked_lm_loss_sum, naive_kd_loss
 from ..checkpoints import CheckpointMixin, check_training_arguments
 from ..distributed import GLOBAL_BATCH_HELP, connect_cpu_processes
@@ -220,6 +221,10 @@ class DistillationTrainer(CheckpointMixin, Trainer):
         if args is not None and not isinstance(args, DistillationConfig):
             raise DistillationError("args must be a DistillationConfig")
         self.vocab = check_pair(model, teacher_model, tokenizer_size=tokenizer_size)
+        # the chunked loss computes logits as hidden states x LM-head weight (+ bias); a family whose logits are more
+        # than that (a final soft cap: Family.logits) is distilled on its own full logits instead
+        self._linear_logits = all(family_of(m.config, check=False).logit_softcap(m.config) is None
+                                  for m in (model, teacher_model))
         super().__init__(model=model, args=args, **kwargs)
         self.teacher_optimizer = None
         self._teacher_lm_losses: list[float] = []
@@ -250,7 +255,7 @@ class DistillationTrainer(CheckpointMixin, Trainer):
         """Full [tokens x vocab] logits when asked (kd_chunk_size=0), and under FSDP1, whose flat parameters cannot
         be read outside the forward. FSDP2 and ZeRO-3 gather the LM heads for the chunked loss (:meth:`_head`)."""
         fsdp1 = getattr(self, "is_fsdp_enabled", False) and not self.accelerator.is_fsdp2
-        return self.args.kd_chunk_size == 0 or fsdp1
+        return self.args.kd_chunk_size == 0 or fsdp1 or not self._linear_logits
 
     def _zero3(self) -> bool:
         return bool(self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.deepspeed_config

@@ -37,14 +37,6 @@ FP8_E4M3_MAX = 448.0
 # Files of the tokenizer that are copied unchanged from the source checkpoint.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
                    "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json")
-# Linear layers of a decoder layer (Llama/Mistral/Qwen2/Qwen3 names) and the config sizes of their
-# (in_features, out_features), for the divisibility check before any weights load.
-_LINEARS = {
-    "q_proj": ("hidden", "q"), "k_proj": ("hidden", "kv"), "v_proj": ("hidden", "kv"), "o_proj": ("q", "hidden"),
-    "gate_proj": ("hidden", "mlp"), "up_proj": ("hidden", "mlp"), "down_proj": ("mlp", "hidden"),
-}
-
-
 class FP8ExportError(MinitronError):
     """Options or input that cannot be exported to FP8; the message names the field and what is allowed."""
 
@@ -65,11 +57,12 @@ class FP8Config:
 
 
 def linear_shapes(config) -> dict[str, tuple[int, int]]:
-    """{proj name: (in_features, out_features)} of one decoder layer, from the config."""
-    hd = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    size = {"hidden": config.hidden_size, "q": config.num_attention_heads * hd,
-            "kv": config.num_key_value_heads * hd, "mlp": config.intermediate_size}
-    return {name: (size[i], size[o]) for name, (i, o) in _LINEARS.items()}
+    """{proj name: (in_features, out_features)} of one decoder layer, from the config (the family's linears)."""
+    from ..arch import family_of
+
+    family = family_of(config, check=False)
+    size = family.axis_sizes(config)
+    return {name: (size[i], size[o]) for name, (i, o) in family.linears.items()}
 
 
 def dims_not_divisible(config, by: int = 16) -> list[str]:
@@ -85,7 +78,7 @@ def dims_not_divisible(config, by: int = 16) -> list[str]:
 def _check(model_dir, cfg: FP8Config):
     from transformers import AutoConfig
 
-    from ..arch import arch_spec
+    from ..arch import family_of
 
     src = check_checkpoint(model_dir)
     if is_fp8_checkpoint(src):
@@ -109,7 +102,7 @@ def _check(model_dir, cfg: FP8Config):
         if getattr(cfg, name) < 1:
             raise FP8ExportError(f"{name}={getattr(cfg, name)} must be >= 1")
     config = AutoConfig.from_pretrained(src)
-    arch_spec(config)  # supported model types only
+    family_of(config)  # supported model types only
     max_pos = getattr(config, "max_position_embeddings", None)
     if cfg.seq_len < 2 or (max_pos and cfg.seq_len > max_pos):
         raise FP8ExportError(f"seq_len={cfg.seq_len} must be in [2, {max_pos}] (the model's max_position_embeddings)")

@@ -125,7 +125,7 @@ def plan(model_dir, cfg: TRTLLMConfig) -> dict:
     """Check the options and decide everything (no files written)."""
     from transformers import AutoConfig
 
-    from ..arch import count_parameters
+    from ..arch import count_parameters, family_of
 
     d = check_checkpoint(model_dir).resolve()
     if not cfg.output:
@@ -171,6 +171,8 @@ def plan(model_dir, cfg: TRTLLMConfig) -> dict:
                        "bfloat16 (or export FP8) for a meaningful benchmark", d)
     return {
         "model_dir": str(d), "output": str(out), "model_name": model_name, "parameters": params,
+        # TensorRT-LLM's example folder whose convert_checkpoint.py converts this family (the classic path)
+        "converter": family_of(config).trtllm_example,
         "batch_size": cfg.batch_size or default_batch_size(params),
         "batch_size_reason": "given" if cfg.batch_size else
         (f"{params / 1e9:.2f}B parameters: {'>=' if params >= LARGE_MODEL_PARAMS else '<'} "
@@ -220,7 +222,7 @@ def commands(p: dict, cfg: TRTLLMConfig, out: Path) -> dict:
         build, engine = None, []
     ckpt = str(Path(p["workspace"]) / "trtllm-checkpoint")
     classic = [
-        ["python", "$TRTLLM_EXAMPLES/models/core/llama/convert_checkpoint.py", "--model_dir", p["model_dir"], "--output_dir", ckpt,
+        ["python", f"$TRTLLM_EXAMPLES/models/core/{p['converter']}/convert_checkpoint.py", "--model_dir", p["model_dir"], "--output_dir", ckpt,
          "--dtype", "bfloat16", "--tp_size", str(cfg.tp_size)],
         ["trtllm-build", "--checkpoint_dir", ckpt, "--output_dir", str(Path(p["workspace"]) / "trtllm-build-engine"),
          "--max_batch_size", str(p["batch_size"]), "--max_input_len", str(p["max_input_len"]),

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..arch import arch_spec
+from ..arch import family_of
 from ..errors import MinitronError
 
 logger = logging.getLogger(__name__)
@@ -56,14 +56,14 @@ def dropped_layers(model, drop):
     """
     base = model.base_model
     config = model.config
-    spec = arch_spec(config)
+    family = family_of(config)
     layers = base.layers
     drop = set(int(i) for i in drop)
     keep = [i for i in range(len(layers)) if i not in drop]
     if not keep:
         raise DepthError("drop_layers would remove every layer; keep at least one")
     saved = {"num_hidden_layers": config.num_hidden_layers}
-    for f in spec.per_layer_fields:
+    for f in family.per_layer_fields:
         if getattr(config, f, None) is not None:
             saved[f] = getattr(config, f)
     # attention modules index the KV cache by layer_idx: renumber the kept ones while skipping
@@ -75,7 +75,7 @@ def dropped_layers(model, drop):
                     m.layer_idx = new_i
         base.layers = torch.nn.ModuleList([layers[i] for i in keep])
         config.num_hidden_layers = len(keep)
-        for f in spec.per_layer_fields:
+        for f in family.per_layer_fields:
             if f in saved:
                 setattr(config, f, [saved[f][i] for i in keep])
         yield keep

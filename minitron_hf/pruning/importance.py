@@ -31,7 +31,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from ..arch import arch_spec, head_dim_of
+from ..arch import family_of
 from ..errors import MinitronError
 
 logger = logging.getLogger(__name__)
@@ -110,12 +110,14 @@ class Importance:
 
     heads: torch.Tensor  # [layers, num_attention_heads]
     neurons: torch.Tensor  # [layers, intermediate_size]
-    hidden_per_layer: torch.Tensor  # [layers, 2, hidden_size]: input norm, post-attention norm
+    # [layers, hidden probes, hidden_size]: the outputs of each layer's norms (Family.hidden_probes; Llama-style:
+    # input norm, post-attention norm)
+    hidden_per_layer: torch.Tensor
     meta: dict = field(default_factory=dict)
 
     @property
     def hidden(self) -> torch.Tensor:
-        """Hidden-channel score: summed over layers and both norms of each layer."""
+        """Hidden-channel score: summed over layers and the norms of each layer."""
         return self.hidden_per_layer.sum(dim=(0, 1))
 
     def save(self, out_dir: str | Path) -> Path:
@@ -154,7 +156,7 @@ class Importance:
         want = {
             "heads": (config.num_hidden_layers, config.num_attention_heads),
             "neurons": (config.num_hidden_layers, config.intermediate_size),
-            "hidden_per_layer": (config.num_hidden_layers, 2, config.hidden_size),
+            "hidden_per_layer": (config.num_hidden_layers, len(family_of(config).hidden_probes), config.hidden_size),
         }
         for name, shape in want.items():
             if tuple(getattr(self, name).shape) != shape:
@@ -171,7 +173,7 @@ def random_importance(config, seed: int = 0) -> Importance:
     return Importance(
         heads=torch.rand(L, config.num_attention_heads, generator=g),
         neurons=torch.rand(L, config.intermediate_size, generator=g),
-        hidden_per_layer=torch.rand(L, 2, config.hidden_size, generator=g),
+        hidden_per_layer=torch.rand(L, len(family_of(config).hidden_probes), config.hidden_size, generator=g),
         meta={"aggregation": "random", "seed": seed},
     )
 
@@ -190,14 +192,14 @@ class WidthScores:
     layer at once) and the sequential pass (:mod:`.sequential`: hooks on the one layer that is loaded)."""
 
     def __init__(self, config, aggregation: str, device):
-        arch_spec(config)
+        self.family = family_of(config)
         self.aggregation = aggregation
         batch_agg, seq_agg = parse_aggregation(aggregation)
-        L, self.H, self.hd = config.num_hidden_layers, config.num_attention_heads, head_dim_of(config)
+        L, self.H, self.hd = config.num_hidden_layers, config.num_attention_heads, self.family.head_dim(config)
         self.heads = [ChannelReducer((self.H,), batch_agg, seq_agg, device) for _ in range(L)]
         self.neurons = [ChannelReducer((config.intermediate_size,), batch_agg, seq_agg, device) for _ in range(L)]
-        self.hidden = [[ChannelReducer((config.hidden_size,), batch_agg, seq_agg, device) for _ in range(2)]
-                       for _ in range(L)]
+        self.hidden = [[ChannelReducer((config.hidden_size,), batch_agg, seq_agg, device)
+                        for _ in self.family.hidden_probes] for _ in range(L)]
         self.mask: torch.Tensor | None = None  # attention mask of the batch being run (1 = real token)
         self.tokens = 0
 
@@ -221,10 +223,9 @@ class WidthScores:
                 r.update(out.abs(), self.mask)
             return hook
 
-        return [layer.self_attn.o_proj.register_forward_pre_hook(head_hook),
-                layer.mlp.down_proj.register_forward_pre_hook(neuron_hook),
-                layer.input_layernorm.register_forward_hook(norm_hook(self.hidden[i][0])),
-                layer.post_attention_layernorm.register_forward_hook(norm_hook(self.hidden[i][1]))]
+        head_probe, neuron_probe, hidden_probes = self.family.probes(layer)
+        return [head_probe.register_forward_pre_hook(head_hook), neuron_probe.register_forward_pre_hook(neuron_hook),
+                *(m.register_forward_hook(norm_hook(r)) for m, r in zip(hidden_probes, self.hidden[i]))]
 
     def result(self) -> Importance:
         """All-reduced over data-parallel processes (every process must call it), checked finite."""
@@ -233,7 +234,7 @@ class WidthScores:
         result = Importance(
             heads=torch.stack([r.result() for r in self.heads]).cpu(),
             neurons=torch.stack([r.result() for r in self.neurons]).cpu(),
-            hidden_per_layer=torch.stack([torch.stack([a.result(), b.result()]) for a, b in self.hidden]).cpu(),
+            hidden_per_layer=torch.stack([torch.stack([r.result() for r in rs]) for rs in self.hidden]).cpu(),
             meta={"aggregation": self.aggregation, "samples": int(self.heads[0].count), "tokens": self.tokens},
         )
         if not all(torch.isfinite(t).all() for t in (result.heads, result.neurons, result.hidden_per_layer)):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ..arch import arch_spec
+from ..arch import family_of
 from ..data import DataConfig, load_blocks
 from ..distributed import process_state
 from ..loading import load_model, resolve_model
@@ -140,7 +140,7 @@ def validate(cfg: PruneConfig):
         raise PruningConfigError(f"model={cfg.model!r}: no tokenizer files in {src}; a pruned model must carry "
                                  f"its tokenizer (save one with tokenizer.save_pretrained)")
     config = AutoConfig.from_pretrained(src)
-    arch_spec(config)
+    family_of(config)
     if not cfg.target:
         raise PruningConfigError("target is empty: give at least one KEY=VALUE, e.g. --target hidden_size=432")
     target = PruneTarget.from_dict(cfg.target)
@@ -183,7 +183,7 @@ def _interpolate(src_cfg, final: dict, step: int, steps: int) -> dict:
         a, b = getattr(src_cfg, k), final[k]
         if a != b:
             v = round(a * (b / a) ** (step / steps))
-            if k == "hidden_size" and src_cfg.model_type == "llama":
+            if k == "hidden_size" and family_of(src_cfg, check=False).hidden_divisible_by_heads:
                 h = final["num_attention_heads"]
                 v = max(b, int(round(v / h)) * h)
             t[k] = v if step < steps else b

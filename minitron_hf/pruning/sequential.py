@@ -44,7 +44,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..arch import arch_spec
+from ..arch import family_of
 from ..errors import MinitronError
 
 logger = logging.getLogger(__name__)
@@ -381,7 +381,7 @@ class LayerwiseModel:
 
         self.src, self.dtype, self.device = Path(src), dtype, torch.device(device)
         self.config = AutoConfig.from_pretrained(src)
-        arch_spec(self.config)
+        family_of(self.config)
         self.tensors = checkpoint_tensors(self.src)
         with init_empty_weights(include_buffers=False):  # parameters on meta; buffers (rotary inv_freq) real
             self.model = AutoModelForCausalLM.from_config(self.config, dtype=dtype)

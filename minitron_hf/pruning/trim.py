@@ -30,7 +30,7 @@ import torch
 from safetensors import safe_open
 from tqdm.auto import tqdm
 
-from ..arch import arch_spec, count_parameters, head_dim_of
+from ..arch import count_parameters, family_of
 from ..errors import MinitronError
 
 logger = logging.getLogger(__name__)
@@ -95,7 +95,11 @@ def resolve_target(config, target: PruneTarget) -> tuple[dict, list[int] | None]
     Every check names the field, the value and what is allowed. The new config is built with
     transformers' own config class, so anything transformers would reject fails here, before work.
     """
-    spec = arch_spec(config)
+    family = family_of(config)
+    for k, v in asdict(target).items():
+        if v is not None and k != "drop_layers" and k not in family.prunable:
+            raise PruningConfigError(f"target {k}={v}: {family.model_type} models cannot be pruned along {k}; "
+                                     f"prunable: {', '.join(family.prunable)}")
     src = {
         "hidden_size": config.hidden_size,
         "intermediate_size": config.intermediate_size,
@@ -144,8 +148,7 @@ def resolve_target(config, target: PruneTarget) -> tuple[dict, list[int] | None]
             f"but the source has only {r_src}; query heads are pruned within their group: use "
             f"num_attention_heads <= {G * r_src} or more KV heads"
         )
-    hd = head_dim_of(config)
-    if spec.hidden_divisible_by_heads and new["hidden_size"] % H:
+    if family.hidden_divisible_by_heads and new["hidden_size"] % H:
         near = _nearest_multiples(new["hidden_size"], H, src["hidden_size"])
         raise PruningConfigError(
             f"target hidden_size={new['hidden_size']} with num_attention_heads={H}: {type(config).__name__} in "
@@ -153,15 +156,9 @@ def resolve_target(config, target: PruneTarget) -> tuple[dict, list[int] | None]
             f"Nearest valid hidden_size: {' or '.join(map(str, near)) or 'none'}; or prune heads as well"
         )
 
-    d = config.to_dict()
-    d.update(new)
-    d["head_dim"] = hd
-    d.pop("quantization_config", None)
-    for f in spec.per_layer_fields:
-        if d.get(f) is not None and len(d[f]) != new["num_hidden_layers"]:
-            d[f] = None  # filled by make_plan once the kept layers are known
+    d = family.pruned_config(config, new)  # per-layer fields are filled by make_plan once the kept layers are known
     try:
-        type(config).from_dict({**d, **{f: None for f in spec.per_layer_fields if d.get(f) is None}})
+        type(config).from_dict({**d, **{f: None for f in family.per_layer_fields if d.get(f) is None}})
     except Exception as e:
         raise PruningConfigError(f"transformers rejects the target config: {e}") from e
     return d, drop
@@ -212,7 +209,7 @@ def _top(scores: torch.Tensor, k: int) -> torch.Tensor:
 def make_plan(config, importance, new_config: dict, drop_layers: list[int] | None,
               merge_pruned_heads: bool = False) -> PrunePlan:
     """Kept indices for every prunable axis. ``importance`` may be None for depth-only pruning."""
-    spec = arch_spec(config)
+    family = family_of(config)
     L = config.num_hidden_layers
     H, G = config.num_attention_heads, config.num_key_value_heads
     Hn, Gn = new_config["num_attention_heads"], new_config["num_key_value_heads"]
@@ -259,11 +256,11 @@ def make_plan(config, importance, new_config: dict, drop_layers: list[int] | Non
             if lp:
                 pairs[l] = lp
     new_config = dict(new_config)
-    for f in spec.per_layer_fields:
+    for f in family.per_layer_fields:
         src_list = getattr(config, f, None)
         if src_list is not None:
             new_config[f] = [src_list[i] for i in layers]
-    return PrunePlan(layers, hidden, heads, kv, neurons, new_config, head_dim_of(config), pairs)
+    return PrunePlan(layers, hidden, heads, kv, neurons, new_config, family.head_dim(config), pairs)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -271,32 +268,8 @@ def make_plan(config, importance, new_config: dict, drop_layers: list[int] | Non
 # --------------------------------------------------------------------------------------------------
 
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
-# suffix -> (row axis, column axis); None = not sliced along that axis
-_LAYER_RULES = {
-    "self_attn.q_proj.weight": ("q", "hidden"),
-    "self_attn.q_proj.bias": ("q", None),
-    "self_attn.k_proj.weight": ("kv", "hidden"),
-    "self_attn.k_proj.bias": ("kv", None),
-    "self_attn.v_proj.weight": ("kv", "hidden"),
-    "self_attn.v_proj.bias": ("kv", None),
-    "self_attn.o_proj.weight": ("hidden", "q"),
-    "self_attn.o_proj.bias": ("hidden", None),
-    "self_attn.q_norm.weight": (None, None),
-    "self_attn.k_norm.weight": (None, None),
-    "mlp.gate_proj.weight": ("mlp", "hidden"),
-    "mlp.gate_proj.bias": ("mlp", None),
-    "mlp.up_proj.weight": ("mlp", "hidden"),
-    "mlp.up_proj.bias": ("mlp", None),
-    "mlp.down_proj.weight": ("hidden", "mlp"),
-    "mlp.down_proj.bias": ("hidden", None),
-    "input_layernorm.weight": ("hidden", None),
-    "post_attention_layernorm.weight": ("hidden", None),
-}
-_GLOBAL_RULES = {
-    "model.embed_tokens.weight": (None, "hidden"),
-    "model.norm.weight": ("hidden", None),
-    "lm_head.weight": (None, "hidden"),
-}
+# the slicing rules of each family (which axis a tensor's rows and columns belong to) live in its module under
+# minitron_hf/arch/: Family.layer_rules and Family.global_rules
 
 
 def _head_channels(heads: torch.Tensor, hd: int) -> torch.Tensor:
@@ -317,10 +290,11 @@ def _merge_heads(t: torch.Tensor, pairs, hd: int, dim: int) -> torch.Tensor:
 
 def _surgery(name: str, plan: PrunePlan):
     """(output name, per-dim slicing rule, index per axis, layer) for one source tensor name."""
+    family = family_of(plan.new_config, check=False)
     m = _LAYER.match(name)
     if m:
         layer, suffix = int(m.group(1)), m.group(2)
-        rule = _LAYER_RULES.get(suffix)
+        rule = family.layer_rules.get(suffix)
         if rule is None:
             raise PruningConfigError(f"checkpoint tensor {name!r} is not one the pruner knows how to slice")
         idx = {
@@ -330,7 +304,7 @@ def _surgery(name: str, plan: PrunePlan):
             "mlp": plan.neurons[layer],
         }
         return f"model.layers.{plan.layers.index(layer)}.{suffix}", rule, idx, layer
-    rule = _GLOBAL_RULES.get(name)
+    rule = family.global_rules.get(name)
     if rule is None:
         raise PruningConfigError(f"checkpoint tensor {name!r} is not one the pruner knows how to slice")
     return name, rule, {"hidden": plan.hidden}, None
@@ -345,9 +319,9 @@ def slice_tensor(name: str, t: torch.Tensor, plan: PrunePlan) -> tuple[str, torc
     """The output name and tensor for one source tensor (raises on names we do not know)."""
     new_name, rule, idx, layer = _surgery(name, plan)
     suffix = name.split(".", 3)[-1] if layer is not None else ""
-    if layer in plan.merge_pairs and suffix.startswith(("self_attn.q_proj", "self_attn.o_proj")):
-        q_dim = 0 if suffix.startswith("self_attn.q_proj") else 1
-        t = _merge_heads(t, plan.merge_pairs[layer], plan.head_dim, q_dim)
+    merge = family_of(plan.new_config, check=False).head_merge_tensors
+    if layer in plan.merge_pairs and suffix in merge:
+        t = _merge_heads(t, plan.merge_pairs[layer], plan.head_dim, merge[suffix])
     for dim, axis in enumerate(rule):
         if axis is not None:
             t = t.index_select(dim, idx[axis])

@@ -1,0 +1,193 @@
+"""The architecture interface: what one model family tells the rest of the code.
+
+A :class:`Family` states everything pruning, importance, distillation and export need to know about a model's
+layout, so none of them branches on ``model_type``:
+
+- the prunable axes (target fields) and the config fields it knows (a config carrying any other is refused:
+  a lookalike of a supported family is never pruned silently wrong);
+- per-tensor slicing rules: for each weight, which axis its rows and columns belong to;
+- the importance probe points inside a decoder layer;
+- the analytic parameter count;
+- the pruned config (fields sliced per layer, constraints of transformers' config class);
+- the function from final hidden states to logits that the KD loss uses;
+- the linear-layer names for LoRA and FP8, and how TensorRT-LLM converts it.
+
+:class:`DenseDecoder` is the Llama-style decoder most families share; each family module subclasses it and sets
+what differs.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import MinitronError
+
+
+class UnsupportedModelError(MinitronError):
+    """A checkpoint whose ``model_type`` has no family module, or whose config carries fields its module does not
+    know."""
+
+
+# PretrainedConfig's own keys and metadata every Hub config may carry: they change nothing in the network
+GENERIC_CONFIG_FIELDS = (
+    "_*", "architectures", "auto_map", "chunk_size_feed_forward", "dtype", "torch_dtype", "id2label", "label2id",
+    "is_encoder_decoder", "model_type", "output_attentions", "output_hidden_states", "problem_type", "return_dict",
+    "transformers_version", "*_token_id", "use_cache", "initializer_range", "quantization_config",
+)
+
+AXES = ("hidden", "q", "kv", "mlp")  # hidden channels, query-head channels, KV-head channels, MLP neurons
+
+
+class Family:
+    """One model family. Subclasses set the class attributes; the methods have the Llama-style defaults."""
+
+    model_type: ClassVar[str]
+    # the target fields that can be pruned
+    prunable: ClassVar[tuple[str, ...]] = ("hidden_size", "intermediate_size", "num_attention_heads",
+                                           "num_key_value_heads", "num_hidden_layers")
+    # config fields this module knows, besides GENERIC_CONFIG_FIELDS (glob patterns allowed)
+    config_fields: ClassVar[tuple[str, ...]] = ()
+    # config fields with one entry per decoder layer: sliced when layers are dropped
+    per_layer_fields: ClassVar[tuple[str, ...]] = ()
+    # transformers' config class rejects hidden_size % num_attention_heads != 0 even with an explicit head_dim
+    hidden_divisible_by_heads: ClassVar[bool] = False
+    # tensor name under ``model.layers.N.`` -> (row axis, column axis), None = not sliced along that dimension
+    layer_rules: ClassVar[dict[str, tuple[str | None, str | None]]] = {}
+    # tensor name outside the layers -> (row axis, column axis)
+    global_rules: ClassVar[dict[str, tuple[str | None, str | None]]] = {}
+    # merging pruned heads into kept ones (arXiv 2407.14679 sec. 2.3): tensor under the layer -> its query dim
+    head_merge_tensors: ClassVar[dict[str, int]] = {}
+    # importance probe points, attribute paths inside a decoder layer: the input of the head probe is
+    # [..., heads * head_dim], the input of the neuron probe [..., intermediate]; the hidden probes' outputs
+    # [..., hidden]
+    head_probe: ClassVar[str] = ""
+    neuron_probe: ClassVar[str] = ""
+    hidden_probes: ClassVar[tuple[str, ...]] = ()
+    # linear layers of a decoder layer -> (in axis, out axis): FP8 quantization and its divisibility check
+    linears: ClassVar[dict[str, tuple[str, str]]] = {}
+    # $TRTLLM_EXAMPLES/models/core/<this>/convert_checkpoint.py converts a BF16 checkpoint for TensorRT-LLM
+    trtllm_example: ClassVar[str] = ""
+
+    # ------------------------------------------------------------------ config
+    def check_config(self, config) -> None:
+        """Refuse a config with fields this module does not know, naming them: a lookalike (a remote-code model
+        that says it is a llama, a newer transformers field) is never pruned or distilled silently wrong."""
+        d = config if isinstance(config, dict) else config.to_dict()
+        patterns = GENERIC_CONFIG_FIELDS + self.config_fields
+        unknown = sorted(k for k in d if not any(fnmatch.fnmatchcase(k, p) for p in patterns))
+        if unknown:
+            raise UnsupportedModelError(
+                f"model_type={self.model_type!r}: the config carries fields the {self.model_type} module "
+                f"(minitron_hf/arch/) does not know: {', '.join(unknown)}; it may be a different architecture under "
+                f"that name, so it is refused rather than pruned or distilled wrong")
+
+    def head_dim(self, config) -> int:
+        hd = getattr(config, "head_dim", None)
+        return int(hd) if hd else config.hidden_size // config.num_attention_heads
+
+    def axis_sizes(self, config) -> dict[str, int]:
+        """The length of every axis the slicing rules and linears name, from the config."""
+        hd = self.head_dim(config)
+        return {"hidden": config.hidden_size, "q": config.num_attention_heads * hd,
+                "kv": config.num_key_value_heads * hd, "mlp": config.intermediate_size}
+
+    def pruned_config(self, config, new: dict) -> dict:
+        """The pruned model's config.json mapping: the source's, with the target's sizes and an explicit head_dim
+        (never pruned). Per-layer fields whose length no longer matches are None until the plan fills them."""
+        d = config.to_dict()
+        d.update(new)
+        d["head_dim"] = self.head_dim(config)
+        d.pop("quantization_config", None)
+        for f in self.per_layer_fields:
+            if d.get(f) is not None and len(d[f]) != new["num_hidden_layers"]:
+                d[f] = None
+        return d
+
+    def count_parameters(self, config) -> dict[str, int]:
+        """Analytic parameter count from the config alone: ``embedding`` is the input embedding and, when untied,
+        the LM head; ``non_embedding`` the rest (the convention of the Minitron papers and of scaling-law work)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ modules
+    def probes(self, layer) -> tuple[torch.nn.Module, torch.nn.Module, list[torch.nn.Module]]:
+        """(head probe, neuron probe, hidden probes) of one decoder layer."""
+        get = layer.get_submodule
+        return get(self.head_probe), get(self.neuron_probe), [get(p) for p in self.hidden_probes]
+
+    def logit_softcap(self, config) -> float | None:
+        """A final-logit soft cap (``cap * tanh(z / cap)``), or None."""
+        return None
+
+    def logits(self, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, config) -> torch.Tensor:
+        """Final hidden states (after the final norm) to logits: what the model's own forward computes, and what
+        the KD loss computes in chunks."""
+        z = F.linear(hidden, weight, bias)
+        cap = self.logit_softcap(config)
+        return z if cap is None else cap * torch.tanh(z / cap)
+
+    @property
+    def lora_targets(self) -> list[str]:
+        return list(self.linears)
+
+
+class DenseDecoder(Family):
+    """The Llama-style decoder: q/k/v/o attention with GQA, a gated MLP, two RMSNorms per layer."""
+
+    config_fields = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                     "num_key_value_heads", "head_dim", "hidden_act", "max_position_embeddings", "rms_norm_eps",
+                     "rope_parameters", "rope_theta", "rope_scaling", "attention_dropout", "tie_word_embeddings")
+    layer_rules = {
+        "self_attn.q_proj.weight": ("q", "hidden"),
+        "self_attn.q_proj.bias": ("q", None),
+        "self_attn.k_proj.weight": ("kv", "hidden"),
+        "self_attn.k_proj.bias": ("kv", None),
+        "self_attn.v_proj.weight": ("kv", "hidden"),
+        "self_attn.v_proj.bias": ("kv", None),
+        "self_attn.o_proj.weight": ("hidden", "q"),
+        "self_attn.o_proj.bias": ("hidden", None),
+        "mlp.gate_proj.weight": ("mlp", "hidden"),
+        "mlp.gate_proj.bias": ("mlp", None),
+        "mlp.up_proj.weight": ("mlp", "hidden"),
+        "mlp.up_proj.bias": ("mlp", None),
+        "mlp.down_proj.weight": ("hidden", "mlp"),
+        "mlp.down_proj.bias": ("hidden", None),
+        "input_layernorm.weight": ("hidden", None),
+        "post_attention_layernorm.weight": ("hidden", None),
+    }
+    global_rules = {
+        "model.embed_tokens.weight": (None, "hidden"),
+        "model.norm.weight": ("hidden", None),
+        "lm_head.weight": (None, "hidden"),
+    }
+    head_merge_tensors = {"self_attn.q_proj.weight": 0, "self_attn.q_proj.bias": 0, "self_attn.o_proj.weight": 1}
+    head_probe = "self_attn.o_proj"
+    neuron_probe = "mlp.down_proj"
+    hidden_probes = ("input_layernorm", "post_attention_layernorm")
+    linears = {
+        "q_proj": ("hidden", "q"), "k_proj": ("hidden", "kv"), "v_proj": ("hidden", "kv"), "o_proj": ("q", "hidden"),
+        "gate_proj": ("hidden", "mlp"), "up_proj": ("hidden", "mlp"), "down_proj": ("mlp", "hidden"),
+    }
+    trtllm_example = "llama"
+
+    def attention_biases(self, config, q: int, kv: int, h: int) -> int:
+        """Bias parameters of one attention block (Llama/Mistral ``attention_bias``: q, k, v and o)."""
+        return q + 2 * kv + h if getattr(config, "attention_bias", False) else 0
+
+    def attention_norms(self, config) -> int:
+        """Parameters of norms inside attention (Qwen3's q/k norms over head_dim)."""
+        return 0
+
+    def count_parameters(self, config) -> dict[str, int]:
+        h, hd = config.hidden_size, self.head_dim(config)
+        q, kv = config.num_attention_heads * hd, config.num_key_value_heads * hd
+        inter = config.intermediate_size
+        attn = h * q + 2 * h * kv + q * h + self.attention_biases(config, q, kv, h) + self.attention_norms(config)
+        mlp = 3 * h * inter + ((2 * inter + h) if getattr(config, "mlp_bias", False) else 0)
+        per_layer = attn + mlp + 2 * h  # two RMSNorms
+        body = config.num_hidden_layers * per_layer + h  # + final norm
+        embedding = config.vocab_size * h * (1 if getattr(config, "tie_word_embeddings", False) else 2)
+        return {"total": body + embedding, "embedding": embedding, "non_embedding": body}

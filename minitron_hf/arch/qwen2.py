@@ -1,0 +1,17 @@
+"""Qwen2 / Qwen2.5: q/k/v always carry a bias (o_proj never); ``layer_types`` holds one entry per layer."""
+
+from .base import DenseDecoder
+
+
+class Qwen2(DenseDecoder):
+    model_type = "qwen2"
+    config_fields = DenseDecoder.config_fields + ("layer_types", "sliding_window", "use_sliding_window",
+                                                  "max_window_layers")
+    per_layer_fields = ("layer_types",)
+    trtllm_example = "qwen"
+
+    def attention_biases(self, config, q: int, kv: int, h: int) -> int:
+        return q + 2 * kv
+
+
+FAMILY = Qwen2()
