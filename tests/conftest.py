@@ -6,9 +6,11 @@ import torch
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config  # noqa: E402
+from transformers import (AutoModelForCausalLM, LlamaConfig, MistralConfig, Phi3Config, Qwen2Config,  # noqa: E402
+                          Qwen3Config)
 
-CONFIGS = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config, "qwen3": Qwen3Config}
+CONFIGS = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config, "qwen3": Qwen3Config,
+           "phi3": Phi3Config}
 
 
 def tiny_config(model_type: str, **kw):
@@ -18,6 +20,8 @@ def tiny_config(model_type: str, **kw):
                 tie_word_embeddings=model_type in ("llama", "qwen3"))
     if model_type == "mistral":  # Mistral-NeMo-like: head_dim * heads != hidden
         base.update(head_dim=12)
+    if model_type == "phi3":  # fused qkv_proj / gate_up_proj; its default special-token ids exceed a tiny vocabulary
+        base.update(head_dim=8, pad_token_id=0, bos_token_id=1, eos_token_id=2)
     base.update(kw)
     return CONFIGS[model_type](**base)
 

@@ -48,7 +48,13 @@ def naive_reference(model, plan):
             for n in ("input_layernorm", "post_attention_layernorm"):
                 getattr(b, n).weight.copy_(torch.stack([getattr(a, n).weight[c] for c in hid]))
             qh, kvh = plan.heads[old_i].tolist(), plan.kv_heads[old_i].tolist()
-            for proj, heads in (("q_proj", qh), ("k_proj", kvh), ("v_proj", kvh)):
+            if hasattr(a.self_attn, "qkv_proj"):  # Phi-3: the rows of q, k and v in one tensor, in that order
+                H, G = model.config.num_attention_heads, model.config.num_key_value_heads
+                w = a.self_attn.qkv_proj.weight
+                rows = torch.cat([w[off + h * hd:off + (h + 1) * hd] for off, heads in
+                                  ((0, qh), (H * hd, kvh), ((H + G) * hd, kvh)) for h in heads])
+                b.self_attn.qkv_proj.weight.copy_(torch.stack([rows[:, c] for c in hid], 1))
+            for proj, heads in (("q_proj", qh), ("k_proj", kvh), ("v_proj", kvh)) if hasattr(a.self_attn, "q_proj") else ():
                 w = getattr(a.self_attn, proj).weight
                 rows = torch.cat([w[h * hd:(h + 1) * hd] for h in heads])
                 getattr(b.self_attn, proj).weight.copy_(torch.stack([rows[:, c] for c in hid], 1))
@@ -62,7 +68,11 @@ def naive_reference(model, plan):
                 b.self_attn.q_norm.weight.copy_(a.self_attn.q_norm.weight)
                 b.self_attn.k_norm.weight.copy_(a.self_attn.k_norm.weight)
             keep = plan.neurons[old_i].tolist()
-            for proj in ("gate_proj", "up_proj"):
+            if hasattr(a.mlp, "gate_up_proj"):  # Phi-3: gate rows, then up rows
+                w, inter = a.mlp.gate_up_proj.weight, model.config.intermediate_size
+                b.mlp.gate_up_proj.weight.copy_(torch.stack([torch.stack([w[j, c] for c in hid])
+                                                             for j in keep + [inter + j for j in keep]]))
+            for proj in ("gate_proj", "up_proj") if hasattr(a.mlp, "gate_proj") else ():
                 w = getattr(a.mlp, proj).weight
                 getattr(b.mlp, proj).weight.copy_(torch.stack([torch.stack([w[j, c] for c in hid]) for j in keep]))
             wd = a.mlp.down_proj.weight
@@ -110,8 +120,12 @@ def test_pruned_matches_naive_reference_and_round_trips(model_type, tmp_path, ta
     cfg = pruned.config
     assert cfg.head_dim == model.config.head_dim
     attn = pruned.model.layers[0].self_attn
-    assert attn.q_proj.weight.shape == (cfg.num_attention_heads * cfg.head_dim, cfg.hidden_size)
-    assert attn.k_proj.weight.shape == (cfg.num_key_value_heads * cfg.head_dim, cfg.hidden_size)
+    if model_type == "phi3":
+        assert attn.qkv_proj.weight.shape == ((cfg.num_attention_heads + 2 * cfg.num_key_value_heads) * cfg.head_dim,
+                                              cfg.hidden_size)
+    else:
+        assert attn.q_proj.weight.shape == (cfg.num_attention_heads * cfg.head_dim, cfg.hidden_size)
+        assert attn.k_proj.weight.shape == (cfg.num_key_value_heads * cfg.head_dim, cfg.hidden_size)
     assert attn.o_proj.weight.shape == (cfg.hidden_size, cfg.num_attention_heads * cfg.head_dim)
     written = json.loads((tmp_path / "out" / "config.json").read_text())
     assert written["head_dim"] == model.config.head_dim

@@ -55,6 +55,9 @@ class Family:
     per_layer_fields: ClassVar[tuple[str, ...]] = ()
     # transformers' config class rejects hidden_size % num_attention_heads != 0 even with an explicit head_dim
     hidden_divisible_by_heads: ClassVar[bool] = False
+    # fused axes: a tensor whose rows concatenate several axes (Phi-3's qkv_proj: q, then k, then v) -> its parts,
+    # in order; it is sliced by each part's kept indices, offset by the source sizes of the parts before it
+    fused_axes: ClassVar[dict[str, tuple[str, ...]]] = {}
     # tensor name under ``model.layers.N.`` -> (row axis, column axis), None = not sliced along that dimension
     layer_rules: ClassVar[dict[str, tuple[str | None, str | None]]] = {}
     # tensor name outside the layers -> (row axis, column axis)
@@ -92,8 +95,17 @@ class Family:
     def axis_sizes(self, config) -> dict[str, int]:
         """The length of every axis the slicing rules and linears name, from the config."""
         hd = self.head_dim(config)
-        return {"hidden": config.hidden_size, "q": config.num_attention_heads * hd,
-                "kv": config.num_key_value_heads * hd, "mlp": config.intermediate_size}
+        sizes = {"hidden": config.hidden_size, "q": config.num_attention_heads * hd,
+                 "kv": config.num_key_value_heads * hd, "mlp": config.intermediate_size}
+        return {**sizes, **{name: sum(sizes[p] for p in parts) for name, parts in self.fused_axes.items()}}
+
+    def fused_index(self, axis: str, idx: dict[str, torch.Tensor], src_sizes: dict[str, int]) -> torch.Tensor:
+        """Kept rows of a fused axis: each part's kept indices, offset by the source sizes of the parts before it."""
+        out, offset = [], 0
+        for part in self.fused_axes[axis]:
+            out.append(idx[part] + offset)
+            offset += src_sizes[part]
+        return torch.cat(out)
 
     def pruned_config(self, config, new: dict) -> dict:
         """The pruned model's config.json mapping: the source's, with the target's sizes and an explicit head_dim

@@ -176,6 +176,7 @@ class PrunePlan:
     new_config: dict
     head_dim: int
     merge_pairs: dict[int, list[tuple[int, int]]] = field(default_factory=dict)  # layer -> (kept, pruned)
+    src_sizes: dict[str, int] = field(default_factory=dict)  # the source's axis sizes (fused tensors' offsets)
 
     def then(self, nxt: "PrunePlan") -> "PrunePlan":
         """The plan that maps the source straight to the result of ``self`` followed by ``nxt``
@@ -187,7 +188,7 @@ class PrunePlan:
             heads={src: self.heads[src][nxt.heads[j]] for src, j in pairs},
             kv_heads={src: self.kv_heads[src][nxt.kv_heads[j]] for src, j in pairs},
             neurons={src: self.neurons[src][nxt.neurons[j]] for src, j in pairs},
-            new_config=nxt.new_config, head_dim=self.head_dim, merge_pairs=nxt.merge_pairs,
+            new_config=nxt.new_config, head_dim=self.head_dim, merge_pairs=nxt.merge_pairs, src_sizes=self.src_sizes,
         )
 
     def to_json(self) -> dict:
@@ -260,7 +261,8 @@ def make_plan(config, importance, new_config: dict, drop_layers: list[int] | Non
         src_list = getattr(config, f, None)
         if src_list is not None:
             new_config[f] = [src_list[i] for i in layers]
-    return PrunePlan(layers, hidden, heads, kv, neurons, new_config, family.head_dim(config), pairs)
+    return PrunePlan(layers, hidden, heads, kv, neurons, new_config, family.head_dim(config), pairs,
+                     family.axis_sizes(config))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -303,6 +305,8 @@ def _surgery(name: str, plan: PrunePlan):
             "kv": _head_channels(plan.kv_heads[layer], plan.head_dim),
             "mlp": plan.neurons[layer],
         }
+        for axis in family.fused_axes:
+            idx[axis] = family.fused_index(axis, idx, plan.src_sizes)
         return f"model.layers.{plan.layers.index(layer)}.{suffix}", rule, idx, layer
     rule = family.global_rules.get(name)
     if rule is None:
