@@ -55,8 +55,9 @@ def test_importance_beats_random_pruning(pruned_pair, default_model_dir):
     rand = validation_loss(pruned_pair / "rand", DataConfig(), **kw)
     print(f"validation loss: teacher {teacher:.3f}, importance-pruned {imp:.3f}, random-pruned {rand:.3f}")
     # measured 2.01 / 5.90 / 13.87 (docs/measured.md): activation importance must keep far more of the model than
-    # chance, not just a little; 2 nats is under a third of the measured gap
-    assert teacher < imp and rand - imp > 2.0
+    # chance, not just a little. Random pruning is seeded by split_seed (0 here); seeds 0-7 measured 13.87, 13.61,
+    # 14.20, 14.45, 13.57, 11.21, 15.73, 14.15: the smallest gap is 5.31 nats, and 2.5 is under half of it
+    assert teacher < imp and rand - imp > 2.5
 
 
 def test_depth_pruned_default(default_model_dir, tmp_path):
@@ -84,4 +85,6 @@ def test_merge_pruned_heads_against_plain_removal(pruned_pair, default_model_dir
     teacher = validation_loss(default_model_dir, DataConfig(), samples=8, seq_len=256)
     print(f"heads 9->6: teacher {teacher:.3f}, plain removal {losses[False]:.3f}, merged {losses[True]:.3f}")
     assert all(torch.isfinite(torch.tensor(v)) for v in losses.values())
-    assert teacher < min(losses.values()) and losses[True] != losses[False]
+    # measured 2.01 / plain 6.39 / merged 15.39: the flag must change the model materially, not by rounding; 1 nat is
+    # far inside the measured 9.0 and, like the docstring, says nothing about which variant wins
+    assert teacher < min(losses.values()) and abs(losses[True] - losses[False]) > 1.0
