@@ -6,11 +6,11 @@ import torch
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from transformers import (AutoModelForCausalLM, LlamaConfig, MistralConfig, Phi3Config, Qwen2Config,  # noqa: E402
-                          Qwen3Config)
+from transformers import (AutoModelForCausalLM, Gemma2Config, Gemma3TextConfig, LlamaConfig,  # noqa: E402
+                          MistralConfig, Phi3Config, Qwen2Config, Qwen3Config)
 
 CONFIGS = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config, "qwen3": Qwen3Config,
-           "phi3": Phi3Config}
+           "phi3": Phi3Config, "gemma2": Gemma2Config, "gemma3_text": Gemma3TextConfig}
 
 
 def tiny_config(model_type: str, **kw):
@@ -22,6 +22,10 @@ def tiny_config(model_type: str, **kw):
         base.update(head_dim=12)
     if model_type == "phi3":  # fused qkv_proj / gate_up_proj; its default special-token ids exceed a tiny vocabulary
         base.update(head_dim=8, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    if model_type.startswith("gemma"):  # tied head, sqrt(hidden) embedding scale, 4 norms per layer; Gemma 2 caps
+        # its final logits at 30 (on these tiny logits the cap is active but mild)
+        base.update(pad_token_id=0, bos_token_id=2, eos_token_id=1, tie_word_embeddings=True, query_pre_attn_scalar=16,
+                    sliding_window=8)
     base.update(kw)
     return CONFIGS[model_type](**base)
 

@@ -51,7 +51,10 @@ def _capture(model, ids):
             lambda m, a: acts["heads"].append(a[0].view(*a[0].shape[:-1], H, hd).norm(dim=-1))))
         hs.append(layer.mlp.down_proj.register_forward_pre_hook(lambda m, a: acts["neurons"].append(a[0].abs())))
         hs.append(layer.input_layernorm.register_forward_hook(lambda m, a, o: acts["hidden"].append(o.abs())))
-        hs.append(layer.post_attention_layernorm.register_forward_hook(lambda m, a, o: acts["hidden"].append(o.abs())))
+        # the norm whose output feeds the MLP: Gemma's pre-feed-forward norm (its post-attention norm normalises the
+        # attention output before the residual add), the post-attention norm in Llama-style layers
+        mlp_norm = getattr(layer, "pre_feedforward_layernorm", None) or layer.post_attention_layernorm
+        hs.append(mlp_norm.register_forward_hook(lambda m, a, o: acts["hidden"].append(o.abs())))
     with torch.no_grad():
         model(ids)
     for h in hs:

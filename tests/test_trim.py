@@ -41,11 +41,17 @@ def naive_reference(model, plan):
     with torch.no_grad():
         dst.embed_tokens.weight.copy_(torch.stack([src.embed_tokens.weight[:, c] for c in hid], 1))
         dst.norm.weight.copy_(torch.stack([src.norm.weight[c] for c in hid]))
+        if hasattr(src.embed_tokens, "embed_scale"):  # Gemma: embeddings x sqrt(hidden) inside the model
+            c = (model.config.hidden_size / len(hid)) ** 0.5  # keeps the embeddings' scale; the tied head's
+            dst.embed_tokens.weight.mul_(c)                # logits are kept by dividing the final norm's (1 + w)
+            dst.norm.weight.copy_((1 + dst.norm.weight) / c - 1)
         if not model.config.tie_word_embeddings:
             ref.lm_head.weight.copy_(torch.stack([model.lm_head.weight[:, c] for c in hid], 1))
         for new_i, old_i in enumerate(plan.layers):
             a, b = src.layers[old_i], dst.layers[new_i]
-            for n in ("input_layernorm", "post_attention_layernorm"):
+            for n in ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
+                      "post_feedforward_layernorm") if hasattr(a, "pre_feedforward_layernorm") else \
+                    ("input_layernorm", "post_attention_layernorm"):
                 getattr(b, n).weight.copy_(torch.stack([getattr(a, n).weight[c] for c in hid]))
             qh, kvh = plan.heads[old_i].tolist(), plan.kv_heads[old_i].tolist()
             if hasattr(a.self_attn, "qkv_proj"):  # Phi-3: the rows of q, k and v in one tensor, in that order

@@ -130,6 +130,16 @@ class Family:
         get = layer.get_submodule
         return get(self.head_probe), get(self.neuron_probe), [get(p) for p in self.hidden_probes]
 
+    def embed_scale(self, config, dtype: torch.dtype) -> torch.Tensor | None:
+        """The factor the model's embedding module multiplies looked-up rows by (Gemma: sqrt(hidden_size), rounded
+        to the weights' dtype as the model does), or None."""
+        return None
+
+    def adjust(self, name: str, tensor: torch.Tensor, plan) -> torch.Tensor:
+        """A sliced tensor's values, changed where slicing alone would change the network's function (Gemma's
+        embedding scale follows hidden_size); ``plan`` is the :class:`~minitron_hf.pruning.trim.PrunePlan`."""
+        return tensor
+
     def logit_softcap(self, config) -> float | None:
         """A final-logit soft cap (``cap * tanh(z / cap)``), or None."""
         return None

@@ -381,7 +381,7 @@ class LayerwiseModel:
 
         self.src, self.dtype, self.device = Path(src), dtype, torch.device(device)
         self.config = AutoConfig.from_pretrained(src)
-        family_of(self.config)
+        self.family = family_of(self.config)
         self.tensors = checkpoint_tensors(self.src)
         with init_empty_weights(include_buffers=False):  # parameters on meta; buffers (rotary inv_freq) real
             self.model = AutoModelForCausalLM.from_config(self.config, dtype=dtype)
@@ -440,9 +440,11 @@ class LayerwiseModel:
         """Yields the input embeddings of each batch. The matrix is read once, as stored (a bf16 8B model's is
         1 GiB, 2 in fp32), and only the looked-up rows are converted: exactly what a converted matrix gives."""
         w = self.read(f"{self.prefix}.embed_tokens.weight", convert=False)
+        scale = self.family.embed_scale(self.config, self.dtype)  # what the model's embedding module multiplies by
         try:
             for b in batches:
-                yield torch.nn.functional.embedding(b["input_ids"].to(self.device), w).to(self.dtype)
+                e = torch.nn.functional.embedding(b["input_ids"].to(self.device), w).to(self.dtype)
+                yield e if scale is None else e * scale.to(self.device)
         finally:
             del w
 
@@ -481,7 +483,7 @@ class LayerwiseModel:
             chunk = max(256, logits_budget // row)
             lse, picked = None, torch.zeros(targets.shape, dtype=torch.float32, device=h.device)
             for c0 in range(0, w.shape[0], chunk):
-                logits = torch.nn.functional.linear(hn, w[c0: c0 + chunk].to(self.dtype)).float()
+                logits = self.family.logits(hn, w[c0: c0 + chunk].to(self.dtype), None, self.config).float()
                 part = torch.logsumexp(logits, dim=-1)
                 lse = part if lse is None else torch.logaddexp(lse, part)
                 inside = (targets >= c0) & (targets < c0 + logits.shape[-1])

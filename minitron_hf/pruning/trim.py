@@ -329,6 +329,7 @@ def slice_tensor(name: str, t: torch.Tensor, plan: PrunePlan) -> tuple[str, torc
     for dim, axis in enumerate(rule):
         if axis is not None:
             t = t.index_select(dim, idx[axis])
+    t = family_of(plan.new_config, check=False).adjust(new_name, t, plan)
     return new_name, t.contiguous()
 
 
