@@ -7,10 +7,10 @@ import torch
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from transformers import (AutoModelForCausalLM, Gemma2Config, Gemma3TextConfig, LlamaConfig,  # noqa: E402
-                          MistralConfig, Phi3Config, Qwen2Config, Qwen3Config)
+                          MistralConfig, Phi3Config, Qwen2Config, Qwen3Config, SmolLM3Config)
 
 CONFIGS = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config, "qwen3": Qwen3Config,
-           "phi3": Phi3Config, "gemma2": Gemma2Config, "gemma3_text": Gemma3TextConfig}
+           "phi3": Phi3Config, "smollm3": SmolLM3Config, "gemma2": Gemma2Config, "gemma3_text": Gemma3TextConfig}
 
 
 def tiny_config(model_type: str, **kw):
@@ -22,6 +22,8 @@ def tiny_config(model_type: str, **kw):
         base.update(head_dim=12)
     if model_type == "phi3":  # fused qkv_proj / gate_up_proj; its default special-token ids exceed a tiny vocabulary
         base.update(head_dim=8, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    if model_type == "smollm3":  # layer 3 of 4 uses no rotary embedding (NoPE), as every 4th layer of SmolLM3-3B
+        base.update(pad_token_id=0, bos_token_id=1, eos_token_id=2)
     if model_type.startswith("gemma"):  # tied head, sqrt(hidden) embedding scale, 4 norms per layer; Gemma 2 caps
         # its final logits at 30 (on these tiny logits the cap is active but mild)
         base.update(pad_token_id=0, bos_token_id=2, eos_token_id=1, tie_word_embeddings=True, query_pre_attn_scalar=16,

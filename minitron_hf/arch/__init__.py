@@ -1,7 +1,7 @@
 """Architecture facts: one module per model family behind one interface (:class:`~.base.Family`), and what follows
 from a config alone.
 
-``llama``, ``mistral``, ``qwen2``, ``qwen3``, ``phi3``, ``gemma2`` and ``gemma3_text`` each have a module here stating their layout (prunable axes,
+``llama``, ``mistral``, ``qwen2``, ``qwen3``, ``phi3``, ``smollm3``, ``gemma2`` and ``gemma3_text`` each have a module here stating their layout (prunable axes,
 slicing rules, probe points, parameter count, pruned config, logits, LoRA/FP8/TensorRT-LLM names). Pruning,
 importance, distillation and export ask :func:`family_of` for a model's family and use only that interface: nothing
 else in the code branches on the model type. Adding a family is one module here, one entry in :data:`FAMILIES`,
@@ -13,11 +13,12 @@ forward FLOPs of a request (:func:`forward_flops`).
 
 from __future__ import annotations
 
-from . import gemma, llama, mistral, phi3, qwen2, qwen3
+from . import gemma, llama, mistral, phi3, qwen2, qwen3, smollm3
 from .base import Family, UnsupportedModelError
 
 FAMILIES: dict[str, Family] = {f.model_type: f for f in (llama.FAMILY, mistral.FAMILY, qwen2.FAMILY, qwen3.FAMILY,
-                                                          phi3.FAMILY, gemma.GEMMA2, gemma.GEMMA3_TEXT)}
+                                                          phi3.FAMILY, smollm3.FAMILY, gemma.GEMMA2,
+                                                          gemma.GEMMA3_TEXT)}
 
 __all__ = ["FAMILIES", "Family", "UnsupportedModelError", "count_parameters", "family_of", "forward_flops",
            "head_dim_of"]
