@@ -53,13 +53,16 @@ LLAMA_1B = dict(LLAMA_8B, hidden_size=2048, intermediate_size=8192, num_hidden_l
 TARGET_4B_WIDTH = dict(hidden_size=3072, intermediate_size=9216)  # Llama-3.1-Minitron-4B-Width
 
 
-def make_checkpoint(d: Path, cfg: dict, tokenizer_dir: Path, shard_bytes: int = 5 << 30) -> int:
-    """A Llama checkpoint of ``cfg``'s shape with random bf16 weights, written shard by shard; returns its bytes."""
+def make_checkpoint(d: Path, cfg, tokenizer_dir: Path, shard_bytes: int = 5 << 30) -> int:
+    """A checkpoint of ``cfg``'s shape (a Llama config mapping, or any transformers config) with random bf16
+    weights, written shard by shard; returns its bytes."""
     from accelerate import init_empty_weights
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    config = LlamaConfig(**cfg, head_dim=cfg["hidden_size"] // cfg["num_attention_heads"])
-    config.architectures = ["LlamaForCausalLM"]
+    config = LlamaConfig(**cfg, head_dim=cfg["hidden_size"] // cfg["num_attention_heads"]) if isinstance(cfg, dict) \
+        else cfg
+    with init_empty_weights():
+        config.architectures = [type(AutoModelForCausalLM.from_config(config)).__name__]
     config.dtype = "bfloat16"
     with init_empty_weights():
         skeleton = AutoModelForCausalLM.from_config(config)
