@@ -6,20 +6,21 @@ import torch
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config  # noqa: E402
+from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config  # noqa: E402
 
 CONFIGS = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config, "qwen3": Qwen3Config}
 
 
 def tiny_config(model_type: str, **kw):
-    """A few-layer random model of the given architecture: 6 query heads in 2 KV groups, head_dim 16."""
+    """A few-layer random model of the given architecture: 6 query heads in 2 KV groups, head_dim 16. Any
+    ``model_type`` transformers knows (``AutoConfig.for_model``): the conformance suite builds every family with it."""
     base = dict(hidden_size=48, intermediate_size=96, num_attention_heads=6, num_key_value_heads=2, head_dim=16,
                 num_hidden_layers=4, vocab_size=128, max_position_embeddings=256,
                 tie_word_embeddings=model_type in ("llama", "qwen3"))
     if model_type == "mistral":  # Mistral-NeMo-like: head_dim * heads != hidden
         base.update(head_dim=12)
     base.update(kw)
-    return CONFIGS[model_type](**base)
+    return AutoConfig.for_model(model_type, **base)
 
 
 def tiny_model(model_type: str, seed: int = 0, **kw):
