@@ -6,15 +6,17 @@ import torch
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from transformers import (AutoModelForCausalLM, Gemma2Config, Gemma3TextConfig, LlamaConfig,  # noqa: E402
-                          MistralConfig, Phi3Config, Qwen2Config, Qwen3Config, SmolLM3Config)
+from transformers import AutoConfig, AutoModelForCausalLM  # noqa: E402
 
-CONFIGS = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config, "qwen3": Qwen3Config,
-           "phi3": Phi3Config, "smollm3": SmolLM3Config, "gemma2": Gemma2Config, "gemma3_text": Gemma3TextConfig}
+# the model types the tiny-model tests run on: every family of minitron_hf.arch
+from minitron_hf.arch import FAMILIES  # noqa: E402
+
+CONFIGS = list(FAMILIES)
 
 
 def tiny_config(model_type: str, **kw):
-    """A few-layer random model of the given architecture: 6 query heads in 2 KV groups, head_dim 16."""
+    """A few-layer random model of the given architecture: 6 query heads in 2 KV groups, head_dim 16. Any
+    ``model_type`` transformers knows (``AutoConfig.for_model``): the conformance suite builds every family with it."""
     base = dict(hidden_size=48, intermediate_size=96, num_attention_heads=6, num_key_value_heads=2, head_dim=16,
                 num_hidden_layers=4, vocab_size=128, max_position_embeddings=256,
                 tie_word_embeddings=model_type in ("llama", "qwen3"))
@@ -29,7 +31,7 @@ def tiny_config(model_type: str, **kw):
         base.update(pad_token_id=0, bos_token_id=2, eos_token_id=1, tie_word_embeddings=True, query_pre_attn_scalar=16,
                     sliding_window=8)
     base.update(kw)
-    return CONFIGS[model_type](**base)
+    return AutoConfig.for_model(model_type, **base)
 
 
 def tiny_model(model_type: str, seed: int = 0, **kw):

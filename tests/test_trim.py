@@ -39,6 +39,8 @@ def naive_reference(model, plan):
     hd, hid = plan.head_dim, plan.hidden.tolist()
     src, dst = model.model, ref.model
     with torch.no_grad():
+        for p in ref.parameters():  # a tensor this reference forgets stays NaN, never a plausible random init
+            p.fill_(float("nan"))
         dst.embed_tokens.weight.copy_(torch.stack([src.embed_tokens.weight[:, c] for c in hid], 1))
         dst.norm.weight.copy_(torch.stack([src.norm.weight[c] for c in hid]))
         if hasattr(src.embed_tokens, "embed_scale"):  # Gemma: embeddings x sqrt(hidden) inside the model
@@ -70,6 +72,8 @@ def naive_reference(model, plan):
             wo = a.self_attn.o_proj.weight
             cols = torch.cat([wo[:, h * hd:(h + 1) * hd] for h in qh], 1)
             b.self_attn.o_proj.weight.copy_(torch.stack([cols[c] for c in hid]))
+            if a.self_attn.o_proj.bias is not None:  # Llama/Qwen3 attention_bias: o_proj's bias is hidden-sized
+                b.self_attn.o_proj.bias.copy_(torch.stack([a.self_attn.o_proj.bias[c] for c in hid]))
             if hasattr(a.self_attn, "q_norm"):
                 b.self_attn.q_norm.weight.copy_(a.self_attn.q_norm.weight)
                 b.self_attn.k_norm.weight.copy_(a.self_attn.k_norm.weight)
@@ -83,6 +87,10 @@ def naive_reference(model, plan):
                 getattr(b.mlp, proj).weight.copy_(torch.stack([torch.stack([w[j, c] for c in hid]) for j in keep]))
             wd = a.mlp.down_proj.weight
             b.mlp.down_proj.weight.copy_(torch.stack([torch.stack([wd[c, j] for j in keep]) for c in hid]))
+            if a.mlp.down_proj.bias is not None:  # Llama mlp_bias
+                for proj in ("gate_proj", "up_proj"):
+                    getattr(b.mlp, proj).bias.copy_(torch.stack([getattr(a.mlp, proj).bias[j] for j in keep]))
+                b.mlp.down_proj.bias.copy_(torch.stack([a.mlp.down_proj.bias[c] for c in hid]))
     return ref
 
 

@@ -1,0 +1,367 @@
+"""Conformance suite: every model family in :data:`minitron_hf.arch.FAMILIES` runs every check here.
+
+The tests are parametrized over ``FAMILIES`` itself, so a family module added there runs the suite with no edit to
+this file (if its tiny model needs special config values, add them to :data:`TINY`). Each family gets one tiny
+random model (conftest's ``tiny_config``: hidden 48, MLP 96, 6 query heads in 2 KV groups, 4 layers, the real
+tokenizer's vocabulary so FP8 calibration can tokenize text), with every bias field the family knows switched on and
+all norms and biases random, so no tensor the pruner slices is trivially zero or one. It is pruned twice:
+
+- keep everything (every size the source's) with measured importance scores, which only reorders channels;
+- a real width + depth target (:data:`TARGET`), the output the later checks use.
+
+Checks, one test each: (1) keep-everything pruning leaves the logits unchanged; (2) every trimmed tensor equals a
+naive reference rebuilt from the plan's kept indices (``test_trim.naive_reference``, written head by head and
+neuron by neuron, sharing nothing with trim.py's slicing rules); (3) the analytic parameter count equals the real
+number of parameters, source and pruned, tied and untied, with and without biases; (4) KD of a model against itself
+is 0 and the chunked KD loss equals the loss on the model's own logits, values and gradients; (5)
+``Family.logits`` reproduces the model's logits from its last hidden state; (6) the pruned output loads in vanilla
+``from_pretrained`` and generates; (7) ModelOpt FP8 export of the pruned output dequantizes to its weights; (8) the
+importance probes fire with the right widths; (9) the family knows every config field transformers writes and
+refuses an unknown one; (10) the LoRA targets and FP8 linear shapes match the real modules.
+
+Serving with vLLM is out of scope here: tests/test_serve.py covers it once, on the default (Llama) model.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from minitron_hf.arch import FAMILIES, Family, UnsupportedModelError, family_of
+from minitron_hf.distill.losses import LOSSES, chunked_kd_loss, naive_kd_loss, shift_labels
+from minitron_hf.export.fp8 import dims_not_divisible, linear_shapes
+from minitron_hf.pruning.importance import Importance, estimate_importance
+from minitron_hf.pruning.trim import PrunePlan, copy_aux_files
+
+from conftest import tiny_config, tiny_model
+from test_trim import _prune, naive_reference
+
+# Tiny-config values a family needs beyond conftest.tiny_config's, by model_type. Mistral: conftest's head_dim 12
+# makes the query/KV widths 72/24, not multiples of 16 as FP8 GEMMs want; 32 keeps heads * head_dim != hidden.
+TINY: dict[str, dict] = {"mistral": dict(head_dim=32)}
+VOCAB = 49152  # the default model's tokenizer (FP8 calibration tokenizes the embedded text with it)
+BIAS_FIELDS = ("attention_bias", "mlp_bias")
+# hidden 48 -> 32, MLP 96 -> 64, 6 -> 4 query heads in 2 KV groups, layer 1 of 4 dropped: all widths stay multiples
+# of 16 (FP8) and hidden stays divisible by the heads (Llama's config class insists)
+TARGET = dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, drop_layers=[1])
+
+
+def _bias_fields(family: Family) -> list[str]:
+    return [f for f in BIAS_FIELDS if f in family.config_fields]
+
+
+def _ids(seed: int, batch: int = 2, seq: int = 12, vocab: int = VOCAB) -> torch.Tensor:
+    return torch.randint(0, vocab, (batch, seq), generator=torch.Generator().manual_seed(seed))
+
+
+@dataclass
+class Case:
+    """One family's tiny source model and its two pruned outputs."""
+
+    model_type: str
+    family: Family
+    model: torch.nn.Module  # the source
+    importance: Importance
+    keep_plan: PrunePlan
+    keep: torch.nn.Module  # keep-everything output, loaded with from_pretrained
+    plan: PrunePlan
+    pruned: torch.nn.Module  # TARGET output, loaded with from_pretrained
+    dir: Path  # holds src/, keep/, pruned/ (the last with the tokenizer files)
+
+
+@pytest.fixture(scope="module", params=sorted(FAMILIES))
+def case(request, tmp_path_factory, default_model_dir) -> Case:
+    model_type = request.param
+    family = FAMILIES[model_type]
+    model = tiny_model(model_type, vocab_size=VOCAB, **TINY.get(model_type, {}),
+                       **{f: True for f in _bias_fields(family)})
+    with torch.no_grad():  # HF initialises biases to zero: a mis-sliced zero bias would go unnoticed
+        for n, p in model.named_parameters():
+            if n.endswith(".bias"):
+                p.copy_(torch.randn_like(p) * 0.5)
+    d = tmp_path_factory.mktemp(model_type)
+    imp = estimate_importance(model, _ids(1, batch=6, seq=16), batch_size=3, progress=False)
+    c = model.config
+    keep_plan, keep = _prune(model, d, dict(hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
+                                            num_attention_heads=c.num_attention_heads,
+                                            num_key_value_heads=c.num_key_value_heads), importance=imp, name="keep")
+    plan, pruned = _prune(model, d, TARGET, importance=imp, name="pruned")
+    copy_aux_files(default_model_dir, d / "pruned")  # the tokenizer, for FP8 calibration
+    return Case(model_type, family, model, imp, keep_plan, keep, plan, pruned, d)
+
+
+def _logits(model, ids):
+    with torch.no_grad():
+        return model(ids).logits
+
+
+# ---------------------------------------------------------------------------------------------------- 1. reorder
+
+def test_keep_everything_only_reorders(case):
+    plan, c = case.keep_plan, case.model.config
+    # the scores are not flat, so every axis really was permuted (else this test would prove nothing)
+    assert sorted(plan.hidden.tolist()) == list(range(c.hidden_size)) != plan.hidden.tolist()
+    assert plan.layers == list(range(c.num_hidden_layers))
+    assert any(plan.neurons[l].tolist() != list(range(c.intermediate_size)) for l in plan.layers)
+    assert any(plan.heads[l].tolist() != list(range(c.num_attention_heads)) for l in plan.layers)
+    ids = _ids(3)
+    torch.testing.assert_close(_logits(case.keep, ids), _logits(case.model, ids), atol=1e-5, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------- 2. trim
+
+def test_trim_equals_naive_reference(case):
+    plan, cfg = case.plan, case.pruned.config
+    assert (cfg.hidden_size, cfg.intermediate_size, cfg.num_attention_heads, cfg.num_key_value_heads,
+            cfg.num_hidden_layers) == (32, 64, 4, 2, 3)
+    assert plan.layers == [0, 2, 3]
+    got = load_file(case.dir / "pruned" / "model.safetensors")
+    # the output holds exactly the source's tensors of the kept layers, renumbered
+    source = load_file(case.dir / "src" / "model.safetensors")
+    expect_names = set()
+    for name in source:
+        parts = name.split(".")
+        if name.startswith("model.layers."):
+            layer = int(parts[2])
+            if layer not in plan.layers:
+                continue
+            parts[2] = str(plan.layers.index(layer))
+        expect_names.add(".".join(parts))
+    assert set(got) == expect_names
+    ref = naive_reference(case.model, plan)
+    unset = [n for n, p in ref.named_parameters() if p.isnan().any()]
+    assert not unset, f"the naive reference does not rebuild {unset}: extend test_trim.naive_reference"
+    ref_sd = ref.state_dict()
+    for name, t in got.items():
+        assert t.shape == ref_sd[name].shape and torch.equal(t, ref_sd[name]), name
+    # biases were sliced too (the source has every bias field the family knows)
+    for f in _bias_fields(case.family):
+        assert getattr(cfg, f) is True
+
+
+# ---------------------------------------------------------------------------------------------------- 3. count
+
+def _real_count(model) -> int:
+    return sum(p.numel() for p in model.parameters())  # parameters() yields a tied tensor once
+
+
+def test_parameter_count_equals_numel(case):
+    family = case.family
+    count = lambda m: family.count_parameters(m.config)["total"]  # noqa: E731
+    for m in (case.model, case.keep, case.pruned):
+        assert count(m) == _real_count(m)
+    # variants: tied and untied embeddings, every on/off combination of the bias fields the family has
+    bias = _bias_fields(family)
+    seen = set()
+    for tie, *flags in itertools.product((True, False), *[(False, True)] * len(bias)):
+        cfg = tiny_config(case.model_type, tie_word_embeddings=tie, **TINY.get(case.model_type, {}),
+                          **dict(zip(bias, flags)))
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(cfg)
+        tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
+        assert tied == tie
+        n = family.count_parameters(cfg)
+        assert n["total"] == _real_count(model) == n["embedding"] + n["non_embedding"], (tie, flags)
+        assert n["embedding"] == cfg.vocab_size * cfg.hidden_size * (1 if tie else 2)
+        seen.add(n["total"])
+    assert len(seen) == 2 ** (1 + len(bias))  # each variant changes the count: none of them is ignored
+
+
+# ---------------------------------------------------------------------------------------------------- 4. KD
+
+def _head(model):
+    head = model.get_output_embeddings()
+    return head.weight, head.bias
+
+
+def _kd_batch():
+    ids = _ids(5, batch=2, seq=12)
+    mask = torch.ones_like(ids)
+    mask[1, 8:] = 0  # right padding: those positions must count nowhere
+    return ids, mask, shift_labels(ids, mask)
+
+
+def test_kd_against_itself_is_zero(case):
+    if case.family.logit_softcap(case.model.config) is not None:
+        pytest.skip("soft-capped logits: the trainer distils on full logits (tested below)")
+    ids, mask, labels = _kd_batch()
+    with torch.no_grad():
+        h = case.model(ids, attention_mask=mask, output_hidden_states=True).hidden_states[-1]
+    w, b = _head(case.model)
+    for kind in LOSSES:
+        loss = chunked_kd_loss(h, w, h, w, labels, student_bias=b, teacher_bias=b, kind=kind, chunk_size=5)
+        assert abs(loss.item()) < 1e-6, kind
+
+
+@pytest.mark.parametrize("temperature, ce_weight", [(1.0, 0.0), (2.0, 0.5)])
+def test_chunked_kd_equals_loss_on_model_logits(case, temperature, ce_weight):
+    """Student = the pruned model, teacher = the source: the chunked loss from final hidden states and LM heads
+    equals the naive loss on the models' own ``logits`` output, in value and in every student gradient."""
+    student, teacher = case.pruned, case.model
+    if any(family_of(m.config).logit_softcap(m.config) is not None for m in (student, teacher)):
+        pytest.skip("soft-capped logits: the trainer distils on full logits, which the naive loss is")
+    ids, mask, labels = _kd_batch()
+    params = [p for p in student.parameters()]
+    with torch.no_grad():
+        t_out = teacher(ids, attention_mask=mask, output_hidden_states=True)
+    s_out = student(ids, attention_mask=mask, output_hidden_states=True)
+    ws, bs = _head(student)
+    wt, bt = _head(teacher)
+    for kind in LOSSES:
+        kw = dict(kind=kind, temperature=temperature, ce_weight=ce_weight, beta=0.3)
+        ref = naive_kd_loss(s_out.logits, t_out.logits, labels, **kw)
+        ref_grads = torch.autograd.grad(ref, params, retain_graph=True, allow_unused=True)
+        out = chunked_kd_loss(s_out.hidden_states[-1], ws, t_out.hidden_states[-1], wt, labels, student_bias=bs,
+                              teacher_bias=bt, chunk_size=5, **kw)
+        grads = torch.autograd.grad(out, params, retain_graph=True, allow_unused=True)
+        assert ref.item() > 1e-5  # a pruned random model really differs from its source (near-uniform logits)
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-7)
+        for (name, _), a, g in zip(student.named_parameters(), grads, ref_grads):
+            assert (a is None) == (g is None), name
+            if g is not None:
+                torch.testing.assert_close(a, g, rtol=1e-4, atol=1e-7, msg=lambda m: f"{kind} {name}: {m}")
+
+
+# ---------------------------------------------------------------------------------------------------- 5. logits
+
+@pytest.mark.parametrize("which", ["model", "pruned"])
+def test_family_logits_reproduce_model_logits(case, which):
+    model = getattr(case, which)
+    ids = _ids(6)
+    last_layer = {}
+    hook = model.base_model.layers[-1].register_forward_hook(lambda m, a, out: last_layer.update(out=out))
+    try:
+        with torch.no_grad():
+            out = model(ids, output_hidden_states=True)
+            base = model.base_model(ids)
+    finally:
+        hook.remove()
+    h = out.hidden_states[-1]
+    assert len(out.hidden_states) == model.config.num_hidden_layers + 1
+    # transformers 5: the last hidden state is after the final norm (the base model's output), not the last layer's
+    assert torch.equal(h, base.last_hidden_state)
+    raw = last_layer["out"][0] if isinstance(last_layer["out"], tuple) else last_layer["out"]
+    assert not torch.allclose(h, raw)
+    w, b = _head(model)
+    z = case.family.logits(h, w, b, model.config)
+    torch.testing.assert_close(z, out.logits, rtol=1e-6, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------- 6. load + generate
+
+def test_pruned_output_loads_and_generates(case):
+    model = AutoModelForCausalLM.from_pretrained(case.dir / "pruned").eval()  # vanilla transformers, nothing else
+    assert type(model) is type(case.model)
+    for name, t in load_file(case.dir / "pruned" / "model.safetensors").items():
+        assert torch.equal(model.get_parameter(name), t), name  # no weight re-initialised as "missing"
+    prompt = _ids(7, batch=2, seq=6)
+    n_new = 5
+    model.generation_config.eos_token_id = None  # a random model may pick the EOS id: always n_new tokens
+    out = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=n_new, do_sample=False,
+                         pad_token_id=0)
+    # greedy reference: re-run the whole sequence each step, take the argmax (no KV cache)
+    seq = prompt
+    with torch.no_grad():
+        for _ in range(n_new):
+            seq = torch.cat([seq, model(seq).logits[:, -1].argmax(-1, keepdim=True)], 1)
+    assert torch.equal(out, seq)
+
+
+# ---------------------------------------------------------------------------------------------------- 7. FP8
+
+def test_fp8_export_of_pruned_output(case, tmp_path):
+    pytest.importorskip("modelopt.torch.quantization", reason="nvidia-modelopt is not installed")
+    from test_export_fp8 import assert_dequantized_close
+
+    from minitron_hf.data import DataConfig
+    from minitron_hf.export.fp8 import FP8Config, export_fp8
+
+    assert dims_not_divisible(case.pruned.config) == []
+    rec = export_fp8(case.dir / "pruned", DataConfig(), FP8Config(output=str(tmp_path / "fp8"), calib_samples=2,
+                                                                  seq_len=16, batch_size=2, dtype="float32"))
+    assert rec["quantized_linears"] == case.pruned.config.num_hidden_layers * len(case.family.linears)
+    assert rec["not_divisible_by_16"] == []
+    assert_dequantized_close(load_file(case.dir / "pruned" / "model.safetensors"), tmp_path / "fp8")
+
+
+# ---------------------------------------------------------------------------------------------------- 8. importance
+
+def test_importance_probes_fire(case):
+    family, model, imp = case.family, case.model, case.importance
+    c = model.config
+    imp.check_matches(c)
+    L, P = c.num_hidden_layers, len(family.hidden_probes)
+    assert imp.hidden_per_layer.shape == (L, P, c.hidden_size) and len(set(family.hidden_probes)) == P > 0
+    # the hidden probes are the layer's norms over the hidden axis, all of them (Qwen3's q/k norms are per head)
+    layer = model.base_model.layers[0]
+    hidden_norms = {n for n, m in layer.named_modules() if "norm" in type(m).__name__.lower()
+                    and getattr(m, "weight", None) is not None and m.weight.shape == (c.hidden_size,)}
+    assert hidden_norms == set(family.hidden_probes)
+    for t in (imp.heads, imp.neurons, imp.hidden_per_layer):
+        assert torch.isfinite(t).all() and (t > 0).all()  # every probe of every layer fired
+    for l in range(L):
+        assert imp.heads[l].std() > 0 and imp.neurons[l].std() > 0
+        for p in range(P):
+            assert imp.hidden_per_layer[l, p].std() > 0
+        for p, q in itertools.combinations(range(P), 2):  # distinct probe points, not one module twice
+            assert not torch.equal(imp.hidden_per_layer[l, p], imp.hidden_per_layer[l, q])
+    # the probe points carry the widths the scores assume: [heads * head_dim] into the head probe, [intermediate]
+    # into the neuron probe, [hidden] out of every hidden probe
+    widths, handles = [], []
+    for layer in model.base_model.layers:
+        head, neuron, hidden = family.probes(layer)
+        handles += [head.register_forward_pre_hook(lambda m, a: widths.append(("head", a[0].shape[-1]))),
+                    neuron.register_forward_pre_hook(lambda m, a: widths.append(("neuron", a[0].shape[-1])))]
+        handles += [m.register_forward_hook(lambda m, a, o: widths.append(("hidden", o.shape[-1]))) for m in hidden]
+    try:
+        with torch.no_grad():
+            model(_ids(8))
+    finally:
+        for h in handles:
+            h.remove()
+    want = {"head": c.num_attention_heads * family.head_dim(c), "neuron": c.intermediate_size, "hidden": c.hidden_size}
+    assert sorted(widths) == sorted([(k, want[k]) for k in ("head", "neuron")] * L + [("hidden", want["hidden"])] * L * P)
+
+
+# ---------------------------------------------------------------------------------------------------- 9. config fields
+
+def test_config_fields_cover_transformers_and_refuse_unknown(case):
+    family, model_type = case.family, case.model_type
+    # every field transformers' own config class writes (defaults, the tiny model's, the pruned output's) is known:
+    # a field a newer transformers adds fails here, and someone decides whether the family module handles it
+    for cfg in (AutoConfig.for_model(model_type), case.model.config, case.pruned.config, case.plan.new_config):
+        assert family_of(cfg) is family
+    d = case.model.config.to_dict()
+    with pytest.raises(UnsupportedModelError, match="final_logit_softcapping"):
+        family_of({**d, "final_logit_softcapping": 30.0})
+    with pytest.raises(UnsupportedModelError, match="final_logit_softcapping"):
+        family_of(AutoConfig.for_model(model_type, final_logit_softcapping=30.0))
+
+
+# ---------------------------------------------------------------------------------------------------- 10. LoRA, FP8 names
+
+def test_lora_targets_and_linear_shapes_exist(case):
+    from peft import LoraConfig, get_peft_model
+
+    family = case.family
+    for model in (case.model, case.pruned):
+        c = model.config
+        shapes = linear_shapes(c)
+        assert set(shapes) == set(family.linears)
+        for layer in model.base_model.layers:
+            modules = {n.rsplit(".", 1)[-1]: m for n, m in layer.named_modules() if n}
+            for name, (n_in, n_out) in shapes.items():
+                assert name in modules, name
+                assert tuple(modules[name].weight.shape) == (n_out, n_in), name
+    # PEFT matches the names as module-name suffixes: every target wraps one linear per layer
+    model = tiny_model(case.model_type, **TINY.get(case.model_type, {}))
+    peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=family.lora_targets))
+    wrapped = [n for n, m in peft_model.named_modules() if hasattr(m, "lora_A") and n.rsplit(".", 1)[-1] in
+               family.lora_targets]
+    assert len(wrapped) == model.config.num_hidden_layers * len(family.lora_targets)
