@@ -24,6 +24,7 @@ Serving with vLLM is out of scope here: tests/test_serve.py covers it once, on t
 
 from __future__ import annotations
 
+import fnmatch
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,14 +47,13 @@ from test_trim import _prune, naive_reference
 # makes the query/KV widths 72/24, not multiples of 16 as FP8 GEMMs want; 32 keeps heads * head_dim != hidden.
 TINY: dict[str, dict] = {"mistral": dict(head_dim=32)}
 VOCAB = 49152  # the default model's tokenizer (FP8 calibration tokenizes the embedded text with it)
-BIAS_FIELDS = ("attention_bias", "mlp_bias")
 # hidden 48 -> 32, MLP 96 -> 64, 6 -> 4 query heads in 2 KV groups, layer 1 of 4 dropped: all widths stay multiples
 # of 16 (FP8) and hidden stays divisible by the heads (Llama's config class insists)
 TARGET = dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, drop_layers=[1])
 
 
 def _bias_fields(family: Family) -> list[str]:
-    return [f for f in BIAS_FIELDS if f in family.config_fields]
+    return list(family.bias_fields)
 
 
 def _ids(seed: int, batch: int = 2, seq: int = 12, vocab: int = VOCAB) -> torch.Tensor:
@@ -225,7 +225,7 @@ def test_chunked_kd_equals_loss_on_model_logits(case, temperature, ce_weight):
         for (name, _), a, g in zip(student.named_parameters(), grads, ref_grads):
             assert (a is None) == (g is None), name
             if g is not None:
-                torch.testing.assert_close(a, g, rtol=1e-4, atol=1e-7, msg=lambda m: f"{kind} {name}: {m}")
+                torch.testing.assert_close(a, g, rtol=1e-4, atol=1e-6, msg=lambda m: f"{kind} {name}: {m}")
 
 
 # ---------------------------------------------------------------------------------------------------- 5. logits
@@ -298,11 +298,14 @@ def test_importance_probes_fire(case):
     imp.check_matches(c)
     L, P = c.num_hidden_layers, len(family.hidden_probes)
     assert imp.hidden_per_layer.shape == (L, P, c.hidden_size) and len(set(family.hidden_probes)) == P > 0
-    # the hidden probes are the layer's norms over the hidden axis, all of them (Qwen3's q/k norms are per head)
+    # the hidden probes are norms over the hidden axis (Qwen3's q/k norms are per head): Llama-style layers probe
+    # both of theirs; Gemma probes the two of its four that feed attention and the MLP. Every hidden-axis norm is
+    # sliced with the hidden channels.
     layer = model.base_model.layers[0]
     hidden_norms = {n for n, m in layer.named_modules() if "norm" in type(m).__name__.lower()
                     and getattr(m, "weight", None) is not None and m.weight.shape == (c.hidden_size,)}
-    assert hidden_norms == set(family.hidden_probes)
+    assert set(family.hidden_probes) <= hidden_norms and len(family.hidden_probes) >= 2
+    assert all(family.layer_rules.get(f"{n}.weight") == ("hidden", None) for n in hidden_norms)
     for t in (imp.heads, imp.neurons, imp.hidden_per_layer):
         assert torch.isfinite(t).all() and (t > 0).all()  # every probe of every layer fired
     for l in range(L):
@@ -338,10 +341,13 @@ def test_config_fields_cover_transformers_and_refuse_unknown(case):
     for cfg in (AutoConfig.for_model(model_type), case.model.config, case.pruned.config, case.plan.new_config):
         assert family_of(cfg) is family
     d = case.model.config.to_dict()
-    with pytest.raises(UnsupportedModelError, match="final_logit_softcapping"):
-        family_of({**d, "final_logit_softcapping": 30.0})
-    with pytest.raises(UnsupportedModelError, match="final_logit_softcapping"):
-        family_of(AutoConfig.for_model(model_type, final_logit_softcapping=30.0))
+    # a field of another family that this one does not handle (a lookalike): refused, named
+    foreign = next(f for f in ("final_logit_softcapping", "num_local_experts", "logit_scale")
+                   if not any(fnmatch.fnmatchcase(f, p) for p in family.config_fields))
+    with pytest.raises(UnsupportedModelError, match=foreign):
+        family_of({**d, foreign: 30})
+    with pytest.raises(UnsupportedModelError, match=foreign):
+        family_of(AutoConfig.for_model(model_type, **{foreign: 30}))
 
 
 # ---------------------------------------------------------------------------------------------------- 10. LoRA, FP8 names

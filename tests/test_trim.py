@@ -225,7 +225,11 @@ def test_unknown_target_field_suggests_nearest():
 def test_unknown_model_type():
     from transformers import GPT2Config
 
-    with pytest.raises(UnsupportedModelError, match="llama, mistral, qwen2, qwen3"):
+    from minitron_hf.arch import FAMILIES
+
+    assert {"llama", "mistral", "qwen2", "qwen3", "phi3", "smollm3", "gemma2", "gemma3_text"} <= set(FAMILIES)
+    with pytest.raises(UnsupportedModelError, match="model_type='gpt2' is not supported; supported model types: "
+                       + ", ".join(sorted(FAMILIES))):
         family_of(GPT2Config())
 
 

@@ -51,6 +51,8 @@ class Family:
                                            "num_key_value_heads", "num_hidden_layers")
     # config fields this module knows, besides GENERIC_CONFIG_FIELDS (glob patterns allowed)
     config_fields: ClassVar[tuple[str, ...]] = ()
+    # config fields that switch biases on (attention_bias, mlp_bias): the parameter count follows them
+    bias_fields: ClassVar[tuple[str, ...]] = ()
     # config fields with one entry per decoder layer: sliced when layers are dropped
     per_layer_fields: ClassVar[tuple[str, ...]] = ()
     # transformers' config class rejects hidden_size % num_attention_heads != 0 even with an explicit head_dim
@@ -197,7 +199,8 @@ class DenseDecoder(Family):
 
     def attention_biases(self, config, q: int, kv: int, h: int) -> int:
         """Bias parameters of one attention block (Llama/Mistral ``attention_bias``: q, k, v and o)."""
-        return q + 2 * kv + h if getattr(config, "attention_bias", False) else 0
+        on = "attention_bias" in self.bias_fields and getattr(config, "attention_bias", False)
+        return q + 2 * kv + h if on else 0
 
     def attention_norms(self, config) -> int:
         """Parameters of norms inside attention (Qwen3's q/k norms over head_dim)."""
@@ -208,7 +211,8 @@ class DenseDecoder(Family):
         q, kv = config.num_attention_heads * hd, config.num_key_value_heads * hd
         inter = config.intermediate_size
         attn = h * q + 2 * h * kv + q * h + self.attention_biases(config, q, kv, h) + self.attention_norms(config)
-        mlp = 3 * h * inter + ((2 * inter + h) if getattr(config, "mlp_bias", False) else 0)
+        mlp_bias = "mlp_bias" in self.bias_fields and getattr(config, "mlp_bias", False)
+        mlp = 3 * h * inter + ((2 * inter + h) if mlp_bias else 0)
         per_layer = attn + mlp + 2 * h  # two RMSNorms
         body = config.num_hidden_layers * per_layer + h  # + final norm
         embedding = config.vocab_size * h * (1 if getattr(config, "tie_word_embeddings", False) else 2)

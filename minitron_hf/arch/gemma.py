@@ -36,6 +36,7 @@ class Gemma2(DenseDecoder):
     config_fields = DenseDecoder.config_fields + (
         "hidden_activation", "query_pre_attn_scalar", "sliding_window", "layer_types", "attn_logit_softcapping",
         "final_logit_softcapping", "attention_bias", "use_bidirectional_attention", "cache_implementation")
+    bias_fields = ("attention_bias",)
     per_layer_fields = ("layer_types",)
     layer_rules = {**DenseDecoder.layer_rules, "pre_feedforward_layernorm.weight": ("hidden", None),
                    "post_feedforward_layernorm.weight": ("hidden", None)}

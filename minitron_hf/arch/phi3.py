@@ -24,6 +24,7 @@ class Phi3(DenseDecoder):
     linears = {"qkv_proj": ("hidden", "qkv"), "o_proj": ("q", "hidden"), "gate_up_proj": ("hidden", "gate_up"),
                "down_proj": ("mlp", "hidden")}
     trtllm_example = "phi"
+    # bias_fields stays empty: Phi3Attention has no biases, whatever a config's attention_bias says
 
 
 FAMILY = Phi3()

@@ -8,6 +8,7 @@ class Qwen3(DenseDecoder):
     model_type = "qwen3"
     config_fields = DenseDecoder.config_fields + ("attention_bias", "layer_types", "sliding_window",
                                                   "use_sliding_window", "max_window_layers")
+    bias_fields = ("attention_bias",)
     per_layer_fields = ("layer_types",)
     layer_rules = {**DenseDecoder.layer_rules, "self_attn.q_norm.weight": (None, None),
                    "self_attn.k_norm.weight": (None, None)}

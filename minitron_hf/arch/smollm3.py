@@ -11,6 +11,7 @@ class SmolLM3(DenseDecoder):
     config_fields = DenseDecoder.config_fields + ("attention_bias", "mlp_bias", "layer_types", "no_rope_layers",
                                                   "no_rope_layer_interval", "sliding_window", "use_sliding_window",
                                                   "max_window_layers")
+    bias_fields = ("attention_bias", "mlp_bias")
     per_layer_fields = ("layer_types", "no_rope_layers")
 
 
