@@ -86,6 +86,7 @@ def skeleton_numel(config) -> int:
 
     with init_empty_weights():
         model = AutoModelForCausalLM.from_config(config)
+    model.tie_weights()  # on the meta device from_config leaves a tied head untied
     return sum(p.numel() for p in model.parameters())  # a tied head is one parameter, counted once
 
 

@@ -66,6 +66,7 @@ def make_checkpoint(d: Path, cfg, tokenizer_dir: Path, shard_bytes: int = 5 << 3
     config.dtype = "bfloat16"
     with init_empty_weights():
         skeleton = AutoModelForCausalLM.from_config(config)
+    skeleton.tie_weights()  # on the meta device from_config leaves a tied head untied
     shapes = {n: tuple(p.shape) for n, p in skeleton.named_parameters()}  # tied head: listed once
     g = torch.Generator().manual_seed(0)
     pool = (torch.randn(1 << 27, generator=g) * 0.02).to(torch.bfloat16)
