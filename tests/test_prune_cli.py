@@ -232,4 +232,8 @@ def test_unsupported_model_type_is_refused(tmp_path, default_model_dir, capsys):
         (d / f.name).write_bytes(f.read_bytes())
     rc = main(["prune", "--model", str(d), "--target", "hidden_size=8", "--output", str(tmp_path / "o")])
     assert rc == 2
-    assert "model_type='gpt2' is not supported; supported model types: llama, mistral, qwen2, qwen3" in capsys.readouterr().err
+    from minitron_hf.arch import FAMILIES
+
+    err = capsys.readouterr().err
+    assert {"llama", "mistral", "qwen2", "qwen3", "phi3", "gemma3_text"} <= set(FAMILIES)
+    assert f"model_type='gpt2' is not supported; supported model types: {', '.join(sorted(FAMILIES))}" in err
