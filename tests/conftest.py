@@ -30,6 +30,10 @@ def tiny_config(model_type: str, **kw):
         # its final logits at 30 (on these tiny logits the cap is active but mild)
         base.update(pad_token_id=0, bos_token_id=2, eos_token_id=1, tie_word_embeddings=True, query_pre_attn_scalar=16,
                     sliding_window=8)
+    if model_type == "mixtral":  # 4 experts per layer, 2 per token; intermediate_size is each expert's width
+        base.update(num_local_experts=4, num_experts_per_tok=2)
+    if model_type == "qwen3_moe":  # 4 experts of width 96 (moe_intermediate_size), 2 per token; every layer sparse
+        base.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=96, norm_topk_prob=True)
     base.update(kw)
     return AutoConfig.for_model(model_type, **base)
 

@@ -1,7 +1,8 @@
 """Architecture facts: one module per model family behind one interface (:class:`~.base.Family`), and what follows
 from a config alone.
 
-``llama``, ``mistral``, ``qwen2``, ``qwen3``, ``phi3``, ``smollm3``, ``gemma2`` and ``gemma3_text`` each have a module here stating their layout (prunable axes,
+``llama``, ``mistral``, ``qwen2``, ``qwen3``, ``phi3``, ``smollm3``, ``gemma2``, ``gemma3_text`` and the mixtures of
+experts ``mixtral`` and ``qwen3_moe`` (:mod:`.moe`) each have a module here stating their layout (prunable axes,
 slicing rules, probe points, parameter count, pruned config, logits, LoRA/FP8/TensorRT-LLM names). Pruning,
 importance, distillation and export ask :func:`family_of` for a model's family and use only that interface: nothing
 else in the code branches on the model type. Adding a family is one module here, one entry in :data:`FAMILIES`,
@@ -13,12 +14,12 @@ forward FLOPs of a request (:func:`forward_flops`).
 
 from __future__ import annotations
 
-from . import gemma, llama, mistral, phi3, qwen2, qwen3, smollm3
+from . import gemma, llama, mistral, moe, phi3, qwen2, qwen3, smollm3
 from .base import Family, UnsupportedModelError
 
 FAMILIES: dict[str, Family] = {f.model_type: f for f in (llama.FAMILY, mistral.FAMILY, qwen2.FAMILY, qwen3.FAMILY,
                                                           phi3.FAMILY, smollm3.FAMILY, gemma.GEMMA2,
-                                                          gemma.GEMMA3_TEXT)}
+                                                          gemma.GEMMA3_TEXT, moe.MIXTRAL, moe.QWEN3_MOE)}
 
 __all__ = ["FAMILIES", "Family", "UnsupportedModelError", "count_parameters", "family_of", "forward_flops",
            "head_dim_of"]
@@ -59,7 +60,8 @@ def forward_flops(config, tokens: int, context: int = 0) -> float:
     q_width = config.num_attention_heads * head_dim_of(config)
     params = count_parameters(config)
     lm_head = config.vocab_size * config.hidden_size
-    matmul = params["non_embedding"] + lm_head  # norms are a rounding error next to the matmuls
+    inactive = params["total"] - params.get("active", params["total"])  # experts a token is not routed to
+    matmul = params["non_embedding"] - inactive + lm_head  # norms are a rounding error next to the matmuls
     # key positions seen by the new tokens: sum_{t=1..tokens} (context + t)
     pairs = tokens * context + tokens * (tokens + 1) / 2
     return 2.0 * matmul * tokens + 4.0 * config.num_hidden_layers * q_width * pairs

@@ -76,6 +76,37 @@ class Family:
     linears: ClassVar[dict[str, tuple[str, str]]] = {}
     # $TRTLLM_EXAMPLES/models/core/<this>/convert_checkpoint.py converts a BF16 checkpoint for TensorRT-LLM
     trtllm_example: ClassVar[str] = ""
+    # the config field that is the width of the "mlp" axis (a mixture of experts: each expert's FFN width)
+    mlp_field: ClassVar[str] = "intermediate_size"
+    # Mixture of experts (left empty by dense families): the config field with the number of routed experts (a target
+    # field; its length is the per-layer "experts" axis), and the on-disk name prefix, under ``model.layers.N.``, of
+    # the per-expert tensors ``<prefix>.<expert>.<name>``: their slicing rules are keyed ``<prefix>.*.<name>``
+    experts_field: ClassVar[str] = ""
+    expert_prefix: ClassVar[str] = ""
+
+    @property
+    def is_moe(self) -> bool:
+        """Whether the decoder layers route tokens to experts (the plan and the scores then carry an experts axis)."""
+        return bool(self.experts_field)
+
+    def num_experts(self, config) -> int:
+        """Routed experts per layer (config object or mapping); 0 for a dense family."""
+        return 0
+
+    def expert_of(self, suffix: str) -> tuple[int, str] | None:
+        """(expert index, rule key) of a per-expert tensor name under the layer, or None for any other tensor. The
+        rule key has ``*`` for the index: ``key.replace("*", str(new_index))`` is the renumbered name."""
+        if not self.expert_prefix or not suffix.startswith(self.expert_prefix + "."):
+            return None
+        index, _, rest = suffix[len(self.expert_prefix) + 1:].partition(".")
+        if not index.isdigit():
+            return None
+        return int(index), f"{self.expert_prefix}.*.{rest}"
+
+    def target_problem(self, config, new: dict) -> str | None:
+        """What is wrong with a resolved target under this family's constraints (``new``: target field -> value,
+        every prunable field present), naming the fields and what is allowed; None when it is fine."""
+        return None
 
     # ------------------------------------------------------------------ config
     def check_config(self, config) -> None:
@@ -98,7 +129,9 @@ class Family:
         """The length of every axis the slicing rules and linears name, from the config."""
         hd = self.head_dim(config)
         sizes = {"hidden": config.hidden_size, "q": config.num_attention_heads * hd,
-                 "kv": config.num_key_value_heads * hd, "mlp": config.intermediate_size}
+                 "kv": config.num_key_value_heads * hd, "mlp": getattr(config, self.mlp_field)}
+        if self.is_moe:
+            sizes["experts"] = self.num_experts(config)
         return {**sizes, **{name: sum(sizes[p] for p in parts) for name, parts in self.fused_axes.items()}}
 
     def fused_index(self, axis: str, idx: dict[str, torch.Tensor], src_sizes: dict[str, int]) -> torch.Tensor:
@@ -113,7 +146,8 @@ class Family:
         """The pruned model's config.json mapping: the source's, with the target's sizes and an explicit head_dim
         (never pruned). Per-layer fields whose length no longer matches are None until the plan fills them."""
         d = config.to_dict()
-        d.update(new)
+        aliases = getattr(type(config), "attribute_map", {})  # e.g. num_experts is stored as num_local_experts
+        d.update({aliases.get(k, k): v for k, v in new.items()})
         d["head_dim"] = self.head_dim(config)
         d.pop("quantization_config", None)
         for f in self.per_layer_fields:

@@ -7,7 +7,14 @@ activations are reduced the moment a hook sees them and never stored.
   head activation is the L2 norm over its ``head_dim`` channels;
 - MLP neuron ``j``: the input of ``down_proj`` (i.e. ``act(gate) * up``), magnitude per token;
 - hidden channel ``c``: the outputs of every ``input_layernorm`` and ``post_attention_layernorm``,
-  magnitude per token, summed over layers and the two norms.
+  magnitude per token, summed over layers and the two norms;
+- mixture of experts (:attr:`~minitron_hf.arch.base.Family.is_moe`): expert ``e`` of layer ``l`` scores, as in
+  NVIDIA ModelOpt, the sum over the (unpadded) tokens routed to it of routing weight x L2 norm of its output; neuron
+  ``j`` of expert ``e`` is the magnitude at the input of that expert's down projection, aggregated as above over the
+  tokens routed to ``e`` only (a sample counts for ``e`` if it routed at least one token there). transformers holds
+  a layer's experts stacked and dispatches their forward to several kernels, so a hook on the experts module
+  recomputes each expert's FFN on its tokens (:meth:`~minitron_hf.arch.moe.MoEDecoder.expert_forward`): calibration
+  pays the experts' FFNs twice.
 
 A token activation is reduced over the sequence (``seq_agg``) and then over the batch (``batch_agg``);
 the paper's default (and ours) is mean over sequence, L2 over batch: ``aggregation="l2_mean"``. The
@@ -63,6 +70,25 @@ class ChannelReducer:
         self.acc = torch.zeros(shape, dtype=torch.float32, device=device)
         self.count = torch.zeros((), dtype=torch.float64, device=device)
 
+    def update_rows(self, x: torch.Tensor, sample: torch.Tensor, n_samples: int) -> None:
+        """Token rows of a subset of a batch's tokens: ``x`` [n, *channels], non-negative; ``sample`` [n], the sample
+        each row belongs to. The sequence reducer runs over each sample's rows; samples with none do not count."""
+        x = x.float()
+        sample = sample.to(x.device)
+        shape = (n_samples, *x.shape[1:])
+        n = torch.zeros(n_samples, dtype=x.dtype, device=x.device).index_add_(0, sample, torch.ones_like(sample,
+                                                                                                       dtype=x.dtype))
+        if self.seq_agg == "max":
+            s = torch.zeros(shape, dtype=x.dtype, device=x.device).index_reduce_(0, sample, x, "amax")
+        else:
+            s = torch.zeros(shape, dtype=x.dtype, device=x.device).index_add_(0, sample, x * x if self.seq_agg == "l2"
+                                                                              else x)
+            if self.seq_agg == "mean":
+                s = s / n.clamp(min=1).view(-1, *([1] * (x.dim() - 1)))
+            elif self.seq_agg == "l2":
+                s = s.sqrt()
+        self._reduce_batch(s, n > 0)
+
     def update(self, x: torch.Tensor, mask: torch.Tensor | None) -> None:
         """``x``: [B, S, *channels], non-negative; ``mask``: [B, S] (1 = real token) or None."""
         x = x.float()
@@ -78,7 +104,9 @@ class ChannelReducer:
             s = torch.where(m, x * x, 0).sum(1).sqrt()
         else:  # max (values are magnitudes, so 0 is a neutral fill)
             s = torch.where(m, x, 0).amax(1)
-        valid = mask.any(1)  # samples that are all padding do not count
+        self._reduce_batch(s, mask.any(1))  # samples that are all padding do not count
+
+    def _reduce_batch(self, s: torch.Tensor, valid: torch.Tensor) -> None:
         s = s[valid]
         if self.batch_agg == "l2":
             self.acc += (s * s).sum(0)
@@ -109,11 +137,12 @@ class Importance:
     """Scores of one calibration pass. Save once, prune to several targets."""
 
     heads: torch.Tensor  # [layers, num_attention_heads]
-    neurons: torch.Tensor  # [layers, intermediate_size]
+    neurons: torch.Tensor  # [layers, intermediate_size]; a mixture of experts: [layers, experts, expert width]
     # [layers, hidden probes, hidden_size]: the outputs of each layer's norms (Family.hidden_probes; Llama-style:
     # input norm, post-attention norm)
     hidden_per_layer: torch.Tensor
     meta: dict = field(default_factory=dict)
+    experts: torch.Tensor | None = None  # [layers, experts] (mixtures of experts only)
 
     @property
     def hidden(self) -> torch.Tensor:
@@ -123,9 +152,10 @@ class Importance:
     def save(self, out_dir: str | Path) -> Path:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
+        moe = {} if self.experts is None else {"experts": self.experts.contiguous()}
         save_file(
             {"heads": self.heads.contiguous(), "neurons": self.neurons.contiguous(),
-             "hidden_per_layer": self.hidden_per_layer.contiguous()},
+             "hidden_per_layer": self.hidden_per_layer.contiguous(), **moe},
             str(out / "importance.safetensors"),
         )
         (out / "importance.json").write_text(json.dumps(self.meta, indent=2))
@@ -149,16 +179,15 @@ class Importance:
             raise ImportanceError(f"scores={str(path)!r}: {f.name} lacks {', '.join(missing)}; it was not written by "
                                   f"`minitron importance`")
         meta = read_json(d / "importance.json", "scores") if (d / "importance.json").exists() else {}
-        return cls(t["heads"], t["neurons"], t["hidden_per_layer"], meta)
+        return cls(t["heads"], t["neurons"], t["hidden_per_layer"], meta, t.get("experts"))
 
     def check_matches(self, config) -> None:
         """Raise unless the scores were computed on a model of this shape."""
-        want = {
-            "heads": (config.num_hidden_layers, config.num_attention_heads),
-            "neurons": (config.num_hidden_layers, config.intermediate_size),
-            "hidden_per_layer": (config.num_hidden_layers, len(family_of(config).hidden_probes), config.hidden_size),
-        }
+        want = score_shapes(config)
         for name, shape in want.items():
+            if getattr(self, name) is None:
+                raise ImportanceError(f"scores do not match the model: they lack {name} scores {shape}, which a "
+                                      f"{config.model_type} model needs; recompute importance for this model")
             if tuple(getattr(self, name).shape) != shape:
                 raise ImportanceError(
                     f"scores do not match the model: {name} has shape {tuple(getattr(self, name).shape)}, "
@@ -166,16 +195,27 @@ class Importance:
                 )
 
 
+def score_shapes(config) -> dict[str, tuple[int, ...]]:
+    """The shape of every score tensor a model of this config needs."""
+    family = family_of(config)
+    L, E, mlp = config.num_hidden_layers, family.num_experts(config), getattr(config, family.mlp_field)
+    want = {
+        "heads": (L, config.num_attention_heads),
+        "neurons": (L, E, mlp) if family.is_moe else (L, mlp),
+        "hidden_per_layer": (L, len(family.hidden_probes), config.hidden_size),
+    }
+    if family.is_moe:
+        want["experts"] = (L, E)
+    return want
+
+
 def random_importance(config, seed: int = 0) -> Importance:
     """Uniform random scores of the right shapes (the paper's random-pruning ablation)."""
     g = torch.Generator().manual_seed(seed)
-    L = config.num_hidden_layers
-    return Importance(
-        heads=torch.rand(L, config.num_attention_heads, generator=g),
-        neurons=torch.rand(L, config.intermediate_size, generator=g),
-        hidden_per_layer=torch.rand(L, len(family_of(config).hidden_probes), config.hidden_size, generator=g),
-        meta={"aggregation": "random", "seed": seed},
-    )
+    shapes = score_shapes(config)
+    rand = {k: torch.rand(*shapes[k], generator=g) for k in ("heads", "neurons", "hidden_per_layer")}
+    experts = torch.rand(*shapes["experts"], generator=g) if "experts" in shapes else None
+    return Importance(**rand, meta={"aggregation": "random", "seed": seed}, experts=experts)
 
 
 def _decoder_layers(model):
@@ -197,7 +237,12 @@ class WidthScores:
         batch_agg, seq_agg = parse_aggregation(aggregation)
         L, self.H, self.hd = config.num_hidden_layers, config.num_attention_heads, self.family.head_dim(config)
         self.heads = [ChannelReducer((self.H,), batch_agg, seq_agg, device) for _ in range(L)]
-        self.neurons = [ChannelReducer((config.intermediate_size,), batch_agg, seq_agg, device) for _ in range(L)]
+        mlp, E = getattr(config, self.family.mlp_field), self.family.num_experts(config)
+        if self.family.is_moe:  # [layer][expert]: each expert's neurons over the tokens routed to it
+            self.neurons = [[ChannelReducer((mlp,), batch_agg, seq_agg, device) for _ in range(E)] for _ in range(L)]
+            self.experts = [torch.zeros(E, dtype=torch.float64, device=device) for _ in range(L)]
+        else:
+            self.neurons = [ChannelReducer((mlp,), batch_agg, seq_agg, device) for _ in range(L)]
         self.hidden = [[ChannelReducer((config.hidden_size,), batch_agg, seq_agg, device)
                         for _ in self.family.hidden_probes] for _ in range(L)]
         self.mask: torch.Tensor | None = None  # attention mask of the batch being run (1 = real token)
@@ -205,6 +250,7 @@ class WidthScores:
 
     def set_batch(self, ids: torch.Tensor, mask: torch.Tensor | None) -> None:
         self.mask = mask
+        self.batch_shape = tuple(ids.shape)
         self.tokens += batch_tokens(ids, mask)
 
     def attach(self, layer, i: int) -> list:
@@ -218,26 +264,55 @@ class WidthScores:
         def neuron_hook(module, args):
             self.neurons[i].update(args[0].abs(), self.mask)
 
+        def experts_hook(module, args, kwargs):
+            names = ("hidden_states", "top_k_index", "top_k_weights")  # [tokens, hidden], [tokens, k], [tokens, k]
+            x, index, weights = (args[n] if n < len(args) else kwargs[k] for n, k in enumerate(names))
+            B, S = self.batch_shape
+            real = torch.ones(B * S, dtype=torch.bool, device=x.device) if self.mask is None else \
+                self.mask.reshape(-1).to(device=x.device, dtype=torch.bool)
+            for e in range(len(self.experts[i])):
+                token, slot = ((index == e) & real[:, None]).nonzero(as_tuple=True)
+                if not len(token):
+                    continue
+                act, out = self.family.expert_forward(module, x[token], e)
+                self.neurons[i][e].update_rows(act.abs(), token // S, B)
+                self.experts[i][e] += (weights[token, slot].double() * out.double().norm(dim=-1)).sum()
+
         def norm_hook(r):
             def hook(module, args, out):
                 r.update(out.abs(), self.mask)
             return hook
 
         head_probe, neuron_probe, hidden_probes = self.family.probes(layer)
-        return [head_probe.register_forward_pre_hook(head_hook), neuron_probe.register_forward_pre_hook(neuron_hook),
+        if self.family.is_moe:  # the neuron probe is the experts module
+            neuron = neuron_probe.register_forward_pre_hook(experts_hook, with_kwargs=True)
+        else:
+            neuron = neuron_probe.register_forward_pre_hook(neuron_hook)
+        return [head_probe.register_forward_pre_hook(head_hook), neuron,
                 *(m.register_forward_hook(norm_hook(r)) for m, r in zip(hidden_probes, self.hidden[i]))]
 
     def result(self) -> Importance:
         """All-reduced over data-parallel processes (every process must call it), checked finite."""
-        for r in [*self.heads, *self.neurons, *(x for pair in self.hidden for x in pair)]:
+        moe = self.family.is_moe
+        neurons = [r for rs in self.neurons for r in rs] if moe else self.neurons
+        for r in [*self.heads, *neurons, *(x for pair in self.hidden for x in pair)]:
             r.all_reduce()
+        experts = None
+        if moe:
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                for t in self.experts:
+                    torch.distributed.all_reduce(t)
+            experts = torch.stack(self.experts).float().cpu()
         result = Importance(
             heads=torch.stack([r.result() for r in self.heads]).cpu(),
-            neurons=torch.stack([r.result() for r in self.neurons]).cpu(),
+            neurons=torch.stack([torch.stack([r.result() for r in rs]) if moe else rs.result()
+                                 for rs in self.neurons]).cpu(),
             hidden_per_layer=torch.stack([torch.stack([r.result() for r in rs]) for rs in self.hidden]).cpu(),
             meta={"aggregation": self.aggregation, "samples": int(self.heads[0].count), "tokens": self.tokens},
+            experts=experts,
         )
-        if not all(torch.isfinite(t).all() for t in (result.heads, result.neurons, result.hidden_per_layer)):
+        scores = (result.heads, result.neurons, result.hidden_per_layer) + ((experts,) if moe else ())
+        if not all(torch.isfinite(t).all() for t in scores):
             raise ImportanceError("importance scores are not finite (NaN/inf activations); check the model's dtype")
         return result
 
@@ -298,7 +373,7 @@ def plot_importance(imp: Importance, out_path: str | Path, title: str = "") -> P
     im = axes[0].imshow(imp.heads.T.numpy(), aspect="auto", cmap="viridis", origin="lower")
     axes[0].set(title="attention heads", xlabel="layer", ylabel="query head")
     fig.colorbar(im, ax=axes[0])
-    q = torch.quantile(imp.neurons, torch.tensor([0.1, 0.5, 0.9]), dim=1).numpy()
+    q = torch.quantile(imp.neurons.flatten(1), torch.tensor([0.1, 0.5, 0.9]), dim=1).numpy()  # MoE: all experts
     xs = range(imp.neurons.shape[0])
     axes[1].fill_between(xs, q[0], q[2], alpha=0.3, label="10-90%")
     axes[1].plot(xs, q[1], label="median")

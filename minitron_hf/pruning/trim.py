@@ -49,6 +49,12 @@ class PruneTarget:
     num_attention_heads: int | None = None
     num_key_value_heads: int | None = None
     num_hidden_layers: int | None = None
+    moe_intermediate_size: int | None = None
+    """Each expert's FFN width (Qwen3-MoE; Mixtral's is ``intermediate_size``)."""
+    num_local_experts: int | None = None
+    """Routed experts per layer (Mixtral)."""
+    num_experts: int | None = None
+    """Routed experts per layer (Qwen3-MoE)."""
     drop_layers: list[int] | None = None
     """Explicit layers to drop (source indices); otherwise a depth metric picks them."""
 
@@ -80,8 +86,12 @@ class PruneTarget:
         return cls(**out)
 
     def width_fields(self) -> dict:
-        return {k: v for k, v in asdict(self).items()
-                if k in ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads") and v is not None}
+        return {k: v for k, v in asdict(self).items() if k in WIDTH_FIELDS and v is not None}
+
+
+# target fields that need importance scores (everything but depth)
+WIDTH_FIELDS = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads",
+                "moe_intermediate_size", "num_local_experts", "num_experts")
 
 
 def _nearest_multiples(value: int, k: int, upper: int) -> list[int]:
@@ -100,13 +110,7 @@ def resolve_target(config, target: PruneTarget) -> tuple[dict, list[int] | None]
         if v is not None and k != "drop_layers" and k not in family.prunable:
             raise PruningConfigError(f"target {k}={v}: {family.model_type} models cannot be pruned along {k}; "
                                      f"prunable: {', '.join(family.prunable)}")
-    src = {
-        "hidden_size": config.hidden_size,
-        "intermediate_size": config.intermediate_size,
-        "num_attention_heads": config.num_attention_heads,
-        "num_key_value_heads": config.num_key_value_heads,
-        "num_hidden_layers": config.num_hidden_layers,
-    }
+    src = {k: getattr(config, k) for k in family.prunable}
     new = dict(src)
     for k, v in asdict(target).items():
         if k == "drop_layers" or v is None:
@@ -156,6 +160,9 @@ def resolve_target(config, target: PruneTarget) -> tuple[dict, list[int] | None]
             f"Nearest valid hidden_size: {' or '.join(map(str, near)) or 'none'}; or prune heads as well"
         )
 
+    problem = family.target_problem(config, new)
+    if problem:
+        raise PruningConfigError(problem)
     d = family.pruned_config(config, new)  # per-layer fields are filled by make_plan once the kept layers are known
     try:
         type(config).from_dict({**d, **{f: None for f in family.per_layer_fields if d.get(f) is None}})
@@ -172,26 +179,42 @@ class PrunePlan:
     hidden: torch.Tensor
     heads: dict[int, torch.Tensor]  # source layer -> kept query heads, grouped by kept KV head
     kv_heads: dict[int, torch.Tensor]  # source layer -> kept KV heads
-    neurons: dict[int, torch.Tensor]  # source layer -> kept MLP neurons
+    # source layer -> kept MLP neurons; a mixture of experts: [kept experts, neurons], row i the kept neurons of
+    # expert experts[layer][i]
+    neurons: dict[int, torch.Tensor]
     new_config: dict
     head_dim: int
     merge_pairs: dict[int, list[tuple[int, int]]] = field(default_factory=dict)  # layer -> (kept, pruned)
     src_sizes: dict[str, int] = field(default_factory=dict)  # the source's axis sizes (fused tensors' offsets)
+    experts: dict[int, torch.Tensor] = field(default_factory=dict)  # source layer -> kept experts (MoE only)
+
+    def expert_position(self, layer: int, expert: int) -> int | None:
+        """The new index of source expert ``expert`` of source layer ``layer``; None if it is dropped."""
+        hit = (self.experts[layer] == expert).nonzero()
+        return int(hit[0, 0]) if len(hit) else None
 
     def then(self, nxt: "PrunePlan") -> "PrunePlan":
         """The plan that maps the source straight to the result of ``self`` followed by ``nxt``
         (iterative pruning records kept indices into the original model this way)."""
         pairs = [(self.layers[j], j) for j in nxt.layers]  # (source layer, intermediate layer)
+
+        def neurons(src: int, j: int) -> torch.Tensor:
+            if not self.experts:
+                return self.neurons[src][nxt.neurons[j]]
+            return torch.gather(self.neurons[src][nxt.experts[j]], 1, nxt.neurons[j])
+
         return PrunePlan(
             layers=[src for src, _ in pairs],
             hidden=self.hidden[nxt.hidden],
             heads={src: self.heads[src][nxt.heads[j]] for src, j in pairs},
             kv_heads={src: self.kv_heads[src][nxt.kv_heads[j]] for src, j in pairs},
-            neurons={src: self.neurons[src][nxt.neurons[j]] for src, j in pairs},
+            neurons={src: neurons(src, j) for src, j in pairs},
             new_config=nxt.new_config, head_dim=self.head_dim, merge_pairs=nxt.merge_pairs, src_sizes=self.src_sizes,
+            experts={src: self.experts[src][nxt.experts[j]] for src, j in pairs} if self.experts else {},
         )
 
     def to_json(self) -> dict:
+        moe = {"experts": {str(l): v.tolist() for l, v in self.experts.items()}} if self.experts else {}
         return {
             "layers": self.layers,
             "hidden": self.hidden.tolist(),
@@ -199,6 +222,7 @@ class PrunePlan:
             "kv_heads": {str(l): v.tolist() for l, v in self.kv_heads.items()},
             "neurons": {str(l): v.tolist() for l, v in self.neurons.items()},
             "merged_heads": {str(l): v for l, v in self.merge_pairs.items()} or None,
+            **moe,
         }
 
 
@@ -222,8 +246,11 @@ def make_plan(config, importance, new_config: dict, drop_layers: list[int] | Non
             f"chosen to drop, got {sorted(drop)}"
         )
     layers = [i for i in range(L) if i not in drop]
+    mlp, n_mlp = getattr(config, family.mlp_field), new_config[family.mlp_field]
+    E, En = family.num_experts(config), family.num_experts(new_config)
     width_changes = any(new_config[k] != getattr(config, k) for k in
-                        ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads"))
+                        ("hidden_size", "num_attention_heads", "num_key_value_heads")) or (mlp, E) != (n_mlp, En)
+    experts = {}
     if importance is None:
         if width_changes:
             raise PruningConfigError("width pruning (hidden/MLP/heads) needs importance scores")
@@ -231,12 +258,20 @@ def make_plan(config, importance, new_config: dict, drop_layers: list[int] | Non
         hidden = ident(config.hidden_size)
         heads = {l: ident(H) for l in layers}
         kv = {l: ident(G) for l in layers}
-        neurons = {l: ident(config.intermediate_size) for l in layers}
+        neurons = {l: ident(mlp) for l in layers}
+        if family.is_moe:
+            experts = {l: ident(E) for l in layers}
+            neurons = {l: ident(mlp).expand(E, mlp).clone() for l in layers}
         pairs = {}
     else:
         importance.check_matches(config)
         hidden = _top(importance.hidden, new_config["hidden_size"])
-        neurons = {l: _top(importance.neurons[l], new_config["intermediate_size"]) for l in layers}
+        if family.is_moe:  # each layer keeps its own experts, each kept expert its own neurons
+            experts = {l: _top(importance.experts[l], En) for l in layers}
+            neurons = {l: torch.stack([_top(importance.neurons[l][e], n_mlp) for e in experts[l].tolist()])
+                       for l in layers}
+        else:
+            neurons = {l: _top(importance.neurons[l], n_mlp) for l in layers}
         heads, kv, pairs = {}, {}, {}
         for l in layers:
             per_group = importance.heads[l].float().view(G, r)
@@ -262,7 +297,7 @@ def make_plan(config, importance, new_config: dict, drop_layers: list[int] | Non
         if src_list is not None:
             new_config[f] = [src_list[i] for i in layers]
     return PrunePlan(layers, hidden, heads, kv, neurons, new_config, family.head_dim(config), pairs,
-                     family.axis_sizes(config))
+                     family.axis_sizes(config), experts)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -296,15 +331,25 @@ def _surgery(name: str, plan: PrunePlan):
     m = _LAYER.match(name)
     if m:
         layer, suffix = int(m.group(1)), m.group(2)
-        rule = family.layer_rules.get(suffix)
+        expert = family.expert_of(suffix)
+        rule = family.layer_rules.get(expert[1] if expert else suffix)
         if rule is None:
             raise PruningConfigError(f"checkpoint tensor {name!r} is not one the pruner knows how to slice")
         idx = {
             "hidden": plan.hidden,
             "q": _head_channels(plan.heads[layer], plan.head_dim),
             "kv": _head_channels(plan.kv_heads[layer], plan.head_dim),
-            "mlp": plan.neurons[layer],
         }
+        if family.is_moe:
+            idx["experts"] = plan.experts[layer]
+            if expert:  # one expert's FFN: its own kept neurons, and its new number
+                pos = plan.expert_position(layer, expert[0])
+                if pos is None:
+                    raise PruningConfigError(f"checkpoint tensor {name!r} belongs to a dropped expert")
+                idx["mlp"] = plan.neurons[layer][pos]
+                suffix = expert[1].replace("*", str(pos))
+        else:
+            idx["mlp"] = plan.neurons[layer]
         for axis in family.fused_axes:
             idx[axis] = family.fused_index(axis, idx, plan.src_sizes)
         return f"model.layers.{plan.layers.index(layer)}.{suffix}", rule, idx, layer
@@ -352,6 +397,13 @@ def _layer_of(name: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def _dropped_expert(name: str, plan: PrunePlan) -> bool:
+    """Whether ``name`` is a tensor of an expert the plan drops (its layer is kept)."""
+    m = _LAYER.match(name)
+    expert = family_of(plan.new_config, check=False).expert_of(m.group(2)) if m else None
+    return expert is not None and plan.expert_position(int(m.group(1)), expert[0]) is None
+
+
 def trim_checkpoint(src: Path, out: Path, plan: PrunePlan, max_shard_bytes: int = 2 << 30,
                     progress: bool = True) -> dict:
     """Write the sliced weights of ``src`` into ``out`` (an existing, empty directory).
@@ -367,7 +419,7 @@ def trim_checkpoint(src: Path, out: Path, plan: PrunePlan, max_shard_bytes: int 
         with safe_open(str(f), framework="pt") as h:
             for key in h.keys():
                 layer = _layer_of(key)
-                if layer is not None and layer not in kept:
+                if layer is not None and (layer not in kept or _dropped_expert(key, plan)):
                     continue
                 sl = h.get_slice(key)
                 new_name, shape = output_shape(key, sl.get_shape(), plan)

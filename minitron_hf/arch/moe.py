@@ -1,0 +1,145 @@
+"""Mixture-of-experts decoders: Mixtral (``mixtral``) and Qwen3-MoE (``qwen3_moe``).
+
+The Llama-style decoder with the MLP replaced by a sparse MoE block: a router (``gate``, [experts, hidden]) picks
+``num_experts_per_tok`` of the layer's experts for each token, and the token's MLP output is the routing-weighted sum
+of those experts' gated FFNs.
+
+Prunable, besides the attention and hidden axes and depth: the number of experts (Mixtral ``num_local_experts``,
+Qwen3-MoE ``num_experts``; both configs store it as ``num_local_experts``) and each expert's FFN width (Mixtral
+``intermediate_size``, Qwen3-MoE ``moe_intermediate_size``: the family's :attr:`mlp_field`).
+
+- Experts are pruned per layer: each layer keeps its own most important experts (the importance of an expert is, as
+  in NVIDIA ModelOpt, the sum over the tokens routed to it of routing weight x L2 norm of its output), renumbered in
+  order of importance; the router keeps the rows of the kept experts. Keeping every expert only permutes them: the
+  router's top-k picks the same experts, so the function is unchanged.
+- Expert FFN neurons are pruned per expert (as ModelOpt prunes each expert's FFN): every kept expert keeps its own
+  most important ``mlp`` neurons (activation magnitude at the input of its down projection, over the tokens routed to
+  it). All experts keep the same count, as the config has one width.
+- Memory layout vs disk: transformers 5 holds a layer's experts STACKED (``mlp.experts.gate_up_proj`` [E, 2I, H],
+  ``mlp.experts.down_proj`` [E, H, I], router ``mlp.gate.weight`` [E, H]) but ``save_pretrained`` writes (and
+  ``from_pretrained`` reads) the Hub's per-expert names: Mixtral ``block_sparse_moe.experts.<e>.w1/w2/w3.weight``
+  (gate, down, up) and ``block_sparse_moe.gate.weight``; Qwen3-MoE ``mlp.experts.<e>.gate_proj/up_proj/down_proj
+  .weight`` and ``mlp.gate.weight``. Trimming works on the on-disk names (:attr:`expert_prefix`), so these rules do.
+- Qwen3-MoE layers listed in ``mlp_only_layers`` or skipped by ``decoder_sparse_step`` have a dense MLP instead; such
+  configs are refused (every released Qwen3-MoE model is sparse in every layer).
+- The experts are not ``nn.Linear`` modules: LoRA and FP8 here cover the attention projections only.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .base import DenseDecoder, UnsupportedModelError
+
+MOE_FIELDS = ("num_experts_per_tok", "num_local_experts", "num_experts", "output_router_logits",
+              "router_aux_loss_coef", "router_jitter_noise")
+
+
+class MoEDecoder(DenseDecoder):
+    """The shared MoE concept: an experts axis per layer, per-expert on-disk tensors, the active parameter count."""
+
+    # the experts module inside a decoder layer (stacked weights): the expert probe of importance estimation
+    experts_probe = "mlp.experts"
+    neuron_probe = "mlp.experts"
+    # expert FFN tensors by their role (on-disk suffix after ``<expert_prefix>.<e>.``)
+    expert_gate, expert_up, expert_down = "gate_proj.weight", "up_proj.weight", "down_proj.weight"
+    router = "mlp.gate.weight"
+    linears = {"q_proj": ("hidden", "q"), "k_proj": ("hidden", "kv"), "v_proj": ("hidden", "kv"),
+               "o_proj": ("q", "hidden")}
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        attention = {k: v for k, v in DenseDecoder.layer_rules.items() if k.startswith("self_attn.")
+                     or k.endswith("layernorm.weight")}
+        p = cls.expert_prefix
+        cls.layer_rules = {**attention, **getattr(cls, "extra_layer_rules", {}),
+                           cls.router: ("experts", "hidden"),
+                           f"{p}.*.{cls.expert_gate}": ("mlp", "hidden"),
+                           f"{p}.*.{cls.expert_up}": ("mlp", "hidden"),
+                           f"{p}.*.{cls.expert_down}": ("hidden", "mlp")}
+
+    def num_experts(self, config) -> int:
+        if isinstance(config, dict):
+            n = config.get("num_local_experts", config.get("num_experts"))
+        else:
+            n = getattr(config, "num_local_experts", None)
+        return int(n or 0)
+
+    def target_problem(self, config, new: dict) -> str | None:
+        k, e = config.num_experts_per_tok, new[self.experts_field]
+        if k > e:
+            return (f"target {self.experts_field}={e} is fewer than num_experts_per_tok={k} (the experts each token "
+                    f"is routed to): keep {self.experts_field} >= {k}")
+        return None
+
+    def expert_forward(self, experts: torch.nn.Module, x: torch.Tensor, e: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Expert ``e`` of a stacked experts module on tokens ``x`` [n, hidden]: (the input of its down projection
+        [n, mlp], its output [n, hidden], before the routing weight), as the module's eager forward computes."""
+        gate, up = F.linear(x, experts.gate_up_proj[e]).chunk(2, dim=-1)
+        act = experts.act_fn(gate) * up
+        return act, F.linear(act, experts.down_proj[e])
+
+    def count_parameters(self, config) -> dict[str, int]:
+        h, hd = config.hidden_size, self.head_dim(config)
+        q, kv = config.num_attention_heads * hd, config.num_key_value_heads * hd
+        E, k, inter = self.num_experts(config), config.num_experts_per_tok, getattr(config, self.mlp_field)
+        attn = h * q + 2 * h * kv + q * h + self.attention_biases(config, q, kv, h) + self.attention_norms(config)
+        expert = 3 * h * inter
+        per_layer = attn + E * h + E * expert + 2 * h  # attention, router, experts, two RMSNorms
+        body = config.num_hidden_layers * per_layer + h
+        embedding = config.vocab_size * h * (1 if getattr(config, "tie_word_embeddings", False) else 2)
+        inactive = config.num_hidden_layers * (E - min(k, E)) * expert
+        return {"total": body + embedding, "embedding": embedding, "non_embedding": body,
+                "active": body + embedding - inactive}
+
+
+class Mixtral(MoEDecoder):
+    model_type = "mixtral"
+    experts_field = "num_local_experts"
+    prunable = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads",
+                "num_hidden_layers", "num_local_experts")
+    config_fields = DenseDecoder.config_fields + MOE_FIELDS + ("sliding_window",)
+    expert_prefix = "block_sparse_moe.experts"
+    expert_gate, expert_up, expert_down = "w1.weight", "w3.weight", "w2.weight"
+    router = "block_sparse_moe.gate.weight"
+    trtllm_example = "llama"  # TensorRT-LLM converts Mixtral with the llama example
+
+
+class Qwen3Moe(MoEDecoder):
+    model_type = "qwen3_moe"
+    experts_field = "num_experts"
+    mlp_field = "moe_intermediate_size"
+    prunable = ("hidden_size", "moe_intermediate_size", "num_attention_heads", "num_key_value_heads",
+                "num_hidden_layers", "num_experts")
+    # intermediate_size is the width of dense-MLP layers, which are refused; it stays as it is
+    config_fields = DenseDecoder.config_fields + MOE_FIELDS + (
+        "moe_intermediate_size", "norm_topk_prob", "decoder_sparse_step", "mlp_only_layers", "attention_bias",
+        "sliding_window", "use_sliding_window", "max_window_layers")
+    bias_fields = ("attention_bias",)
+    expert_prefix = "mlp.experts"
+    extra_layer_rules = {"self_attn.q_norm.weight": (None, None), "self_attn.k_norm.weight": (None, None)}
+    trtllm_example = "qwen"
+
+    def attention_norms(self, config) -> int:
+        return 2 * self.head_dim(config)
+
+    def check_config(self, config) -> None:
+        super().check_config(config)
+        d = config if isinstance(config, dict) else config.to_dict()
+        dense = sorted(set(d.get("mlp_only_layers") or []))
+        step = d.get("decoder_sparse_step") or 1
+        L = d.get("num_hidden_layers") or 0
+        dense = sorted(set(dense) | {i for i in range(L) if (i + 1) % step})
+        if self.num_experts(d) < 1:
+            dense = list(range(L))
+        if dense:
+            raise UnsupportedModelError(
+                f"model_type='qwen3_moe': layers {dense} have a dense MLP (mlp_only_layers="
+                f"{d.get('mlp_only_layers')}, decoder_sparse_step={step}, num_experts={self.num_experts(d)}); only "
+                f"configs whose every layer is a sparse MoE block are supported (mlp_only_layers=[], "
+                f"decoder_sparse_step=1)")
+
+
+MIXTRAL = Mixtral()
+QWEN3_MOE = Qwen3Moe()
