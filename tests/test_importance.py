@@ -41,6 +41,47 @@ def test_reducer_matches_naive(aggregation):
     torch.testing.assert_close(r.result(), naive_reduce(torch.cat(xs), torch.cat(ms), batch_agg, seq_agg))
 
 
+def naive_moe_scores(model, ids, mask, batch_agg, seq_agg):
+    """Naive reference of the MoE scores, token by token and expert by expert. The routing is the model's own (the
+    router's top-k output, captured); each routed (token, expert) pair's FFN is recomputed here with per-token
+    matrix-vector products from the stacked weights. Returns ([layer, expert] scores, [layer, expert, neuron])."""
+    B, S = ids.shape
+    inputs, routes = [], []
+    hs = []
+    for layer in model.model.layers:
+        hs.append(layer.mlp.register_forward_pre_hook(lambda m, a: inputs.append(a[0].reshape(B, S, -1))))
+        hs.append(layer.mlp.gate.register_forward_hook(lambda m, a, o: routes.append((o[1].view(B, S, -1),
+                                                                                      o[2].view(B, S, -1)))))
+    with torch.no_grad():
+        model(ids, attention_mask=mask)
+    for h in hs:
+        h.remove()
+    act_fn = torch.nn.functional.silu
+    experts_out, neurons_out = [], []
+    torch.set_grad_enabled(False)
+    for layer, x, (weights, index) in zip(model.model.layers, inputs, routes):
+        E, _, inter = layer.mlp.experts.down_proj.shape
+        gu, down = layer.mlp.experts.gate_up_proj, layer.mlp.experts.down_proj
+        score = torch.zeros(E, dtype=torch.float64)
+        acts = torch.zeros(E, B, S, inter)
+        routed = torch.zeros(E, B, S)
+        for b in range(B):
+            for s in range(S):
+                if not mask[b, s]:
+                    continue
+                for slot in range(index.shape[-1]):
+                    e = int(index[b, s, slot])
+                    h = x[b, s]
+                    act = act_fn(gu[e, :inter] @ h) * (gu[e, inter:] @ h)
+                    out = down[e] @ act
+                    score[e] += float(weights[b, s, slot]) * float(out.norm())
+                    acts[e, b, s], routed[e, b, s] = act.abs(), 1
+        experts_out.append(score.float())
+        neurons_out.append(torch.stack([naive_reduce(acts[e], routed[e], batch_agg, seq_agg) for e in range(E)]))
+    torch.set_grad_enabled(True)
+    return torch.stack(experts_out), torch.stack(neurons_out)
+
+
 def _capture(model, ids):
     """Naive reference: store every activation the scores are defined on."""
     acts = {"heads": [], "neurons": [], "hidden": []}
@@ -49,7 +90,8 @@ def _capture(model, ids):
     for layer in model.model.layers:
         hs.append(layer.self_attn.o_proj.register_forward_pre_hook(
             lambda m, a: acts["heads"].append(a[0].view(*a[0].shape[:-1], H, hd).norm(dim=-1))))
-        hs.append(layer.mlp.down_proj.register_forward_pre_hook(lambda m, a: acts["neurons"].append(a[0].abs())))
+        if hasattr(layer.mlp, "down_proj"):  # mixtures of experts: naive_moe_scores
+            hs.append(layer.mlp.down_proj.register_forward_pre_hook(lambda m, a: acts["neurons"].append(a[0].abs())))
         hs.append(layer.input_layernorm.register_forward_hook(lambda m, a, o: acts["hidden"].append(o.abs())))
         # the norm whose output feeds the MLP: Gemma's pre-feed-forward norm (its post-attention norm normalises the
         # attention output before the residual add), the post-attention norm in Llama-style layers
@@ -73,7 +115,13 @@ def test_estimate_importance_matches_naive(model_type, aggregation):
     L = model.config.num_hidden_layers
     for l in range(L):
         torch.testing.assert_close(imp.heads[l], naive_reduce(acts["heads"][l], ones, b, s))
-        torch.testing.assert_close(imp.neurons[l], naive_reduce(acts["neurons"][l], ones, b, s))
+        if imp.experts is None:
+            torch.testing.assert_close(imp.neurons[l], naive_reduce(acts["neurons"][l], ones, b, s))
+    if imp.experts is not None:
+        experts, neurons = naive_moe_scores(model, ids, ones, b, s)
+        assert (experts > 0).all()  # every expert was routed some tokens: its neuron scores are defined
+        torch.testing.assert_close(imp.experts, experts, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(imp.neurons, neurons, rtol=1e-5, atol=1e-6)
     hidden = sum(naive_reduce(h, ones, b, s) for h in acts["hidden"])
     torch.testing.assert_close(imp.hidden, hidden, rtol=1e-5, atol=1e-5)
 

@@ -77,6 +77,9 @@ def naive_reference(model, plan):
             if hasattr(a.self_attn, "q_norm"):
                 b.self_attn.q_norm.weight.copy_(a.self_attn.q_norm.weight)
                 b.self_attn.k_norm.weight.copy_(a.self_attn.k_norm.weight)
+            if hasattr(a.mlp, "experts"):  # a mixture of experts: the stacked experts, expert by expert
+                _naive_experts(a.mlp, b.mlp, plan.experts[old_i].tolist(), plan.neurons[old_i].tolist(), hid)
+                continue
             keep = plan.neurons[old_i].tolist()
             if hasattr(a.mlp, "gate_up_proj"):  # Phi-3: gate rows, then up rows
                 w, inter = a.mlp.gate_up_proj.weight, model.config.intermediate_size
@@ -94,6 +97,24 @@ def naive_reference(model, plan):
     return ref
 
 
+def _naive_experts(a, b, experts, neurons, hid):
+    """A sparse MoE block: router rows of the kept experts (new order) by hidden columns; kept expert ``i`` (source
+    ``experts[i]``) gets its own kept neurons ``neurons[i]``: gate and up rows (stacked [gate; up]), down columns."""
+    b.gate.weight.copy_(torch.stack([torch.stack([a.gate.weight[e, c] for c in hid]) for e in experts]))
+    inter = a.experts.down_proj.shape[2]
+    for i, (e, keep) in enumerate(zip(experts, neurons)):
+        gu, down = a.experts.gate_up_proj[e], a.experts.down_proj[e]
+        b.experts.gate_up_proj[i].copy_(torch.stack([torch.stack([gu[j, c] for c in hid])
+                                                     for j in keep + [inter + j for j in keep]]))
+        b.experts.down_proj[i].copy_(torch.stack([torch.stack([down[c, j] for j in keep]) for c in hid]))
+
+
+def mlp_target(model_type: str, target: dict) -> dict:
+    """``target`` with ``intermediate_size`` read as the family's MLP width field (Qwen3-MoE: moe_intermediate_size)."""
+    f = family_of({"model_type": model_type}, check=False).mlp_field
+    return {f if k == "intermediate_size" else k: v for k, v in target.items()}
+
+
 def _logits(model, seed=3):
     ids = torch.randint(0, model.config.vocab_size, (2, 20), generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
@@ -103,9 +124,10 @@ def _logits(model, seed=3):
 def test_keep_everything_only_reorders(model_type, tmp_path):
     model = tiny_model(model_type)
     c = model.config
-    plan, pruned = _prune(model, tmp_path, dict(hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
-                                                num_attention_heads=c.num_attention_heads,
-                                                num_key_value_heads=c.num_key_value_heads))
+    f = family_of(c).mlp_field
+    plan, pruned = _prune(model, tmp_path, {"hidden_size": c.hidden_size, f: getattr(c, f),
+                                            "num_attention_heads": c.num_attention_heads,
+                                            "num_key_value_heads": c.num_key_value_heads})
     assert not torch.equal(plan.hidden, torch.arange(c.hidden_size))  # channels really moved
     torch.testing.assert_close(_logits(pruned), _logits(model), atol=1e-5, rtol=1e-5)
 
@@ -120,7 +142,7 @@ def test_pruned_matches_naive_reference_and_round_trips(model_type, tmp_path, ta
     if "num_hidden_layers" in target:  # depth given as a count: choose explicitly here
         target = {**target, "drop_layers": [1]}
         target.pop("num_hidden_layers")
-    plan, pruned = _prune(model, tmp_path, target)
+    plan, pruned = _prune(model, tmp_path, mlp_target(model_type, target))
     ref = naive_reference(model, plan)
     torch.testing.assert_close(_logits(pruned), _logits(ref), atol=1e-5, rtol=1e-5)
     # vanilla from_pretrained of what we wrote, again: identical logits

@@ -79,7 +79,8 @@ class ChannelReducer:
         n = torch.zeros(n_samples, dtype=x.dtype, device=x.device).index_add_(0, sample, torch.ones_like(sample,
                                                                                                        dtype=x.dtype))
         if self.seq_agg == "max":
-            s = torch.zeros(shape, dtype=x.dtype, device=x.device).index_reduce_(0, sample, x, "amax")
+            at = sample.view(-1, *([1] * (x.dim() - 1))).expand_as(x)
+            s = torch.zeros(shape, dtype=x.dtype, device=x.device).scatter_reduce_(0, at, x, "amax")
         else:
             s = torch.zeros(shape, dtype=x.dtype, device=x.device).index_add_(0, sample, x * x if self.seq_agg == "l2"
                                                                               else x)
