@@ -41,7 +41,9 @@ class PruneConfig(SequentialOptions):
     model: str = field(default="smollm2-135m", metadata={"help": "alias 'smollm2-135m', a local checkpoint dir or a Hub id"})
     output: str | None = field(default=None, metadata={"help": "directory to write the pruned checkpoint to"})
     target: dict = field(default_factory=dict, metadata={"help": "KEY=VALUE: hidden_size, intermediate_size, "
-                         "num_attention_heads, num_key_value_heads, num_hidden_layers, drop_layers (repeatable)"})
+                         "num_attention_heads, num_key_value_heads, num_hidden_layers, drop_layers; mixtures of experts "
+                         "also num_local_experts (Mixtral) / num_experts, moe_intermediate_size (Qwen3-MoE) "
+                         "(repeatable)"})
     importance: str = field(default="l2_mean", metadata={"help": "'<batch>_<seq>' reducers (mean|l2|l1|max), "
                             "paper default l2_mean; or 'random' (ablation)", "scores": True})
     scores: str | None = field(default=None, metadata={"help": "reuse scores saved by `minitron importance` "
@@ -179,17 +181,20 @@ def _interpolate(src_cfg, final: dict, step: int, steps: int) -> dict:
     Heads and layers go to their final value in the first step (their counts must stay divisible).
     """
     t = {}
-    for k in ("hidden_size", "intermediate_size"):
+    family = family_of(src_cfg, check=False)
+    for k in ("hidden_size", family.mlp_field):
         a, b = getattr(src_cfg, k), final[k]
         if a != b:
             v = round(a * (b / a) ** (step / steps))
-            if k == "hidden_size" and family_of(src_cfg, check=False).hidden_divisible_by_heads:
+            if k == "hidden_size" and family.hidden_divisible_by_heads:
                 h = final["num_attention_heads"]
                 v = max(b, int(round(v / h)) * h)
             t[k] = v if step < steps else b
     for k in ("num_attention_heads", "num_key_value_heads"):
         if getattr(src_cfg, k) != final[k]:
             t[k] = final[k]
+    if family.is_moe and family.num_experts(src_cfg) != family.num_experts(final):  # experts: also in step 1
+        t[family.experts_field] = family.num_experts(final)
     return t
 
 

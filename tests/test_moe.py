@@ -1,0 +1,201 @@
+"""Mixtures of experts (Mixtral, Qwen3-MoE): expert pruning on the on-disk per-expert names against a naive
+reference, importance under padding, the active parameter count, the refusals, and `minitron prune` end to end.
+(The family-parametrized suites -- test_trim, test_importance, test_arch_conformance -- run them too.)"""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from minitron_hf.arch import UnsupportedModelError, family_of
+from minitron_hf.data import DataConfig
+from minitron_hf.pruning.importance import estimate_importance, parse_aggregation, random_importance
+from minitron_hf.pruning.prune import PruneConfig, run_prune
+from minitron_hf.pruning.sequential import LayerwiseModel, SequentialError
+from minitron_hf.pruning.trim import PruneTarget, PruningConfigError, make_plan, resolve_target, trim_checkpoint
+
+from conftest import save_with_tokenizer, tiny_model
+from test_importance import naive_moe_scores
+from test_trim import _logits, _prune, naive_reference
+
+MOE = ["mixtral", "qwen3_moe"]
+
+
+def _fields(model_type):
+    f = family_of({"model_type": model_type}, check=False)
+    return f, f.mlp_field, f.experts_field
+
+
+def _disk_names(model, plan, prefix):
+    """The source's on-disk names, kept layers and experts renumbered (written here from the plan's lists)."""
+    out = {}
+    for l_new, l in enumerate(plan.layers):
+        for e_new, e in enumerate(plan.experts[l].tolist()):
+            out[f"model.layers.{l}.{prefix}.{e}."] = f"model.layers.{l_new}.{prefix}.{e_new}."
+    return out
+
+
+@pytest.mark.parametrize("model_type", MOE)
+def test_expert_pruning_equals_naive_reference_on_disk(model_type, tmp_path):
+    family, mlp, experts = _fields(model_type)
+    model = tiny_model(model_type)
+    plan, pruned = _prune(model, tmp_path, {"hidden_size": 32, mlp: 40, experts: 3, "num_attention_heads": 4,
+                                            "drop_layers": [2]})
+    c = pruned.config
+    assert (c.num_local_experts, getattr(c, mlp), c.hidden_size, c.num_hidden_layers) == (3, 40, 32, 3)
+    assert getattr(c, experts) == 3 and c.num_experts_per_tok == 2
+    # every layer kept its own 3 most important experts, each its own 40 neurons (not one shared set)
+    assert all(len(plan.experts[l]) == 3 for l in plan.layers)
+    assert any(not torch.equal(plan.neurons[l][0], plan.neurons[l][1]) for l in plan.layers)
+    ref = naive_reference(model, plan)
+    torch.testing.assert_close(_logits(pruned), _logits(ref), atol=1e-5, rtol=1e-5)
+    # on disk: exactly the source's tensors of kept layers and experts, renumbered, each equal to the reference's
+    # (the reference written by transformers' own save_pretrained, which converts stacked experts to Hub names)
+    ref.save_pretrained(tmp_path / "ref")
+    want, got = load_file(tmp_path / "ref" / "model.safetensors"), load_file(tmp_path / "out" / "model.safetensors")
+    assert set(got) == set(want)
+    for name in got:
+        assert torch.equal(got[name], want[name]), name
+    src = load_file(tmp_path / "src" / "model.safetensors")
+    renames = _disk_names(model, plan, family.expert_prefix)
+    l0, e_src = plan.layers[0], int(plan.experts[plan.layers[0]][1])
+    old = next(n for n in src if n.startswith(f"model.layers.{l0}.{family.expert_prefix}.{e_src}.")
+               and n.endswith(family.expert_down))
+    new = renames[f"model.layers.{l0}.{family.expert_prefix}.{e_src}."] + family.expert_down
+    keep_n = plan.neurons[l0][1]
+    assert torch.equal(got[new], src[old][plan.hidden][:, keep_n])  # down: rows hidden, columns that expert's neurons
+
+
+@pytest.mark.parametrize("model_type", MOE)
+def test_keep_every_expert_only_permutes(model_type, tmp_path):
+    family, mlp, experts = _fields(model_type)
+    model = tiny_model(model_type)
+    c = model.config
+    plan, pruned = _prune(model, tmp_path, {"hidden_size": c.hidden_size, mlp: getattr(c, mlp), experts: 4})
+    assert any(plan.experts[l].tolist() != [0, 1, 2, 3] for l in plan.layers)  # experts really were renumbered
+    torch.testing.assert_close(_logits(pruned), _logits(model), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("model_type", MOE)
+@pytest.mark.parametrize("aggregation", ["l2_mean", "mean_l1", "max_max"])
+def test_moe_importance_with_padding_matches_naive(model_type, aggregation):
+    model = tiny_model(model_type)
+    ids = torch.randint(0, 128, (5, 14), generator=torch.Generator().manual_seed(4))
+    mask = torch.ones_like(ids)
+    mask[1, 9:], mask[3, 4:] = 0, 0  # right padding: those tokens are routed but must count nowhere
+    imp = estimate_importance(model, [{"input_ids": ids, "attention_mask": mask}], aggregation, progress=False)
+    experts, neurons = naive_moe_scores(model, ids, mask, *parse_aggregation(aggregation))
+    torch.testing.assert_close(imp.experts, experts, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(imp.neurons, neurons, rtol=1e-5, atol=1e-6)
+    # without the mask the padded tokens would change the scores: the check above can tell
+    unmasked, _ = naive_moe_scores(model, ids, torch.ones_like(ids), *parse_aggregation(aggregation))
+    assert not torch.allclose(unmasked, experts)
+
+
+@pytest.mark.parametrize("model_type", MOE)
+def test_active_count_is_attention_router_and_k_experts(model_type):
+    model = tiny_model(model_type, tie_word_embeddings=False)
+    family = family_of(model.config)
+    n = family.count_parameters(model.config)
+    k, E = model.config.num_experts_per_tok, family.num_experts(model.config)
+    experts = sum(p.numel() for name, p in model.named_parameters() if ".experts." in name)
+    everything = sum(p.numel() for p in model.parameters())
+    assert n["total"] == everything
+    assert n["active"] == everything - experts + experts * k // E
+    assert n["active"] < n["total"]
+
+
+@pytest.mark.parametrize("model_type", MOE)
+def test_refusals_name_the_fields(model_type, tmp_path):
+    family, mlp, experts = _fields(model_type)
+    cfg = tiny_model(model_type).config
+    with pytest.raises(PruningConfigError, match=f"{experts}=1 is fewer than num_experts_per_tok=2"):
+        resolve_target(cfg, PruneTarget.from_dict({experts: 1}))
+    with pytest.raises(PruningConfigError, match=f"between 1 and the source's {experts}=4"):
+        resolve_target(cfg, PruneTarget.from_dict({experts: 5}))
+    other = "num_experts" if experts == "num_local_experts" else "num_local_experts"
+    with pytest.raises(PruningConfigError, match=f"cannot be pruned along {other}; prunable: .*{experts}"):
+        resolve_target(cfg, PruneTarget.from_dict({other: 2}))
+    model = tiny_model(model_type)
+    model.save_pretrained(tmp_path / "m")
+    with pytest.raises(SequentialError, match=f"model_type='{model_type}' is a mixture of experts"):
+        LayerwiseModel(tmp_path / "m", torch.float32, torch.device("cpu"))
+
+
+def test_qwen3_moe_dense_layers_are_refused():
+    cfg = tiny_model("qwen3_moe").config
+    with pytest.raises(PruningConfigError, match="cannot be pruned along intermediate_size; prunable: .*"
+                                                 "moe_intermediate_size"):
+        resolve_target(cfg, PruneTarget.from_dict({"intermediate_size": 64}))
+    for kw, dense in ((dict(mlp_only_layers=[1, 3]), "[1, 3]"), (dict(decoder_sparse_step=2), "[0, 2]")):
+        with pytest.raises(UnsupportedModelError, match=rf"layers \{dense}\ have a dense MLP"):
+            family_of({**cfg.to_dict(), **kw})
+
+
+@pytest.mark.parametrize("model_type", MOE)
+def test_composed_plan_equals_two_step_surgery(model_type, tmp_path):
+    """Iterative pruning records kept indices into the source through PrunePlan.then: the composed plan applied to
+    the source writes the same tensors as two surgeries in a row (experts and per-expert neurons included)."""
+    family, mlp, experts = _fields(model_type)
+    model = tiny_model(model_type)
+    model.save_pretrained(tmp_path / "src")
+    cfg = model.config
+    new1, drop1 = resolve_target(cfg, PruneTarget.from_dict({mlp: 80, experts: 3, "hidden_size": 40,
+                                                             "drop_layers": [1]}))
+    plan1 = make_plan(cfg, random_importance(cfg, seed=1), new1, drop1)
+    (tmp_path / "a").mkdir()
+    trim_checkpoint(tmp_path / "src", tmp_path / "a", plan1, progress=False)
+    cfg1 = type(cfg).from_dict(plan1.new_config)
+    new2, drop2 = resolve_target(cfg1, PruneTarget.from_dict({mlp: 50, experts: 2, "hidden_size": 32,
+                                                              "drop_layers": [0]}))
+    plan2 = make_plan(cfg1, random_importance(cfg1, seed=2), new2, drop2)
+    (tmp_path / "b").mkdir()
+    trim_checkpoint(tmp_path / "a", tmp_path / "b", plan2, progress=False)
+    both = plan1.then(plan2)
+    assert both.layers == [2, 3] and all(both.neurons[l].shape == (2, 50) for l in both.layers)
+    (tmp_path / "c").mkdir()
+    trim_checkpoint(tmp_path / "src", tmp_path / "c", both, progress=False)
+    b, c = load_file(tmp_path / "b" / "model.safetensors"), load_file(tmp_path / "c" / "model.safetensors")
+    assert set(b) == set(c) and all(torch.equal(b[n], c[n]) for n in b)
+    assert json.dumps(both.to_json())  # the record pruning.json keeps
+
+
+@pytest.mark.parametrize("model_type", MOE)
+def test_minitron_prune_end_to_end(model_type, tmp_path, default_model_dir):
+    family, mlp, experts = _fields(model_type)
+    model = tiny_model(model_type, vocab_size=49152)
+    src = save_with_tokenizer(model, tmp_path / "src", default_model_dir)
+    cfg = dict(model=str(src), calib_samples=4, seq_len=32, batch_size=2, val_samples=2)
+    for name, target in (("experts", {experts: 2}), ("width", {mlp: 48, experts: 3, "num_hidden_layers": 3})):
+        out = tmp_path / name
+        rec = run_prune(DataConfig(), PruneConfig(output=str(out), target=target, **cfg))
+        loaded = AutoModelForCausalLM.from_pretrained(out).eval()  # vanilla transformers
+        assert type(loaded) is type(model)
+        assert family.num_experts(loaded.config) == target[experts]
+        assert getattr(loaded.config, mlp) == target.get(mlp, getattr(model.config, mlp))
+        assert rec["parameters"]["after"]["total"] == sum(p.numel() for p in loaded.parameters())
+        c = loaded.config
+        idle = c.num_hidden_layers * (target[experts] - 2) * 3 * c.hidden_size * getattr(c, mlp)  # experts idle per token
+        assert rec["parameters"]["after"]["active"] == rec["parameters"]["after"]["total"] - idle
+        kept = json.loads((out / "pruning.json").read_text())["kept"]
+        assert all(len(v) == target[experts] for v in kept["experts"].values())
+        # nothing re-initialised as "missing": saved again, the loaded model writes back exactly what we wrote
+        loaded.save_pretrained(tmp_path / f"{name}-again")
+        again, wrote = load_file(tmp_path / f"{name}-again" / "model.safetensors"), load_file(out / "model.safetensors")
+        assert set(again) == set(wrote) and all(torch.equal(again[n], wrote[n]) for n in wrote)
+        prompt = torch.randint(0, 49152, (1, 5), generator=torch.Generator().manual_seed(0))
+        loaded.generation_config.eos_token_id = None
+        gen = loaded.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=4, do_sample=False,
+                              pad_token_id=0)
+        assert gen.shape == (1, 9)
+    # keep everything: only reorders (experts, their neurons, hidden channels, heads)
+    out = tmp_path / "keep"
+    c = model.config
+    run_prune(DataConfig(), PruneConfig(output=str(out), target={"hidden_size": c.hidden_size, mlp: getattr(c, mlp),
+                                                                 experts: 4}, **cfg))
+    keep = AutoModelForCausalLM.from_pretrained(out).eval()
+    ids = torch.randint(0, 49152, (2, 12), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        torch.testing.assert_close(keep(ids).logits, model(ids).logits, atol=1e-5, rtol=1e-5)
