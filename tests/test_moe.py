@@ -118,6 +118,16 @@ def test_refusals_name_the_fields(model_type, tmp_path):
     other = "num_experts" if experts == "num_local_experts" else "num_local_experts"
     with pytest.raises(PruningConfigError, match=f"cannot be pruned along {other}; prunable: .*{experts}"):
         resolve_target(cfg, PruneTarget.from_dict({other: 2}))
+    # transformers' default experts kernel (grouped_mm) fails on rows that are not a multiple of 16 bytes: refused
+    # before work, with the nearest allowed sizes (fp32 here: multiples of 4; a bf16 checkpoint needs 8)
+    with pytest.raises(PruningConfigError, match=f"target {mlp}=54 is not a multiple of 4.*Nearest allowed: 52 or 56"):
+        resolve_target(cfg, PruneTarget.from_dict({mlp: 54}))
+    bf16 = type(cfg).from_dict({**cfg.to_dict(), "dtype": "bfloat16"})
+    with pytest.raises(PruningConfigError, match="target hidden_size=36 is not a multiple of 8.*32 or 40"):
+        resolve_target(bf16, PruneTarget.from_dict({"hidden_size": 36}))
+    model = tiny_model(model_type, **{mlp: 52}).to(torch.bfloat16)  # what the check prevents
+    with pytest.raises(RuntimeError, match="strides should be multiple of 16 bytes"), torch.no_grad():
+        model(torch.ones(1, 3, dtype=torch.long))
     model = tiny_model(model_type)
     model.save_pretrained(tmp_path / "m")
     with pytest.raises(SequentialError, match=f"model_type='{model_type}' is a mixture of experts"):

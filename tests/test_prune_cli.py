@@ -6,11 +6,14 @@ import pytest
 import yaml
 from transformers import AutoModelForCausalLM
 
+from minitron_hf.arch import family_of
 from minitron_hf.cli import main
 from minitron_hf.config import ConfigError, parse_args
 from minitron_hf.data import DataConfig
 from minitron_hf.pruning.prune import PruneConfig, run_prune
 from minitron_hf.pruning.trim import PruningConfigError
+
+from test_trim import mlp_target
 
 
 def _cfg(src, out, **kw):
@@ -19,14 +22,15 @@ def _cfg(src, out, **kw):
     return PruneConfig(**base)
 
 
-def test_prune_writes_vanilla_checkpoint(tiny_checkpoint, tmp_path):
+def test_prune_writes_vanilla_checkpoint(tiny_checkpoint, tmp_path, model_type):
     src, model = tiny_checkpoint
     out = tmp_path / "pruned"
-    rec = run_prune(DataConfig(), _cfg(src, out, target=dict(hidden_size=36, intermediate_size=64,
-                                                             num_attention_heads=4, num_hidden_layers=3)))
+    rec = run_prune(DataConfig(), _cfg(src, out, target=mlp_target(model_type, dict(
+        hidden_size=36, intermediate_size=64, num_attention_heads=4, num_hidden_layers=3))))
     loaded = AutoModelForCausalLM.from_pretrained(out)
     c = loaded.config
-    assert (c.hidden_size, c.intermediate_size, c.num_attention_heads, c.num_hidden_layers) == (36, 64, 4, 3)
+    mlp = family_of(c).mlp_field  # the MLP width (a mixture of experts: each expert's)
+    assert (c.hidden_size, getattr(c, mlp), c.num_attention_heads, c.num_hidden_layers) == (36, 64, 4, 3)
     meta = json.loads((out / "pruning.json").read_text())
     assert meta["parameters"]["after"]["total"] == sum(p.numel() for p in loaded.parameters())
     assert meta["parameters"]["before"]["total"] == sum(p.numel() for p in model.parameters())
@@ -39,25 +43,34 @@ def test_prune_writes_vanilla_checkpoint(tiny_checkpoint, tmp_path):
     assert rec["wall_time_s"] >= 0
 
 
-def test_iterative_and_scores_reuse(tiny_checkpoint, tmp_path):
-    src, _ = tiny_checkpoint
+def test_iterative_and_scores_reuse(tiny_checkpoint, tmp_path, model_type):
+    src, model = tiny_checkpoint
+    family = family_of(model.config)
+    mlp = family.mlp_field
     single = tmp_path / "single"
-    run_prune(DataConfig(), _cfg(src, single, target=dict(intermediate_size=40)))
+    run_prune(DataConfig(), _cfg(src, single, target={mlp: 40}))
     it = tmp_path / "iter"
-    rec = run_prune(DataConfig(), _cfg(src, it, target=dict(intermediate_size=40), iterative_steps=3))
-    assert [s["target"]["intermediate_size"] for s in rec["steps"]] == [72, 54, 40]  # 96 * (40/96) ** (k/3), geometric
-    assert AutoModelForCausalLM.from_pretrained(it).config.intermediate_size == 40
+    rec = run_prune(DataConfig(), _cfg(src, it, target={mlp: 40}, iterative_steps=3))
+    # 96 * (40/96) ** (k/3), geometric; a mixture of experts rounds to multiples of 4 (grouped_mm's 16-byte rows)
+    assert [s["target"][mlp] for s in rec["steps"]] == ([72, 56, 40] if family.is_moe else [72, 54, 40])
+    assert getattr(AutoModelForCausalLM.from_pretrained(it).config, mlp) == 40
     reuse = tmp_path / "reuse"
-    run_prune(DataConfig(), _cfg(src, reuse, target=dict(intermediate_size=40), scores=str(single / "importance")))
+    run_prune(DataConfig(), _cfg(src, reuse, target={mlp: 40}, scores=str(single / "importance")))
     a = json.loads((single / "pruning.json").read_text())["kept"]["neurons"]
     b = json.loads((reuse / "pruning.json").read_text())["kept"]["neurons"]
     assert a == b
 
 
-def _outranks(kept: dict, scores, k: int):
-    """Every layer keeps exactly ``k`` distinct neurons, none scoring below a neuron it drops."""
+def _outranks(kept: dict, scores, k: int, experts: dict | None = None):
+    """Every layer keeps exactly ``k`` distinct neurons, none scoring below a neuron it drops (a mixture of experts:
+    every kept expert of every layer, by its own scores)."""
+    if experts is not None:
+        for layer, rows in kept.items():
+            _outranks({f"{layer}/{e}": r for e, r in zip(experts[layer], rows)},
+                      {f"{layer}/{e}": scores[int(layer)][e] for e in experts[layer]}, k)
+        return
     for layer, idx in kept.items():
-        s = scores[int(layer)]
+        s = scores[layer] if isinstance(scores, dict) else scores[int(layer)]
         dropped = sorted(set(range(len(s))) - set(idx))
         assert len(set(idx)) == k and float(s[idx].min()) >= float(s[dropped].max()), layer
 
@@ -74,15 +87,16 @@ def test_random_importance_differs(tiny_checkpoint, tmp_path):
 
     from minitron_hf.pruning.importance import Importance, random_importance
 
-    src, _ = tiny_checkpoint
-    run_prune(DataConfig(), _cfg(src, tmp_path / "a", target=dict(intermediate_size=40)))
-    run_prune(DataConfig(), _cfg(src, tmp_path / "r", target=dict(intermediate_size=40), importance="random"))
-    a = json.loads((tmp_path / "a" / "pruning.json").read_text())["kept"]["neurons"]
-    r = json.loads((tmp_path / "r" / "pruning.json").read_text())["kept"]["neurons"]
-    assert a != r
-    _outranks(a, Importance.load(tmp_path / "a" / "importance").neurons, 40)
+    src, model = tiny_checkpoint
+    mlp = family_of(model.config).mlp_field
+    run_prune(DataConfig(), _cfg(src, tmp_path / "a", target={mlp: 40}))
+    run_prune(DataConfig(), _cfg(src, tmp_path / "r", target={mlp: 40}, importance="random"))
+    a, r = (json.loads((tmp_path / n / "pruning.json").read_text())["kept"] for n in ("a", "r"))
+    assert a["neurons"] != r["neurons"]
+    _outranks(a["neurons"], Importance.load(tmp_path / "a" / "importance").neurons, 40, a.get("experts"))
     # random pruning is seeded (split_seed, 0 by default): its pick is the top of these reproducible scores
-    _outranks(r, random_importance(AutoConfig.from_pretrained(src), seed=DataConfig().split_seed).neurons, 40)
+    _outranks(r["neurons"], random_importance(AutoConfig.from_pretrained(src), seed=DataConfig().split_seed).neurons,
+              40, r.get("experts"))
 
 
 @pytest.mark.slow

@@ -103,6 +103,10 @@ class Family:
             return None
         return int(index), f"{self.expert_prefix}.*.{rest}"
 
+    def width_multiple(self, config) -> int:
+        """hidden_size and the MLP width of a pruned model must be multiples of this (for it to run at all)."""
+        return 1
+
     def target_problem(self, config, new: dict) -> str | None:
         """What is wrong with a resolved target under this family's constraints (``new``: target field -> value,
         every prunable field present), naming the fields and what is allowed; None when it is fine."""

@@ -66,11 +66,26 @@ class MoEDecoder(DenseDecoder):
             n = getattr(config, "num_local_experts", None)
         return int(n or 0)
 
+    def width_multiple(self, config) -> int:
+        """transformers 5.19 runs experts with ``grouped_mm`` by default, which needs 16-byte row strides (measured:
+        "strides should be multiple of 16 bytes" otherwise): hidden_size and the expert width must be multiples of
+        16 bytes over the checkpoint dtype's element size (8 in bf16, the dtype MoE checkpoints ship in; 4 in fp32)."""
+        dtype = getattr(config, "dtype", None) or "float32"
+        dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+        return 16 // max(1, torch.empty((), dtype=dtype).element_size())
+
     def target_problem(self, config, new: dict) -> str | None:
         k, e = config.num_experts_per_tok, new[self.experts_field]
         if k > e:
             return (f"target {self.experts_field}={e} is fewer than num_experts_per_tok={k} (the experts each token "
                     f"is routed to): keep {self.experts_field} >= {k}")
+        m = self.width_multiple(config)
+        for f in ("hidden_size", self.mlp_field):
+            if new[f] % m:
+                near = [x for x in ((new[f] // m) * m, (new[f] // m + 1) * m) if 0 < x <= getattr(config, f)]
+                return (f"target {f}={new[f]} is not a multiple of {m}: transformers runs {self.model_type} experts "
+                        f"with grouped_mm, which needs rows of a multiple of 16 bytes ({m} values in this checkpoint's "
+                        f"dtype; 8 in bf16). Nearest allowed: {' or '.join(map(str, near)) or 'none'}")
         return None
 
     def expert_forward(self, experts: torch.nn.Module, x: torch.Tensor, e: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -189,6 +189,8 @@ def _interpolate(src_cfg, final: dict, step: int, steps: int) -> dict:
             if k == "hidden_size" and family.hidden_divisible_by_heads:
                 h = final["num_attention_heads"]
                 v = max(b, int(round(v / h)) * h)
+            m = family.width_multiple(src_cfg)  # MoE experts kernels need aligned rows
+            v = max(b, int(round(v / m)) * m) if v % m else v
             t[k] = v if step < steps else b
     for k in ("num_attention_heads", "num_key_value_heads"):
         if getattr(src_cfg, k) != final[k]:
