@@ -71,6 +71,15 @@ SHAPES = [
                                          num_attention_heads=4, num_key_value_heads=1, head_dim=256,
                                          vocab_size=262144, query_pre_attn_scalar=256, sliding_window=512),
      dict(hidden_size=480, intermediate_size=1024), True),
+    ("Mixtral-8x7B", "mixtral", dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                                     num_attention_heads=32, num_key_value_heads=8, head_dim=128, vocab_size=32000,
+                                     num_local_experts=8, num_experts_per_tok=2, rope_theta=1e6),
+     dict(hidden_size=3072, intermediate_size=9216, num_local_experts=6), False),
+    ("Qwen3-30B-A3B", "qwen3_moe", dict(hidden_size=2048, intermediate_size=6144, moe_intermediate_size=768,
+                                        num_hidden_layers=48, num_attention_heads=32, num_key_value_heads=4,
+                                        head_dim=128, vocab_size=151936, num_experts=128, num_experts_per_tok=8,
+                                        norm_topk_prob=True, tie_word_embeddings=False),
+     dict(hidden_size=1536, moe_intermediate_size=512, num_experts=96), False),
 ]
 
 
@@ -97,8 +106,9 @@ def pruned_config(config, target: dict):
     new, drop = resolve_target(config, PruneTarget.from_dict(target))
     if drop is None:
         drop = list(range(new["num_hidden_layers"], config.num_hidden_layers))  # not used by the examples
-    width = any(new[k] != getattr(config, k) for k in ("hidden_size", "intermediate_size", "num_attention_heads",
-                                                        "num_key_value_heads"))
+    from minitron_hf.arch import family_of
+
+    width = any(new[k] != getattr(config, k) for k in family_of(config).prunable if k != "num_hidden_layers")
     plan = make_plan(config, random_importance(config) if width else None, new, drop)
     return type(config).from_dict(plan.new_config)
 
