@@ -116,3 +116,59 @@ def test_search_on_the_default_model(tmp_path):
     depths = sorted(x["target"]["num_hidden_layers"] for x in rec["candidates"])
     assert len(depths) == 2 and depths[0] < depths[1]  # the shallowest and the deepest shape that fit
     assert all(x["loss_pruned"] < 20 for x in rec["candidates"])
+
+
+@pytest.mark.parametrize("model_type", ["mixtral", "qwen3_moe"])
+def test_moe_enumeration_in_active_parameters(model_type):
+    """A budget in active parameters (per token: attention, routers, num_experts_per_tok experts' FFNs): every
+    candidate fits it, the prune validator accepts it, and a naive enumeration agrees on how many fit."""
+    from minitron_hf.arch import family_of
+
+    family = family_of(tiny_config_of(model_type))
+    c = tiny_config_of(model_type)
+    mlp, ef = family.mlp_field, family.experts_field
+    counts = count_parameters(c)
+    assert counts["active"] < counts["total"]
+    cfg = SearchConfig(budget=0.7, multiple=16, tolerance=0.15, count="active", prune_experts=True)
+    budget = budget_params(cfg, counts["active"])
+    cands, seen = enumerate_candidates(c, cfg, budget)
+    assert seen > len(cands) > 3
+    assert {x["target"][ef] for x in cands} == {4, 3, 2}  # experts 4 -> 2 (max prune 0.5, top-2 routing)
+    naive = 0
+    for x in cands:
+        d, _ = resolve_target(c, PruneTarget.from_dict(x["target"]))
+        assert x["parameters"] == count_parameters(type(c).from_dict(d))["active"] <= budget
+    for L in range(2, 5):
+        for h in (64, 48, 32):
+            for i in (128, 112, 96, 80, 64):
+                for e in (4, 3, 2):
+                    t = {"hidden_size": h, mlp: i, ef: e, "num_hidden_layers": L}
+                    d, _ = resolve_target(c, PruneTarget.from_dict(t))
+                    naive += budget * 0.85 <= count_parameters(type(c).from_dict(d))["active"] <= budget
+    assert naive == len(cands)
+    with pytest.raises(PruningConfigError, match="count='active' needs a mixture of experts"):
+        from minitron_hf.pruning.search import check_family
+
+        check_family(_config(), SearchConfig(budget=0.5, count="active"))
+
+
+def tiny_config_of(model_type):
+    mlp = {"mixtral": "intermediate_size", "qwen3_moe": "moe_intermediate_size"}[model_type]
+    return tiny_model(model_type, hidden_size=64, num_hidden_layers=4, vocab_size=512, **{mlp: 128}).config
+
+
+def test_moe_search_end_to_end(tmp_path, default_model_dir):
+    src = save_with_tokenizer(tiny_model("mixtral", hidden_size=64, intermediate_size=128, vocab_size=49152),
+                              tmp_path / "moe", default_model_dir)
+    out = tmp_path / "search"
+    rec = run_search(DataConfig(), SearchConfig(model=str(src), budget=0.8, output=str(out), top_k=2, multiple=16,
+                                                tolerance=0.3, count="active", prune_experts=True, calib_samples=4,
+                                                val_samples=2, seq_len=32, batch_size=2))
+    assert rec["count"] == "active" and all(x["parameters"] <= rec["budget"] for x in rec["candidates"])
+    assert "active parameters" in (out / "search.md").read_text()
+    best = tmp_path / "best"
+    assert main(["prune", "--config", str(out / "best.yaml"),
+                 "--model", str(src), "--output", str(best), "--calib-samples", "4", "--val-samples", "2",
+                 "--seq-len", "32"]) == 0
+    after = json.loads((best / "pruning.json").read_text())["parameters"]["after"]
+    assert after["active"] == rec["candidates"][0]["parameters"]  # the analytic active count of the winner

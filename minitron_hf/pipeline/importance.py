@@ -46,8 +46,9 @@ class ImportanceStage(Stage):
 
         sec = run.sections["prune"]
         target = {k: v for k, v in sec["target"].items() if v is not None}
-        width = any(k in target for k in ("hidden_size", "intermediate_size", "num_attention_heads",
-                                          "num_key_value_heads")) and sec.get("importance", "l2_mean") != "random"
+        from ..pruning.trim import WIDTH_FIELDS
+
+        width = any(k in target for k in WIDTH_FIELDS) and sec.get("importance", "l2_mean") != "random"
         depth = None if "drop_layers" in target else target.get("num_hidden_layers")
         return {**{k: sec[k] for k in PruneConfig.scoring_fields() if k in sec}, "width_scores": width,
                 "depth_to_layers": depth}

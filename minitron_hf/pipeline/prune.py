@@ -24,10 +24,13 @@ def _arch(path) -> dict | None:
         c = AutoConfig.from_pretrained(resolve_model(path))
     except Exception:  # not there yet
         return None
-    n = count_parameters(c)
+    from ..arch import family_of
+
+    n, family = count_parameters(c), family_of(c, check=False)
+    moe = {"active": n["active"], "experts": family.num_experts(c)} if family.is_moe else {}
     return {"total": n["total"], "non_embedding": n["non_embedding"], "layers": c.num_hidden_layers,
-            "hidden": c.hidden_size, "mlp": c.intermediate_size, "heads": c.num_attention_heads,
-            "kv_heads": c.num_key_value_heads}
+            "hidden": c.hidden_size, "mlp": getattr(c, family.mlp_field), "heads": c.num_attention_heads,
+            "kv_heads": c.num_key_value_heads, **moe}
 
 
 class PruneStage(Stage):

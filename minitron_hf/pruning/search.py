@@ -26,7 +26,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..arch import count_parameters
+from ..arch import count_parameters, family_of
 from ..data import DataConfig
 from ..loading import resolve_model
 from ..outputs import write_checkpoint_atomically
@@ -49,6 +49,10 @@ class SearchConfig:
     max_depth_prune: float = field(default=0.5, metadata={"help": "largest fraction of layers removed"})
     prune_heads: bool = field(default=False, metadata={"help": "also search attention heads (whole GQA "
                               "groups kept; the paper's Llama-3.1 recipe keeps all heads)"})
+    count: str = field(default="total", metadata={"help": "what the budget counts: 'total' parameters, or "
+                       "'active' ones (mixtures of experts: per token, only the experts it is routed to)"})
+    prune_experts: bool = field(default=False, metadata={"help": "mixtures of experts: also search the number of "
+                                "experts per layer (never below num_experts_per_tok)"})
     multiple: int | None = field(default=None, metadata={"help": "hidden/MLP sizes in multiples of this "
                                  "(default 128 for hidden >= 2048, 64 for >= 1024, else 16)"})
     depth_step: int = field(default=1, metadata={"help": "layer counts in steps of this"})
@@ -98,6 +102,18 @@ def check_config(cfg: SearchConfig) -> None:
         raise PruningConfigError(f"multiple={cfg.multiple} must be >= 1")
     if cfg.distill_tokens < 0:
         raise PruningConfigError(f"distill_tokens={cfg.distill_tokens} must be >= 0")
+    if cfg.count not in ("total", "active"):
+        raise PruningConfigError(f"count={cfg.count!r} is not one of total, active")
+
+
+def check_family(config, cfg: SearchConfig) -> None:
+    """Options that need a mixture of experts, refused on a dense model by name."""
+    family = family_of(config)
+    if not family.is_moe:
+        for name, bad in (("count", cfg.count == "active"), ("prune_experts", cfg.prune_experts)):
+            if bad:
+                raise PruningConfigError(f"{name}={getattr(cfg, name)!r} needs a mixture of experts; "
+                                         f"model_type={config.model_type!r} is dense (every parameter is active)")
 
 
 def _range(full: int, max_prune: float, step: int) -> list[int]:
@@ -109,9 +125,15 @@ def _range(full: int, max_prune: float, step: int) -> list[int]:
 
 def enumerate_candidates(config, cfg: SearchConfig, budget: int) -> tuple[list[dict], int]:
     """Valid targets within the budget, closest first; (candidates, number enumerated)."""
+    family = family_of(config)
     m = cfg.multiple or _default_multiple(config.hidden_size)
     hiddens = _range(config.hidden_size, cfg.max_width_prune, m)
-    mlps = _range(config.intermediate_size, cfg.max_width_prune, m)
+    mlps = _range(getattr(config, family.mlp_field), cfg.max_width_prune, m)
+    E = family.num_experts(config)
+    experts: list[int | None] = [None]
+    if family.is_moe and cfg.prune_experts:  # counts in steps of E/16 (every count up to 16 experts)
+        experts = [e for e in _range(E, cfg.max_width_prune, max(1, E // 16)) if e >= config.num_experts_per_tok]
+    aliases = getattr(type(config), "attribute_map", {})
     G = config.num_key_value_heads
     if cfg.prune_heads:  # whole query heads per KV group: multiples of the group count
         heads = [h for h in _range(config.num_attention_heads, cfg.max_width_prune, G) if h % G == 0]
@@ -124,11 +146,13 @@ def enumerate_candidates(config, cfg: SearchConfig, budget: int) -> tuple[list[d
     for L in depths:
         for H in heads:
             for h in hiddens:
-                for i in mlps:
+                for i, e in ((i, e) for i in mlps for e in experts):
                     seen += 1
-                    target = {"hidden_size": h, "intermediate_size": i, "num_attention_heads": H,
+                    target = {"hidden_size": h, family.mlp_field: i, "num_attention_heads": H,
                               "num_hidden_layers": L}
-                    n = count_parameters(_Cfg(base, target))["total"]
+                    if e is not None:
+                        target[family.experts_field] = e
+                    n = count_parameters(_Cfg(base, {aliases.get(k, k): v for k, v in target.items()}))[cfg.count]
                     if not low <= n <= budget:
                         continue
                     try:
@@ -182,7 +206,8 @@ def run_search(data_cfg: DataConfig, cfg: SearchConfig) -> dict:
     src = resolve_model(cfg.model)
     check_output(cfg.output, cfg.overwrite, sources=[src])
     config = AutoConfig.from_pretrained(src)
-    total = count_parameters(config)["total"]
+    check_family(config, cfg)
+    total = count_parameters(config)[cfg.count]
     budget = budget_params(cfg, total)
     candidates, seen = enumerate_candidates(config, cfg, budget)
     if not candidates:
@@ -218,7 +243,9 @@ def run_search(data_cfg: DataConfig, cfg: SearchConfig) -> dict:
             shutil.rmtree(dest, ignore_errors=True)
         key = "loss_distilled" if cfg.distill_tokens else "loss_pruned"
         ranked = sorted(chosen, key=lambda c: c[key])
-        record = {"model": str(cfg.model), "source_parameters": total, "budget": budget, "config": asdict(cfg),
+        record = {"model": str(cfg.model), "source_parameters": total, "count": cfg.count, "budget": budget,
+                  "config": asdict(cfg), "mlp_field": family_of(config).mlp_field,
+                  "experts_field": family_of(config).experts_field,
                   "data": asdict(data_cfg), "enumerated": seen, "within_budget": len(candidates),
                   "ranked_by": key, "candidates": ranked, "best": ranked[0]["prune_target"],
                   "wall_time_s": round(time.time() - t0, 1)}
@@ -254,16 +281,20 @@ def _short_distill(data_cfg, cfg: SearchConfig, teacher: Path, student: Path, ou
 
 def results_table(record: dict) -> str:
     distilled = record["ranked_by"] == "loss_distilled"
-    lines = [f"Budget {record['budget']:,} parameters ({record['budget'] / record['source_parameters']:.0%} of "
+    mlp = record.get("mlp_field", "intermediate_size")
+    what = "active parameters" if record.get("count") == "active" else "parameters"
+    lines = [f"Budget {record['budget']:,} {what} ({record['budget'] / record['source_parameters']:.0%} of "
              f"{record['source_parameters']:,}); {record['enumerated']:,} targets enumerated, "
              f"{record['within_budget']:,} valid within the budget, {len(record['candidates'])} scored; ranked by "
              f"{'validation loss after distillation' if distilled else 'validation loss after pruning'}.", "",
-             "| rank | layers | hidden | MLP | heads | parameters | loss after pruning |"
+             f"| rank | layers | hidden | MLP | heads | {what} | loss after pruning |"
              + (" loss after distillation |" if distilled else ""),
              "|---|---|---|---|---|---|---|" + ("---|" if distilled else "")]
     for r, c in enumerate(record["candidates"], 1):
         t = c["target"]
-        lines.append(f"| {r} | {t['num_hidden_layers']} | {t['hidden_size']} | {t['intermediate_size']} | "
+        experts = t.get(record.get("experts_field") or "", None)
+        lines.append(f"| {r} | {t['num_hidden_layers']} | {t['hidden_size']} | {t[mlp]}"
+                     f"{f' x {experts} experts' if experts else ''} | "
                      f"{t['num_attention_heads']} | {c['parameters'] / 1e6:,.1f}M | {c['loss_pruned']:.3f} |"
                      + (f" {c['loss_distilled']:.3f} |" if distilled else ""))
     lines += ["", f"Best: `minitron prune --config best.yaml --output DIR` (target {record['best']})."]
