@@ -158,13 +158,13 @@ def test_composed_plan_equals_two_step_surgery(model_type, tmp_path):
     (tmp_path / "a").mkdir()
     trim_checkpoint(tmp_path / "src", tmp_path / "a", plan1, progress=False)
     cfg1 = type(cfg).from_dict(plan1.new_config)
-    new2, drop2 = resolve_target(cfg1, PruneTarget.from_dict({mlp: 50, experts: 2, "hidden_size": 32,
+    new2, drop2 = resolve_target(cfg1, PruneTarget.from_dict({mlp: 52, experts: 2, "hidden_size": 32,
                                                               "drop_layers": [0]}))
     plan2 = make_plan(cfg1, random_importance(cfg1, seed=2), new2, drop2)
     (tmp_path / "b").mkdir()
     trim_checkpoint(tmp_path / "a", tmp_path / "b", plan2, progress=False)
     both = plan1.then(plan2)
-    assert both.layers == [2, 3] and all(both.neurons[l].shape == (2, 50) for l in both.layers)
+    assert both.layers == [2, 3] and all(both.neurons[l].shape == (2, 52) for l in both.layers)
     (tmp_path / "c").mkdir()
     trim_checkpoint(tmp_path / "src", tmp_path / "c", both, progress=False)
     b, c = load_file(tmp_path / "b" / "model.safetensors"), load_file(tmp_path / "c" / "model.safetensors")
