@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM
 
 from minitron_hf.arch import UnsupportedModelError, family_of
 from minitron_hf.data import DataConfig
+from minitron_hf.export.hub import model_card_text
 from minitron_hf.pruning.importance import estimate_importance, parse_aggregation, random_importance
 from minitron_hf.pruning.prune import PruneConfig, run_prune
 from minitron_hf.pruning.sequential import LayerwiseModel, SequentialError
@@ -195,6 +196,13 @@ def test_minitron_prune_end_to_end(model_type, tmp_path, default_model_dir):
         loaded.save_pretrained(tmp_path / f"{name}-again")
         again, wrote = load_file(tmp_path / f"{name}-again" / "model.safetensors"), load_file(out / "model.safetensors")
         assert set(again) == set(wrote) and all(torch.equal(again[n], wrote[n]) for n in wrote)
+        # the model card's architecture table shows the active count and the experts, source and pruned
+        card = model_card_text(out)
+        after, before = rec["parameters"]["after"], rec["parameters"]["before"]
+        row = next(line for line in card.splitlines() if line.startswith("| Active parameters"))
+        assert f"{before['active'] / 1e6:.1f}M" in row and f"{after['active'] / 1e6:.1f}M" in row
+        assert f"| Experts (routed per token) | 4 (2) | {target[experts]} (2) |" in card
+        assert f"| Expert FFN size | 96 | {target.get(mlp, 96)} |" in card
         prompt = torch.randint(0, 49152, (1, 5), generator=torch.Generator().manual_seed(0))
         loaded.generation_config.eos_token_id = None
         gen = loaded.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=4, do_sample=False,

@@ -28,7 +28,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ..arch import count_parameters
+from ..arch import UnsupportedModelError, count_parameters, family_of
 from ..default_model import DEFAULT_MODEL
 from ..outputs import write_checkpoint_atomically
 from . import check_checkpoint, is_fp8_checkpoint
@@ -213,17 +213,27 @@ def _arch(config, counts: dict | None = None) -> dict:
     g = (lambda k: getattr(config, k, None)) if config is not None else (lambda k: None)
     head_dim = g("head_dim") or (g("hidden_size") // g("num_attention_heads") if g("hidden_size") and
                                  g("num_attention_heads") else None)
-    return {
+    try:
+        family = family_of(config, check=False) if config is not None else None
+    except UnsupportedModelError:  # not a supported family: the generic rows only
+        family = None
+    moe = family is not None and family.is_moe
+    rows = {
         "Parameters (total)": counts and counts["total"],
+        **({"Active parameters (per token)": counts and counts.get("active")} if moe else {}),
         "Non-embedding parameters": counts and counts["non_embedding"],
         "Layers": g("num_hidden_layers"),
         "Hidden size": g("hidden_size"),
-        "MLP (intermediate) size": g("intermediate_size"),
+        **({"Experts (routed per token)": f"{family.num_experts(config)} ({g('num_experts_per_tok')})"}
+           if moe else {}),
+        ("Expert FFN size" if moe else "MLP (intermediate) size"): g(family.mlp_field if family else
+                                                                     "intermediate_size"),
         "Attention heads": g("num_attention_heads"),
         "KV heads": g("num_key_value_heads"),
         "Head dim": head_dim,
         "Vocabulary": g("vocab_size"),
     }
+    return rows
 
 
 def _fmt(v) -> str:
@@ -342,7 +352,7 @@ def model_card_text(model_dir, base_model: str | None = None, evaluation: dict |
     base_counts = (rec["pruning"] or {}).get("parameters", {}).get("before") if base_cfg is None else None
     base_row = _arch(base_cfg, base_counts)
     body += ["## Architecture", "", f"| | base ({hub_id or 'unknown'}) | this model |", "|---|---|---|"]
-    body += [f"| {k} | {_fmt(base_row[k])} | {_fmt(this[k])} |" for k in this]
+    body += [f"| {k} | {_fmt(base_row.get(k))} | {_fmt(this[k])} |" for k in this]
     body.append("")
 
     lines, tokens = _recipe(rec)
