@@ -39,8 +39,8 @@ MOE_FIELDS = ("num_experts_per_tok", "num_local_experts", "num_experts", "output
 class MoEDecoder(DenseDecoder):
     """The shared MoE concept: an experts axis per layer, per-expert on-disk tensors, the active parameter count."""
 
-    # the experts module inside a decoder layer (stacked weights): the expert probe of importance estimation
-    experts_probe = "mlp.experts"
+    # the neuron probe is the experts module of a layer (stacked weights): importance hooks its input (hidden states,
+    # the router's top-k experts and weights) and recomputes each expert's FFN on its tokens (expert_forward)
     neuron_probe = "mlp.experts"
     # expert FFN tensors by their role (on-disk suffix after ``<expert_prefix>.<e>.``)
     expert_gate, expert_up, expert_down = "gate_proj.weight", "up_proj.weight", "down_proj.weight"
@@ -49,6 +49,9 @@ class MoEDecoder(DenseDecoder):
                "o_proj": ("q", "hidden")}
 
     def __init_subclass__(cls, **kw):
+        """Each family's slicing rules from its names: attention and norms as in the dense decoder (plus
+        ``extra_layer_rules``), the router by experts x hidden, each expert's FFN by its own neurons ("mlp", which
+        trim resolves per expert) and hidden."""
         super().__init_subclass__(**kw)
         attention = {k: v for k, v in DenseDecoder.layer_rules.items() if k.startswith("self_attn.")
                      or k.endswith("layernorm.weight")}
