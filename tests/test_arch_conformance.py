@@ -225,14 +225,14 @@ def _kd_batch():
 
 
 def test_kd_against_itself_is_zero(case):
-    if case.family.logit_softcap(case.model.config) is not None:
-        pytest.skip("soft-capped logits: the trainer distils on full logits (tested below)")
     ids, mask, labels = _kd_batch()
     with torch.no_grad():
         h = case.model(ids, attention_mask=mask, output_hidden_states=True).hidden_states[-1]
     w, b = _head(case.model)
+    cap = case.family.logit_softcap(case.model.config)
     for kind in LOSSES:
-        loss = chunked_kd_loss(h, w, h, w, labels, student_bias=b, teacher_bias=b, kind=kind, chunk_size=5)
+        loss = chunked_kd_loss(h, w, h, w, labels, student_bias=b, teacher_bias=b, kind=kind, chunk_size=5,
+                               student_softcap=cap, teacher_softcap=cap)
         assert abs(loss.item()) < 1e-6, kind
 
 
@@ -241,8 +241,8 @@ def test_chunked_kd_equals_loss_on_model_logits(case, temperature, ce_weight):
     """Student = the pruned model, teacher = the source: the chunked loss from final hidden states and LM heads
     equals the naive loss on the models' own ``logits`` output, in value and in every student gradient."""
     student, teacher = case.pruned, case.model
-    if any(family_of(m.config).logit_softcap(m.config) is not None for m in (student, teacher)):
-        pytest.skip("soft-capped logits: the trainer distils on full logits, which the naive loss is")
+    caps = {f"{who}_softcap": family_of(m.config).logit_softcap(m.config)
+            for who, m in (("student", student), ("teacher", teacher))}
     ids, mask, labels = _kd_batch()
     params = [p for p in student.parameters()]
     with torch.no_grad():
@@ -255,7 +255,7 @@ def test_chunked_kd_equals_loss_on_model_logits(case, temperature, ce_weight):
         ref = naive_kd_loss(s_out.logits, t_out.logits, labels, **kw)
         ref_grads = torch.autograd.grad(ref, params, retain_graph=True, allow_unused=True)
         out = chunked_kd_loss(s_out.hidden_states[-1], ws, t_out.hidden_states[-1], wt, labels, student_bias=bs,
-                              teacher_bias=bt, chunk_size=5, **kw)
+                              teacher_bias=bt, chunk_size=5, **caps, **kw)
         grads = torch.autograd.grad(out, params, retain_graph=True, allow_unused=True)
         assert ref.item() > 1e-5  # a pruned random model really differs from its source (near-uniform logits)
         torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-7)

@@ -34,6 +34,34 @@ def test_chunked_equals_naive_values_and_gradients(kind, temperature, ce_weight,
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-8)
 
 
+@pytest.mark.parametrize("kind", LOSSES)
+@pytest.mark.parametrize("caps", [(2.0, 3.0), (None, 2.5), (1.5, None)])
+def test_soft_capped_logits_equal_naive_values_and_gradients(kind, caps):
+    """A final logit soft cap (Gemma 2), student's and/or teacher's: the chunked loss equals the naive loss on
+    ``cap * tanh(z / cap)`` logits, gradients included (the caps are small so that tanh saturates on these logits)."""
+    hs, ws, bs, ht, wt, labels = _setup(bias=True)
+
+    def capped(z, c):
+        return z if c is None else c * torch.tanh(z / c)
+
+    kw = dict(kind=kind, temperature=2.0, ce_weight=0.5, beta=0.3)
+    zs, zt = torch.nn.functional.linear(hs, ws, bs), ht @ wt.T
+    ref = naive_kd_loss(capped(zs, caps[0]), capped(zt, caps[1]), labels, **kw)
+    assert abs(ref.item() - naive_kd_loss(zs, zt, labels, **kw).item()) > 1e-2  # the caps matter here
+    ref_grads = torch.autograd.grad(ref, [hs, ws, bs])
+    out = chunked_kd_loss(hs, ws, ht, wt, labels, student_bias=bs, chunk_size=4, student_softcap=caps[0],
+                          teacher_softcap=caps[1], **kw)
+    grads = torch.autograd.grad(out, [hs, ws, bs])
+    torch.testing.assert_close(out, ref.float().to(out.dtype), rtol=1e-6, atol=1e-7)
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-8)
+    with torch.no_grad():
+        lm = chunked_lm_loss_sum(hs, ws, labels, bs, chunk_size=4, softcap_value=caps[0])
+        naive = torch.nn.functional.cross_entropy(capped(zs, caps[0]).reshape(-1, zs.shape[-1]), labels.reshape(-1),
+                                                  ignore_index=-100, reduction="sum")
+    torch.testing.assert_close(lm, naive.double(), rtol=1e-6, atol=1e-6)  # the sum computes in fp32
+
+
 def test_gradient_accumulation_normalisation():
     """Two micro-batches with num_items of the whole step equal one batch of both."""
     hs, ws, _, ht, wt, labels = _setup()

@@ -27,6 +27,12 @@ import torch.nn.functional as F
 from ..errors import MinitronError
 
 
+def softcap(z: torch.Tensor, cap: float | None) -> torch.Tensor:
+    """``cap * tanh(z / cap)`` (a final-logit soft cap, as Gemma 2's forward applies it), or ``z`` when ``cap`` is
+    None."""
+    return z if cap is None else cap * torch.tanh(z / cap)
+
+
 class UnsupportedModelError(MinitronError):
     """A checkpoint whose ``model_type`` has no family module, or whose config carries fields its module does not
     know."""
@@ -187,9 +193,7 @@ class Family:
     def logits(self, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, config) -> torch.Tensor:
         """Final hidden states (after the final norm) to logits: what the model's own forward computes, and what
         the KD loss computes in chunks."""
-        z = F.linear(hidden, weight, bias)
-        cap = self.logit_softcap(config)
-        return z if cap is None else cap * torch.tanh(z / cap)
+        return softcap(F.linear(hidden, weight, bias), self.logit_softcap(config))
 
     @property
     def lora_targets(self) -> list[str]:

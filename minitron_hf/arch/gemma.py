@@ -15,8 +15,8 @@ What differs from the Llama-style decoder:
 - ``layer_types`` (the sliding-window / global pattern) has one entry per layer and is sliced with the layers;
   ``sliding_window`` and ``query_pre_attn_scalar`` are kept (head_dim is never pruned);
 - attention logit soft capping lives inside the model; the final logit soft cap (``final_logit_softcapping``,
-  Gemma 2) is part of :meth:`logits`: distillation then compares the model's own full logits (the chunked KD loss
-  computes plain ``hidden x head``), and the sequential LM-loss head applies it per vocabulary block;
+  Gemma 2) is part of :meth:`logits`: the chunked KD loss applies it per chunk (``student_softcap``,
+  ``teacher_softcap``), and the sequential LM-loss head per vocabulary block;
 - Gemma 3 also has q/k RMSNorms over head_dim (unsliced, like Qwen3's).
 
 Gemma needs a BOS token at the start of every sequence (measured on Gemma 3 270M: loss 2.72 with, 3.83 without).

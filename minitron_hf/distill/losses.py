@@ -26,6 +26,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..arch.base import softcap
+
 LOSSES = ("forward_kl", "reverse_kl", "jsd")
 
 
@@ -88,7 +90,7 @@ def _forward_kl_chunk(zs, zt, labels, temperature, ce_weight, need_grad):
 
 class _ChunkedKD(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hs, ws, bs, ht, wt, bt, labels, kind, temperature, beta, ce_weight, num_items, chunk):
+    def forward(ctx, hs, ws, bs, ht, wt, bt, labels, kind, temperature, beta, ce_weight, num_items, chunk, caps):
         grad_h = torch.zeros_like(hs) if hs.requires_grad else None
         grad_w = torch.zeros_like(ws, dtype=torch.promote_types(ws.dtype, torch.float32)) if ws.requires_grad else None
         grad_b = torch.zeros_like(bs, dtype=torch.promote_types(bs.dtype, torch.float32)) if bs is not None and bs.requires_grad else None
@@ -99,16 +101,20 @@ class _ChunkedKD(torch.autograd.Function):
             if not (lab != -100).any():
                 continue
             with torch.no_grad():
-                zt = F.linear(ht[i:i + chunk], wt, bt)
+                zt = softcap(F.linear(ht[i:i + chunk], wt, bt), caps[1])
+                zs = softcap(F.linear(h, ws, bs), caps[0])
             if kind == "forward_kl":  # the paper's loss: closed-form gradient, fewer passes over the logits
                 with torch.no_grad():
-                    loss, g = _forward_kl_chunk(F.linear(h, ws, bs), zt, lab, temperature, ce_weight, need_grad)
+                    loss, g = _forward_kl_chunk(zs, zt, lab, temperature, ce_weight, need_grad)
             else:
                 with torch.enable_grad():
-                    zs = F.linear(h, ws, bs).detach().requires_grad_(need_grad)
+                    zs = zs.requires_grad_(need_grad)
                     loss = _chunk_loss(zs, zt, lab, kind, temperature, beta, ce_weight)
                     g = torch.autograd.grad(loss, zs)[0] if need_grad else None
             total += loss.detach()
+            if g is not None and caps[0] is not None:
+                # through the soft cap c * tanh(z / c): dz_capped / dz = 1 - (z_capped / c)^2
+                g = g * (1 - (zs.detach().to(g.dtype) / caps[0]) ** 2)
             if g is not None:
                 g = g.to(ws.dtype)
                 if grad_h is not None:
@@ -134,14 +140,19 @@ class _ChunkedKD(torch.autograd.Function):
         return (gh * scale.to(gh.dtype) if has_h else None,
                 (gw * scale).to(ctx.dtypes[0]) if has_w else None,
                 (gb * scale).to(ctx.dtypes[1]) if has_b else None,
-                None, None, None, None, None, None, None, None, None, None)
+                None, None, None, None, None, None, None, None, None, None, None)
 
 
 def chunked_kd_loss(student_hidden: torch.Tensor, student_weight: torch.Tensor, teacher_hidden: torch.Tensor,
                     teacher_weight: torch.Tensor, labels: torch.Tensor, *, student_bias=None, teacher_bias=None,
                     kind: str = "forward_kl", temperature: float = 1.0, beta: float = 0.5, ce_weight: float = 0.0,
-                    num_items: int | None = None, chunk_size: int | None = None) -> torch.Tensor:
+                    num_items: int | None = None, chunk_size: int | None = None, student_softcap: float | None = None,
+                    teacher_softcap: float | None = None) -> torch.Tensor:
     """KD loss from final hidden states [..., D] and LM-head weights [V, D], token by token in chunks.
+
+    ``student_softcap``/``teacher_softcap``: a model's final logit soft cap (Gemma 2:
+    ``cap * tanh(z / cap)``, :meth:`~minitron_hf.arch.base.Family.logit_softcap`), applied to each chunk's logits
+    as the model's own forward does; the student's gradient goes through it in closed form.
 
     ``labels`` [...] marks the tokens that count (-100 = ignored, e.g. padding or the last position);
     they are the targets of the optional cross-entropy term. Hidden states and labels must already be
@@ -163,7 +174,8 @@ def chunked_kd_loss(student_hidden: torch.Tensor, student_weight: torch.Tensor, 
     chunk_size = chunk_size or auto_chunk_size(student_weight.shape[0], hs.device)
     return _ChunkedKD.apply(hs, student_weight, student_bias, ht, teacher_weight.detach(),
                             None if teacher_bias is None else teacher_bias.detach(), lab, kind,
-                            float(temperature), float(beta), float(ce_weight), num_items, int(chunk_size))
+                            float(temperature), float(beta), float(ce_weight), num_items, int(chunk_size),
+                            (student_softcap, teacher_softcap))
 
 
 def auto_chunk_size(vocab: int, device=None, logits_per_chunk: int | None = None) -> int:
@@ -207,12 +219,13 @@ def shift_labels(input_ids: torch.Tensor, attention_mask: torch.Tensor | None = 
 
 @torch.no_grad()
 def chunked_lm_loss_sum(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, bias=None,
-                        chunk_size: int = 1024) -> torch.Tensor:
-    """Summed next-token cross-entropy from final hidden states, chunk by chunk (evaluation only)."""
+                        chunk_size: int = 1024, softcap_value: float | None = None) -> torch.Tensor:
+    """Summed next-token cross-entropy from final hidden states, chunk by chunk (evaluation only); ``softcap_value``
+    as in :func:`chunked_kd_loss`."""
     h = hidden.reshape(-1, hidden.shape[-1]).to(weight.dtype)  # fp32 outputs of a bf16 model: see chunked_kd_loss
     lab = labels.reshape(-1)
     total = torch.zeros((), dtype=torch.float64, device=h.device)
     for i in range(0, h.shape[0], chunk_size):
-        z = F.linear(h[i:i + chunk_size], weight, bias)
+        z = softcap(F.linear(h[i:i + chunk_size], weight, bias), softcap_value)
         total += F.cross_entropy(z.float(), lab[i:i + chunk_size], ignore_index=-100, reduction="sum").double()
     return total

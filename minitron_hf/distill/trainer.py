@@ -221,10 +221,9 @@ class DistillationTrainer(CheckpointMixin, Trainer):
         if args is not None and not isinstance(args, DistillationConfig):
             raise DistillationError("args must be a DistillationConfig")
         self.vocab = check_pair(model, teacher_model, tokenizer_size=tokenizer_size)
-        # the chunked loss computes logits as hidden states x LM-head weight (+ bias); a family whose logits are more
-        # than that (a final soft cap: Family.logits) is distilled on its own full logits instead
-        self._linear_logits = all(family_of(m.config, check=False).logit_softcap(m.config) is None
-                                  for m in (model, teacher_model))
+        # the chunked loss computes logits as hidden states x LM-head weight (+ bias), then each model's final soft
+        # cap (Family.logits: Gemma 2), as the model's own forward does
+        self._softcaps = tuple(family_of(m.config, check=False).logit_softcap(m.config) for m in (model, teacher_model))
         super().__init__(model=model, args=args, **kwargs)
         self.teacher_optimizer = None
         self._teacher_lm_losses: list[float] = []
@@ -255,7 +254,7 @@ class DistillationTrainer(CheckpointMixin, Trainer):
         """Full [tokens x vocab] logits when asked (kd_chunk_size=0), and under FSDP1, whose flat parameters cannot
         be read outside the forward. FSDP2 and ZeRO-3 gather the LM heads for the chunked loss (:meth:`_head`)."""
         fsdp1 = getattr(self, "is_fsdp_enabled", False) and not self.accelerator.is_fsdp2
-        return self.args.kd_chunk_size == 0 or fsdp1 or not self._linear_logits
+        return self.args.kd_chunk_size == 0 or fsdp1
 
     def _zero3(self) -> bool:
         return bool(self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.deepspeed_config
@@ -318,7 +317,8 @@ class DistillationTrainer(CheckpointMixin, Trainer):
             return naive_kd_loss(hs, ht, labels, **opts)
         with self._head(model) as (ws, bs), self._head(self.teacher) as (wt, bt):
             return chunked_kd_loss(hs, ws, ht, wt, labels, student_bias=bs, teacher_bias=bt,
-                                   chunk_size=a.kd_chunk_size, **opts)
+                                   chunk_size=a.kd_chunk_size, student_softcap=self._softcaps[0],
+                                   teacher_softcap=self._softcaps[1], **opts)
 
     def _both(self, model, inputs, with_grad):
         hs = self._forward(model, inputs, with_grad)
@@ -390,14 +390,14 @@ class DistillationTrainer(CheckpointMixin, Trainer):
             labels = inputs["shift_labels"]
             outs = self._both(model, inputs, False)
             sums[0] += float(self.kd_loss(model, inputs, num_items=1, with_grad=False, outputs=outs))
-            for i, (m, out) in enumerate(zip((model, self.teacher), outs), start=1):
+            for i, (m, out, cap) in enumerate(zip((model, self.teacher), outs, self._softcaps), start=1):
                 if self._full_logits():
                     sums[i] += torch.nn.functional.cross_entropy(
                         out.reshape(-1, out.shape[-1]).float(), labels.reshape(-1), ignore_index=-100, reduction="sum")
                 else:
                     with self._head(m) as (w, b):
                         sums[i] += chunked_lm_loss_sum(out, w, labels, b, self.args.kd_chunk_size or
-                                                       auto_chunk_size(w.shape[0], w.device))
+                                                       auto_chunk_size(w.shape[0], w.device), cap)
             sums[3] += int((labels != -100).sum())
             self._release_teacher_head()
         sums = self.accelerator.reduce(sums, reduction="sum")
