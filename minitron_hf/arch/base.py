@@ -248,11 +248,15 @@ class DenseDecoder(Family):
         """Parameters of norms inside attention (Qwen3's q/k norms over head_dim)."""
         return 0
 
-    def count_parameters(self, config) -> dict[str, int]:
+    def attention_parameters(self, config) -> int:
+        """Parameters of one attention block: q/k/v/o projections, their biases and norms."""
         h, hd = config.hidden_size, self.head_dim(config)
         q, kv = config.num_attention_heads * hd, config.num_key_value_heads * hd
-        inter = config.intermediate_size
-        attn = h * q + 2 * h * kv + q * h + self.attention_biases(config, q, kv, h) + self.attention_norms(config)
+        return h * q + 2 * h * kv + q * h + self.attention_biases(config, q, kv, h) + self.attention_norms(config)
+
+    def count_parameters(self, config) -> dict[str, int]:
+        h, inter = config.hidden_size, config.intermediate_size
+        attn = self.attention_parameters(config)
         mlp_bias = "mlp_bias" in self.bias_fields and getattr(config, "mlp_bias", False)
         mlp = 3 * h * inter + ((2 * inter + h) if mlp_bias else 0)
         per_layer = attn + mlp + 2 * h  # two RMSNorms

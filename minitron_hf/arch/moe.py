@@ -99,10 +99,9 @@ class MoEDecoder(DenseDecoder):
         return act, F.linear(act, experts.down_proj[e])
 
     def count_parameters(self, config) -> dict[str, int]:
-        h, hd = config.hidden_size, self.head_dim(config)
-        q, kv = config.num_attention_heads * hd, config.num_key_value_heads * hd
+        h = config.hidden_size
         E, k, inter = self.num_experts(config), config.num_experts_per_tok, getattr(config, self.mlp_field)
-        attn = h * q + 2 * h * kv + q * h + self.attention_biases(config, q, kv, h) + self.attention_norms(config)
+        attn = self.attention_parameters(config)
         expert = 3 * h * inter
         per_layer = attn + E * h + E * expert + 2 * h  # attention, router, experts, two RMSNorms
         body = config.num_hidden_layers * per_layer + h
