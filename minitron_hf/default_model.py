@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 
 from .model_files import ModelNotFoundError
-from .outputs import cache_dir, write_checkpoint_atomically
+from .outputs import cache_dir, file_lock, write_checkpoint_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -39,8 +39,21 @@ def ensure_default_model() -> Path:
     config) that any transformers code loads; later calls reuse it.
     """
     out = cache_dir() / DEFAULT_MODEL
-    if (out / "config.json").exists() and (out / "model.safetensors").exists():
+    if _converted(out):
         return out
+    # the ranks of `accelerate launch` (or two runs) on a fresh machine: one converts, the others wait and reuse it
+    # (unlocked, the second rename onto the first's finished folder fails)
+    with file_lock(out.with_name(out.name + ".lock")):
+        if _converted(out):
+            return out
+        return _convert(out)
+
+
+def _converted(out: Path) -> bool:
+    return (out / "config.json").exists() and (out / "model.safetensors").exists()
+
+
+def _convert(out: Path) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

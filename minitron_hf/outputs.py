@@ -239,3 +239,19 @@ def no_debris(path):
         if not existed and p.is_dir() and not _holds_files(p):
             shutil.rmtree(p, ignore_errors=True)
         raise
+
+
+@contextlib.contextmanager
+def file_lock(path: Path):
+    """An exclusive lock on ``path`` (created if missing) while filling a shared cache (prepared data, the converted
+    default model): concurrent ranks of one launch, or two runs on one machine, build it once and the others wait and
+    reuse it."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

@@ -88,3 +88,24 @@ def test_merge_pruned_heads_against_plain_removal(pruned_pair, default_model_dir
     # measured 2.01 / plain 6.39 / merged 15.39: the flag must change the model materially, not by rounding; 1 nat is
     # far inside the measured 9.0 and, like the docstring, says nothing about which variant wins
     assert teacher < min(losses.values()) and abs(losses[True] - losses[False]) > 1.0
+
+
+def test_concurrent_first_use_converts_once(tmp_path):
+    """Two processes (the ranks of one `accelerate launch` on a fresh machine) ask for the default model at once:
+    one converts it, the other waits for the lock and reuses the result; both get the same finished folder."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import logging, sys; logging.basicConfig(level=logging.INFO, stream=sys.stderr)\n"
+            "from minitron_hf.default_model import ensure_default_model\nprint(ensure_default_model())\n")
+    env = {**os.environ, "MINITRON_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [e[-2000:] for _, e in outs]
+    folder = tmp_path / "cache" / "smollm2-135m"
+    assert {o.strip().splitlines()[-1] for o, _ in outs} == {str(folder)}  # (deepspeed may print before it)
+    assert sum("converting" in e for _, e in outs) == 1  # the second process did not convert again
+    assert (folder / "model.safetensors").is_file() and (folder / "tokenizer.json").is_file()
+    assert not [p.name for p in (tmp_path / "cache").iterdir() if p.name.startswith((".tmp-", ".old-"))]

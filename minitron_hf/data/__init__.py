@@ -21,7 +21,8 @@ from pathlib import Path
 
 import torch
 
-from .prepare import file_lock, prepare, prepare_key, tokenizer_info
+from ..outputs import file_lock
+from .prepare import prepare, prepare_key, tokenizer_info
 from .shards import Blocks, Permutation, Prepared, ResumableSampler, Source, TokenStream, blend_pattern
 from .sources import (DEFAULT_DATA, LOCAL_EXTENSIONS, MANIFEST, SPLITS, DataConfig, DataError, check_config,
                       digest, is_hub, is_prepared, iter_documents, load_documents, python_docs_documents, read_rows_file,

@@ -27,7 +27,6 @@ restarts at the first unfinished chunk (the source is read again up to there, bu
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -427,21 +426,6 @@ def _write_manifest(cfg, info, out, key, chunks, stats, seconds, num_proc, shard
                 f"{sum(splits[s]['tokens'] for s in SPLITS):,}", len(chunks),
                 ", ".join(f"{s} {splits[s]['documents']:,} docs" for s in SPLITS), seconds)
     return manifest
-
-
-@contextlib.contextmanager
-def file_lock(path: Path):
-    """An exclusive lock on ``path`` (created if missing) while preparing into a shared cache: concurrent ranks of
-    one launch, or two runs on one machine, prepare once and the others wait and reuse it."""
-    import fcntl
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 # --------------------------------------------------------------------------------------------- command
