@@ -120,6 +120,16 @@ def ensure_venv(venv: str | Path | None = None, install: str = "checker") -> Pat
     want = f"{BFCL_PACKAGE} {install}"
     if py.exists() and marker.exists() and marker.read_text().strip() in (want, f"{BFCL_PACKAGE} full"):
         return py
+    # two runs at once: one creates it, the other waits (unlocked, the second would remove the first's unfinished venv)
+    from ..outputs import file_lock
+
+    with file_lock(venv.with_name(venv.name + ".lock")):
+        if py.exists() and marker.exists() and marker.read_text().strip() in (want, f"{BFCL_PACKAGE} full"):
+            return py
+        return _create_venv(venv, py, marker, want, install)
+
+
+def _create_venv(venv: Path, py: Path, marker: Path, want: str, install: str) -> Path:
     if venv.exists() and not marker.exists():
         if not (venv / "pyvenv.cfg").exists():
             raise BFCLError(f"venv={str(venv)!r} exists and is not a virtual environment; name another directory")

@@ -111,12 +111,14 @@ PACKAGE_TASKS = Path(__file__).parent / "tasks"
 
 def local_tasks_dir() -> Path:
     """The cache directory of the built-in local tasks (built on first use)."""
-    from ..outputs import cache_dir
+    from ..outputs import cache_dir, file_lock
 
     root = cache_dir() / "lm_eval_tasks"
     for name, build in LOCAL_TASKS.items():
         if not (root / name / f"{name}.yaml").exists():
-            build(root / name)
+            with file_lock(root / f"{name}.lock"):  # two runs at once build it once
+                if not (root / name / f"{name}.yaml").exists():
+                    build(root / name)
     return root
 
 
