@@ -40,10 +40,13 @@ demo-depth: install
 demo-instruct: install
 	$(VENV)/bin/minitron run recipes/configs/smollm2-135m/minitron-width-instruct.yaml --set output_dir=$(RUNS)/demo/width $(DEMO_FLAGS)
 
-# lint first (seconds; ruff settings in pyproject.toml), then every test
+# lint first (seconds; ruff settings in pyproject.toml), then every test: TEST_WORKERS pytest-xdist workers, each
+# test file on one worker (its module fixtures built once), one torch thread per process (several torch processes
+# with the default thread count on 2 cores slow each other many times over; docs/development.md)
+TEST_WORKERS ?= 2
 test: install
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/pytest -q -p no:cacheprovider
+	OMP_NUM_THREADS=1 $(VENV)/bin/pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile
 
 bench: bench-importance bench-trim bench-quality bench-throughput
 

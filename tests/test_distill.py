@@ -212,7 +212,7 @@ def test_cli_distill_end_to_end_and_two_processes(tiny_pair_dirs, tmp_path):
                          cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
     assert one.returncode == 0, one.stderr[-3000:]
     acc = Path(sys.executable).parent / "accelerate"
-    two = subprocess.run([str(acc), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+    two = subprocess.run([str(acc), "launch", "--main_process_port", "0", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                           "--mixed_precision", "no", "--dynamo_backend", "no", "recipes/distill.py", *common,
                           "--output-dir", str(tmp_path / "two")],
                          cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
@@ -288,7 +288,7 @@ def test_two_process_resume_continues_the_same_run(tiny_pair_dirs, tmp_path, str
             (d / f"part{i}.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in docs[i::2]))
         common += ["--data", str(d), "--streaming", "true"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    acc = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
+    acc = [str(Path(sys.executable).parent / "accelerate"), "launch", "--main_process_port", "0", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "recipes/distill.py"]
     full = subprocess.run([*acc, *common, "--output-dir", str(tmp_path / "full")], cwd=ROOT, capture_output=True,
                           text=True, env=env, timeout=600)

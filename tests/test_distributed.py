@@ -42,7 +42,7 @@ def pair(tmp_path_factory, default_model_dir):
 
 def _cmd(pair, out, launch, per_device=2, *extra, steps=STEPS, lr="3e-3"):
     s, t = pair
-    return [ACCELERATE, "launch", *launch, "recipes/distill.py", "--student", str(s), "--teacher", str(t),
+    return [ACCELERATE, "launch", "--main_process_port", "0", *launch, "recipes/distill.py", "--student", str(s), "--teacher", str(t),
             "--max-steps", str(steps), "--per-device-train-batch-size", str(per_device), "--seq-len", "32",
             "--eval-samples", "4", "--logging-steps", "1", "--report-to", "none", "--learning-rate", lr,
             "--save-strategy", "steps", "--save-steps", "4", "--save-total-limit", "2", "--eval-strategy", "no",
@@ -140,7 +140,7 @@ def test_teacher_correction_under_fsdp2_writes_a_plain_teacher(pair, tmp_path, m
     mode=lora under FSDP is refused before any weights load."""
     t = pair[1]
     out = tmp_path / "corr"
-    r = _run([ACCELERATE, "launch", *FSDP2_CPU, "recipes/correct_teacher.py", "--model", str(t), "--mode", "full",
+    r = _run([ACCELERATE, "launch", "--main_process_port", "0", *FSDP2_CPU, "recipes/correct_teacher.py", "--model", str(t), "--mode", "full",
               "--max-steps", "2", "--per-device-train-batch-size", "2", "--seq-len", "32", "--eval-samples", "2",
               "--learning-rate", "1e-3", "--report-to", "none", "--save-strategy", "no", "--output-dir", str(out)])
     assert "FSDP2 on 2 CPU processes over gloo" in r.stderr
@@ -333,7 +333,7 @@ def test_every_stage_of_minitron_run_under_two_processes(pair, tmp_path, default
     }
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    r = subprocess.run([ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+    r = subprocess.run([ACCELERATE, "launch", "--main_process_port", "0", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                         "--mixed_precision", "no", "--dynamo_backend", "no", "recipes/run.py", str(path)],
                        cwd=ROOT, capture_output=True, text=True, env=ENV, timeout=1200)
     assert r.returncode == 0, r.stderr[-5000:]

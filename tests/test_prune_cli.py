@@ -205,7 +205,7 @@ def test_accelerate_two_processes_match_single(tiny_checkpoint, tmp_path):
                                         target=dict(intermediate_size=40, num_hidden_layers=3)))
     accelerate = Path(sys.executable).parent / "accelerate"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+    r = subprocess.run([str(accelerate), "launch", "--main_process_port", "0", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                         "--mixed_precision", "no", "--dynamo_backend", "no",
                         "recipes/prune.py", *args, "--sequential", "--output", str(tmp_path / "two")],
                        capture_output=True, text=True, env=env, cwd=Path(__file__).parents[1], timeout=600)
