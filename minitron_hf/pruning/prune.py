@@ -42,8 +42,8 @@ class PruneConfig(SequentialOptions):
     output: str | None = field(default=None, metadata={"help": "directory to write the pruned checkpoint to"})
     target: dict = field(default_factory=dict, metadata={"help": "KEY=VALUE: hidden_size, intermediate_size, "
                          "num_attention_heads, num_key_value_heads, num_hidden_layers, drop_layers; mixtures of experts "
-                         "also num_local_experts (Mixtral) / num_experts, moe_intermediate_size (Qwen3-MoE) "
-                         "(repeatable)"})
+                         "also num_local_experts (Mixtral) / num_experts, moe_intermediate_size (Qwen3-MoE); "
+                         "Nemotron-H also mamba_num_heads, mamba_head_dim (repeatable)"})
     importance: str = field(default="l2_mean", metadata={"help": "'<batch>_<seq>' reducers (mean|l2|l1|max), "
                             "paper default l2_mean; or 'random' (ablation)", "scores": True})
     scores: str | None = field(default=None, metadata={"help": "reuse scores saved by `minitron importance` "
@@ -192,7 +192,7 @@ def _interpolate(src_cfg, final: dict, step: int, steps: int) -> dict:
             m = family.width_multiple(src_cfg)  # MoE experts kernels need aligned rows
             v = max(b, int(round(v / m)) * m) if v % m else v
             t[k] = v if step < steps else b
-    for k in ("num_attention_heads", "num_key_value_heads"):
+    for k in ("num_attention_heads", "num_key_value_heads", *family.extra_width_fields):
         if getattr(src_cfg, k) != final[k]:
             t[k] = final[k]
     if family.is_moe and family.num_experts(src_cfg) != family.num_experts(final):  # experts: also in step 1
