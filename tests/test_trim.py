@@ -34,6 +34,10 @@ def _prune(model, tmp_path, target, importance=None, merge=False, name="out", ma
 
 def naive_reference(model, plan):
     """Rebuild the pruned model with explicit per-head / per-neuron copies (no shared code with trim)."""
+    if hasattr(model.model, "embeddings"):  # a hybrid Nemotron-H: per layer type, Mamba heads included
+        from test_nemotron_h import naive_hybrid_reference
+
+        return naive_hybrid_reference(model, plan)
     cfg = type(model.config).from_dict(plan.new_config)
     ref = AutoModelForCausalLM.from_config(cfg).eval()
     hd, hid = plan.head_dim, plan.hidden.tolist()

@@ -222,6 +222,10 @@ class Family:
         """The linears a layer of this type holds (name -> (in axis, out axis)); uniform families: all of them."""
         return dict(self.linears)
 
+    def kept_layers_problem(self, config, layers: list[int]) -> str | None:
+        """What is wrong with keeping only source layers ``layers`` (checked when they are chosen), or None."""
+        return None
+
     def fp8_problem(self, config) -> str | None:
         """Why ModelOpt FP8 export cannot handle this model (checked before any work), or None."""
         return None

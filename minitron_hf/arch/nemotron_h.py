@@ -257,6 +257,15 @@ class NemotronH(Family):
         return (has.get(self.head_probe), has.get(self.neuron_probe), [layer.get_submodule(p) for p in
                                                                         self.hidden_probes])
 
+    def kept_layers_problem(self, config, layers: list[int]) -> str | None:
+        types = self.layer_types(config)
+        attention = [i for i, t in enumerate(types) if t == ATTENTION]
+        if attention and not any(types[i] == ATTENTION for i in layers):
+            return (f"dropping layers {sorted(set(range(len(types))) - set(layers))} drops every attention layer "
+                    f"({attention}): transformers 5.19 cannot run a Nemotron-H without one (its hybrid cache asks an "
+                    f"attention layer for the sequence length); keep at least one 'full_attention' layer")
+        return None
+
     def fp8_problem(self, config) -> str | None:
         return None
 

@@ -171,7 +171,9 @@ def count_parameters_ratio(config, new_config: dict) -> float:
 
     from ..arch import count_parameters
 
-    new = SimpleNamespace(**{**config.to_dict(), **new_config})
+    # per-layer fields are None until the layers are chosen: the source's then (Nemotron-H's count scales its layer
+    # pattern to the target's depth)
+    new = SimpleNamespace(**{**config.to_dict(), **{k: v for k, v in new_config.items() if v is not None}})
     return count_parameters(new)["total"] / max(count_parameters(config)["total"], 1)
 
 
@@ -381,7 +383,9 @@ def run_prune(data_cfg: DataConfig, cfg: PruneConfig) -> dict:
             imp.save(tmp / "importance")
             plot_importance(imp, tmp / "importance" / "importance.png", title=f"{cfg.model} ({cfg.importance})")
         record["kept"] = overall.to_json()  # indices into the source model, also after several steps
-        record["parameters"] = parameter_counts(config, json.loads((tmp / "config.json").read_text()))
+        # transformers' own reader: it writes non-finite floats as {"__float__": "Infinity"} (Nemotron-H's
+        # time_step_limit), which plain json.loads leaves encoded
+        record["parameters"] = parameter_counts(config, type(config)._dict_from_json_file(tmp / "config.json"))
         record["wall_time_s"] = round(time.time() - t0, 1)
         (tmp / "pruning.json").write_text(json.dumps(record, indent=1))
 
@@ -392,7 +396,10 @@ def run_prune(data_cfg: DataConfig, cfg: PruneConfig) -> dict:
                     cfg.model, cfg.output, p["before"]["total"] / 1e6, p["after"]["total"] / 1e6,
                     p["before"]["non_embedding"] / 1e6, p["after"]["non_embedding"] / 1e6, record["wall_time_s"])
     state.wait_for_everyone()
-    record.setdefault("parameters", parameter_counts(config, new_config))  # other ranks: same numbers
+    if "parameters" not in record:  # other ranks: the same numbers, from the target (the main process chose the
+        # layers; a per-layer field still unset -- Nemotron-H's pattern -- is the source's, whose count then scales)
+        record["parameters"] = parameter_counts(config, {**config.to_dict(),
+                                                         **{k: v for k, v in new_config.items() if v is not None}})
     record.setdefault("wall_time_s", round(time.time() - t0, 1))
     return record
 

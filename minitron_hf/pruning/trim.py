@@ -256,6 +256,9 @@ def make_plan(config, importance, new_config: dict, drop_layers: list[int] | Non
             f"chosen to drop, got {sorted(drop)}"
         )
     layers = [i for i in range(L) if i not in drop]
+    problem = family.kept_layers_problem(config, layers)
+    if problem:
+        raise PruningConfigError(problem)
     mlp, n_mlp = getattr(config, family.mlp_field), new_config[family.mlp_field]
     E, En = family.num_experts(config), family.num_experts(new_config)
     width_changes = any(new_config[k] != getattr(config, k) for k in
