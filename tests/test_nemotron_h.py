@@ -239,6 +239,10 @@ def test_moe_mtp_and_sequential_refused_by_name(tmp_path):
     with pytest.raises(UnsupportedModelError, match=r"layers \[2\] are 'moe' layers"):
         family_of({**legacy, "hybrid_override_pattern": "M-E*"})
     family_of({**legacy, "hybrid_override_pattern": "M-M*"})  # the legacy pattern of a Hub config.json is read
+    with pytest.raises(UnsupportedModelError, match="tie_word_embeddings=True"):
+        family_of(tiny_config("nemotron_h", tie_word_embeddings=True))
+    with pytest.raises(UnsupportedModelError, match="attention_head_dim=64 differs from head_dim=16"):
+        family_of(tiny_config("nemotron_h", attention_head_dim=64))
     with pytest.raises(UnsupportedModelError, match="num_nextn_predict_layers=1"):
         family_of(tiny_config("nemotron_h", num_nextn_predict_layers=1))
     from minitron_hf.pruning.sequential import LayerwiseModel, SequentialError

@@ -105,6 +105,9 @@ class Family:
     # the per-expert tensors ``<prefix>.<expert>.<name>``: their slicing rules are keyed ``<prefix>.*.<name>``
     experts_field: ClassVar[str] = ""
     expert_prefix: ClassVar[str] = ""
+    # whether the model class ties the LM head to the input embedding when tie_word_embeddings is set (transformers
+    # 5.19's Nemotron-H never does: its _tied_weights_keys is empty)
+    can_tie_embeddings: ClassVar[bool] = True
     # target fields of width axes besides hidden, heads, the MLP and experts (Nemotron-H: the Mamba heads and head
     # dim); they need importance scores, and the family slices along them (:meth:`layer_axes`)
     extra_width_fields: ClassVar[tuple[str, ...]] = ()

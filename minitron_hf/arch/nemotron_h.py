@@ -84,11 +84,15 @@ class NemotronH(Family):
         # legacy names transformers' config class converts on load (Hub config.json files carry them)
         "hybrid_override_pattern", "mtp_hybrid_override_pattern", "mamba_n_groups", "mamba_d_conv", "mamba_expand",
         "mamba_dt_min", "mamba_dt_max", "mamba_dt_limit", "mamba_dt_init_floor", "mamba_conv_bias",
-        "mamba_chunk_size")
+        "mamba_chunk_size",
+        # Hub config.json files (Nemotron-H-8B) name the attention head width attention_head_dim, which transformers
+        # 5.19 keeps as a plain attribute (its modeling code reads head_dim): accepted when the two agree
+        "attention_head_dim")
     # in_proj/out_proj biases (use_bias), conv1d bias (use_conv_bias), MLP biases (mlp_bias); attention_bias and
     # mamba_proj_bias have no effect in transformers 5.19's modeling code (q/k/v/o are built without biases)
     bias_fields = ("use_bias", "use_conv_bias", "mlp_bias")
     per_layer_fields = ("layers_block_type",)
+    can_tie_embeddings = False
     fused_axes = {"mamba_conv": ("mamba", "mamba_bc"),  # conv1d channels: x, B, C
                   "mamba_in": ("mamba", "mamba", "mamba_bc", "mamba_heads")}  # in_proj rows: z, x, B, C, dt
     layer_rules = {
@@ -169,6 +173,17 @@ class NemotronH(Family):
             raise UnsupportedModelError(
                 f"model_type='nemotron_h': num_nextn_predict_layers={d['num_nextn_predict_layers']} (multi-token "
                 f"prediction layers) is not supported; only num_nextn_predict_layers=0")
+        if d.get("tie_word_embeddings"):
+            raise UnsupportedModelError(
+                "model_type='nemotron_h': tie_word_embeddings=True, but transformers 5.19's NemotronHForCausalLM never "
+                "ties the LM head to the embedding (a tied checkpoint would load with a missing, re-initialised "
+                "lm_head); only tie_word_embeddings=false (every published Nemotron-H) is supported")
+        ahd, hd = d.get("attention_head_dim"), d.get("head_dim")
+        if ahd is not None and hd is not None and ahd != hd:
+            raise UnsupportedModelError(
+                f"model_type='nemotron_h': attention_head_dim={ahd} differs from head_dim={hd}; transformers 5.19 "
+                f"builds the attention layers with head_dim, so this checkpoint would not load as it was trained: set "
+                f"head_dim={ahd} in config.json")
         nh = d.get("mamba_num_heads")
         g = d.get("n_groups", d.get("mamba_n_groups"))
         if nh and g and nh % g:
@@ -266,8 +281,14 @@ class NemotronH(Family):
                     f"attention layer for the sequence length); keep at least one 'full_attention' layer")
         return None
 
+    @property
+    def lora_targets(self) -> list[str]:
+        """Every linear but the Mamba ``out_proj``: PEFT (0.21) refuses LoRA on it for Mamba models (the fused Mamba
+        kernels read ``out_proj.weight`` directly, bypassing a LoRA wrapper)."""
+        return [n for n in self.linears if n != "out_proj"]
+
     def fp8_problem(self, config) -> str | None:
-        return None
+        return None  # ModelOpt 0.42 quantizes all of them (in_proj, out_proj, q/k/v/o, up/down); measured on CPU
 
     def sequential_problem(self, config) -> str | None:
         return (f"model_type={config.model_type!r} is a hybrid (Mamba2 + attention + MLP) model, which layer-by-layer "
