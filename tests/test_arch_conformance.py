@@ -56,8 +56,8 @@ from test_trim import _prune, mlp_target, naive_reference
 # makes the query/KV widths 72/24, not multiples of 16 as FP8 GEMMs want; 32 keeps heads * head_dim != hidden.
 TINY: dict[str, dict] = {"mistral": dict(head_dim=32),
                          # transformers' default pattern has a 'moe' layer, which the family refuses
-                         "nemotron_h": dict(layers_block_type=["linear_attention", "linear_attention",
-                                                               "full_attention", "mlp"])}
+                         "nemotron_h": dict(layers_block_type=["linear_attention", "linear_attention", "mlp",
+                                                               "full_attention"])}
 VOCAB = 49152  # the default model's tokenizer (FP8 calibration tokenizes the embedded text with it)
 # hidden 48 -> 32, MLP 96 -> 64, 6 -> 4 query heads in 2 KV groups, layer 1 of 4 dropped: all widths stay multiples
 # of 16 (FP8) and hidden stays divisible by the heads (Llama's config class insists)
