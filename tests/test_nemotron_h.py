@@ -286,3 +286,44 @@ def test_minitron_prune_cli(tmp_path, default_model_dir):
     assert len(dropped) == 1 and c.layers_block_type == [t for i, t in enumerate(TYPES) if i not in dropped]
     assert meta["parameters"]["after"]["total"] == sum(p.numel() for p in pruned.parameters())
     assert len(meta["depth"]["lm_loss"]) == 4
+
+
+def test_composed_plan_equals_two_step_surgery(tmp_path):
+    """Iterative pruning composes plans (PrunePlan.then): the Mamba heads and channels of the composed plan, applied
+    to the source, write the same tensors as two surgeries in a row."""
+    from safetensors.torch import load_file
+
+    from minitron_hf.pruning.trim import trim_checkpoint
+
+    model = _model()
+    model.save_pretrained(tmp_path / "src")
+    cfg = model.config
+    new1, drop1 = resolve_target(cfg, PruneTarget.from_dict(dict(mamba_num_heads=24, mamba_head_dim=3, hidden_size=40,
+                                                                 drop_layers=[1])))
+    plan1 = make_plan(cfg, random_importance(cfg, seed=1), new1, drop1)
+    (tmp_path / "a").mkdir()
+    trim_checkpoint(tmp_path / "src", tmp_path / "a", plan1, progress=False)
+    cfg1 = type(cfg).from_dict(plan1.new_config)
+    new2, drop2 = resolve_target(cfg1, PruneTarget.from_dict(dict(mamba_num_heads=10, mamba_head_dim=2)))
+    plan2 = make_plan(cfg1, random_importance(cfg1, seed=2), new2, drop2)
+    (tmp_path / "b").mkdir()
+    trim_checkpoint(tmp_path / "a", tmp_path / "b", plan2, progress=False)
+    both = plan1.then(plan2)
+    assert list(both.axes) == [0] and both.axes[0]["mamba_heads"].shape == (10,)
+    assert both.axes[0]["mamba"].shape == (20,)
+    (tmp_path / "c").mkdir()
+    trim_checkpoint(tmp_path / "src", tmp_path / "c", both, progress=False)
+    b, c = load_file(tmp_path / "b" / "model.safetensors"), load_file(tmp_path / "c" / "model.safetensors")
+    assert set(b) == set(c) and all(torch.equal(b[n], c[n]) for n in b)
+    assert "axes" in json.loads(json.dumps(both.to_json()))  # the record pruning.json keeps
+
+
+def test_forward_flops_count_attention_layers_only():
+    from minitron_hf.arch import forward_flops
+
+    c = tiny_config("nemotron_h", num_hidden_layers=8)  # M M - * M M - *: 2 attention layers of 8
+    n = count_parameters(c)
+    q_width, tokens = c.num_attention_heads * c.head_dim, 10
+    matmul = n["non_embedding"] + c.vocab_size * c.hidden_size
+    expect = 2.0 * matmul * tokens + 4.0 * 2 * q_width * tokens * (tokens + 1) / 2
+    assert forward_flops(c, tokens) == pytest.approx(expect, rel=1e-12)

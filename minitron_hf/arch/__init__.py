@@ -53,7 +53,8 @@ def count_parameters(config) -> dict[str, int]:
 def forward_flops(config, tokens: int, context: int = 0) -> float:
     """Multiply-add FLOPs (2 per MAC) of a forward pass over ``tokens`` new tokens that follow
     ``context`` cached ones: every weight matmul (the LM head included, embeddings are lookups) plus
-    attention scores and values, ``4 * layers * query_width`` per (query, key) pair, causal.
+    attention scores and values, ``4 * attention layers * query_width`` per (query, key) pair, causal (a Mamba2
+    layer's scan is not counted beyond its projections).
 
     ``forward_flops(c, isl + osl)`` approximates one request of ``isl`` prompt and ``osl`` generated
     tokens (prefill and decode do the same arithmetic, decode one token at a time); the runtime
@@ -66,4 +67,5 @@ def forward_flops(config, tokens: int, context: int = 0) -> float:
     matmul = params["non_embedding"] - inactive + lm_head  # norms are a rounding error next to the matmuls
     # key positions seen by the new tokens: sum_{t=1..tokens} (context + t)
     pairs = tokens * context + tokens * (tokens + 1) / 2
-    return 2.0 * matmul * tokens + 4.0 * config.num_hidden_layers * q_width * pairs
+    layers = family_of(config, check=False).attention_layers(config)  # a hybrid: its attention layers only
+    return 2.0 * matmul * tokens + 4.0 * layers * q_width * pairs

@@ -225,6 +225,10 @@ class Family:
         """The linears a layer of this type holds (name -> (in axis, out axis)); uniform families: all of them."""
         return dict(self.linears)
 
+    def attention_layers(self, config) -> int:
+        """How many decoder layers hold attention (the FLOP count's score/value term); every layer by default."""
+        return config.num_hidden_layers
+
     def kept_layers_problem(self, config, layers: list[int]) -> str | None:
         """What is wrong with keeping only source layers ``layers`` (checked when they are chosen), or None."""
         return None

@@ -272,6 +272,9 @@ class NemotronH(Family):
         return (has.get(self.head_probe), has.get(self.neuron_probe), [layer.get_submodule(p) for p in
                                                                         self.hidden_probes])
 
+    def attention_layers(self, config) -> int:
+        return sum(t == ATTENTION for t in self.layer_types(config))
+
     def kept_layers_problem(self, config, layers: list[int]) -> str | None:
         types = self.layer_types(config)
         attention = [i for i, t in enumerate(types) if t == ATTENTION]

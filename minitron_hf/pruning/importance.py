@@ -16,6 +16,11 @@ activations are reduced the moment a hook sees them and never stored.
   recomputes each expert's FFN on its tokens (:meth:`~minitron_hf.arch.moe.MoEDecoder.expert_forward`): calibration
   pays the experts' FFNs twice.
 
+Where each probe sits is the family's to say (:meth:`~minitron_hf.arch.base.Family.layer_probes`, by layer type):
+a hybrid model (Nemotron-H) probes each layer for what it holds -- a Mamba2 layer the x rows of ``in_proj``'s
+output (the family's extra score ``mamba``), an attention layer its heads, an MLP layer its neurons, every layer its
+block norm -- and a score a layer has no probe for stays zero.
+
 A token activation is reduced over the sequence (``seq_agg``) and then over the batch (``batch_agg``);
 the paper's default (and ours) is mean over sequence, L2 over batch: ``aggregation="l2_mean"``. The
 other reducers of the paper's ablation (``mean``, ``l1``, ``l2``, ``max``, for either axis) are
