@@ -396,10 +396,11 @@ def run_prune(data_cfg: DataConfig, cfg: PruneConfig) -> dict:
                     cfg.model, cfg.output, p["before"]["total"] / 1e6, p["after"]["total"] / 1e6,
                     p["before"]["non_embedding"] / 1e6, p["after"]["non_embedding"] / 1e6, record["wall_time_s"])
     state.wait_for_everyone()
-    if "parameters" not in record:  # other ranks: the same numbers, from the target (the main process chose the
-        # layers; a per-layer field still unset -- Nemotron-H's pattern -- is the source's, whose count then scales)
-        record["parameters"] = parameter_counts(config, {**config.to_dict(),
-                                                         **{k: v for k, v in new_config.items() if v is not None}})
+    if "parameters" not in record:  # other ranks: the same numbers, from the config the main process wrote (it chose
+        # the layers: Nemotron-H's count needs their pattern), or from the target where that is not visible here
+        written = Path(cfg.output) / "config.json"
+        record["parameters"] = parameter_counts(
+            config, type(config)._dict_from_json_file(written) if written.exists() else new_config)
     record.setdefault("wall_time_s", round(time.time() - t0, 1))
     return record
 
