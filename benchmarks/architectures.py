@@ -80,6 +80,14 @@ SHAPES = [
                                         head_dim=128, vocab_size=151936, num_experts=128, num_experts_per_tok=8,
                                         norm_topk_prob=True, tie_word_embeddings=False),
      dict(hidden_size=1536, moe_intermediate_size=512, num_experts=96), False),
+    # hybrid: 24 Mamba2, 4 attention, 24 MLP layers (the published hybrid_override_pattern and attention_head_dim)
+    ("Nemotron-H-8B", "nemotron_h", dict(
+        hybrid_override_pattern="M-M-M-M*-M-M-M-M-M*-M-M-M-M-M*-M-M-M-M-M*-M-M-M-M-M-", hidden_size=4096,
+        num_hidden_layers=52, num_attention_heads=32, num_key_value_heads=8, attention_head_dim=128, head_dim=128,
+        intermediate_size=21504, mamba_num_heads=128, mamba_head_dim=64, n_groups=8, ssm_state_size=128,
+        conv_kernel=4, vocab_size=131072, tie_word_embeddings=False, use_bias=False, use_conv_bias=True,
+        mlp_bias=False, mlp_hidden_act="relu2"),
+     dict(hidden_size=3072, intermediate_size=12288, mamba_num_heads=96), False),
 ]
 
 

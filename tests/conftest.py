@@ -34,6 +34,15 @@ def tiny_config(model_type: str, **kw):
         base.update(num_local_experts=4, num_experts_per_tok=2)
     if model_type == "qwen3_moe":  # 4 experts of width 96 (moe_intermediate_size), 2 per token; every layer sparse
         base.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=96, norm_topk_prob=True)
+    if model_type == "nemotron_h":  # hybrid: Mamba2, Mamba2, MLP, attention layers (layers_block_type sets the depth;
+        # the family-wide tests' drops -- [1], [0, 2], [1, 2] of 5 -- each keep the attention layer a Nemotron-H needs);
+        # 32 Mamba heads (16 per group) of width 4, so every FP8 dimension stays a multiple of 16 before and after the
+        # conformance target; relu2 MLP; chunk 8 so the reference scan runs several chunks
+        n = kw.pop("num_hidden_layers", 4)
+        types = ["linear_attention", "linear_attention", "mlp", "full_attention"]
+        base.pop("num_hidden_layers")
+        base.update(layers_block_type=(types * n)[:n], mamba_num_heads=32, mamba_head_dim=4, n_groups=2,
+                    ssm_state_size=8, chunk_size=8, conv_kernel=4, pad_token_id=0, bos_token_id=1, eos_token_id=2)
     base.update(kw)
     return AutoConfig.for_model(model_type, **base)
 
@@ -45,6 +54,8 @@ def tiny_model(model_type: str, seed: int = 0, **kw):
     with torch.no_grad():
         for n, p in model.named_parameters():
             if "norm" in n:
+                p.copy_(torch.rand_like(p) * 2)
+            if n.endswith(".mixer.D"):  # Mamba2's skip weight starts at 1 in every head: make heads differ
                 p.copy_(torch.rand_like(p) * 2)
     model.config.architectures = [type(model).__name__]
     return model

@@ -24,6 +24,10 @@ reference is rebuilt expert by expert and compared on the on-disk (per-expert) n
 checks the active count; (7) checks that FP8 export refuses them by name before any work (ModelOpt 0.42 cannot export
 transformers 5's stacked experts).
 
+Hybrid families (Nemotron-H: Mamba2, attention and MLP layers) hold different things in different layers
+(``Family.layer_types``): the probes, linears and family-specific axes (``Family.extra_width_fields``, pruned too in
+the real target: :data:`EXTRA_TARGET`) are checked per layer type; a score a layer has no probe for stays zero.
+
 Serving with vLLM is out of scope here: tests/test_serve.py covers it once, on the default (Llama) model.
 """
 
@@ -50,7 +54,10 @@ from test_trim import _prune, mlp_target, naive_reference
 
 # Tiny-config values a family needs beyond conftest.tiny_config's, by model_type. Mistral: conftest's head_dim 12
 # makes the query/KV widths 72/24, not multiples of 16 as FP8 GEMMs want; 32 keeps heads * head_dim != hidden.
-TINY: dict[str, dict] = {"mistral": dict(head_dim=32)}
+TINY: dict[str, dict] = {"mistral": dict(head_dim=32),
+                         # transformers' default pattern has a 'moe' layer, which the family refuses
+                         "nemotron_h": dict(layers_block_type=["linear_attention", "linear_attention", "mlp",
+                                                               "full_attention"])}
 VOCAB = 49152  # the default model's tokenizer (FP8 calibration tokenizes the embedded text with it)
 # hidden 48 -> 32, MLP 96 -> 64, 6 -> 4 query heads in 2 KV groups, layer 1 of 4 dropped: all widths stay multiples
 # of 16 (FP8) and hidden stays divisible by the heads (Llama's config class insists)
@@ -58,10 +65,14 @@ TARGET = dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_k
 # a mixture of experts also drops one of its 4 experts per layer (intermediate_size is then each expert's width: the
 # family's mlp_field)
 MOE_EXPERTS = 3
+# a family's own width axes (Family.extra_width_fields) in the real target: Nemotron-H's 32 Mamba heads (2 groups) of
+# width 4 -> 16 heads (8 per group) of width 2
+EXTRA_TARGET = {"mamba_num_heads": 16, "mamba_head_dim": 2}
 
 
 def _target(family: Family) -> dict:
     t = mlp_target(family.model_type, TARGET)
+    t.update({k: EXTRA_TARGET[k] for k in family.extra_width_fields})
     return {**t, family.experts_field: MOE_EXPERTS} if family.is_moe else t
 
 
@@ -95,8 +106,9 @@ def case(request, tmp_path_factory, default_model_dir) -> Case:
     model = tiny_model(model_type, vocab_size=VOCAB, **TINY.get(model_type, {}),
                        **{f: True for f in _bias_fields(family)})
     # a mixture of experts routes on the hidden state: biases as large as 0.5 (o_proj's is added to every token)
-    # would send every token to the same two experts (measured on qwen3_moe); at the weights' scale they do not
-    bias_std = 0.02 if family.is_moe else 0.5
+    # would send every token to the same two experts (measured on qwen3_moe); at the weights' scale they do not. A
+    # ReLU-type MLP (Nemotron-H's relu2) with MLP biases of 0.5 has neurons that never fire, whose score is then 0
+    bias_std = 0.02 if family.is_moe or "relu" in str(getattr(model.config, "mlp_hidden_act", "")) else 0.5
     with torch.no_grad():  # HF initialises biases to zero: a mis-sliced zero bias would go unnoticed
         for n, p in model.named_parameters():
             if n.endswith(".bias"):
@@ -108,6 +120,7 @@ def case(request, tmp_path_factory, default_model_dir) -> Case:
                   "num_attention_heads": c.num_attention_heads, "num_key_value_heads": c.num_key_value_heads}
     if family.is_moe:
         everything[family.experts_field] = family.num_experts(c)
+    everything.update({k: getattr(c, k) for k in family.extra_width_fields})
     keep_plan, keep = _prune(model, d, everything, importance=imp, name="keep")
     plan, pruned = _prune(model, d, _target(family), importance=imp, name="pruned")
     copy_aux_files(default_model_dir, d / "pruned")  # the tokenizer, for FP8 calibration
@@ -132,6 +145,10 @@ def test_keep_everything_only_reorders(case):
     if case.family.is_moe:
         assert any(plan.experts[l].tolist() != list(range(case.family.num_experts(c))) for l in plan.layers)
     assert any(plan.heads[l].tolist() != list(range(c.num_attention_heads)) for l in plan.layers)
+    for l, axes in plan.axes.items():  # a family's own axes (Nemotron-H's Mamba heads and channels) moved too
+        assert all(sorted(v.tolist()) == list(range(len(v))) for v in axes.values())
+    if plan.axes:
+        assert any(v.tolist() != list(range(len(v))) for axes in plan.axes.values() for v in axes.values())
     ids = _ids(3)
     torch.testing.assert_close(_logits(case.keep, ids), _logits(case.model, ids), atol=1e-5, rtol=1e-5)
 
@@ -150,7 +167,7 @@ def test_trim_equals_naive_reference(case):
     expect_names = set()
     for name in source:
         parts = name.split(".")
-        if name.startswith("model.layers."):
+        if parts[1:2] == ["layers"]:  # <prefix>.layers.N...: model.layers (backbone.layers for Nemotron-H)
             layer = int(parts[2])
             if layer not in plan.layers:
                 continue
@@ -165,10 +182,10 @@ def test_trim_equals_naive_reference(case):
     ref = naive_reference(case.model, plan)
     unset = [n for n, p in ref.named_parameters() if p.isnan().any()]
     assert not unset, f"the naive reference does not rebuild {unset}: extend test_trim.naive_reference"
-    ref_sd = ref.state_dict()
-    if family.is_moe:  # experts are stacked in memory: the reference's on-disk names, as transformers writes them
-        ref.save_pretrained(case.dir / "ref")
-        ref_sd = load_file(case.dir / "ref" / "model.safetensors")
+    # compared on the on-disk names, as transformers writes them (experts are stacked in memory; Nemotron-H's base
+    # model is saved under backbone.)
+    ref.save_pretrained(case.dir / "ref")
+    ref_sd = load_file(case.dir / "ref" / "model.safetensors")
     for name, t in got.items():
         assert t.shape == ref_sd[name].shape and torch.equal(t, ref_sd[name]), name
     # biases were sliced too (the source has every bias field the family knows)
@@ -190,7 +207,8 @@ def test_parameter_count_equals_numel(case):
     # variants: tied and untied embeddings, every on/off combination of the bias fields the family has
     bias = _bias_fields(family)
     seen = set()
-    for tie, *flags in itertools.product((True, False), *[(False, True)] * len(bias)):
+    ties = (True, False) if family.can_tie_embeddings else (False,)  # Nemotron-H never ties (refused)
+    for tie, *flags in itertools.product(ties, *[(False, True)] * len(bias)):
         cfg = tiny_config(case.model_type, tie_word_embeddings=tie, **TINY.get(case.model_type, {}),
                           **dict(zip(bias, flags)))
         torch.manual_seed(0)
@@ -207,7 +225,7 @@ def test_parameter_count_equals_numel(case):
             assert "active" not in n
         assert n["embedding"] == cfg.vocab_size * cfg.hidden_size * (1 if tie else 2)
         seen.add(n["total"])
-    assert len(seen) == 2 ** (1 + len(bias))  # each variant changes the count: none of them is ignored
+    assert len(seen) == len(ties) * 2 ** len(bias)  # each variant changes the count: none of them is ignored
 
 
 # ---------------------------------------------------------------------------------------------------- 4. KD
@@ -296,13 +314,13 @@ def test_pruned_output_loads_and_generates(case):
     model = AutoModelForCausalLM.from_pretrained(case.dir / "pruned").eval()  # vanilla transformers, nothing else
     assert type(model) is type(case.model)
     wrote = load_file(case.dir / "pruned" / "model.safetensors")
-    if case.family.is_moe:  # stacked in memory: saved again, the loaded model writes back exactly what we wrote
-        model.save_pretrained(case.dir / "again")
-        again = load_file(case.dir / "again" / "model.safetensors")
-        assert set(again) == set(wrote)
+    # saved again, the loaded model writes back exactly what we wrote (on-disk names: experts are stacked in memory,
+    # Nemotron-H's base model is "model" in memory and "backbone" on disk)
+    model.save_pretrained(case.dir / "again")
+    again = load_file(case.dir / "again" / "model.safetensors")
+    assert set(again) == set(wrote)
     for name, t in wrote.items():
-        t_loaded = again[name] if case.family.is_moe else model.get_parameter(name)
-        assert torch.equal(t_loaded, t), name  # no weight re-initialised as "missing"
+        assert torch.equal(again[name], t), name  # no weight re-initialised as "missing"
     prompt = _ids(7, batch=2, seq=6)
     n_new = 5
     model.generation_config.eos_token_id = None  # a random model may pick the EOS id: always n_new tokens
@@ -335,7 +353,8 @@ def test_fp8_export_of_pruned_output(case, tmp_path):
         return
     rec = export_fp8(case.dir / "pruned", DataConfig(), FP8Config(output=str(tmp_path / "fp8"), calib_samples=2,
                                                                   seq_len=16, batch_size=2, dtype="float32"))
-    assert rec["quantized_linears"] == case.pruned.config.num_hidden_layers * len(case.family.linears)
+    types = case.family.layer_types(case.pruned.config)
+    assert rec["quantized_linears"] == sum(len(case.family.layer_linears(t)) for t in types)
     assert rec["not_divisible_by_16"] == []
     assert_dequantized_close(load_file(case.dir / "pruned" / "model.safetensors"), tmp_path / "fp8")
 
@@ -347,51 +366,71 @@ def test_importance_probes_fire(case):
     c = model.config
     imp.check_matches(c)
     L, P = c.num_hidden_layers, len(family.hidden_probes)
+    types = family.layer_types(c)
+    assert len(types) == L
     assert imp.hidden_per_layer.shape == (L, P, c.hidden_size) and len(set(family.hidden_probes)) == P > 0
     # the hidden probes are norms over the hidden axis (Qwen3's q/k norms are per head): Llama-style layers probe
-    # both of theirs; Gemma probes the two of its four that feed attention and the MLP. Every hidden-axis norm is
-    # sliced with the hidden channels.
-    layer = model.base_model.layers[0]
-    hidden_norms = {n for n, m in layer.named_modules() if "norm" in type(m).__name__.lower()
-                    and getattr(m, "weight", None) is not None and m.weight.shape == (c.hidden_size,)}
-    assert set(family.hidden_probes) <= hidden_norms and len(family.hidden_probes) >= 2
-    assert all(family.layer_rules.get(f"{n}.weight") == ("hidden", None) for n in hidden_norms)
-    for t in (imp.heads, imp.hidden_per_layer) + ((imp.neurons,) if not family.is_moe else ()):
-        assert torch.isfinite(t).all() and (t > 0).all()  # every probe of every layer fired
+    # both of theirs; Gemma probes the two of its four that feed attention and the MLP; Nemotron-H blocks have one.
+    # Every hidden-axis norm is sliced with the hidden channels.
+    for layer in model.base_model.layers:
+        hidden_norms = {n for n, m in layer.named_modules() if "norm" in type(m).__name__.lower()
+                        and getattr(m, "weight", None) is not None and m.weight.shape == (c.hidden_size,)}
+        assert set(family.hidden_probes) <= hidden_norms and len(family.hidden_probes) >= min(2, len(hidden_norms))
+        assert all(family.layer_rules.get(f"{n}.weight") == ("hidden", None) for n in hidden_norms)
+    extra = family.extra_scores(c)
+    for l, t in enumerate(types):
+        fed = {p.score for p in family.layer_probes(c, t)} - {"hidden"}
+        # every probe of every layer fired; a score the layer has no probe for (a hybrid's attention scores in a
+        # Mamba layer) stays zero
+        for name in ["heads", *(["neurons"] if not family.is_moe else []), *extra]:
+            row = imp.score(name)[l]
+            assert torch.isfinite(row).all()
+            if name in fed:
+                assert (row > 0).all() and row.std() > 0, (l, name)
+            else:
+                assert (row == 0).all(), (l, name)
+        assert torch.isfinite(imp.hidden_per_layer[l]).all() and (imp.hidden_per_layer[l] > 0).all()
+        for p in range(P):
+            assert imp.hidden_per_layer[l, p].std() > 0
+        for p, q in itertools.combinations(range(P), 2):  # distinct probe points, not one module twice
+            assert not torch.equal(imp.hidden_per_layer[l, p], imp.hidden_per_layer[l, q])
     if family.is_moe:  # the experts probe fired in every layer; an expert the router sent no token scores 0, and
         # so do its neurons (none are observed), but here every expert of every layer gets tokens
         routed = imp.experts > 0
         assert torch.isfinite(imp.experts).all() and torch.isfinite(imp.neurons).all()
         assert routed.all()
         assert ((imp.neurons > 0).all(-1) == routed).all() and ((imp.neurons == 0).all(-1) == ~routed).all()
-    for l in range(L):
-        assert imp.heads[l].std() > 0 and imp.neurons[l].std() > 0
-        for p in range(P):
-            assert imp.hidden_per_layer[l, p].std() > 0
-        for p, q in itertools.combinations(range(P), 2):  # distinct probe points, not one module twice
-            assert not torch.equal(imp.hidden_per_layer[l, p], imp.hidden_per_layer[l, q])
+        for l in range(L):
+            assert imp.neurons[l].std() > 0
     # the probe points carry the widths the scores assume: [heads * head_dim] into the head probe, [intermediate]
-    # into the neuron probe, [hidden] out of every hidden probe
-    widths, handles = [], []
-    for layer in model.base_model.layers:
-        head, neuron, hidden = family.probes(layer)
-        handles += [head.register_forward_pre_hook(lambda m, a: widths.append(("head", a[0].shape[-1]))),
-                    neuron.register_forward_pre_hook(lambda m, a: widths.append(("neuron", a[0].shape[-1])))]
-        handles += [m.register_forward_hook(lambda m, a, o: widths.append(("hidden", o.shape[-1]))) for m in hidden]
+    # into the neuron probe, [hidden] out of every hidden probe, and each family score's width after its transform
+    want = {"heads": c.num_attention_heads * family.head_dim(c), "neurons": c.intermediate_size,
+            "hidden": c.hidden_size, **{k: shape[-1] for k, shape in extra.items()}}
+    widths, expect, handles = [], [], []
+    for layer, t in zip(model.base_model.layers, types):
+        for probe in family.layer_probes(c, t):
+            def record(x, probe=probe):
+                widths.append((probe.score, (probe.transform(x) if probe.score in extra else x).shape[-1]))
+            module = layer.get_submodule(probe.path)
+            handles.append(module.register_forward_hook(lambda m, a, o, r=record: r(o)) if probe.output else
+                           module.register_forward_pre_hook(lambda m, a, r=record: r(a[0])))
+            expect.append((probe.score, want[probe.score]))
+        head, neuron, hidden = family.probes(layer)  # the named probe points the layer has
+        assert [m for m in hidden] == [layer.get_submodule(p) for p in family.hidden_probes]
     try:
         with torch.no_grad():
             model(_ids(8))
     finally:
         for h in handles:
             h.remove()
-    want = {"head": c.num_attention_heads * family.head_dim(c), "neuron": c.intermediate_size, "hidden": c.hidden_size}
-    if family.is_moe:  # the neuron probe is the experts module: hidden states in, [experts, hidden, mlp] down weights
-        want["neuron"] = c.hidden_size
+    assert sorted(widths) == sorted(expect) and {s for s, _ in expect} >= {"heads", "hidden"}
+    if family.is_moe:  # the neuron probe is the experts module: [experts, hidden, mlp] down weights
+        E, mlp = family.num_experts(c), getattr(c, family.mlp_field)
         for layer in model.base_model.layers:
-            E, mlp = family.num_experts(c), getattr(c, family.mlp_field)
             assert family.probes(layer)[1].down_proj.shape == (E, c.hidden_size, mlp)
         assert imp.experts.shape == (L, E) and (imp.experts > 0).all() and imp.neurons.shape == (L, E, mlp)
-    assert sorted(widths) == sorted([(k, want[k]) for k in ("head", "neuron")] * L + [("hidden", want["hidden"])] * L * P)
+    else:
+        assert "neurons" in {s for s, _ in expect}
 
 
 # ---------------------------------------------------------------------------------------------------- 9. config fields
@@ -400,7 +439,7 @@ def test_config_fields_cover_transformers_and_refuse_unknown(case):
     family, model_type = case.family, case.model_type
     # every field transformers' own config class writes (defaults, the tiny model's, the pruned output's) is known:
     # a field a newer transformers adds fails here, and someone decides whether the family module handles it
-    for cfg in (AutoConfig.for_model(model_type), case.model.config, case.pruned.config, case.plan.new_config):
+    for cfg in (AutoConfig.for_model(model_type, **TINY.get(model_type, {})), case.model.config, case.pruned.config, case.plan.new_config):
         assert family_of(cfg) is family
     d = case.model.config.to_dict()
     # a field of another family that this one does not handle (a lookalike): refused, named
@@ -422,17 +461,21 @@ def test_lora_targets_and_linear_shapes_exist(case):
         c = model.config
         shapes = linear_shapes(c)
         assert set(shapes) == set(family.linears)
-        for layer in model.base_model.layers:
+        for layer, t in zip(model.base_model.layers, family.layer_types(c)):
             modules = {n.rsplit(".", 1)[-1]: m for n, m in layer.named_modules() if n}
-            for name, (n_in, n_out) in shapes.items():
-                assert name in modules, name
+            here = family.layer_linears(t)  # a hybrid's layers hold different linears
+            assert set(here) <= set(shapes) and here
+            assert {n for n, m in modules.items() if isinstance(m, torch.nn.Linear)} >= set(here)
+            for name in here:
+                n_in, n_out = shapes[name]
                 assert tuple(modules[name].weight.shape) == (n_out, n_in), name
-    # PEFT matches the names as module-name suffixes: every target wraps one linear per layer
+    # PEFT matches the names as module-name suffixes: every target wraps one linear per layer that holds it
     model = tiny_model(case.model_type, **TINY.get(case.model_type, {}))
     peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=family.lora_targets))
     wrapped = [n for n, m in peft_model.named_modules() if hasattr(m, "lora_A") and n.rsplit(".", 1)[-1] in
                family.lora_targets]
-    assert len(wrapped) == model.config.num_hidden_layers * len(family.lora_targets)
+    assert len(wrapped) == sum(len(set(family.layer_linears(t)) & set(family.lora_targets))
+                               for t in family.layer_types(model.config))
 
 
 # ---------------------------------------------------------------------------------------------------- 11. distill

@@ -34,6 +34,10 @@ def _prune(model, tmp_path, target, importance=None, merge=False, name="out", ma
 
 def naive_reference(model, plan):
     """Rebuild the pruned model with explicit per-head / per-neuron copies (no shared code with trim)."""
+    if hasattr(model.model, "embeddings"):  # a hybrid Nemotron-H: per layer type, Mamba heads included
+        from test_nemotron_h import naive_hybrid_reference
+
+        return naive_hybrid_reference(model, plan)
     cfg = type(model.config).from_dict(plan.new_config)
     ref = AutoModelForCausalLM.from_config(cfg).eval()
     hd, hid = plan.head_dim, plan.hidden.tolist()
@@ -155,7 +159,9 @@ def test_pruned_matches_naive_reference_and_round_trips(model_type, tmp_path, ta
     # GQA shapes and explicit head_dim
     cfg = pruned.config
     assert cfg.head_dim == model.config.head_dim
-    attn = pruned.model.layers[0].self_attn
+    # the first attention module (a hybrid Nemotron-H: the mixer of its first full_attention block)
+    attn = next((l.mixer for l in pruned.model.layers if getattr(l, "block_type", None) == "full_attention"),
+                None) or pruned.model.layers[0].self_attn
     if model_type == "phi3":
         assert attn.qkv_proj.weight.shape == ((cfg.num_attention_heads + 2 * cfg.num_key_value_heads) * cfg.head_dim,
                                               cfg.hidden_size)

@@ -1,8 +1,9 @@
 """Architecture facts: one module per model family behind one interface (:class:`~.base.Family`), and what follows
 from a config alone.
 
-``llama``, ``mistral``, ``qwen2``, ``qwen3``, ``phi3``, ``smollm3``, ``gemma2``, ``gemma3_text`` and the mixtures of
-experts ``mixtral`` and ``qwen3_moe`` (:mod:`.moe`) each have a module here stating their layout (prunable axes,
+``llama``, ``mistral``, ``qwen2``, ``qwen3``, ``phi3``, ``smollm3``, ``gemma2``, ``gemma3_text``, the mixtures of
+experts ``mixtral`` and ``qwen3_moe`` (:mod:`.moe`) and the hybrid Mamba2/attention/MLP ``nemotron_h``
+(:mod:`.nemotron_h`) each have a module here stating their layout (prunable axes,
 slicing rules, probe points, parameter count, pruned config, logits, LoRA/FP8/TensorRT-LLM names). Pruning,
 importance, distillation and export ask :func:`family_of` for a model's family and use only that interface: nothing
 else in the code branches on the model type. Adding a family is one module here, one entry in :data:`FAMILIES`,
@@ -14,12 +15,13 @@ forward FLOPs of a request (:func:`forward_flops`).
 
 from __future__ import annotations
 
-from . import gemma, llama, mistral, moe, phi3, qwen2, qwen3, smollm3
+from . import gemma, llama, mistral, moe, nemotron_h, phi3, qwen2, qwen3, smollm3
 from .base import Family, UnsupportedModelError
 
 FAMILIES: dict[str, Family] = {f.model_type: f for f in (llama.FAMILY, mistral.FAMILY, qwen2.FAMILY, qwen3.FAMILY,
                                                           phi3.FAMILY, smollm3.FAMILY, gemma.GEMMA2,
-                                                          gemma.GEMMA3_TEXT, moe.MIXTRAL, moe.QWEN3_MOE)}
+                                                          gemma.GEMMA3_TEXT, moe.MIXTRAL, moe.QWEN3_MOE,
+                                                          nemotron_h.FAMILY)}
 
 __all__ = ["FAMILIES", "Family", "UnsupportedModelError", "count_parameters", "family_of", "forward_flops",
            "head_dim_of"]
@@ -51,7 +53,8 @@ def count_parameters(config) -> dict[str, int]:
 def forward_flops(config, tokens: int, context: int = 0) -> float:
     """Multiply-add FLOPs (2 per MAC) of a forward pass over ``tokens`` new tokens that follow
     ``context`` cached ones: every weight matmul (the LM head included, embeddings are lookups) plus
-    attention scores and values, ``4 * layers * query_width`` per (query, key) pair, causal.
+    attention scores and values, ``4 * attention layers * query_width`` per (query, key) pair, causal (a Mamba2
+    layer's scan is not counted beyond its projections).
 
     ``forward_flops(c, isl + osl)`` approximates one request of ``isl`` prompt and ``osl`` generated
     tokens (prefill and decode do the same arithmetic, decode one token at a time); the runtime
@@ -64,4 +67,5 @@ def forward_flops(config, tokens: int, context: int = 0) -> float:
     matmul = params["non_embedding"] - inactive + lm_head  # norms are a rounding error next to the matmuls
     # key positions seen by the new tokens: sum_{t=1..tokens} (context + t)
     pairs = tokens * context + tokens * (tokens + 1) / 2
-    return 2.0 * matmul * tokens + 4.0 * config.num_hidden_layers * q_width * pairs
+    layers = family_of(config, check=False).attention_layers(config)  # a hybrid: its attention layers only
+    return 2.0 * matmul * tokens + 4.0 * layers * q_width * pairs

@@ -19,7 +19,8 @@ what differs.
 from __future__ import annotations
 
 import fnmatch
-from typing import ClassVar
+from dataclasses import dataclass
+from typing import Callable, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +47,21 @@ GENERIC_CONFIG_FIELDS = (
 )
 
 AXES = ("hidden", "q", "kv", "mlp")  # hidden channels, query-head channels, KV-head channels, MLP neurons
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One importance probe point of a decoder layer: the module at ``path`` (inside the layer), its first input
+    (``output=False``, a forward pre-hook) or its output (a forward hook), turned by ``transform`` into non-negative
+    per-token channel activations [batch, seq, channels] that feed the score ``score`` (``"heads"``, ``"neurons"``,
+    ``"hidden"`` -- then ``slot`` is the index among the layer's hidden probes -- or one of the family's
+    :meth:`Family.extra_scores`)."""
+
+    score: str
+    path: str
+    output: bool
+    transform: Callable
+    slot: int = 0
 
 
 class Family:
@@ -89,6 +105,12 @@ class Family:
     # the per-expert tensors ``<prefix>.<expert>.<name>``: their slicing rules are keyed ``<prefix>.*.<name>``
     experts_field: ClassVar[str] = ""
     expert_prefix: ClassVar[str] = ""
+    # whether the model class ties the LM head to the input embedding when tie_word_embeddings is set (transformers
+    # 5.19's Nemotron-H never does: its _tied_weights_keys is empty)
+    can_tie_embeddings: ClassVar[bool] = True
+    # target fields of width axes besides hidden, heads, the MLP and experts (Nemotron-H: the Mamba heads and head
+    # dim); they need importance scores, and the family slices along them (:meth:`layer_axes`)
+    extra_width_fields: ClassVar[tuple[str, ...]] = ()
 
     @property
     def is_moe(self) -> bool:
@@ -169,6 +191,55 @@ class Family:
         """Analytic parameter count from the config alone: ``embedding`` is the input embedding and, when untied,
         the LM head; ``non_embedding`` the rest (the convention of the Minitron papers and of scaling-law work)."""
         raise NotImplementedError
+
+    # ------------------------------------------------------------------ heterogeneous layers
+    def layer_types(self, config) -> list[str]:
+        """The kind of each decoder layer, one entry per layer: it decides the layer's probes
+        (:meth:`layer_probes`), its linears (:meth:`layer_linears`) and its family-specific axes
+        (:meth:`layer_axes`). Uniform families: every layer is a ``"decoder"`` layer."""
+        return ["decoder"] * config.num_hidden_layers
+
+    def layer_probes(self, config, layer_type: str) -> list[Probe]:
+        """The importance probes of a layer of this type. Default: the head probe's input viewed [heads, head_dim]
+        (L2 norm over head_dim), the neuron probe's input (magnitude; a mixture of experts probes its experts
+        separately, see :mod:`minitron_hf.pruning.importance`) and every hidden probe's output (magnitude)."""
+        H, hd = config.num_attention_heads, self.head_dim(config)
+        probes = [Probe("heads", self.head_probe, False,
+                        lambda x: x.view(*x.shape[:-1], H, hd).float().norm(dim=-1))]
+        if not self.is_moe:
+            probes.append(Probe("neurons", self.neuron_probe, False, torch.abs))
+        return probes + [Probe("hidden", p, True, torch.abs, slot) for slot, p in enumerate(self.hidden_probes)]
+
+    def extra_scores(self, config) -> dict[str, tuple[int, ...]]:
+        """Per-layer shapes of the score tensors this family needs besides heads, neurons, hidden (and experts):
+        name -> shape of one layer's score. A layer whose type has no such probe keeps zeros."""
+        return {}
+
+    def layer_axes(self, config, new_config: dict, scores: dict | None, layer_type: str) -> dict[str, torch.Tensor]:
+        """Kept indices of the family's own per-layer axes for one layer (``scores``: that layer's
+        :meth:`extra_scores`, or None to keep everything in order), most important first. Each axis indexes the
+        source's positions, so a plan followed by another composes by indexing."""
+        return {}
+
+    def layer_linears(self, layer_type: str) -> dict[str, tuple[str, str]]:
+        """The linears a layer of this type holds (name -> (in axis, out axis)); uniform families: all of them."""
+        return dict(self.linears)
+
+    def attention_layers(self, config) -> int:
+        """How many decoder layers hold attention (the FLOP count's score/value term); every layer by default."""
+        return config.num_hidden_layers
+
+    def kept_layers_problem(self, config, layers: list[int]) -> str | None:
+        """What is wrong with keeping only source layers ``layers`` (checked when they are chosen), or None."""
+        return None
+
+    def fp8_problem(self, config) -> str | None:
+        """Why ModelOpt FP8 export cannot handle this model (checked before any work), or None."""
+        return None
+
+    def sequential_problem(self, config) -> str | None:
+        """Why layer-by-layer calibration cannot handle this model (checked before any layer is read), or None."""
+        return None
 
     # ------------------------------------------------------------------ modules
     def probes(self, layer) -> tuple[torch.nn.Module, torch.nn.Module, list[torch.nn.Module]]:

@@ -91,6 +91,17 @@ class MoEDecoder(DenseDecoder):
                         f"dtype; 8 in bf16). Nearest allowed: {' or '.join(map(str, near)) or 'none'}")
         return None
 
+    def fp8_problem(self, config) -> str | None:
+        return (f"model_type={config.model_type!r} is a mixture of experts: ModelOpt's HF export (0.42) does not "
+                f"support transformers 5's stacked experts modules ({config.model_type} experts are one 3-D tensor per "
+                f"layer); FP8 export supports the dense families only")
+
+    def sequential_problem(self, config) -> str | None:
+        # its per-expert disk tensors are stacked in memory, which sequential._load does not do
+        return (f"model_type={config.model_type!r} is a mixture of experts, which layer-by-layer calibration "
+                f"(sequential) does not support; run it in memory (sequential=false), on a machine that holds the "
+                f"model")
+
     def expert_forward(self, experts: torch.nn.Module, x: torch.Tensor, e: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Expert ``e`` of a stacked experts module on tokens ``x`` [n, hidden]: (the input of its down projection
         [n, mlp], its output [n, hidden], before the routing weight), as the module's eager forward computes."""

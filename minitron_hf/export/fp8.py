@@ -102,11 +102,9 @@ def _check(model_dir, cfg: FP8Config):
         if getattr(cfg, name) < 1:
             raise FP8ExportError(f"{name}={getattr(cfg, name)} must be >= 1")
     config = AutoConfig.from_pretrained(src)
-    if family_of(config).is_moe:  # supported model types only; checked on modelopt 0.42 + transformers 5.19
-        raise FP8ExportError(
-            f"model_type={config.model_type!r} is a mixture of experts: ModelOpt's HF export (0.42) does not support "
-            f"transformers 5's stacked experts modules ({config.model_type} experts are one 3-D tensor per layer); "
-            f"FP8 export supports the dense families only")
+    problem = family_of(config).fp8_problem(config)  # checked on modelopt 0.42 + transformers 5.19
+    if problem:
+        raise FP8ExportError(problem)
     max_pos = getattr(config, "max_position_embeddings", None)
     if cfg.seq_len < 2 or (max_pos and cfg.seq_len > max_pos):
         raise FP8ExportError(f"seq_len={cfg.seq_len} must be in [2, {max_pos}] (the model's max_position_embeddings)")

@@ -16,6 +16,11 @@ activations are reduced the moment a hook sees them and never stored.
   recomputes each expert's FFN on its tokens (:meth:`~minitron_hf.arch.moe.MoEDecoder.expert_forward`): calibration
   pays the experts' FFNs twice.
 
+Where each probe sits is the family's to say (:meth:`~minitron_hf.arch.base.Family.layer_probes`, by layer type):
+a hybrid model (Nemotron-H) probes each layer for what it holds -- a Mamba2 layer the x rows of ``in_proj``'s
+output (the family's extra score ``mamba``), an attention layer its heads, an MLP layer its neurons, every layer its
+block norm -- and a score a layer has no probe for stays zero.
+
 A token activation is reduced over the sequence (``seq_agg``) and then over the batch (``batch_agg``);
 the paper's default (and ours) is mean over sequence, L2 over batch: ``aggregation="l2_mean"``. The
 other reducers of the paper's ablation (``mean``, ``l1``, ``l2``, ``max``, for either axis) are
@@ -144,6 +149,12 @@ class Importance:
     hidden_per_layer: torch.Tensor
     meta: dict = field(default_factory=dict)
     experts: torch.Tensor | None = None  # [layers, experts] (mixtures of experts only)
+    # the family's own scores (Family.extra_scores), name -> [layers, *shape]; e.g. Nemotron-H's "mamba"
+    extra: dict = field(default_factory=dict)
+
+    def score(self, name: str) -> torch.Tensor | None:
+        """A score tensor by name: heads, neurons, hidden_per_layer, experts or one of :attr:`extra`."""
+        return self.extra.get(name) if name in self.extra else getattr(self, name, None)
 
     @property
     def hidden(self) -> torch.Tensor:
@@ -156,7 +167,8 @@ class Importance:
         moe = {} if self.experts is None else {"experts": self.experts.contiguous()}
         save_file(
             {"heads": self.heads.contiguous(), "neurons": self.neurons.contiguous(),
-             "hidden_per_layer": self.hidden_per_layer.contiguous(), **moe},
+             "hidden_per_layer": self.hidden_per_layer.contiguous(), **moe,
+             **{k: v.contiguous() for k, v in self.extra.items()}},
             str(out / "importance.safetensors"),
         )
         (out / "importance.json").write_text(json.dumps(self.meta, indent=2))
@@ -180,18 +192,19 @@ class Importance:
             raise ImportanceError(f"scores={str(path)!r}: {f.name} lacks {', '.join(missing)}; it was not written by "
                                   f"`minitron importance`")
         meta = read_json(d / "importance.json", "scores") if (d / "importance.json").exists() else {}
-        return cls(t["heads"], t["neurons"], t["hidden_per_layer"], meta, t.get("experts"))
+        extra = {k: v for k, v in t.items() if k not in ("heads", "neurons", "hidden_per_layer", "experts")}
+        return cls(t["heads"], t["neurons"], t["hidden_per_layer"], meta, t.get("experts"), extra)
 
     def check_matches(self, config) -> None:
         """Raise unless the scores were computed on a model of this shape."""
         want = score_shapes(config)
         for name, shape in want.items():
-            if getattr(self, name) is None:
+            if self.score(name) is None:
                 raise ImportanceError(f"scores do not match the model: they lack {name} scores {shape}, which a "
                                       f"{config.model_type} model needs; recompute importance for this model")
-            if tuple(getattr(self, name).shape) != shape:
+            if tuple(self.score(name).shape) != shape:
                 raise ImportanceError(
-                    f"scores do not match the model: {name} has shape {tuple(getattr(self, name).shape)}, "
+                    f"scores do not match the model: {name} has shape {tuple(self.score(name).shape)}, "
                     f"the model needs {shape}; recompute importance for this model"
                 )
 
@@ -207,6 +220,7 @@ def score_shapes(config) -> dict[str, tuple[int, ...]]:
     }
     if family.is_moe:
         want["experts"] = (L, E)
+    want.update({k: (L, *shape) for k, shape in family.extra_scores(config).items()})
     return want
 
 
@@ -216,7 +230,8 @@ def random_importance(config, seed: int = 0) -> Importance:
     shapes = score_shapes(config)
     rand = {k: torch.rand(*shapes[k], generator=g) for k in ("heads", "neurons", "hidden_per_layer")}
     experts = torch.rand(*shapes["experts"], generator=g) if "experts" in shapes else None
-    return Importance(**rand, meta={"aggregation": "random", "seed": seed}, experts=experts)
+    extra = {k: torch.rand(*shapes[k], generator=g) for k in family_of(config).extra_scores(config)}
+    return Importance(**rand, meta={"aggregation": "random", "seed": seed}, experts=experts, extra=extra)
 
 
 def _decoder_layers(model):
@@ -246,6 +261,11 @@ class WidthScores:
             self.neurons = [ChannelReducer((mlp,), batch_agg, seq_agg, device) for _ in range(L)]
         self.hidden = [[ChannelReducer((config.hidden_size,), batch_agg, seq_agg, device)
                         for _ in self.family.hidden_probes] for _ in range(L)]
+        # the family's own scores: name -> one reducer per layer (a layer whose type has no such probe keeps zeros)
+        self.extra = {k: [ChannelReducer(shape, batch_agg, seq_agg, device) for _ in range(L)]
+                      for k, shape in self.family.extra_scores(config).items()}
+        self.config = config
+        self.layer_types = self.family.layer_types(config)
         self.mask: torch.Tensor | None = None  # attention mask of the batch being run (1 = real token)
         self.tokens = 0
 
@@ -255,15 +275,25 @@ class WidthScores:
         self.tokens += batch_tokens(ids, mask)
 
     def attach(self, layer, i: int) -> list:
-        """Hooks on decoder layer ``i``'s probe points; returns the handles to remove."""
-        H, hd = self.H, self.hd
+        """Hooks on decoder layer ``i``'s probe points (the family's :meth:`~minitron_hf.arch.base.Family.layer_probes`
+        for the layer's type); returns the handles to remove."""
 
-        def head_hook(module, args):
-            x = args[0]
-            self.heads[i].update(x.view(*x.shape[:-1], H, hd).float().norm(dim=-1), self.mask)
+        def reducer(probe):
+            if probe.score == "hidden":
+                return self.hidden[i][probe.slot]
+            if probe.score in self.extra:
+                return self.extra[probe.score][i]
+            return {"heads": self.heads, "neurons": self.neurons}[probe.score][i]
 
-        def neuron_hook(module, args):
-            self.neurons[i].update(args[0].abs(), self.mask)
+        def input_hook(r, transform):
+            def hook(module, args):
+                r.update(transform(args[0]), self.mask)
+            return hook
+
+        def output_hook(r, transform):
+            def hook(module, args, out):
+                r.update(transform(out), self.mask)
+            return hook
 
         def experts_hook(module, args, kwargs):
             names = ("hidden_states", "top_k_index", "top_k_weights")  # [tokens, hidden], [tokens, k], [tokens, k]
@@ -279,24 +309,24 @@ class WidthScores:
                 self.neurons[i][e].update_rows(act.abs(), token // S, B)
                 self.experts[i][e] += (weights[token, slot].double() * out.double().norm(dim=-1)).sum()
 
-        def norm_hook(r):
-            def hook(module, args, out):
-                r.update(out.abs(), self.mask)
-            return hook
-
-        head_probe, neuron_probe, hidden_probes = self.family.probes(layer)
-        if self.family.is_moe:  # the neuron probe is the experts module
-            neuron = neuron_probe.register_forward_pre_hook(experts_hook, with_kwargs=True)
-        else:
-            neuron = neuron_probe.register_forward_pre_hook(neuron_hook)
-        return [head_probe.register_forward_pre_hook(head_hook), neuron,
-                *(m.register_forward_hook(norm_hook(r)) for m, r in zip(hidden_probes, self.hidden[i]))]
+        handles = []
+        for probe in self.family.layer_probes(self.config, self.layer_types[i]):
+            module = layer.get_submodule(probe.path)
+            if probe.output:
+                handles.append(module.register_forward_hook(output_hook(reducer(probe), probe.transform)))
+            else:
+                handles.append(module.register_forward_pre_hook(input_hook(reducer(probe), probe.transform)))
+        if self.family.is_moe:  # the neuron probe is the experts module: routing-aware, per expert
+            handles.append(layer.get_submodule(self.family.neuron_probe).register_forward_pre_hook(
+                experts_hook, with_kwargs=True))
+        return handles
 
     def result(self) -> Importance:
         """All-reduced over data-parallel processes (every process must call it), checked finite."""
         moe = self.family.is_moe
         neurons = [r for rs in self.neurons for r in rs] if moe else self.neurons
-        for r in [*self.heads, *neurons, *(x for pair in self.hidden for x in pair)]:
+        for r in [*self.heads, *neurons, *(x for pair in self.hidden for x in pair),
+                  *(x for rs in self.extra.values() for x in rs)]:
             r.all_reduce()
         experts = None
         if moe:
@@ -309,10 +339,13 @@ class WidthScores:
             neurons=torch.stack([torch.stack([r.result() for r in rs]) if moe else rs.result()
                                  for rs in self.neurons]).cpu(),
             hidden_per_layer=torch.stack([torch.stack([r.result() for r in rs]) for rs in self.hidden]).cpu(),
-            meta={"aggregation": self.aggregation, "samples": int(self.heads[0].count), "tokens": self.tokens},
+            meta={"aggregation": self.aggregation, "samples": int(max(r.count for r in self.hidden[0])),
+                  "tokens": self.tokens},
             experts=experts,
+            extra={k: torch.stack([r.result() for r in rs]).cpu() for k, rs in self.extra.items()},
         )
-        scores = (result.heads, result.neurons, result.hidden_per_layer) + ((experts,) if moe else ())
+        scores = (result.heads, result.neurons, result.hidden_per_layer, *result.extra.values()) + \
+            ((experts,) if moe else ())
         if not all(torch.isfinite(t).all() for t in scores):
             raise ImportanceError("importance scores are not finite (NaN/inf activations); check the model's dtype")
         return result

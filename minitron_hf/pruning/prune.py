@@ -42,8 +42,8 @@ class PruneConfig(SequentialOptions):
     output: str | None = field(default=None, metadata={"help": "directory to write the pruned checkpoint to"})
     target: dict = field(default_factory=dict, metadata={"help": "KEY=VALUE: hidden_size, intermediate_size, "
                          "num_attention_heads, num_key_value_heads, num_hidden_layers, drop_layers; mixtures of experts "
-                         "also num_local_experts (Mixtral) / num_experts, moe_intermediate_size (Qwen3-MoE) "
-                         "(repeatable)"})
+                         "also num_local_experts (Mixtral) / num_experts, moe_intermediate_size (Qwen3-MoE); "
+                         "Nemotron-H also mamba_num_heads, mamba_head_dim (repeatable)"})
     importance: str = field(default="l2_mean", metadata={"help": "'<batch>_<seq>' reducers (mean|l2|l1|max), "
                             "paper default l2_mean; or 'random' (ablation)", "scores": True})
     scores: str | None = field(default=None, metadata={"help": "reuse scores saved by `minitron importance` "
@@ -171,7 +171,9 @@ def count_parameters_ratio(config, new_config: dict) -> float:
 
     from ..arch import count_parameters
 
-    new = SimpleNamespace(**{**config.to_dict(), **new_config})
+    # per-layer fields are None until the layers are chosen: the source's then (Nemotron-H's count scales its layer
+    # pattern to the target's depth)
+    new = SimpleNamespace(**{**config.to_dict(), **{k: v for k, v in new_config.items() if v is not None}})
     return count_parameters(new)["total"] / max(count_parameters(config)["total"], 1)
 
 
@@ -192,7 +194,7 @@ def _interpolate(src_cfg, final: dict, step: int, steps: int) -> dict:
             m = family.width_multiple(src_cfg)  # MoE experts kernels need aligned rows
             v = max(b, int(round(v / m)) * m) if v % m else v
             t[k] = v if step < steps else b
-    for k in ("num_attention_heads", "num_key_value_heads"):
+    for k in ("num_attention_heads", "num_key_value_heads", *family.extra_width_fields):
         if getattr(src_cfg, k) != final[k]:
             t[k] = final[k]
     if family.is_moe and family.num_experts(src_cfg) != family.num_experts(final):  # experts: also in step 1
@@ -381,7 +383,9 @@ def run_prune(data_cfg: DataConfig, cfg: PruneConfig) -> dict:
             imp.save(tmp / "importance")
             plot_importance(imp, tmp / "importance" / "importance.png", title=f"{cfg.model} ({cfg.importance})")
         record["kept"] = overall.to_json()  # indices into the source model, also after several steps
-        record["parameters"] = parameter_counts(config, json.loads((tmp / "config.json").read_text()))
+        # transformers' own reader: it writes non-finite floats as {"__float__": "Infinity"} (Nemotron-H's
+        # time_step_limit), which plain json.loads leaves encoded
+        record["parameters"] = parameter_counts(config, type(config)._dict_from_json_file(tmp / "config.json"))
         record["wall_time_s"] = round(time.time() - t0, 1)
         (tmp / "pruning.json").write_text(json.dumps(record, indent=1))
 
@@ -392,7 +396,11 @@ def run_prune(data_cfg: DataConfig, cfg: PruneConfig) -> dict:
                     cfg.model, cfg.output, p["before"]["total"] / 1e6, p["after"]["total"] / 1e6,
                     p["before"]["non_embedding"] / 1e6, p["after"]["non_embedding"] / 1e6, record["wall_time_s"])
     state.wait_for_everyone()
-    record.setdefault("parameters", parameter_counts(config, new_config))  # other ranks: same numbers
+    if "parameters" not in record:  # other ranks: the same numbers, from the config the main process wrote (it chose
+        # the layers: Nemotron-H's count needs their pattern), or from the target where that is not visible here
+        written = Path(cfg.output) / "config.json"
+        record["parameters"] = parameter_counts(
+            config, type(config)._dict_from_json_file(written) if written.exists() else new_config)
     record.setdefault("wall_time_s", round(time.time() - t0, 1))
     return record
 

@@ -382,11 +382,9 @@ class LayerwiseModel:
         self.src, self.dtype, self.device = Path(src), dtype, torch.device(device)
         self.config = AutoConfig.from_pretrained(src)
         self.family = family_of(self.config)
-        if self.family.is_moe:  # its per-expert disk tensors are stacked in memory, which _load does not do
-            raise SequentialError(
-                f"model_type={self.config.model_type!r} is a mixture of experts, which layer-by-layer calibration "
-                f"(sequential) does not support; run it in memory (sequential=false), on a machine that holds the "
-                f"model")
+        problem = self.family.sequential_problem(self.config)
+        if problem:
+            raise SequentialError(problem)
         self.tensors = checkpoint_tensors(self.src)
         with init_empty_weights(include_buffers=False):  # parameters on meta; buffers (rotary inv_freq) real
             self.model = AutoModelForCausalLM.from_config(self.config, dtype=dtype)

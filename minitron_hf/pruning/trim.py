@@ -55,6 +55,10 @@ class PruneTarget:
     """Routed experts per layer (Mixtral)."""
     num_experts: int | None = None
     """Routed experts per layer (Qwen3-MoE)."""
+    mamba_num_heads: int | None = None
+    """Mamba2 heads per Mamba layer (Nemotron-H): pruned within each of the ``n_groups`` groups."""
+    mamba_head_dim: int | None = None
+    """Channels per Mamba2 head (Nemotron-H): the same kept channels in every head of a layer."""
     drop_layers: list[int] | None = None
     """Explicit layers to drop (source indices); otherwise a depth metric picks them."""
 
@@ -91,7 +95,7 @@ class PruneTarget:
 
 # target fields that need importance scores (everything but depth)
 WIDTH_FIELDS = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads",
-                "moe_intermediate_size", "num_local_experts", "num_experts")
+                "moe_intermediate_size", "num_local_experts", "num_experts", "mamba_num_heads", "mamba_head_dim")
 
 
 def _nearest_multiples(value: int, k: int, upper: int) -> list[int]:
@@ -187,6 +191,8 @@ class PrunePlan:
     merge_pairs: dict[int, list[tuple[int, int]]] = field(default_factory=dict)  # layer -> (kept, pruned)
     src_sizes: dict[str, int] = field(default_factory=dict)  # the source's axis sizes (fused tensors' offsets)
     experts: dict[int, torch.Tensor] = field(default_factory=dict)  # source layer -> kept experts (MoE only)
+    # source layer -> the family's own axes of that layer (Family.layer_axes; Nemotron-H's Mamba heads/channels)
+    axes: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
 
     def expert_position(self, layer: int, expert: int) -> int | None:
         """The new index of source expert ``expert`` of source layer ``layer``; None if it is dropped."""
@@ -211,10 +217,14 @@ class PrunePlan:
             neurons={src: neurons(src, j) for src, j in pairs},
             new_config=nxt.new_config, head_dim=self.head_dim, merge_pairs=nxt.merge_pairs, src_sizes=self.src_sizes,
             experts={src: self.experts[src][nxt.experts[j]] for src, j in pairs} if self.experts else {},
+            axes={src: {a: self.axes[src][a][v] for a, v in nxt.axes.get(j, {}).items()} for src, j in pairs
+                  if self.axes.get(src)},
         )
 
     def to_json(self) -> dict:
         moe = {"experts": {str(l): v.tolist() for l, v in self.experts.items()}} if self.experts else {}
+        if any(self.axes.values()):
+            moe["axes"] = {str(l): {a: v.tolist() for a, v in axes.items()} for l, axes in self.axes.items() if axes}
         return {
             "layers": self.layers,
             "hidden": self.hidden.tolist(),
@@ -246,10 +256,14 @@ def make_plan(config, importance, new_config: dict, drop_layers: list[int] | Non
             f"chosen to drop, got {sorted(drop)}"
         )
     layers = [i for i in range(L) if i not in drop]
+    problem = family.kept_layers_problem(config, layers)
+    if problem:
+        raise PruningConfigError(problem)
     mlp, n_mlp = getattr(config, family.mlp_field), new_config[family.mlp_field]
     E, En = family.num_experts(config), family.num_experts(new_config)
     width_changes = any(new_config[k] != getattr(config, k) for k in
-                        ("hidden_size", "num_attention_heads", "num_key_value_heads")) or (mlp, E) != (n_mlp, En)
+                        ("hidden_size", "num_attention_heads", "num_key_value_heads", *family.extra_width_fields)) \
+        or (mlp, E) != (n_mlp, En)
     experts = {}
     if importance is None:
         if width_changes:
@@ -291,20 +305,26 @@ def make_plan(config, importance, new_config: dict, drop_layers: list[int] | Non
             kv[l] = groups
             if lp:
                 pairs[l] = lp
+    types = family.layer_types(config)
+    extra = family.extra_scores(config)
+    axes = {l: family.layer_axes(config, new_config, None if importance is None else
+                                 {k: importance.score(k)[l] for k in extra}, types[l]) for l in layers}
     new_config = dict(new_config)
     for f in family.per_layer_fields:
         src_list = getattr(config, f, None)
         if src_list is not None:
             new_config[f] = [src_list[i] for i in layers]
     return PrunePlan(layers, hidden, heads, kv, neurons, new_config, family.head_dim(config), pairs,
-                     family.axis_sizes(config), experts)
+                     family.axis_sizes(config), experts, {l: a for l, a in axes.items() if a})
 
 
 # --------------------------------------------------------------------------------------------------
 # Streaming checkpoint surgery
 # --------------------------------------------------------------------------------------------------
 
-_LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
+# decoder-layer tensors on disk: ``model.layers.N.<suffix>`` (``backbone.layers.N.<suffix>`` for Nemotron-H, which
+# transformers 5.19 saves under its Hub prefix): the prefix is kept as it is
+_LAYER = re.compile(r"^([A-Za-z_]+)\.layers\.(\d+)\.(.+)$")
 # the slicing rules of each family (which axis a tensor's rows and columns belong to) live in its module under
 # minitron_hf/arch/: Family.layer_rules and Family.global_rules
 
@@ -330,7 +350,7 @@ def _surgery(name: str, plan: PrunePlan):
     family = family_of(plan.new_config, check=False)
     m = _LAYER.match(name)
     if m:
-        layer, suffix = int(m.group(1)), m.group(2)
+        prefix, layer, suffix = m.group(1), int(m.group(2)), m.group(3)
         expert = family.expert_of(suffix)
         rule = family.layer_rules.get(expert[1] if expert else suffix)
         if rule is None:
@@ -350,9 +370,12 @@ def _surgery(name: str, plan: PrunePlan):
                 suffix = expert[1].replace("*", str(pos))
         else:
             idx["mlp"] = plan.neurons[layer]
+        idx.update(plan.axes.get(layer, {}))
         for axis in family.fused_axes:
+            if any(part not in idx for part in family.fused_axes[axis]):
+                continue  # a layer type without this axis (Nemotron-H: no Mamba axes in attention layers)
             idx[axis] = family.fused_index(axis, idx, plan.src_sizes)
-        return f"model.layers.{plan.layers.index(layer)}.{suffix}", rule, idx, layer
+        return f"{prefix}.layers.{plan.layers.index(layer)}.{suffix}", rule, idx, layer
     rule = family.global_rules.get(name)
     if rule is None:
         raise PruningConfigError(f"checkpoint tensor {name!r} is not one the pruner knows how to slice")
@@ -394,14 +417,14 @@ def checkpoint_files(src: Path) -> list[Path]:
 
 def _layer_of(name: str) -> int | None:
     m = _LAYER.match(name)
-    return int(m.group(1)) if m else None
+    return int(m.group(2)) if m else None
 
 
 def _dropped_expert(name: str, plan: PrunePlan) -> bool:
     """Whether ``name`` is a tensor of an expert the plan drops (its layer is kept)."""
     m = _LAYER.match(name)
-    expert = family_of(plan.new_config, check=False).expert_of(m.group(2)) if m else None
-    return expert is not None and plan.expert_position(int(m.group(1)), expert[0]) is None
+    expert = family_of(plan.new_config, check=False).expert_of(m.group(3)) if m else None
+    return expert is not None and plan.expert_position(int(m.group(2)), expert[0]) is None
 
 
 def trim_checkpoint(src: Path, out: Path, plan: PrunePlan, max_shard_bytes: int = 2 << 30,
