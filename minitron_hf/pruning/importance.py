@@ -301,10 +301,17 @@ class WidthScores:
             B, S = self.batch_shape
             real = torch.ones(B * S, dtype=torch.bool, device=x.device) if self.mask is None else \
                 self.mask.reshape(-1).to(device=x.device, dtype=torch.bool)
-            for e in range(len(self.experts[i])):
-                token, slot = ((index == e) & real[:, None]).nonzero(as_tuple=True)
-                if not len(token):
+            # the (token, slot) pairs of real tokens, grouped by expert with one stable sort (not one scan per expert:
+            # 128 experts would scan the routing table 128 times); within an expert, in token order
+            k = index.shape[1]
+            pairs = real.repeat_interleave(k).nonzero(as_tuple=True)[0]  # pair p: token p // k, slot p % k
+            flat = index.reshape(-1)
+            pairs = pairs[torch.argsort(flat[pairs], stable=True)]
+            counts = torch.bincount(flat[pairs], minlength=len(self.experts[i])).tolist()
+            for e, group in enumerate(pairs.split(counts)):
+                if not len(group):
                     continue
+                token, slot = group // k, group % k
                 act, out = self.family.expert_forward(module, x[token], e)
                 self.neurons[i][e].update_rows(act.abs(), token // S, B)
                 self.experts[i][e] += (weights[token, slot].double() * out.double().norm(dim=-1)).sum()
