@@ -172,3 +172,40 @@ def test_moe_search_end_to_end(tmp_path, default_model_dir):
                  "--seq-len", "32"]) == 0
     after = json.loads((best / "pruning.json").read_text())["parameters"]["after"]
     assert after["active"] == rec["candidates"][0]["parameters"]  # the analytic active count of the winner
+
+
+def test_hybrid_search_enumerates_mamba_heads_and_refuses_depth(tmp_path, default_model_dir):
+    """Nemotron-H: Mamba heads are searched in whole heads per group, every candidate's count is exact (the layers
+    are all kept) and accepted by the prune validator; depth is refused by name (a layer count does not fix a
+    hybrid's parameter count); the search runs end to end and its best target prunes."""
+    from minitron_hf.pruning.search import check_family
+
+    c = tiny_model("nemotron_h", vocab_size=512).config
+    with pytest.raises(PruningConfigError, match=r"max_depth_prune=0.5: model_type='nemotron_h' mixes layer types "
+                                                 r"\(full_attention, linear_attention, mlp\)"):
+        check_family(c, SearchConfig(budget=0.8))
+    cfg = SearchConfig(budget=0.9, multiple=16, tolerance=0.2, max_depth_prune=0.0)
+    budget = budget_params(cfg, count_parameters(c)["total"])
+    cands, seen = enumerate_candidates(c, cfg, budget)
+    G, nh = c.n_groups, c.mamba_num_heads
+    searched = {x["target"]["mamba_num_heads"] for x in cands}
+    assert len(searched) > 1 and min(searched) < nh  # Mamba head counts are searched, pruned ones among them
+    assert all(x["target"]["mamba_num_heads"] % G == 0 for x in cands)
+    for x in cands:
+        d, _ = resolve_target(c, PruneTarget.from_dict(x["target"]))
+        assert x["parameters"] == count_parameters(type(c).from_dict(d))["total"] <= budget
+    model = tiny_model("nemotron_h", vocab_size=49152)  # the real tokenizer's vocabulary (the embedding dominates)
+    src = save_with_tokenizer(model, tmp_path / "hybrid", default_model_dir)
+    half = resolve_target(model.config, PruneTarget(mamba_num_heads=nh // 2))[0]
+    budget = count_parameters(type(model.config).from_dict(half))["total"]  # an absolute count: half the Mamba heads
+    out = tmp_path / "search"
+    rec = run_search(DataConfig(), SearchConfig(model=str(src), budget=budget, output=str(out), top_k=2, multiple=16,
+                                                tolerance=0.01, max_depth_prune=0.0, calib_samples=4, val_samples=2,
+                                                seq_len=32, batch_size=2))
+    assert any(x["target"]["mamba_num_heads"] < nh for x in rec["candidates"])
+    assert "Mamba)" in (out / "search.md").read_text()
+    best = tmp_path / "best"
+    assert main(["prune", "--config", str(out / "best.yaml"), "--model", str(src), "--output", str(best),
+                 "--calib-samples", "4", "--val-samples", "2", "--seq-len", "32"]) == 0
+    after = json.loads((best / "pruning.json").read_text())["parameters"]["after"]
+    assert after["total"] == rec["candidates"][0]["parameters"]

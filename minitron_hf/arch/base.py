@@ -225,6 +225,11 @@ class Family:
         """The linears a layer of this type holds (name -> (in axis, out axis)); uniform families: all of them."""
         return dict(self.linears)
 
+    def search_axes(self, config) -> dict[str, int]:
+        """The family's own width fields ``minitron search`` enumerates besides hidden, MLP, heads and experts:
+        field -> step (values from the source's down in multiples of the step)."""
+        return {}
+
     def attention_layers(self, config) -> int:
         """How many decoder layers hold attention (the FLOP count's score/value term); every layer by default."""
         return config.num_hidden_layers

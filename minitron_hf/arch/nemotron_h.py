@@ -199,6 +199,10 @@ class NemotronH(Family):
                     f"valid). Nearest allowed: {' or '.join(map(str, near)) or 'none'}")
         return None
 
+    def search_axes(self, config) -> dict[str, int]:
+        """Mamba heads, in whole heads per group (the head dim is kept: ModelOpt's Nemotron-H compressions prune heads)."""
+        return {"mamba_num_heads": config.n_groups}
+
     def axis_sizes(self, config) -> dict[str, int]:
         hd = self.head_dim(config)
         nh, mhd = config.mamba_num_heads, config.mamba_head_dim

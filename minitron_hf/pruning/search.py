@@ -18,6 +18,7 @@ Output (``output``): ``search.json``, ``search.md`` (the ranked table) and ``bes
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -107,8 +108,15 @@ def check_config(cfg: SearchConfig) -> None:
 
 
 def check_family(config, cfg: SearchConfig) -> None:
-    """Options that need a mixture of experts, refused on a dense model by name."""
+    """Options that need a mixture of experts, refused on a dense model by name; depth on a hybrid, refused."""
     family = family_of(config)
+    kinds = sorted(set(family.layer_types(config)))
+    if len(kinds) > 1 and cfg.max_depth_prune > 0:
+        raise PruningConfigError(
+            f"max_depth_prune={cfg.max_depth_prune}: model_type={config.model_type!r} mixes layer types "
+            f"({', '.join(kinds)}), so a layer count alone does not fix the parameter count (it depends on which "
+            f"layers are dropped); search width with max_depth_prune=0, and prune depth with `minitron prune` "
+            f"(target num_hidden_layers or drop_layers)")
     if not family.is_moe:
         for name, bad in (("count", cfg.count == "active"), ("prune_experts", cfg.prune_experts)):
             if bad:
@@ -140,16 +148,19 @@ def enumerate_candidates(config, cfg: SearchConfig, budget: int) -> tuple[list[d
     else:
         heads = [config.num_attention_heads]
     depths = _range(config.num_hidden_layers, cfg.max_depth_prune, cfg.depth_step)
+    # the family's own width axes (Nemotron-H: Mamba heads), each in multiples of its step
+    own = {f: [v for v in _range(getattr(config, f), cfg.max_width_prune, step) if v % step == 0]
+           for f, step in family.search_axes(config).items()}
     low = budget * (1 - cfg.tolerance)
     out, seen = [], 0
     base = config.to_dict()
     for L in depths:
         for H in heads:
             for h in hiddens:
-                for i, e in ((i, e) for i in mlps for e in experts):
+                for i, e, extra in itertools.product(mlps, experts, itertools.product(*own.values())):
                     seen += 1
                     target = {"hidden_size": h, family.mlp_field: i, "num_attention_heads": H,
-                              "num_hidden_layers": L}
+                              "num_hidden_layers": L, **dict(zip(own, extra))}
                     if e is not None:
                         target[family.experts_field] = e
                     n = count_parameters(_Cfg(base, {aliases.get(k, k): v for k, v in target.items()}))[cfg.count]
@@ -293,9 +304,10 @@ def results_table(record: dict) -> str:
     for r, c in enumerate(record["candidates"], 1):
         t = c["target"]
         experts = t.get(record.get("experts_field") or "", None)
+        mamba = f" (+ {t['mamba_num_heads']} Mamba)" if "mamba_num_heads" in t else ""
         lines.append(f"| {r} | {t['num_hidden_layers']} | {t['hidden_size']} | {t[mlp]}"
                      f"{f' x {experts} experts' if experts else ''} | "
-                     f"{t['num_attention_heads']} | {c['parameters'] / 1e6:,.1f}M | {c['loss_pruned']:.3f} |"
+                     f"{t['num_attention_heads']}{mamba} | {c['parameters'] / 1e6:,.1f}M | {c['loss_pruned']:.3f} |"
                      + (f" {c['loss_distilled']:.3f} |" if distilled else ""))
     lines += ["", f"Best: `minitron prune --config best.yaml --output DIR` (target {record['best']})."]
     return "\n".join(lines)
