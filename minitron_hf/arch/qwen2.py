@@ -8,6 +8,7 @@ class Qwen2(DenseDecoder):
     config_fields = DenseDecoder.config_fields + ("layer_types", "sliding_window", "use_sliding_window",
                                                   "max_window_layers")
     per_layer_fields = ("layer_types",)
+    # examples/models/core/qwen/convert_checkpoint.py (MODEL_MAP: Qwen2ForCausalLM -> QWenForCausalLM; checked 2026-12)
     trtllm_example = "qwen"
 
     def attention_biases(self, config, q: int, kv: int, h: int) -> int:
