@@ -3,7 +3,7 @@
 For every family of ``minitron_hf.arch.FAMILIES``: a tiny random model of the family's published structure
 (:mod:`minitron_hf.tiny`, the conformance suite's builder, with head_dim 32, the smallest head size of vLLM's CPU
 attention) is saved with the embedded default model's tokenizer, pruned by ``run_prune`` (the ``minitron prune``
-entry point) to a width + depth target (hidden 48 -> 32 (Phi-3: 192 -> 128), MLP 96 -> 64, 6 -> 4 query heads,
+entry point) to a width + depth target (hidden 48 -> 32 (Phi-3, Qwen2: 192 -> 128), MLP 96 -> 64, 6 -> 4 query heads,
 layer 1 of 4 dropped; a mixture of experts also 4 -> 3 experts), and served by ``minitron_hf.export.vllm``'s
 ``start_server`` (vLLM's OpenAI server in a child process, as ``minitron serve`` starts it). One chat completion
 and one completion are sent; recorded per family: served or not, the first error line from the server's log if
@@ -81,8 +81,8 @@ def build(model_type: str, work: Path, default_dir: Path, head_dim: int | None =
 def serve_one(model_type: str, ckpt: Path, log_path: Path, timeout: float, vllm_only: bool = False) -> dict:
     from minitron_hf.export import vllm as vl
 
-    if vllm_only:  # measure vLLM itself: skip serve's up-front CPU head-size refusal (the rest of the command is serve's)
-        vl._check_cpu_head_size = lambda *a: None
+    if vllm_only:  # measure vLLM itself: skip serve's up-front refusals (the rest of the command is serve's)
+        vl._check_vllm_support = lambda *a: None
 
     port = free_port()
     rec: dict = {"served": False, "error": "", "ready_s": None}
@@ -133,8 +133,8 @@ def main() -> None:
     ap.add_argument("--work", default=None, help="folder for checkpoints and server logs (default: a temp folder)")
     ap.add_argument("--timeout", type=float, default=300, help="seconds to wait for a server to be ready")
     ap.add_argument("--head-dim", type=int, default=None, help="head_dim of the tiny models (default 32; not phi3)")
-    ap.add_argument("--vllm-only", action="store_true", help="start vLLM without `minitron serve`'s up-front CPU "
-                    "head-size refusal, to measure what vLLM itself does with such a model")
+    ap.add_argument("--vllm-only", action="store_true", help="start vLLM without `minitron serve`'s up-front "
+                    "refusals (head sizes), to measure what vLLM itself does with such a model")
     ap.add_argument("--name", default="serve_families", help="results file name (benchmarks/results/NAME.md)")
     args = ap.parse_args()
     families = [f for f in args.families.split(",") if f]
@@ -160,12 +160,12 @@ def main() -> None:
     lines = [f"Tiny random models of each family's structure (`minitron_hf.tiny`, head_dim {args.head_dim or 32}, "
              "vocabulary 49152, the "
              "default model's tokenizer and chat template), pruned by `run_prune` (4 calibration sequences of 32 "
-             "tokens) to hidden 32 (Phi-3: 128), MLP 64, 4 query / 2 KV heads, layer 1 of 4 dropped (MoE: 3 of 4 "
+             "tokens) to hidden 32 (Phi-3, Qwen2: 128, so that hidden / heads = head_dim), MLP 64, 4 query / 2 KV heads, layer 1 of 4 dropped (MoE: 3 of 4 "
              "experts), then served by `minitron_hf.export.vllm.start_server` (`--enforce-eager`, "
              f"`--gpu-memory-utilization 0.2`, `--max-model-len 256`) with vllm {vllm.__version__}; one chat "
              "completion and one completion of 8 tokens each. Ready: seconds from start to `/health` answering (the "
              "machine's 2 cores are shared, so times vary)." + (" `--vllm-only`: started without `minitron serve`'s "
-             "up-front CPU head-size refusal." if args.vllm_only else "") + " Backend: vLLM's own model class (native) or its "
+             "up-front head-size refusals." if args.vllm_only else "") + " Backend: vLLM's own model class (native) or its "
              "Transformers modeling backend (the transformers class run inside vLLM).", "",
              "| model type | served | vLLM model (backend) | ready (s) | tokens (chat / completion) | error (first line) |",
              "|---|---|---|---|---|---|"]

