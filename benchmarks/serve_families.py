@@ -57,7 +57,8 @@ def post(port: int, path: str, body: dict) -> dict:
         return json.loads(r.read())
 
 
-def build(model_type: str, work: Path, default_dir: Path, head_dim: int | None = None) -> tuple[Path, dict]:
+def build(model_type: str, work: Path, default_dir: Path, head_dim: int | None = None,
+          hidden: tuple[int, int] | None = None) -> tuple[Path, dict]:
     """Tiny source -> pruned checkpoint with the default model's tokenizer; (pruned dir, prune facts)."""
     from minitron_hf.data import DataConfig
     from minitron_hf.pruning.prune import PruneConfig, run_prune
@@ -68,10 +69,14 @@ def build(model_type: str, work: Path, default_dir: Path, head_dim: int | None =
     over = serve_config_overrides(model_type)
     if head_dim:  # another head width (not for phi3, whose head width is hidden / heads)
         over.update(head_dim=head_dim, **({"query_pre_attn_scalar": head_dim} if "query_pre_attn_scalar" in over else {}))
+    if hidden:  # another source hidden size (the target's follows below)
+        over["hidden_size"] = hidden[0]
     model = tiny_model(model_type, vocab_size=49152, **over)  # the tokenizer's vocab
     model.save_pretrained(src)
     copy_aux_files(default_dir, src)
     target = serve_target(model_type)
+    if hidden:
+        target["hidden_size"] = hidden[1]
     t0 = time.time()
     run_prune(DataConfig(), PruneConfig(model=str(src), output=str(out), calib_samples=4, seq_len=32, batch_size=4,
                                         target=target))
@@ -133,6 +138,7 @@ def main() -> None:
     ap.add_argument("--work", default=None, help="folder for checkpoints and server logs (default: a temp folder)")
     ap.add_argument("--timeout", type=float, default=300, help="seconds to wait for a server to be ready")
     ap.add_argument("--head-dim", type=int, default=None, help="head_dim of the tiny models (default 32; not phi3)")
+    ap.add_argument("--hidden", default=None, help="SOURCE:PRUNED hidden sizes instead of the defaults (e.g. 48:32)")
     ap.add_argument("--vllm-only", action="store_true", help="start vLLM without `minitron serve`'s up-front "
                     "refusals (head sizes), to measure what vLLM itself does with such a model")
     ap.add_argument("--name", default="serve_families", help="results file name (benchmarks/results/NAME.md)")
@@ -151,13 +157,15 @@ def main() -> None:
     rows = {}
     for mt in families:
         print(f"== {mt}", flush=True)
-        ckpt, facts = build(mt, work, default_dir, args.head_dim)
+        ckpt, facts = build(mt, work, default_dir, args.head_dim,
+                            tuple(int(x) for x in args.hidden.split(":")) if args.hidden else None)
         rec = {**facts, **serve_one(mt, ckpt, work / f"{mt}-vllm.log", args.timeout, args.vllm_only), "log": str(work / f"{mt}-vllm.log")}
         rows[mt] = rec
         print(json.dumps(rec), flush=True)
         (work / "results.json").write_text(json.dumps(rows, indent=1))
 
     lines = [f"Tiny random models of each family's structure (`minitron_hf.tiny`, head_dim {args.head_dim or 32}, "
+             + (f"hidden {args.hidden.replace(':', ' -> ')} (overriding the sizes below), " if args.hidden else "") +
              "vocabulary 49152, the "
              "default model's tokenizer and chat template), pruned by `run_prune` (4 calibration sequences of 32 "
              "tokens) to hidden 32 (Phi-3, Qwen2: 128, so that hidden / heads = head_dim), MLP 64, 4 query / 2 KV heads, layer 1 of 4 dropped (MoE: 3 of 4 "
