@@ -11,7 +11,7 @@ class Qwen2(DenseDecoder):
     # examples/models/core/qwen/convert_checkpoint.py (MODEL_MAP: Qwen2ForCausalLM -> QWenForCausalLM; checked 2026-12)
     trtllm_example = "qwen"
     # vllm 0.32.0 vllm/model_executor/models/qwen2.py, Qwen2Attention: head_dim = hidden_size // total_num_heads,
-    # config.head_dim unread (measured: benchmarks/results/serve_qwen2_head_dim.md)
+    # config.head_dim unread (measured: benchmarks/results/serve_qwen2_hidden32.md, serve_qwen2_head_dim.md)
     vllm_head_dim_from_hidden = True
 
     def attention_biases(self, config, q: int, kv: int, h: int) -> int:

