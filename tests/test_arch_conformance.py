@@ -50,6 +50,7 @@ from minitron_hf.pruning.importance import Importance, estimate_importance
 from minitron_hf.pruning.trim import PrunePlan, copy_aux_files
 
 from conftest import tiny_config, tiny_model
+from minitron_hf.tiny import MOE_EXPERTS, TARGET  # the width + depth target (shared with benchmarks)
 from test_trim import _prune, mlp_target, naive_reference
 
 # Tiny-config values a family needs beyond conftest.tiny_config's, by model_type. Mistral: conftest's head_dim 12
@@ -59,12 +60,6 @@ TINY: dict[str, dict] = {"mistral": dict(head_dim=32),
                          "nemotron_h": dict(layers_block_type=["linear_attention", "linear_attention", "mlp",
                                                                "full_attention"])}
 VOCAB = 49152  # the default model's tokenizer (FP8 calibration tokenizes the embedded text with it)
-# hidden 48 -> 32, MLP 96 -> 64, 6 -> 4 query heads in 2 KV groups, layer 1 of 4 dropped: all widths stay multiples
-# of 16 (FP8) and hidden stays divisible by the heads (Llama's config class insists)
-TARGET = dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, drop_layers=[1])
-# a mixture of experts also drops one of its 4 experts per layer (intermediate_size is then each expert's width: the
-# family's mlp_field)
-MOE_EXPERTS = 3
 # a family's own width axes (Family.extra_width_fields) in the real target: Nemotron-H's 32 Mamba heads (2 groups) of
 # width 4 -> 16 heads (8 per group) of width 2
 EXTRA_TARGET = {"mamba_num_heads": 16, "mamba_head_dim": 2}

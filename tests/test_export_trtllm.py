@@ -12,9 +12,11 @@ from conftest import tiny_model
 from safetensors.torch import save_file
 import torch
 
+from minitron_hf.arch import FAMILIES
 from minitron_hf.cli import main
 from minitron_hf.export import NotACheckpointError
-from minitron_hf.export.trtllm import TRTLLMConfig, TRTLLMError, default_batch_size, export_trtllm, plan
+from minitron_hf.export.trtllm import (CONVERTER_ARGS, TRTLLMConfig, TRTLLMError, default_batch_size, export_trtllm,
+                                       plan)
 
 LENGTHS = ["8/4", "16/32"]
 
@@ -173,3 +175,66 @@ def test_bad_input(ckpt, tmp_path, capsys):
     assert json.loads((tmp_path / "c" / "plan.json").read_text())["batch_size"] == 3
     assert main(["export", "trtllm", str(ckpt), "--output", str(tmp_path / "d"), "--lengths", "8-4"]) == 2
     assert "lengths item '8-4'" in capsys.readouterr().err
+
+
+def _family_checkpoint(d, model_type):
+    """A config-only checkpoint of one family (plan() reads the config; no weights are loaded)."""
+    from conftest import tiny_config
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    d.mkdir()
+    cfg = tiny_config(model_type, vocab_size=49152)
+    cfg.architectures = [MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[model_type]]  # as save_pretrained of the model writes
+    cfg.save_pretrained(d)
+    save_file({"x": torch.zeros(1)}, str(d / "model.safetensors"))
+    return d
+
+
+@pytest.mark.parametrize("model_type", sorted(FAMILIES))
+def test_every_family_names_a_real_converter_or_is_refused(model_type, tmp_path):
+    """Each family's trtllm_example is a TensorRT-LLM converter whose argument spelling we know
+    (CONVERTER_ARGS, checked against TensorRT-LLM's sources), or empty: then plan() refuses the model type up
+    front, naming it and the supported ones, before the output directory is touched."""
+    family = FAMILIES[model_type]
+    d = _family_checkpoint(tmp_path / model_type, model_type)
+    out = tmp_path / "bench"
+    if family.trtllm_example:
+        assert family.trtllm_example in CONVERTER_ARGS
+        p = plan(d, TRTLLMConfig(output=str(out), lengths=LENGTHS))
+        assert p["converter"] == family.trtllm_example
+    else:
+        assert family.trtllm_unsupported
+        with pytest.raises(TRTLLMError, match=rf"model_type='{model_type}' cannot be benchmarked with TensorRT-LLM"):
+            plan(d, TRTLLMConfig(output=str(out), lengths=LENGTHS))
+        assert not out.exists()
+
+
+def test_smollm3_refused_with_reason_and_supported_list(tmp_path, capsys):
+    d = _family_checkpoint(tmp_path / "smol", "smollm3")
+    supported = sorted(mt for mt, f in FAMILIES.items() if f.trtllm_example)
+    assert "smollm3" not in supported and {"llama", "mixtral", "qwen3_moe", "gemma3_text", "phi3"} <= set(supported)
+    with pytest.raises(TRTLLMError, match="NoPE layers") as e:
+        plan(d, TRTLLMConfig(output=str(tmp_path / "o")))  # refused even before the output/lengths checks
+    assert f"export trtllm supports: {', '.join(supported)}" in str(e.value)
+    assert main(["export", "trtllm", str(d), "--output", str(tmp_path / "o")]) == 2
+    assert "model_type='smollm3'" in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("model_type,expect", [
+    ("gemma2", ["gemma/convert_checkpoint.py", "--ckpt-type", "hf", "--model-dir", "MODEL", "--output-model-dir", "CKPT",
+                "--dtype", "bfloat16", "--world-size", "1"]),
+    ("qwen3_moe", ["qwen/convert_checkpoint.py", "--model_dir", "MODEL", "--output_dir", "CKPT", "--dtype", "bfloat16",
+                   "--tp_size", "1"]),
+])
+def test_converter_command_spelling(model_type, expect, tmp_path):
+    """Gemma's converter takes --ckpt-type hf, --model-dir, --output-model-dir and --world-size (no --tp_size):
+    the llama/qwen/phi spelling would stop it at argparse."""
+    from minitron_hf.export.trtllm import commands
+
+    d = _family_checkpoint(tmp_path / model_type, model_type)
+    cfg = TRTLLMConfig(output=str(tmp_path / "bench"), lengths=LENGTHS)
+    p = plan(d, cfg)
+    convert = commands(p, cfg, tmp_path / "bench")["trtllm_build"][0]
+    subst = {p["model_dir"]: "MODEL", str(tmp_path / "bench" / "workspace" / "trtllm-checkpoint"): "CKPT"}
+    got = [subst.get(a, a) for a in convert[1:]]
+    assert got[0].endswith(expect[0]) and got[1:] == expect[1:]

@@ -96,8 +96,14 @@ class Family:
     hidden_probes: ClassVar[tuple[str, ...]] = ()
     # linear layers of a decoder layer -> (in axis, out axis): FP8 quantization and its divisibility check
     linears: ClassVar[dict[str, tuple[str, str]]] = {}
-    # $TRTLLM_EXAMPLES/models/core/<this>/convert_checkpoint.py converts a BF16 checkpoint for TensorRT-LLM
+    # $TRTLLM_EXAMPLES/models/core/<this>/convert_checkpoint.py converts a BF16 checkpoint for TensorRT-LLM; empty where
+    # no TensorRT-LLM converter supports the model type (``minitron export trtllm`` then refuses it, saying
+    # ``trtllm_unsupported``: why, as checked against TensorRT-LLM's sources)
     trtllm_example: ClassVar[str] = ""
+    trtllm_unsupported: ClassVar[str] = ""
+    # vLLM's model class for this family ignores config.head_dim and takes hidden_size // num_attention_heads:
+    # ``minitron serve`` refuses checkpoints where the two differ (e.g. hidden pruned, heads kept)
+    vllm_head_dim_from_hidden: ClassVar[bool] = False
     # the config field that is the width of the "mlp" axis (a mixture of experts: each expert's FFN width)
     mlp_field: ClassVar[str] = "intermediate_size"
     # Mixture of experts (left empty by dense families): the config field with the number of routed experts (a target
@@ -313,6 +319,8 @@ class DenseDecoder(Family):
         "q_proj": ("hidden", "q"), "k_proj": ("hidden", "kv"), "v_proj": ("hidden", "kv"), "o_proj": ("q", "hidden"),
         "gate_proj": ("hidden", "mlp"), "up_proj": ("hidden", "mlp"), "down_proj": ("mlp", "hidden"),
     }
+    # examples/models/core/llama/convert_checkpoint.py (LLaMAForCausalLM; tensorrt_llm/models/__init__.py MODEL_MAP maps
+    # LlamaForCausalLM, MistralForCausalLM and MixtralForCausalLM to it), NVIDIA/TensorRT-LLM main, checked 2026-12
     trtllm_example = "llama"
 
     def attention_biases(self, config, q: int, kv: int, h: int) -> int:

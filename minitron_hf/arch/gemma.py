@@ -41,6 +41,9 @@ class Gemma2(DenseDecoder):
     layer_rules = {**DenseDecoder.layer_rules, "pre_feedforward_layernorm.weight": ("hidden", None),
                    "post_feedforward_layernorm.weight": ("hidden", None)}
     hidden_probes = ("input_layernorm", "pre_feedforward_layernorm")
+    # examples/models/core/gemma/convert_checkpoint.py with --ckpt-type hf: tensorrt_llm/models/gemma/config.py
+    # (NVIDIA/TensorRT-LLM main, checked 2026-12) reads model_type gemma, gemma2 and gemma3_text (GEMMA2_ARCHITECTURE
+    # Gemma2ForCausalLM, GEMMA3_ARCHITECTURE Gemma3ForCausalLM); Gemma3Text inherits this
     trtllm_example = "gemma"
 
     def count_parameters(self, config) -> dict[str, int]:

@@ -131,7 +131,9 @@ class Mixtral(MoEDecoder):
     expert_prefix = "block_sparse_moe.experts"
     expert_gate, expert_up, expert_down = "w1.weight", "w3.weight", "w2.weight"
     router = "block_sparse_moe.gate.weight"
-    trtllm_example = "llama"  # TensorRT-LLM converts Mixtral with the llama example
+    # TensorRT-LLM converts Mixtral with the llama example: tensorrt_llm/models/__init__.py MODEL_MAP maps
+    # MixtralForCausalLM to LLaMAForCausalLM (NVIDIA/TensorRT-LLM main, checked 2026-12)
+    trtllm_example = "llama"
 
 
 class Qwen3Moe(MoEDecoder):
@@ -147,6 +149,9 @@ class Qwen3Moe(MoEDecoder):
     bias_fields = ("attention_bias",)
     expert_prefix = "mlp.experts"
     extra_layer_rules = {"self_attn.q_norm.weight": (None, None), "self_attn.k_norm.weight": (None, None)}
+    # examples/models/core/qwen/convert_checkpoint.py: tensorrt_llm/models/qwen/config.py accepts model_type qwen3_moe
+    # and tensorrt_llm/models/qwen/convert.py maps its experts and q/k norms (NVIDIA/TensorRT-LLM main, checked 2026-12;
+    # MODEL_MAP lists Qwen3MoeForCausalLM only in recent versions, older ones convert it but cannot `trtllm-bench build`)
     trtllm_example = "qwen"
 
     def attention_norms(self, config) -> int:

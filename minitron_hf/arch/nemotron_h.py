@@ -93,6 +93,11 @@ class NemotronH(Family):
     bias_fields = ("use_bias", "use_conv_bias", "mlp_bias")
     per_layer_fields = ("layers_block_type",)
     can_tie_embeddings = False
+    # Checked against NVIDIA/TensorRT-LLM (commit d513eeaf): Nemotron-H runs in its PyTorch backend
+    # (tensorrt_llm/_torch/models/modeling_nemotron_h.py, the LLM API / trtllm-serve on the HF checkpoint), not
+    # through an examples/models/core/*/convert_checkpoint.py engine build, which is what `export trtllm` writes
+    trtllm_unsupported = ("TensorRT-LLM runs Nemotron-H only in its PyTorch backend (LLM API, trtllm-serve on the HF "
+                          "checkpoint), with no convert_checkpoint.py engine build, which is what export trtllm writes")
     fused_axes = {"mamba_conv": ("mamba", "mamba_bc"),  # conv1d channels: x, B, C
                   "mamba_in": ("mamba", "mamba", "mamba_bc", "mamba_heads")}  # in_proj rows: z, x, B, C, dt
     layer_rules = {

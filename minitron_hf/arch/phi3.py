@@ -23,6 +23,8 @@ class Phi3(DenseDecoder):
     head_merge_tensors = {"self_attn.qkv_proj.weight": 0, "self_attn.o_proj.weight": 1}  # q rows come first
     linears = {"qkv_proj": ("hidden", "qkv"), "o_proj": ("q", "hidden"), "gate_up_proj": ("hidden", "gate_up"),
                "down_proj": ("mlp", "hidden")}
+    # examples/models/core/phi/convert_checkpoint.py: its supported_models list has Phi3ForCausalLM (-> the
+    # tensorrt_llm.models Phi3ForCausalLM); NVIDIA/TensorRT-LLM main, checked 2026-12
     trtllm_example = "phi"
     # bias_fields stays empty: Phi3Attention has no biases, whatever a config's attention_bias says
 

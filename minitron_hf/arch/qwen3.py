@@ -12,6 +12,8 @@ class Qwen3(DenseDecoder):
     per_layer_fields = ("layer_types",)
     layer_rules = {**DenseDecoder.layer_rules, "self_attn.q_norm.weight": (None, None),
                    "self_attn.k_norm.weight": (None, None)}
+    # examples/models/core/qwen/convert_checkpoint.py: tensorrt_llm/models/qwen/config.py accepts model_type qwen3
+    # (q/k norms as q_layernorm/k_layernorm); MODEL_MAP maps Qwen3ForCausalLM to QWenForCausalLM (checked 2026-12)
     trtllm_example = "qwen"
 
     def attention_norms(self, config) -> int:

@@ -13,6 +13,12 @@ class SmolLM3(DenseDecoder):
                                                   "max_window_layers")
     bias_fields = ("attention_bias", "mlp_bias")
     per_layer_fields = ("layer_types", "no_rope_layers")
+    # Checked against NVIDIA/TensorRT-LLM main (2026-12): tensorrt_llm/models/__init__.py MODEL_MAP has no
+    # SmolLM3ForCausalLM, no examples/models/core/*/convert_checkpoint.py reads no_rope_layers (llama's would build
+    # RoPE into every layer: a different model), and tensorrt_llm/_torch/models has no modeling_smollm3.py
+    trtllm_example = ""
+    trtllm_unsupported = ("TensorRT-LLM has no SmolLM3 model: no converter or PyTorch-backend model knows its NoPE "
+                          "layers (no_rope_layers), and llama's converter would silently put RoPE in every layer")
 
 
 FAMILY = SmolLM3()

