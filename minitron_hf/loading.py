@@ -1,8 +1,8 @@
 """Where models come from and how they load: names resolve to local checkpoint folders, which load with vanilla
 transformers (``trust_remote_code`` stays off).
 
-A model name resolves in one place (:func:`resolve_model`): the embedded default alias ``smollm2-135m``
-(:mod:`minitron_hf.default_model`), a local checkpoint directory, or a Hub id. Every folder it returns has passed
+A model name resolves in one place (:func:`resolve_model`): an embedded model's alias (``smollm2-135m``,
+the default, or ``gemma3-270m``: :mod:`minitron_hf.default_model`), a local checkpoint directory, or a Hub id. Every folder it returns has passed
 :func:`~minitron_hf.model_files.verify_checkpoint_files`; :func:`load_model` also refuses an unsupported
 architecture (:func:`~minitron_hf.arch.family_of`) before reading any weights.
 """
@@ -13,19 +13,20 @@ import os
 from pathlib import Path
 
 from .arch import family_of
-from .default_model import DEFAULT_MODEL, ensure_default_model
+from .default_model import EMBEDDED, ensure_embedded
 from .model_files import ModelNotFoundError, verify_checkpoint_files
 
 
 def resolve_model(name: str | os.PathLike) -> Path:
     """Turn a model name into a local checkpoint directory.
 
-    ``smollm2-135m`` (the embedded default) -> converted once into :func:`~minitron_hf.outputs.cache_dir`; an
+    an embedded model (``smollm2-135m``, the default; ``gemma3-270m``) -> converted once into
+    :func:`~minitron_hf.outputs.cache_dir`; an
     existing directory -> itself; anything else -> a Hub id, downloaded with ``huggingface_hub`` (safetensors,
     configs and tokenizer files only).
     """
-    if str(name) == DEFAULT_MODEL:
-        return ensure_default_model()
+    if str(name) in EMBEDDED:
+        return ensure_embedded(str(name))
     path = Path(name).expanduser()
     if path.exists():
         if not path.is_dir():
@@ -46,7 +47,7 @@ def resolve_model(name: str | os.PathLike) -> Path:
         )
     except Exception as e:  # offline, gated, typo: one clear message
         raise ModelNotFoundError(
-            f"model={str(name)!r} is not the alias {DEFAULT_MODEL!r}, not a local directory, and could not be "
+            f"model={str(name)!r} is not an alias ({', '.join(EMBEDDED)}), not a local directory, and could not be "
             f"downloaded from the Hub ({type(e).__name__}: {e}). Offline machines must pass a local checkpoint."
         ) from e
     return verify_checkpoint_files(local)

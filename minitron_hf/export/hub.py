@@ -29,7 +29,7 @@ import tempfile
 from pathlib import Path
 
 from ..arch import UnsupportedModelError, count_parameters, family_of
-from ..default_model import DEFAULT_MODEL
+from ..default_model import EMBEDDED
 from ..outputs import write_checkpoint_atomically
 from . import check_checkpoint, is_fp8_checkpoint
 from ..errors import MinitronError
@@ -37,7 +37,7 @@ from ..errors import MinitronError
 logger = logging.getLogger(__name__)
 
 # Hub ids and licenses of the aliases resolve_model knows (the alias itself is not a Hub id).
-KNOWN_BASES = {DEFAULT_MODEL: ("HuggingFaceTB/SmolLM2-135M-Instruct", "apache-2.0")}
+KNOWN_BASES = {m.alias: (m.hub_id, m.license) for m in EMBEDDED.values()}
 RELATIONS = ("finetune", "quantized", "adapter", "merge")
 # Files of a checkpoint directory that are published; everything else (trainer state, pickles,
 # checkpoint-* folders, hidden files) stays behind. README.md is replaced by the generated card.
@@ -147,8 +147,8 @@ def resolve_base(name) -> dict:
                or (rec["fp8"] or {}).get("source") or meta.get("base_model"))
         if isinstance(nxt, list):
             nxt = nxt[0] if nxt else None
-        if nxt is None and (path / "SOURCE.json").is_file() and DEFAULT_MODEL in str(path):
-            nxt = DEFAULT_MODEL  # the converted embedded default in the cache
+        if nxt is None and (path / "SOURCE.json").is_file() and path.name in EMBEDDED:
+            nxt = path.name  # a converted embedded model in the cache
         name = nxt
     return out
 
