@@ -169,7 +169,7 @@ def main() -> None:
              "vocabulary 49152, the "
              "default model's tokenizer and chat template), pruned by `run_prune` (4 calibration sequences of 32 "
              "tokens) to hidden 32 (Phi-3, Qwen2: 128, so that hidden / heads = head_dim), MLP 64, 4 query / 2 KV heads, layer 1 of 4 dropped (MoE: 3 of 4 "
-             "experts), then served by `minitron_hf.export.vllm.start_server` (`--enforce-eager`, "
+             "experts; Nemotron-H: Mamba heads 32 -> 16, head dim 4 -> 2), then served by `minitron_hf.export.vllm.start_server` (`--enforce-eager`, "
              f"`--gpu-memory-utilization 0.2`, `--max-model-len 256`) with vllm {vllm.__version__}; one chat "
              "completion and one completion of 8 tokens each. Ready: seconds from start to `/health` answering (the "
              "machine's 2 cores are shared, so times vary)." + (" `--vllm-only`: started without `minitron serve`'s "

