@@ -114,12 +114,7 @@ def serve_one(model_type: str, ckpt: Path, log_path: Path, timeout: float, vllm_
             logged = first_error(log_path)  # the server's own error, when it logged one
             rec["error"] = f"{type(e).__name__}: {str(e)[:150]}" + (f"; server log: {logged}" if logged else "")
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            vl.stop_server(proc, timeout=60)
         rec["total_s"] = round(time.time() - t0, 1)
     text = log_path.read_text(errors="replace")
     m = re.search(r"Resolved architecture: (\w+)", text)

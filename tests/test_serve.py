@@ -165,11 +165,7 @@ def test_serve_pruned_default_chat_completion(pruned_default, tmp_path):
         assert r.usage.completion_tokens >= 1 and r.usage.prompt_tokens > 5  # the chat template was applied
         assert isinstance(r.choices[0].message.content, str)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        vl.stop_server(proc)
         log.close()
 
 
@@ -231,11 +227,7 @@ def test_serve_pruned_family_chat_and_completion(pruned_family, tmp_path):
         assert c.usage.completion_tokens >= 1 and isinstance(c.choices[0].text, str)
         assert proc.poll() is None  # the engine survived both requests
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        vl.stop_server(proc)
         log.close()
     # the model class vLLM chose, when vLLM's own logger wrote to the server's output: in the full `make test` run
     # (2026-12-02) its lines were missing from the log (uvicorn's were there; alone, this test logs them; cause not

@@ -188,9 +188,15 @@ def serve(model_dir, cfg: ServeConfig) -> int:
     try:
         return proc.wait()
     except KeyboardInterrupt:
-        proc.terminate()
-        try:
-            return proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            return proc.wait()
+        return stop_server(proc)
+
+
+def stop_server(proc: subprocess.Popen, timeout: float = 30) -> int:
+    """Stop a server :func:`start_server` started: SIGTERM, then SIGKILL if it is still running after ``timeout``
+    seconds; its exit code."""
+    proc.terminate()
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
