@@ -33,6 +33,7 @@ Serving with vLLM is out of scope here: tests/test_serve.py covers it once, on t
 
 from __future__ import annotations
 
+import copy
 import fnmatch
 import itertools
 from dataclasses import dataclass
@@ -334,17 +335,12 @@ def test_fp8_export_of_pruned_output(case, tmp_path):
     from minitron_hf.export.fp8 import FP8Config, export_fp8
 
     assert dims_not_divisible(case.pruned.config) == []
-    if case.family.is_moe:  # ModelOpt 0.42 raises NotImplementedError on stacked experts after calibrating: we refuse
-        from minitron_hf.export.fp8 import FP8ExportError  # before any work, naming the model type
-
-        with pytest.raises(FP8ExportError, match=f"model_type='{case.model_type}' is a mixture of experts"):
-            export_fp8(case.dir / "pruned", DataConfig(), FP8Config(output=str(tmp_path / "fp8")))
-        assert not (tmp_path / "fp8").exists()
-        return
     rec = export_fp8(case.dir / "pruned", DataConfig(), FP8Config(output=str(tmp_path / "fp8"), calib_samples=2,
                                                                   seq_len=16, batch_size=2, dtype="float32"))
     types = case.family.layer_types(case.pruned.config)
-    assert rec["quantized_linears"] == sum(len(case.family.layer_linears(t)) for t in types)
+    experts = case.family.num_experts(case.pruned.config) if case.family.is_moe else 1  # each holds the expert linears
+    assert rec["quantized_linears"] == sum(len(case.family.layer_linears(t)) + (experts - 1) * len(
+        case.family.expert_linears) for t in types)
     assert rec["not_divisible_by_16"] == []
     assert_dequantized_close(load_file(case.dir / "pruned" / "model.safetensors"), tmp_path / "fp8")
 
@@ -450,7 +446,9 @@ def test_lora_targets_and_linear_shapes_exist(case):
     for model in (case.model, case.pruned):
         c = model.config
         shapes = linear_shapes(c)
-        assert set(shapes) == set(family.linears)
+        assert set(shapes) == set(family.linears) | set(family.expert_linears)
+        model = copy.deepcopy(model)
+        family.prepare_quantization(model)  # what FP8 export quantizes: a mixture of experts' per-expert linears
         for layer, t in zip(model.base_model.layers, family.layer_types(c)):
             modules = {n.rsplit(".", 1)[-1]: m for n, m in layer.named_modules() if n}
             here = family.layer_linears(t)  # a hybrid's layers hold different linears

@@ -217,3 +217,76 @@ def test_minitron_prune_end_to_end(model_type, tmp_path, default_model_dir):
     ids = torch.randint(0, 49152, (2, 12), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         torch.testing.assert_close(keep(ids).logits, model(ids).logits, atol=1e-5, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------- FP8 export
+
+@pytest.mark.parametrize("model_type", MOE)
+def test_unstacked_experts_are_the_disk_tensors_and_compute_the_same(model_type, tmp_path):
+    """FP8 export quantizes per-expert nn.Linear modules (ModelOpt's MoE layout): each holds exactly the tensor
+    save_pretrained writes under that name, and the model computes the same logits as with stacked experts."""
+    import copy
+
+    family = family_of({"model_type": model_type}, check=False)
+    model = tiny_model(model_type)
+    model.save_pretrained(tmp_path / "src")
+    disk = load_file(tmp_path / "src" / "model.safetensors")
+    ids = torch.randint(0, 128, (2, 12), generator=torch.Generator().manual_seed(1))
+    unstacked = copy.deepcopy(model)
+    family.prepare_quantization(unstacked)
+    with torch.no_grad():
+        torch.testing.assert_close(unstacked(ids).logits, model(ids).logits, atol=1e-6, rtol=1e-6)
+    names = {n for n, m in unstacked.named_modules() if isinstance(m, torch.nn.Linear) and ".experts." in n}
+    assert len(names) == 4 * 4 * 3  # layers x experts x (gate, up, down)
+    # in memory the layer's block is "mlp"; Mixtral's on-disk name for it is "block_sparse_moe"
+    on_disk = {n: n.replace(".mlp.", f".{family.expert_prefix.rsplit('.', 1)[0]}.") for n in names}
+    for n, m in unstacked.named_modules():
+        if n in names:
+            assert torch.equal(m.weight, disk[on_disk[n] + ".weight"]), n
+
+
+@pytest.mark.parametrize("model_type", MOE)
+def test_fp8_export_calibrates_every_expert_on_every_token(model_type, tmp_path, default_model_dir, default_tokenizer):
+    """Naive reference of the MoE FP8 checkpoint's scales, from the stacked model with plain hooks: as NVIDIA ModelOpt
+    calibrates MoE layers, every expert's gate/up input range is the largest |input| of its layer over every token
+    (not just the tokens routed to it), its down input range the largest |act(gate x) * up x| over every token; each
+    weight scale is its own tensor's amax / 448 (per expert)."""
+    pytest.importorskip("modelopt.torch.quantization", reason="nvidia-modelopt is not installed")
+    from minitron_hf.data import load_blocks
+    from minitron_hf.export.fp8 import FP8_E4M3_MAX, FP8Config, export_fp8
+
+    family = family_of({"model_type": model_type}, check=False)
+    model = tiny_model(model_type, vocab_size=49152)
+    src = save_with_tokenizer(model, tmp_path / "src", default_model_dir)
+    n, seq = 4, 24
+    rec = export_fp8(src, DataConfig(), FP8Config(output=str(tmp_path / "fp8"), calib_samples=n, seq_len=seq,
+                                                  batch_size=2, dtype="float32"))
+    assert rec["quantized_linears"] == 4 * (4 + 4 * 3)  # per layer: q, k, v, o and 4 experts x (gate, up, down)
+    inputs = {}
+    hooks = [layer.mlp.register_forward_pre_hook(lambda mod, args, i=i: inputs.setdefault(i, []).append(args[0]))
+             for i, layer in enumerate(model.model.layers)]
+    blocks = load_blocks(DataConfig(), default_tokenizer, "calibration", seq, n)
+    with torch.no_grad():
+        for i in range(0, n, 2):
+            model(blocks[i:i + 2])
+    for h in hooks:
+        h.remove()
+    t = load_file(tmp_path / "fp8" / "model.safetensors")
+    src_t = load_file(src / "model.safetensors")
+    gate, up, down = (w.removesuffix(".weight") for w in (family.expert_gate, family.expert_up, family.expert_down))
+    for i, layer in enumerate(model.model.layers):
+        x = torch.cat(inputs[i]).reshape(-1, model.config.hidden_size)
+        stacked = layer.mlp.experts
+        for e in range(4):
+            p = f"model.layers.{i}.{family.expert_prefix}.{e}."
+            gu = x @ stacked.gate_up_proj[e].T
+            g, u = gu.chunk(2, dim=-1)
+            act = stacked.act_fn(g) * u
+            for name, a in ((gate, x), (up, x), (down, act)):
+                assert t[p + name + ".input_scale"].item() == pytest.approx(a.abs().max().item() / FP8_E4M3_MAX,
+                                                                            rel=1e-4), (p, name)
+                w = src_t[p + name + ".weight"]
+                assert t[p + name + ".weight"].dtype == torch.float8_e4m3fn
+                assert t[p + name + ".weight_scale"].item() == pytest.approx(w.abs().max().item() / FP8_E4M3_MAX,
+                                                                             rel=1e-6), (p, name)
+    assert not any(k.endswith("gate.weight_scale") for k in t)  # the router stays unquantized

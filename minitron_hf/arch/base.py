@@ -227,6 +227,9 @@ class Family:
         source's positions, so a plan followed by another composes by indexing."""
         return {}
 
+    # a mixture of experts: one expert's linears (name -> (in axis, out axis)), which each of a layer's experts holds
+    expert_linears: dict[str, tuple[str, str]] = {}
+
     def layer_linears(self, layer_type: str) -> dict[str, tuple[str, str]]:
         """The linears a layer of this type holds (name -> (in axis, out axis)); uniform families: all of them."""
         return dict(self.linears)
@@ -247,6 +250,11 @@ class Family:
     def fp8_problem(self, config) -> str | None:
         """Why ModelOpt FP8 export cannot handle this model (checked before any work), or None."""
         return None
+
+    def prepare_quantization(self, model: torch.nn.Module) -> None:
+        """Make the loaded model quantizable by NVIDIA ModelOpt before its quantizers are inserted: every weight to
+        quantize in an ``nn.Linear`` whose name is the tensor's on-disk name (a mixture of experts unstacks its
+        experts). Nothing to do for the families whose linears already are."""
 
     def sequential_problem(self, config) -> str | None:
         """Why layer-by-layer calibration cannot handle this model (checked before any layer is read), or None."""

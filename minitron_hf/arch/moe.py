@@ -22,7 +22,9 @@ Qwen3-MoE ``num_experts``; both configs store it as ``num_local_experts``) and e
   .weight`` and ``mlp.gate.weight``. Trimming works on the on-disk names (:attr:`expert_prefix`), so these rules do.
 - Qwen3-MoE layers listed in ``mlp_only_layers`` or skipped by ``decoder_sparse_step`` have a dense MLP instead; such
   configs are refused (every released Qwen3-MoE model is sparse in every layer).
-- The experts are not ``nn.Linear`` modules: LoRA and FP8 here cover the attention projections only.
+- The experts are not ``nn.Linear`` modules: LoRA covers the attention projections only. FP8 export quantizes the
+  experts too: :meth:`MoEDecoder.unstack_experts` turns them into per-expert ``nn.Linear`` modules under the on-disk
+  names (:class:`ExpertList`), the layout NVIDIA ModelOpt calibrates and exports.
 """
 
 from __future__ import annotations
@@ -91,10 +93,37 @@ class MoEDecoder(DenseDecoder):
                         f"dtype; 8 in bf16). Nearest allowed: {' or '.join(map(str, near)) or 'none'}")
         return None
 
-    def fp8_problem(self, config) -> str | None:
-        return (f"model_type={config.model_type!r} is a mixture of experts: ModelOpt's HF export (0.42) does not "
-                f"support transformers 5's stacked experts modules ({config.model_type} experts are one 3-D tensor per "
-                f"layer); FP8 export supports the dense families only")
+    def layer_linears(self, layer_type: str) -> dict[str, tuple[str, str]]:
+        """The attention projections and one expert's gate, up and down projections (under their on-disk names:
+        each of a layer's experts holds these three, see :meth:`unstack_experts`)."""
+        return {**self.linears, **self.expert_linears}
+
+    @property
+    def expert_linears(self) -> dict[str, tuple[str, str]]:
+        """One expert's projections, on-disk module name -> (in axis, out axis)."""
+        name = lambda w: w.removesuffix(".weight")  # noqa: E731
+        return {name(self.expert_gate): ("hidden", "mlp"), name(self.expert_up): ("hidden", "mlp"),
+                name(self.expert_down): ("mlp", "hidden")}
+
+    def prepare_quantization(self, model: torch.nn.Module) -> None:
+        self.unstack_experts(model)
+
+    def unstack_experts(self, model: torch.nn.Module) -> None:
+        """Replace every layer's stacked experts module by an :class:`ExpertList`: one module per expert holding
+        ``nn.Linear`` gate/up/down projections under the Hub's per-expert names, the layout NVIDIA ModelOpt quantizes
+        and exports (it knows MoE experts as an iterable of per-expert linears; transformers 5's 3-D expert tensors it
+        refuses). The weights are copied per layer, so the extra memory is one layer's experts; the routed forward is
+        the stacked module's. The model is for quantization only: ``save_pretrained`` writes the same on-disk names."""
+        gate, up, down = (w.removesuffix(".weight") for w in (self.expert_gate, self.expert_up, self.expert_down))
+        k = model.config.num_experts_per_tok
+        for layer in model.base_model.layers:
+            block = layer.get_submodule(self.neuron_probe.rsplit(".", 1)[0])
+            stacked = block.experts
+            block.experts = ExpertList(stacked, (gate, up, down))
+            # ModelOpt wraps the MoE block (plugins/huggingface.py _QuantSparseMoe) and reads these two while it
+            # calibrates; transformers 5's blocks route with their router's own top_k, so they change nothing here
+            block.num_experts, block.top_k = len(block.experts), k
+            del stacked
 
     def sequential_problem(self, config) -> str | None:
         # its per-expert disk tensors are stacked in memory, which sequential._load does not do
@@ -172,6 +201,58 @@ class Qwen3Moe(MoEDecoder):
                 f"{d.get('mlp_only_layers')}, decoder_sparse_step={step}, num_experts={self.num_experts(d)}); only "
                 f"configs whose every layer is a sparse MoE block are supported (mlp_only_layers=[], "
                 f"decoder_sparse_step=1)")
+
+
+class ExpertList(torch.nn.ModuleList):
+    """A layer's experts as a list of per-expert modules, each with ``nn.Linear`` gate, up and down projections
+    (names given: Mixtral ``w1``/``w3``/``w2``, Qwen3-MoE ``gate_proj``/``up_proj``/``down_proj``), built from a
+    transformers 5 stacked experts module (``gate_up_proj`` [E, 2I, H], ``down_proj`` [E, H, I]) and called like it:
+    ``(hidden_states [n, H], top_k_index [n, k], top_k_weights [n, k]) -> [n, H]``.
+
+    While ``calibrate_every_expert`` is set (it is, from construction: this module exists for FP8 calibration),
+    every expert runs on every token and the routed tokens' outputs are summed, so that an expert routing rarely
+    picks still sees enough tokens to calibrate its input range: what NVIDIA ModelOpt does for MoE layers
+    (``_QuantSparseMoe``), which transformers 5's routers no longer let its wrapper do. The output is the routed one.
+    """
+
+    def __init__(self, stacked: torch.nn.Module, names: tuple[str, str, str]):
+        gate_up, down_w = stacked.gate_up_proj.detach(), stacked.down_proj.detach()
+        E, two_i, h = gate_up.shape
+        inter = two_i // 2
+
+        def linear(w):
+            lin = torch.nn.Linear(w.shape[1], w.shape[0], bias=False, device="meta")
+            lin.weight = torch.nn.Parameter(w.clone(), requires_grad=False)
+            return lin
+
+        experts = []
+        for e in range(E):
+            m = torch.nn.Module()
+            for name, w in zip(names, (gate_up[e, :inter], gate_up[e, inter:], down_w[e])):
+                setattr(m, name, linear(w))
+            m.act_fn = stacked.act_fn
+            experts.append(m)
+        super().__init__(experts)
+        self.names = names
+        self.calibrate_every_expert = True
+
+    def expert(self, e: int, x: torch.Tensor) -> torch.Tensor:
+        m = self[e]
+        gate, up, down = (getattr(m, n) for n in self.names)
+        return down(m.act_fn(gate(x)) * up(x))
+
+    def forward(self, hidden_states, top_k_index, top_k_weights):
+        out = torch.zeros_like(hidden_states)
+        for e in range(len(self)):
+            token, slot = torch.where(top_k_index == e)
+            if self.calibrate_every_expert:  # every token through the expert, the routed ones' outputs used
+                y = self.expert(e, hidden_states)[token]
+            elif len(token):
+                y = self.expert(e, hidden_states[token])
+            else:
+                continue
+            out.index_add_(0, token, (y * top_k_weights[token, slot, None]).to(out.dtype))
+        return out
 
 
 MIXTRAL = Mixtral()

@@ -57,12 +57,15 @@ class FP8Config:
 
 
 def linear_shapes(config) -> dict[str, tuple[int, int]]:
-    """{proj name: (in_features, out_features)} of one decoder layer, from the config (the family's linears)."""
+    """{proj name: (in_features, out_features)} of the linears ModelOpt quantizes, from the config: every linear of
+    the model's layer types (:meth:`~minitron_hf.arch.base.Family.layer_linears`; a mixture of experts' include one
+    expert's gate, up and down projections)."""
     from ..arch import family_of
 
     family = family_of(config, check=False)
     size = family.axis_sizes(config)
-    return {name: (size[i], size[o]) for name, (i, o) in family.linears.items()}
+    linears = {k: v for t in dict.fromkeys(family.layer_types(config)) for k, v in family.layer_linears(t).items()}
+    return {name: (size[i], size[o]) for name, (i, o) in linears.items()}
 
 
 def dims_not_divisible(config, by: int = 16) -> list[str]:
@@ -133,6 +136,7 @@ def export_fp8(model_dir, data_cfg, cfg: FP8Config) -> dict:
     import torch
     from tqdm.auto import tqdm
 
+    from ..arch import family_of
     from ..data import load_blocks
     from ..loading import load_model, load_tokenizer
     from ..outputs import write_checkpoint_atomically
@@ -159,6 +163,7 @@ def export_fp8(model_dir, data_cfg, cfg: FP8Config) -> dict:
     # writes the unquantized tensors in `dtype` (ModelOpt logs that the dtypes differ: expected).
     calib_dtype = torch.float32 if torch.device(device).type == "cpu" else dtype
     model = load_model(src, dtype=calib_dtype, device=device)
+    family_of(model.config).prepare_quantization(model)  # e.g. a mixture of experts: per-expert nn.Linear modules
     if not getattr(model.config, "architectures", None):
         model.config.architectures = [type(model).__name__]  # the export needs it to name the model class
 

@@ -12,9 +12,10 @@ activations are reduced the moment a hook sees them and never stored.
   NVIDIA ModelOpt, the sum over the (unpadded) tokens routed to it of routing weight x L2 norm of its output; neuron
   ``j`` of expert ``e`` is the magnitude at the input of that expert's down projection, aggregated as above over the
   tokens routed to ``e`` only (a sample counts for ``e`` if it routed at least one token there). transformers holds
-  a layer's experts stacked and dispatches their forward to several kernels, so a hook on the experts module
-  recomputes each expert's FFN on its tokens (:meth:`~minitron_hf.arch.moe.MoEDecoder.expert_forward`): calibration
-  pays the experts' FFNs twice.
+  a layer's experts stacked and dispatches their forward to several kernels, so during calibration the experts
+  module's forward is replaced by one that computes each expert's FFN on its tokens
+  (:meth:`~minitron_hf.arch.moe.MoEDecoder.expert_forward`), scores it and sums the routed outputs: each expert's FFN
+  runs once per batch.
 
 Where each probe sits is the family's to say (:meth:`~minitron_hf.arch.base.Family.layer_probes`, by layer type):
 a hybrid model (Nemotron-H) probes each layer for what it holds -- a Mamba2 layer the x rows of ``in_proj``'s
@@ -295,26 +296,38 @@ class WidthScores:
                 r.update(transform(out), self.mask)
             return hook
 
-        def experts_hook(module, args, kwargs):
-            names = ("hidden_states", "top_k_index", "top_k_weights")  # [tokens, hidden], [tokens, k], [tokens, k]
-            x, index, weights = (args[n] if n < len(args) else kwargs[k] for n, k in enumerate(names))
-            B, S = self.batch_shape
-            real = torch.ones(B * S, dtype=torch.bool, device=x.device) if self.mask is None else \
-                self.mask.reshape(-1).to(device=x.device, dtype=torch.bool)
-            # the (token, slot) pairs of real tokens, grouped by expert with one stable sort (not one scan per expert:
-            # 128 experts would scan the routing table 128 times); within an expert, in token order
-            k = index.shape[1]
-            pairs = real.repeat_interleave(k).nonzero(as_tuple=True)[0]  # pair p: token p // k, slot p % k
-            flat = index.reshape(-1)
-            pairs = pairs[torch.argsort(flat[pairs], stable=True)]
-            counts = torch.bincount(flat[pairs], minlength=len(self.experts[i])).tolist()
-            for e, group in enumerate(pairs.split(counts)):
-                if not len(group):
-                    continue
-                token, slot = group // k, group % k
-                act, out = self.family.expert_forward(module, x[token], e)
-                self.neurons[i][e].update_rows(act.abs(), token // S, B)
-                self.experts[i][e] += (weights[token, slot].double() * out.double().norm(dim=-1)).sum()
+        def experts_forward(module):
+            """The experts module's forward, computed here expert by expert (the family's :meth:`expert_forward`)
+            so that each expert's FFN runs once per batch and is scored as it runs: the routed, weighted sum of the
+            experts' outputs, as the module computes it; scores count the real (unpadded) tokens only."""
+            E = len(self.experts[i])
+
+            def forward(hidden_states, top_k_index, top_k_weights):  # [tokens, hidden], [tokens, k], [tokens, k]
+                x, index, weights = hidden_states, top_k_index, top_k_weights
+                B, S = self.batch_shape
+                real = torch.ones(B * S, dtype=torch.bool, device=x.device) if self.mask is None else \
+                    self.mask.reshape(-1).to(device=x.device, dtype=torch.bool)
+                # the (token, slot) pairs, grouped by expert with one stable sort (not one scan per expert: 128
+                # experts would scan the routing table 128 times); within an expert, in token order. An index of E
+                # or more is no expert (transformers' expert-parallel masking): skipped, as the module does
+                k = index.shape[1]
+                flat = index.reshape(-1)
+                pairs = (flat < E).nonzero(as_tuple=True)[0]  # pair p: token p // k, slot p % k
+                pairs = pairs[torch.argsort(flat[pairs], stable=True)]
+                counts = torch.bincount(flat[pairs], minlength=E).tolist()
+                out = torch.zeros_like(x)
+                for e, group in enumerate(pairs.split(counts)):
+                    if not len(group):
+                        continue
+                    token, slot = group // k, group % k
+                    act, y = self.family.expert_forward(module, x[token], e)
+                    w = weights[token, slot]
+                    r = real[token]
+                    self.neurons[i][e].update_rows(act[r].abs(), token[r] // S, B)
+                    self.experts[i][e] += (w[r].double() * y[r].double().norm(dim=-1)).sum()
+                    out.index_add_(0, token, (y * w[:, None]).to(out.dtype))
+                return out
+            return forward
 
         handles = []
         for probe in self.family.layer_probes(self.config, self.layer_types[i]):
@@ -324,8 +337,7 @@ class WidthScores:
             else:
                 handles.append(module.register_forward_pre_hook(input_hook(reducer(probe), probe.transform)))
         if self.family.is_moe:  # the neuron probe is the experts module: routing-aware, per expert
-            handles.append(layer.get_submodule(self.family.neuron_probe).register_forward_pre_hook(
-                experts_hook, with_kwargs=True))
+            handles.append(_ForwardOverride(layer.get_submodule(self.family.neuron_probe), experts_forward))
         return handles
 
     def result(self) -> Importance:
@@ -356,6 +368,17 @@ class WidthScores:
         if not all(torch.isfinite(t).all() for t in scores):
             raise ImportanceError("importance scores are not finite (NaN/inf activations); check the model's dtype")
         return result
+
+
+class _ForwardOverride:
+    """Replaces ``module``'s forward by ``make(module)`` until :meth:`remove` (a handle like a hook's)."""
+
+    def __init__(self, module: torch.nn.Module, make):
+        self.module = module
+        module.forward = make(module)
+
+    def remove(self) -> None:
+        self.module.__dict__.pop("forward", None)
 
 
 def batch_tokens(ids: torch.Tensor, mask: torch.Tensor | None) -> int:
