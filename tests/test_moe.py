@@ -120,12 +120,14 @@ def test_refusals_name_the_fields(model_type, tmp_path):
     with pytest.raises(PruningConfigError, match=f"cannot be pruned along {other}; prunable: .*{experts}"):
         resolve_target(cfg, PruneTarget.from_dict({other: 2}))
     # transformers' default experts kernel (grouped_mm) fails on rows that are not a multiple of 16 bytes: refused
-    # before work, with the nearest allowed sizes (fp32 here: multiples of 4; a bf16 checkpoint needs 8)
-    with pytest.raises(PruningConfigError, match=f"target {mlp}=54 is not a multiple of 4.*Nearest allowed: 52 or 56"):
-        resolve_target(cfg, PruneTarget.from_dict({mlp: 54}))
+    # before work, with the nearest allowed sizes: multiples of 8 (16 bytes in bf16) whatever the checkpoint's dtype,
+    # since an fp32 checkpoint pruned to a multiple of 4 would fail once loaded in bf16
+    with pytest.raises(PruningConfigError, match=f"target {mlp}=52 is not a multiple of 8.*Nearest allowed: 48 or 56"):
+        resolve_target(cfg, PruneTarget.from_dict({mlp: 52}))
     bf16 = type(cfg).from_dict({**cfg.to_dict(), "dtype": "bfloat16"})
-    with pytest.raises(PruningConfigError, match="target hidden_size=36 is not a multiple of 8.*32 or 40"):
-        resolve_target(bf16, PruneTarget.from_dict({"hidden_size": 36}))
+    for c in (cfg, bf16):
+        with pytest.raises(PruningConfigError, match="target hidden_size=36 is not a multiple of 8.*32 or 40"):
+            resolve_target(c, PruneTarget.from_dict({"hidden_size": 36}))
     model = tiny_model(model_type, **{mlp: 52}).to(torch.bfloat16)  # what the check prevents
     with pytest.raises(RuntimeError, match="strides should be multiple of 16 bytes"), torch.no_grad():
         model(torch.ones(1, 3, dtype=torch.long))
@@ -159,13 +161,13 @@ def test_composed_plan_equals_two_step_surgery(model_type, tmp_path):
     (tmp_path / "a").mkdir()
     trim_checkpoint(tmp_path / "src", tmp_path / "a", plan1, progress=False)
     cfg1 = type(cfg).from_dict(plan1.new_config)
-    new2, drop2 = resolve_target(cfg1, PruneTarget.from_dict({mlp: 52, experts: 2, "hidden_size": 32,
+    new2, drop2 = resolve_target(cfg1, PruneTarget.from_dict({mlp: 56, experts: 2, "hidden_size": 32,
                                                               "drop_layers": [0]}))
     plan2 = make_plan(cfg1, random_importance(cfg1, seed=2), new2, drop2)
     (tmp_path / "b").mkdir()
     trim_checkpoint(tmp_path / "a", tmp_path / "b", plan2, progress=False)
     both = plan1.then(plan2)
-    assert both.layers == [2, 3] and all(both.neurons[l].shape == (2, 52) for l in both.layers)
+    assert both.layers == [2, 3] and all(both.neurons[l].shape == (2, 56) for l in both.layers)
     (tmp_path / "c").mkdir()
     trim_checkpoint(tmp_path / "src", tmp_path / "c", both, progress=False)
     b, c = load_file(tmp_path / "b" / "model.safetensors"), load_file(tmp_path / "c" / "model.safetensors")

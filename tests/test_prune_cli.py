@@ -26,11 +26,11 @@ def test_prune_writes_vanilla_checkpoint(tiny_checkpoint, tmp_path, model_type):
     src, model = tiny_checkpoint
     out = tmp_path / "pruned"
     rec = run_prune(DataConfig(), _cfg(src, out, target=mlp_target(model_type, dict(
-        hidden_size=36, intermediate_size=64, num_attention_heads=4, num_hidden_layers=3))))
+        hidden_size=40, intermediate_size=64, num_attention_heads=4, num_hidden_layers=3))))
     loaded = AutoModelForCausalLM.from_pretrained(out)
     c = loaded.config
     mlp = family_of(c).mlp_field  # the MLP width (a mixture of experts: each expert's)
-    assert (c.hidden_size, getattr(c, mlp), c.num_attention_heads, c.num_hidden_layers) == (36, 64, 4, 3)
+    assert (c.hidden_size, getattr(c, mlp), c.num_attention_heads, c.num_hidden_layers) == (40, 64, 4, 3)
     meta = json.loads((out / "pruning.json").read_text())
     assert meta["parameters"]["after"]["total"] == sum(p.numel() for p in loaded.parameters())
     assert meta["parameters"]["before"]["total"] == sum(p.numel() for p in model.parameters())
@@ -51,7 +51,7 @@ def test_iterative_and_scores_reuse(tiny_checkpoint, tmp_path, model_type):
     run_prune(DataConfig(), _cfg(src, single, target={mlp: 40}))
     it = tmp_path / "iter"
     rec = run_prune(DataConfig(), _cfg(src, it, target={mlp: 40}, iterative_steps=3))
-    # 96 * (40/96) ** (k/3), geometric; a mixture of experts rounds to multiples of 4 (grouped_mm's 16-byte rows)
+    # 96 * (40/96) ** (k/3), geometric; a mixture of experts rounds to multiples of 8 (grouped_mm's 16-byte rows in bf16)
     assert [s["target"][mlp] for s in rec["steps"]] == ([72, 56, 40] if family.is_moe else [72, 54, 40])
     assert getattr(AutoModelForCausalLM.from_pretrained(it).config, mlp) == 40
     reuse = tmp_path / "reuse"

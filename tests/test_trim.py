@@ -137,7 +137,7 @@ def test_keep_everything_only_reorders(model_type, tmp_path):
 
 
 @pytest.mark.parametrize("target", [
-    dict(hidden_size=36, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=3),
+    dict(hidden_size=40, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=3),
     dict(num_attention_heads=3, num_key_value_heads=1, drop_layers=[0, 2]),
     dict(intermediate_size=40),
 ])

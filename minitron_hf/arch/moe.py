@@ -73,11 +73,11 @@ class MoEDecoder(DenseDecoder):
 
     def width_multiple(self, config) -> int:
         """transformers 5.19 runs experts with ``grouped_mm`` by default, which needs 16-byte row strides (measured:
-        "strides should be multiple of 16 bytes" otherwise): hidden_size and the expert width must be multiples of
-        16 bytes over the checkpoint dtype's element size (8 in bf16, the dtype MoE checkpoints ship in; 4 in fp32)."""
-        dtype = getattr(config, "dtype", None) or "float32"
-        dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
-        return 16 // max(1, torch.empty((), dtype=dtype).element_size())
+        "strides should be multiple of 16 bytes" otherwise): hidden_size and the expert width must be multiples of 8,
+        16 bytes in bf16 and fp16, the dtypes MoE checkpoints ship, train and serve in. The rule does not follow the
+        checkpoint's own dtype: a checkpoint pruned in fp32 to a multiple of 4 would run in fp32 and fail once loaded
+        in bf16."""
+        return 8
 
     def target_problem(self, config, new: dict) -> str | None:
         k, e = config.num_experts_per_tok, new[self.experts_field]
@@ -89,8 +89,8 @@ class MoEDecoder(DenseDecoder):
             if new[f] % m:
                 near = [x for x in ((new[f] // m) * m, (new[f] // m + 1) * m) if 0 < x <= getattr(config, f)]
                 return (f"target {f}={new[f]} is not a multiple of {m}: transformers runs {self.model_type} experts "
-                        f"with grouped_mm, which needs rows of a multiple of 16 bytes ({m} values in this checkpoint's "
-                        f"dtype; 8 in bf16). Nearest allowed: {' or '.join(map(str, near)) or 'none'}")
+                        f"with grouped_mm, which needs rows of a multiple of 16 bytes ({m} values in bf16, the dtype it "
+                        f"is trained and served in). Nearest allowed: {' or '.join(map(str, near)) or 'none'}")
         return None
 
     def layer_linears(self, layer_type: str) -> dict[str, tuple[str, str]]:
