@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,12 +31,6 @@ from common import write_result  # noqa: E402
 
 # "RuntimeError: ..." alone on a line, or after vLLM's "(Worker pid=N) ERROR 12-02 13:48:51 [file.py:N] " prefix
 ERROR_LINE = re.compile(r"^(?:\(\w+ pid=\d+\)\s*)?(?:[A-Z]+ [\d-]+ [\d:]+ \[[^\]]+\]\s*)?([\w.]*(?:Error|Exception)\b:.*)$")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def first_error(log: Path) -> str | None:
@@ -89,19 +81,19 @@ def serve_one(model_type: str, ckpt: Path, log_path: Path, timeout: float, vllm_
     if vllm_only:  # measure vLLM itself: skip serve's up-front refusals (the rest of the command is serve's)
         vl._check_vllm_support = lambda *a: None
 
-    port = free_port()
+    port = vl.free_port()
     rec: dict = {"served": False, "error": "", "ready_s": None}
-    with open(log_path, "w") as log:
-        t0 = time.time()
-        try:
-            proc = vl.start_server(ckpt, vl.ServeConfig(port=port, max_model_len=256, served_model_name=model_type),
-                                   stdout=log, stderr=subprocess.STDOUT)
-        except Exception as e:  # refused up front by `minitron serve`'s own checks
-            rec["error"] = f"refused by minitron serve: {type(e).__name__}: {str(e).splitlines()[0]}"
-            rec["refused"] = True
-            return rec
-        try:
-            rec["ready_s"] = round(vl.wait_until_ready(proc, "127.0.0.1", port, timeout=timeout), 1)
+    t0 = time.time()
+    cfg = vl.ServeConfig(port=port, max_model_len=256, served_model_name=model_type)
+    try:
+        vl.server_command(ckpt, cfg)
+    except vl.ServeError as e:  # refused up front by `minitron serve`'s own checks
+        rec["error"] = f"refused by minitron serve: {type(e).__name__}: {str(e).splitlines()[0]}"
+        rec["refused"] = True
+        return rec
+    try:
+        with vl.running_server(ckpt, cfg, log_path, timeout=timeout, stop_timeout=60) as server:
+            rec["ready_s"] = round(server.ready_s, 1)
             chat = post(port, "chat/completions", {"model": model_type, "max_tokens": 8, "temperature": 0,
                                                    "messages": [{"role": "user", "content": "What is 2+2?"}]})
             comp = post(port, "completions", {"model": model_type, "prompt": "The capital of France is",
@@ -110,12 +102,10 @@ def serve_one(model_type: str, ckpt: Path, log_path: Path, timeout: float, vllm_
             rec["completion_tokens"] = comp["usage"]["completion_tokens"]
             rec["served"] = rec["chat_tokens"] >= 1 and rec["completion_tokens"] >= 1
             rec["chat_text"] = chat["choices"][0]["message"]["content"]
-        except Exception as e:
-            logged = first_error(log_path)  # the server's own error, when it logged one
-            rec["error"] = f"{type(e).__name__}: {str(e)[:150]}" + (f"; server log: {logged}" if logged else "")
-        finally:
-            vl.stop_server(proc, timeout=60)
-        rec["total_s"] = round(time.time() - t0, 1)
+    except Exception as e:
+        logged = first_error(log_path)  # the server's own error, when it logged one
+        rec["error"] = f"{type(e).__name__}: {str(e)[:150]}" + (f"; server log: {logged}" if logged else "")
+    rec["total_s"] = round(time.time() - t0, 1)
     text = log_path.read_text(errors="replace")
     m = re.search(r"Resolved architecture: (\w+)", text)
     rec["architecture"] = m.group(1) if m else "?"

