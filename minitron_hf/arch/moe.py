@@ -114,12 +114,12 @@ class MoEDecoder(DenseDecoder):
         and exports (it knows MoE experts as an iterable of per-expert linears; transformers 5's 3-D expert tensors it
         refuses). The weights are copied per layer, so the extra memory is one layer's experts; the routed forward is
         the stacked module's. The model is for quantization only: ``save_pretrained`` writes the same on-disk names."""
-        gate, up, down = (w.removesuffix(".weight") for w in (self.expert_gate, self.expert_up, self.expert_down))
+        names = tuple(self.expert_linears)  # gate, up, down
         k = model.config.num_experts_per_tok
         for layer in model.base_model.layers:
             block = layer.get_submodule(self.neuron_probe.rsplit(".", 1)[0])
             stacked = block.experts
-            block.experts = ExpertList(stacked, (gate, up, down))
+            block.experts = ExpertList(stacked, names)
             # ModelOpt wraps the MoE block (plugins/huggingface.py _QuantSparseMoe) and reads these two while it
             # calibrates; transformers 5's blocks route with their router's own top_k, so they change nothing here
             block.num_experts, block.top_k = len(block.experts), k
