@@ -55,13 +55,18 @@ class Probe:
     (``output=False``, a forward pre-hook) or its output (a forward hook), turned by ``transform`` into non-negative
     per-token channel activations [batch, seq, channels] that feed the score ``score`` (``"heads"``, ``"neurons"``,
     ``"hidden"`` -- then ``slot`` is the index among the layer's hidden probes -- or one of the family's
-    :meth:`Family.extra_scores`)."""
+    :meth:`Family.extra_scores`).
+
+    ``routed``: the module is a mixture of experts' experts module (called with the hidden states and the router's
+    top-k experts and weights). Importance replaces its forward during calibration and scores each expert and each
+    expert's neurons on the tokens routed to it (``score`` is ``"experts"``; ``transform`` is unused)."""
 
     score: str
     path: str
     output: bool
-    transform: Callable
+    transform: Callable | None
     slot: int = 0
+    routed: bool = False
 
 
 class Family:
@@ -207,14 +212,12 @@ class Family:
 
     def layer_probes(self, config, layer_type: str) -> list[Probe]:
         """The importance probes of a layer of this type. Default: the head probe's input viewed [heads, head_dim]
-        (L2 norm over head_dim), the neuron probe's input (magnitude; a mixture of experts probes its experts
-        separately, see :mod:`minitron_hf.pruning.importance`) and every hidden probe's output (magnitude)."""
+        (L2 norm over head_dim), the neuron probe's input (magnitude) and every hidden probe's output (magnitude). A
+        mixture of experts probes its experts module instead of the neuron probe (a ``routed`` probe)."""
         H, hd = config.num_attention_heads, self.head_dim(config)
-        probes = [Probe("heads", self.head_probe, False,
-                        lambda x: x.view(*x.shape[:-1], H, hd).float().norm(dim=-1))]
-        if not self.is_moe:
-            probes.append(Probe("neurons", self.neuron_probe, False, torch.abs))
-        return probes + [Probe("hidden", p, True, torch.abs, slot) for slot, p in enumerate(self.hidden_probes)]
+        return [Probe("heads", self.head_probe, False, lambda x: x.view(*x.shape[:-1], H, hd).float().norm(dim=-1)),
+                Probe("neurons", self.neuron_probe, False, torch.abs),
+                *(Probe("hidden", p, True, torch.abs, slot) for slot, p in enumerate(self.hidden_probes))]
 
     def extra_scores(self, config) -> dict[str, tuple[int, ...]]:
         """Per-layer shapes of the score tensors this family needs besides heads, neurons, hidden (and experts):

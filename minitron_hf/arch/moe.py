@@ -32,7 +32,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import DenseDecoder, UnsupportedModelError
+from .base import DenseDecoder, Probe, UnsupportedModelError
 
 MOE_FIELDS = ("num_experts_per_tok", "num_local_experts", "num_experts", "output_router_logits",
               "router_aux_loss_coef", "router_jitter_noise")
@@ -92,6 +92,12 @@ class MoEDecoder(DenseDecoder):
                         f"with grouped_mm, which needs rows of a multiple of 16 bytes ({m} values in bf16, the dtype it "
                         f"is trained and served in). Nearest allowed: {' or '.join(map(str, near)) or 'none'}")
         return None
+
+    def layer_probes(self, config, layer_type: str) -> list[Probe]:
+        """The dense decoder's probes with the neuron probe replaced by the routed experts probe (each expert and
+        its neurons scored on the tokens routed to it: :mod:`minitron_hf.pruning.importance`)."""
+        return [Probe("experts", self.neuron_probe, False, None, routed=True) if p.score == "neurons" else p
+                for p in super().layer_probes(config, layer_type)]
 
     def layer_linears(self, layer_type: str) -> dict[str, tuple[str, str]]:
         """The attention projections and one expert's gate, up and down projections (under their on-disk names:

@@ -332,12 +332,12 @@ class WidthScores:
         handles = []
         for probe in self.family.layer_probes(self.config, self.layer_types[i]):
             module = layer.get_submodule(probe.path)
-            if probe.output:
+            if probe.routed:  # a mixture of experts' experts module: routing-aware, per expert
+                handles.append(_ForwardOverride(module, experts_forward))
+            elif probe.output:
                 handles.append(module.register_forward_hook(output_hook(reducer(probe), probe.transform)))
             else:
                 handles.append(module.register_forward_pre_hook(input_hook(reducer(probe), probe.transform)))
-        if self.family.is_moe:  # the neuron probe is the experts module: routing-aware, per expert
-            handles.append(_ForwardOverride(layer.get_submodule(self.family.neuron_probe), experts_forward))
         return handles
 
     def result(self) -> Importance:
