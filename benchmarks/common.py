@@ -1,6 +1,7 @@
 """Shared helpers of the benchmark scripts: machine description and markdown results."""
 
 import datetime
+import json
 import os
 import platform
 import subprocess
@@ -38,6 +39,15 @@ def revision() -> str:
     except OSError:
         rev = ""
     return rev or "?"
+
+
+def run_json_child(code: str, *args: str, **kw) -> dict:
+    """Run ``python -c code *args`` in a fresh process (peak memory measured there is its own) and return the JSON
+    object its last stdout line holds; a failure exits with the child's stderr. ``kw`` goes to subprocess.run."""
+    r = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, **kw)
+    if r.returncode:
+        sys.exit(f"child process failed ({r.returncode}):\n{r.stderr[-3000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
 
 
 def write_result(name: str, title: str, body: str, directory: Path = RESULTS) -> Path:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -29,7 +28,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import write_result  # noqa: E402
+from common import run_json_child, write_result  # noqa: E402
 
 CHILD = r"""
 import json, sys, time
@@ -52,10 +51,7 @@ print(json.dumps({"wall_s": wall, "peak_kib": hwm}))
 
 
 def child(*args: str) -> dict:
-    r = subprocess.run([sys.executable, "-c", CHILD, *args], capture_output=True, text=True)
-    if r.returncode:
-        sys.exit(r.stderr[-3000:])
-    return json.loads(r.stdout.strip().splitlines()[-1])
+    return run_json_child(CHILD, *args)
 
 
 def routing_counts(model, blocks: torch.Tensor, batch_size: int) -> torch.Tensor:

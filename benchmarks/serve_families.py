@@ -86,12 +86,6 @@ def serve_one(model_type: str, ckpt: Path, log_path: Path, timeout: float, vllm_
     t0 = time.time()
     cfg = vl.ServeConfig(port=port, max_model_len=256, served_model_name=model_type)
     try:
-        vl.server_command(ckpt, cfg)
-    except vl.ServeError as e:  # refused up front by `minitron serve`'s own checks
-        rec["error"] = f"refused by minitron serve: {type(e).__name__}: {str(e).splitlines()[0]}"
-        rec["refused"] = True
-        return rec
-    try:
         with vl.running_server(ckpt, cfg, log_path, timeout=timeout, stop_timeout=60) as server:
             rec["ready_s"] = round(server.ready_s, 1)
             chat = post(port, "chat/completions", {"model": model_type, "max_tokens": 8, "temperature": 0,
@@ -102,6 +96,10 @@ def serve_one(model_type: str, ckpt: Path, log_path: Path, timeout: float, vllm_
             rec["completion_tokens"] = comp["usage"]["completion_tokens"]
             rec["served"] = rec["chat_tokens"] >= 1 and rec["completion_tokens"] >= 1
             rec["chat_text"] = chat["choices"][0]["message"]["content"]
+    except vl.ServeError as e:  # refused up front by `minitron serve`'s own checks, before any process started
+        rec["error"] = f"refused by minitron serve: {type(e).__name__}: {str(e).splitlines()[0]}"
+        rec["refused"] = True
+        return rec
     except Exception as e:
         logged = first_error(log_path)  # the server's own error, when it logged one
         rec["error"] = f"{type(e).__name__}: {str(e)[:150]}" + (f"; server log: {logged}" if logged else "")

@@ -13,15 +13,13 @@ twice the model.
 
 import argparse
 import json
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
-from common import write_result
+from common import run_json_child, write_result
 
 CHILD = r"""
 import json, sys, time
@@ -89,9 +87,7 @@ def make_checkpoint(d: Path, hidden, inter, layers, heads, kv, vocab) -> dict:
 
 
 def run_child(mode, src, out, target):
-    r = subprocess.run([sys.executable, "-c", CHILD, mode, str(src), str(out), json.dumps(target)],
-                       capture_output=True, text=True, check=True)
-    return json.loads(r.stdout.strip().splitlines()[-1])
+    return run_json_child(CHILD, mode, str(src), str(out), json.dumps(target))
 
 
 def main():

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 from .model_files import ModelNotFoundError
-from .outputs import cache_dir, file_lock, write_checkpoint_atomically
+from .outputs import build_once, cache_dir, write_checkpoint_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -84,14 +84,10 @@ def ensure_embedded(alias: str) -> Path:
     """
     model = EMBEDDED[alias]
     out = cache_dir() / alias
-    if _converted(out):
-        return out
     # the ranks of `accelerate launch` (or two runs) on a fresh machine: one converts, the others wait and reuse it
     # (unlocked, the second rename onto the first's finished folder fails)
-    with file_lock(out.with_name(out.name + ".lock")):
-        if _converted(out):
-            return out
-        return _convert(model, out)
+    build_once(out, lambda: _converted(out), lambda: _convert(model, out))
+    return out
 
 
 def _converted(out: Path) -> bool:

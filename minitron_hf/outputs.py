@@ -255,3 +255,14 @@ def file_lock(path: Path):
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def build_once(target: Path, ready, build) -> None:
+    """Fill the shared cache entry ``target`` with ``build()`` unless ``ready()`` says it is there. Concurrent callers
+    (the ranks of one launch, two runs on one machine) build it once: ``build`` runs under :func:`file_lock` on
+    ``<target>.lock`` and ``ready()`` is asked again once the lock is held, so the others wait and then reuse it."""
+    if ready():
+        return
+    with file_lock(target.with_name(target.name + ".lock")):
+        if not ready():
+            build()

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from ..outputs import file_lock
+from ..outputs import build_once
 from .prepare import prepare, prepare_key, tokenizer_info
 from .shards import Blocks, Permutation, Prepared, ResumableSampler, Source, TokenStream, blend_pattern
 from .sources import (DEFAULT_DATA, LOCAL_EXTENSIONS, MANIFEST, SPLITS, DataConfig, DataError, check_config,
@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "DEFAULT_DATA", "LOCAL_EXTENSIONS", "MANIFEST", "SPLITS", "Blocks", "DataConfig", "DataError", "Permutation",
     "Prepared", "ResumableSampler", "Source", "TokenStream", "blend_pattern", "check_config", "collate_blocks",
-    "digest", "file_lock", "is_prepared", "iter_documents", "load_blocks", "load_documents", "open_sources",
+    "digest", "is_prepared", "iter_documents", "load_blocks", "load_documents", "open_sources",
     "prepare", "prepare_key", "python_docs_documents", "read_rows_file", "read_text_file", "split_documents",
     "split_of", "tokenizer_info", "train_blocks", "eval_config",
 ]
@@ -61,12 +61,13 @@ def open_source(cfg: DataConfig, tokenizer, info: dict | None = None, field: str
                         f"--tokenizer MODEL --output DIR` and pass data=DIR; or set max_documents=N to prepare only its "
                         f"first N documents here (enough for calibration), or streaming=true to train from a stream")
     folder = cache_folder(cfg, info)
-    if not (folder / MANIFEST).is_file():
-        with file_lock(folder.with_name(folder.name + ".lock")):
-            if not (folder / MANIFEST).is_file():
-                logger.info("preparing data=%r into the cache %s (once; `minitron data prepare` does this ahead of "
-                            "time for large data)", cfg.data, folder)
-                prepare(cfg, tokenizer, folder, shard_mb=CACHE_SHARD_MB, info=info)
+
+    def build():
+        logger.info("preparing data=%r into the cache %s (once; `minitron data prepare` does this ahead of time for "
+                    "large data)", cfg.data, folder)
+        prepare(cfg, tokenizer, folder, shard_mb=CACHE_SHARD_MB, info=info)
+
+    build_once(folder, lambda: (folder / MANIFEST).is_file(), build)
     return Prepared(folder, info, field)
 
 

@@ -118,15 +118,12 @@ def ensure_venv(venv: str | Path | None = None, install: str = "checker") -> Pat
     venv = Path(venv).expanduser() if venv else default_venv()
     py, marker = venv / "bin" / "python", venv / ".minitron-bfcl"
     want = f"{BFCL_PACKAGE} {install}"
-    if py.exists() and marker.exists() and marker.read_text().strip() in (want, f"{BFCL_PACKAGE} full"):
-        return py
-    # two runs at once: one creates it, the other waits (unlocked, the second would remove the first's unfinished venv)
-    from ..outputs import file_lock
+    from ..outputs import build_once
 
-    with file_lock(venv.with_name(venv.name + ".lock")):
-        if py.exists() and marker.exists() and marker.read_text().strip() in (want, f"{BFCL_PACKAGE} full"):
-            return py
-        return _create_venv(venv, py, marker, want, install)
+    # two runs at once: one creates it, the other waits (unlocked, the second would remove the first's unfinished venv)
+    build_once(venv, lambda: py.exists() and marker.exists() and marker.read_text().strip() in (
+        want, f"{BFCL_PACKAGE} full"), lambda: _create_venv(venv, py, marker, want, install))
+    return py
 
 
 def _create_venv(venv: Path, py: Path, marker: Path, want: str, install: str) -> Path:

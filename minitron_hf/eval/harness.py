@@ -111,14 +111,12 @@ PACKAGE_TASKS = Path(__file__).parent / "tasks"
 
 def local_tasks_dir() -> Path:
     """The cache directory of the built-in local tasks (built on first use)."""
-    from ..outputs import cache_dir, file_lock
+    from ..outputs import build_once, cache_dir
 
     root = cache_dir() / "lm_eval_tasks"
-    for name, build in LOCAL_TASKS.items():
-        if not (root / name / f"{name}.yaml").exists():
-            with file_lock(root / f"{name}.lock"):  # two runs at once build it once
-                if not (root / name / f"{name}.yaml").exists():
-                    build(root / name)
+    for name, build in LOCAL_TASKS.items():  # two runs at once build each once
+        build_once(root / name, lambda name=name: (root / name / f"{name}.yaml").exists(),
+                   lambda name=name, build=build: build(root / name))
     return root
 
 

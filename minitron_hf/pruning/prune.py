@@ -399,7 +399,8 @@ def run_prune(data_cfg: DataConfig, cfg: PruneConfig) -> dict:
     if "parameters" not in record:  # other ranks: the same numbers, from the same target and kept layers (every rank
         # chose the same ones; a hybrid's count depends on which layer types they are), without reading what the main
         # process wrote, which a filesystem the ranks do not share would not show them
-        kept = [i for i in range(config.num_hidden_layers) if i not in set(drop)]
+        dropped = set(drop)
+        kept = [i for i in range(config.num_hidden_layers) if i not in dropped]
         record["parameters"] = parameter_counts(config, kept_layers_config(config, new_config, kept))
     record.setdefault("wall_time_s", round(time.time() - t0, 1))
     return record
