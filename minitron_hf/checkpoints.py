@@ -32,7 +32,6 @@ folder, atomically, also when it is sharded across processes (FSDP, DeepSpeed Ze
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import math
@@ -46,6 +45,7 @@ import torch
 
 from .errors import MinitronError
 from .outputs import safetensors_problem, write_checkpoint_atomically
+from .storage import no_space as _no_space, torch_write_failed
 
 logger = logging.getLogger(__name__)
 
@@ -332,15 +332,33 @@ def require_output_dir(output_dir, error=CheckpointError, *, args=None, sources=
     """A trainer's ``output_dir`` was given (``args``: transformers would silently use ./trainer_output) and is
     writable, and its ``final/`` (the folder a run replaces) is not, around or inside any of ``sources`` (the
     models it reads); else ``error``. The output_dir itself may hold other things, the sources included."""
-    from .outputs import OutputError, check_output
+    from .outputs import check_output, lock_folder
 
     if args is not None and not getattr(args, "output_dir_given", True):
         raise error("output_dir is required: the folder for checkpoints and the final model (--output-dir DIR)")
-    try:
-        check_output(Path(output_dir) / "final", "output_dir's final model", sources=sources, overwrite=True)
-    except OutputError as e:
-        raise error(str(e)) from None
+    check_output(Path(output_dir) / "final", "output_dir's final model", sources=sources, overwrite=True,
+                 error=error)
+    _check_sources_outside_run_folders(Path(output_dir), sources, error)
+    # the whole output_dir is this command's for its duration (checkpoints, logs, final/)
+    lock_folder(Path(output_dir).expanduser().resolve(), "output_dir", output_dir)
     return Path(output_dir)
+
+
+def _check_sources_outside_run_folders(out: Path, sources, error) -> None:
+    """No input lies inside a folder of ``out`` that training writes, replaces or removes (``checkpoint-N``,
+    ``tmp-checkpoint-*``, ``final``): distilling from ``out/checkpoint-1`` into ``out`` would overwrite the student
+    it reads (a new checkpoint-1, or ``--overwrite`` removing the old ones)."""
+    out = out.expanduser().resolve()
+    for src in sources:
+        if src is None or not Path(src).expanduser().exists():
+            continue
+        s = Path(src).expanduser().resolve()
+        if out not in s.parents:
+            continue
+        top = out / s.relative_to(out).parts[0]
+        if checkpoint_step(top) is not None or top.name.startswith(TMP_PREFIX) or top.name == "final":
+            raise error(f"the input {str(src)!r} lies inside {top}, which a run into output_dir={str(out)!r} writes, "
+                        f"replaces or removes; copy it out of output_dir first, or choose another output_dir")
 
 
 def check_output_dir(output_dir: str | Path, resume, overwrite: bool, error=CheckpointError, *, args=None,
@@ -474,17 +492,6 @@ def _fsync_dir(d: Path) -> None:
         pass
     finally:
         os.close(fd)
-
-
-def _no_space(e: BaseException) -> bool:
-    """A full disk (or quota), as the OS, safetensors (Rust) or torch (PytorchStreamWriter) report it."""
-    for x in (e, e.__cause__, e.__context__):
-        if isinstance(x, OSError) and x.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        if x is not None and any(s in str(x) for s in ("No space left", "StorageFull", "os error 28",
-                                                        "Disk quota exceeded")):
-            return True
-    return False
 
 
 def _local(p: torch.Tensor) -> torch.Tensor:
@@ -673,15 +680,16 @@ class CheckpointMixin:
                 _fsync_tree(tmp)
         except Exception as e:
             self._ckpt_staging = None
+            full = _no_space(e, staging)  # while the partial files still fill the disk (torch's errors say nothing)
             if self.args.should_save:
                 shutil.rmtree(staging, ignore_errors=True)
             newest = latest_complete_checkpoint(run_dir, log=False)
             then = (f"then resume from the newest complete checkpoint, {newest.name}, with --resume-from-checkpoint "
                     f"true" if newest else "no complete checkpoint was written yet: then start again")
-            if _no_space(e):
+            if full:
                 raise CheckpointSaveError(f"no space left on the device of {run_dir} while saving {name} (the partial "
                                           f"{name} was removed); free space or lower save_total_limit; {then}") from e
-            if isinstance(e, OSError):
+            if isinstance(e, OSError) or torch_write_failed(e):
                 raise CheckpointSaveError(f"could not write {name} in {run_dir}: {e} (the partial {name} was "
                                           f"removed); {then}") from e
             raise
@@ -760,16 +768,22 @@ class CheckpointMixin:
                        "schedule is rescaled from step %d on", checkpoint, want, base[0], self.state.global_step)
 
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        from .resume import check_model_fits_checkpoint, preempted, watch_preemption
+
         ckpt = resolve_resume(resume_from_checkpoint, self.args.output_dir)
         out = Path(self.args.output_dir)
         if self.args.should_save and out.is_dir():  # saves a kill interrupted: never useful
             for p in out.glob(f"{TMP_PREFIX}-*"):
                 logger.info("removing %s, an unfinished checkpoint save of an earlier run", p)
                 shutil.rmtree(p, ignore_errors=True)
-        if ckpt is not None:
+        if ckpt is not None:  # a checkpoint of another shape: named here, not a RuntimeError from load_state_dict
+            check_model_fits_checkpoint(ckpt, self.model, "the model being trained")
             self._load_extra_checkpoint_state(Path(ckpt))
         self._data_start = self._resume_data_position(ckpt)
-        result = super().train(ckpt, *args, **kwargs)
+        with watch_preemption(self) as jit:  # enable_jit_checkpoint: SIGTERM saves, then train() returns early
+            result = super().train(ckpt, *args, **kwargs)
+        if jit.step is not None:
+            raise preempted(self, jit.step)
         if not self._weights_are_finite():
             loss = self._last_loss_value()
             step = self.state.global_step

@@ -11,7 +11,7 @@ import sys
 import traceback
 
 from .config import build_parser, parse_args
-from .errors import EXIT_BUG, EXIT_INTERRUPTED, EXIT_USER_ERROR, MinitronError
+from .errors import EXIT_BUG, EXIT_INTERRUPTED, EXIT_PREEMPTED, EXIT_USER_ERROR, MinitronError
 
 
 def _prune(ns):
@@ -37,14 +37,11 @@ def _search(ns):
 
 
 def _eval(ns):
-    from .eval import suite_class
-
-    from .outputs import check_writable
+    from .eval import check_results_folder, suite_class
 
     suite = suite_class(ns.eval_command)
     (cfg,) = parse_args([suite.config_class], namespace=ns)  # the config validates its values here
-    if getattr(cfg, "output", None):  # before any model is loaded or any answer generated
-        check_writable(cfg.output, "output")
+    check_results_folder(getattr(cfg, "output", None), ns.models, cfg)  # before any model loads
     print(suite.table(suite(cfg).run(ns.models, ns.names)))
 
 
@@ -117,12 +114,14 @@ def _data(ns):
 def _evaluate(ns):
     from .data import DataConfig
     from .arch import count_parameters
-    from .loading import resolve_model
+    from .loading import load_tokenizer, resolve_model
     from .pruning.prune import validation_loss
 
     from transformers import AutoConfig
 
     data = DataConfig(data=ns.data)
+    for m in ns.models:  # every model and its tokenizer before the first is evaluated
+        load_tokenizer(m)
     print(f"validation split of {ns.data!r}, {ns.samples} x {ns.seq_len} tokens")
     print(f"{'model':<40} {'params':>9} {'non-emb':>9} {'val loss':>9} {'ppl':>10}")
     for m in ns.models:
@@ -404,19 +403,29 @@ def _unknown_arguments(parser, ns, extra) -> None:
 def main(argv=None) -> int:
     """Run one subcommand. Exit codes: 0 done; 2 an error the user can fix (one line naming the field or file:
     :class:`~minitron_hf.errors.MinitronError`); 3 anything else, a bug (one line; the traceback with -v);
-    130 interrupted."""
+    130 interrupted; 143 preempted: training stopped on SIGTERM after saving a checkpoint
+    (``--enable-jit-checkpoint true``), nothing final written, resume with ``--resume-from-checkpoint true``
+    (:class:`~minitron_hf.resume.TrainingPreempted`)."""
     parser = make_parser()
     ns, extra = parser.parse_known_args(argv)
     if extra:
         _unknown_arguments(parser, ns, extra)
     logging.basicConfig(level=logging.DEBUG if ns.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    from .outputs import command_scope
+
     try:
-        ns.func(ns)
+        with command_scope():  # outputs checked during the command stay locked until it ends (minitron_hf/locks.py)
+            ns.func(ns)
     except MinitronError as e:
         if ns.verbose:
             traceback.print_exc()
         _close_progress_bars()
+        from .resume import TrainingPreempted
+
+        if isinstance(e, TrainingPreempted):  # not finished, not an error: a scheduler requeues on 143
+            print(f"minitron {ns.command}: preempted: {' '.join(str(e).split())}", file=sys.stderr)
+            return EXIT_PREEMPTED
         print(f"minitron {ns.command}: error: {' '.join(str(e).split())}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:

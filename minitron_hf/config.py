@@ -4,6 +4,11 @@ Each stage describes its options as dataclasses whose fields carry ``metadata={"
 (the HfArgumentParser convention). :func:`parse_args` builds an ``argparse`` parser from them, reads
 ``--config FILE.yaml`` first (its keys become defaults) and lets any ``--field value`` override it.
 A key that no dataclass knows is an error naming the nearest valid field, before any work.
+
+Every YAML the project reads goes through :func:`read_yaml` / :func:`safe_load_yaml`: at most
+:data:`YAML_MAX_BYTES` per file and :data:`YAML_MAX_NODES` values once aliases are expanded (an alias bomb is
+refused naming the file, not a MemoryError). Values are checked by :func:`check_value`: a bool is never an integer
+or a number, and an integer field takes ``64``, ``64.0`` and ``"64"`` alike (YAML and command line), never ``64.7``.
 """
 
 from __future__ import annotations
@@ -48,6 +53,15 @@ def _str2bool(v: str) -> bool:
     if v.lower() in ("0", "false", "no", "off"):
         return False
     raise argparse.ArgumentTypeError(f"expected a boolean, got {v!r}")
+
+
+def _cli_int(v: str) -> int:
+    """An integer option on the command line, read as a YAML value is (:func:`check_value`): ``64`` and ``64.0``
+    are 64; ``64.7`` and ``true`` are refused."""
+    try:
+        return check_value("value", v, int)
+    except ConfigError:
+        raise argparse.ArgumentTypeError(f"expected an integer (a whole number), got {v!r}") from None
 
 
 def _fields(classes):
@@ -110,29 +124,110 @@ def build_parser(classes, parser: argparse.ArgumentParser | None = None, append_
         elif scalar not in (int, float, str):
             continue  # structured objects (e.g. accelerate's ParallelismConfig): YAML only
         elif is_list:
-            kw.update(type=scalar, nargs="+")
+            kw.update(type=_cli_int if scalar is int else scalar, nargs="+")
         else:
-            kw.update(type=scalar)
+            kw.update(type=_cli_int if scalar is int else scalar)
         names = [flag] if f.name == f.name.replace("_", "-") else [flag, "--" + f.name]
         parser.add_argument(*names, **kw)
     return parser
 
 
-def load_yaml(path: Path, classes) -> dict:
-    path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"config={str(path)!r}: no such file")
-    if not path.is_file():
-        raise ConfigError(f"config={str(path)!r} is a directory; expected a YAML file")
+YAML_MAX_BYTES = 10 * 2**20
+"""Largest YAML file the project reads (configs and run markers are a few KiB)."""
+YAML_MAX_NODES = 100_000
+"""Most values a YAML document may hold once its aliases are expanded: an alias bomb (``&a [x, x, ...]``,
+``&b [*a, *a, ...]`` nested a few levels) is a few hundred bytes that expand to billions of values."""
+
+
+def _expanded_size(root, limit: int):
+    """Values in the node graph ``root`` with every alias expanded (memoised per node, so a bomb is counted, not
+    built), or None if an alias refers to a node that contains it (a recursive document). Stops above ``limit``."""
+    memo: dict[int, int] = {}
+    busy: set[int] = set()
+    stack = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        if done:
+            busy.discard(key)
+            kids = node.value if isinstance(node, yaml.SequenceNode) else [x for kv in node.value for x in kv]
+            memo[key] = min(1 + sum(memo[id(k)] for k in kids), limit + 1)
+            continue
+        if key in memo:
+            continue
+        if key in busy:
+            return None
+        if isinstance(node, yaml.ScalarNode):
+            memo[key] = 1
+            continue
+        busy.add(key)
+        stack.append((node, True))
+        kids = node.value if isinstance(node, yaml.SequenceNode) else [x for kv in node.value for x in kv]
+        for k in kids:
+            if id(k) in busy:
+                return None
+            if id(k) not in memo:
+                stack.append((k, False))
+    return memo[id(root)]
+
+
+def safe_load_yaml(text: str, where: str, max_nodes: int = YAML_MAX_NODES):
+    """``yaml.safe_load(text)``, bounded: a document that holds more than ``max_nodes`` values once its aliases are
+    expanded, a recursive alias or nesting too deep for the parser is a :class:`ConfigError` naming ``where``, as
+    is invalid YAML. Every YAML the project reads goes through here (or :func:`read_yaml`)."""
+    loader = yaml.SafeLoader(text)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        n = _expanded_size(node, max_nodes)
+        if n is None:
+            raise ConfigError(f"{where}: YAML with a recursive alias (an anchor used inside itself) is not allowed")
+        if n > max_nodes:
+            raise ConfigError(f"{where}: YAML expands to more than {max_nodes:,} values (an alias bomb?); a config "
+                              f"holds at most {max_nodes:,}")
+        return loader.construct_document(node)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ConfigError(f"config={str(path)!r}: invalid YAML{at}: {problem}") from None
+        raise ConfigError(f"{where}: invalid YAML{at}: {problem}") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: YAML nested too deeply") from None
+    finally:
+        loader.dispose()
+
+
+def read_yaml(path: Path, where: str | None = None, max_bytes: int = YAML_MAX_BYTES):
+    """The YAML file ``path``, bounded in size (``max_bytes``) and in expansion (:func:`safe_load_yaml`); errors
+    are :class:`ConfigError` naming ``where`` (default ``config='PATH'``)."""
+    path = Path(path)
+    where = where or f"config={str(path)!r}"
+    if not path.exists():
+        raise ConfigError(f"{where}: no such file")
+    if not path.is_file():
+        raise ConfigError(f"{where} is a directory; expected a YAML file")
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise ConfigError(f"{where} is {size:,} bytes; a YAML file may be at most {max_bytes:,} bytes")
+    try:
+        with open(path, "rb") as fh:
+            text = fh.read(max_bytes + 1).decode("utf-8")
     except UnicodeDecodeError:
-        raise ConfigError(f"config={str(path)!r} is not a text (UTF-8) file") from None
+        raise ConfigError(f"{where} is not a text (UTF-8) file") from None
+    if len(text.encode("utf-8")) > max_bytes:  # grew while being read
+        raise ConfigError(f"{where}: a YAML file may be at most {max_bytes:,} bytes")
+    return safe_load_yaml(text, where)
+
+
+def load_yaml(path: Path, classes) -> dict:
+    """A command's config file: its fields checked against ``classes``. The file is an input of the command like
+    any other: no output the command writes may be, contain or lie inside it (:func:`~minitron_hf.locks.note_input`)."""
+    from .locks import note_input
+
+    path = Path(path)
+    data = read_yaml(path) or {}
+    note_input(path)
     if not isinstance(data, dict):
         raise ConfigError(f"config={str(path)!r}: expected a mapping of option names to values")
     check_fields(data, classes, str(path))
@@ -199,8 +294,8 @@ def check_value(name: str, value, tp):
         raise bad()
     if value is None:
         raise bad()
-    if origin is typing.Literal:
-        if value in args:
+    if origin is typing.Literal:  # True == 1 in Python: a bool matches only a bool
+        if any(value == a and isinstance(value, bool) == isinstance(a, bool) for a in args):
             return value
         raise bad()
     if origin in (list, tuple):
@@ -216,7 +311,7 @@ def check_value(name: str, value, tp):
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
         if isinstance(value, tp):
             return value
-        if value in {m.value for m in tp}:
+        if any(value == m.value and isinstance(value, bool) == isinstance(m.value, bool) for m in tp):
             return value
         raise bad()
     if tp is bool:

@@ -8,6 +8,12 @@ asking to run with ``-v`` for the traceback, and exits with :data:`EXIT_BUG`.
 
 ``MinitronError`` subclasses ``ValueError`` so that callers (and tests) that catch ``ValueError``
 keep working; but the CLI catches only ``MinitronError``: a stray ``ValueError`` from a library is a bug.
+
+A training run stopped by SIGTERM after saving a checkpoint (``--enable-jit-checkpoint true``,
+:class:`minitron_hf.resume.TrainingPreempted`) has not finished and is not an error: the CLI prints one line naming
+the checkpoint and ``--resume-from-checkpoint true``, and exits with :data:`EXIT_PREEMPTED`, 143 (128 + SIGTERM's 15,
+what a shell reports for a process SIGTERM ended), so that a scheduler or a script tells a preempted run (requeue
+it, resume) from a finished one (0).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 EXIT_USER_ERROR = 2
 EXIT_BUG = 3
 EXIT_INTERRUPTED = 130
+EXIT_PREEMPTED = 143
 
 
 class MinitronError(ValueError):

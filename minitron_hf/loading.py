@@ -9,12 +9,15 @@ architecture (:func:`~minitron_hf.arch.family_of`) before reading any weights.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 from .arch import family_of
 from .default_model import EMBEDDED, ensure_embedded
 from .model_files import ModelNotFoundError, verify_checkpoint_files
+
+logger = logging.getLogger(__name__)
 
 
 def resolve_model(name: str | os.PathLike) -> Path:
@@ -25,14 +28,21 @@ def resolve_model(name: str | os.PathLike) -> Path:
     existing directory -> itself; anything else -> a Hub id, downloaded with ``huggingface_hub`` (safetensors,
     configs and tokenizer files only).
     """
-    if str(name) in EMBEDDED:
-        return ensure_embedded(str(name))
     path = Path(name).expanduser()
-    if path.exists():
+    alias = str(name) in EMBEDDED
+    if alias and not path.exists():
+        return ensure_embedded(str(name))
+    if path.exists():  # a local path wins over an alias of the same name, and says so
+        also = (f" (a local path, which wins over the embedded model of that name; write ./{name} to mean the folder "
+                f"or move it to use the embedded model)" if alias else "")
+        if alias:
+            logger.warning("model=%r: using the local %s %s, not the embedded model of that name", str(name),
+                           "folder" if path.is_dir() else "file", path.resolve())
         if not path.is_dir():
-            raise ModelNotFoundError(f"model={str(name)!r} is a file; expected a checkpoint directory")
+            raise ModelNotFoundError(f"model={str(name)!r} is a file; expected a checkpoint directory{also}")
         if not (path / "config.json").exists():
-            raise ModelNotFoundError(f"model={str(name)!r}: directory has no config.json (not an HF checkpoint)")
+            raise ModelNotFoundError(f"model={str(name)!r}: directory has no config.json (not an HF checkpoint)"
+                                     f"{also}")
         return verify_checkpoint_files(path)
     if str(name).startswith((".", "/", "~")) or str(name).count("/") > 1:
         raise ModelNotFoundError(f"model={str(name)!r}: no such directory")
@@ -92,6 +102,12 @@ def load_tokenizer(name):
 
     path = resolve_model(name)
     try:
-        return AutoTokenizer.from_pretrained(path)
+        tok = AutoTokenizer.from_pretrained(path)
     except Exception as e:
         raise ModelNotFoundError(f"model={str(name)!r}: no usable tokenizer in {path} ({type(e).__name__}: {e})") from e
+    # every command that reads a checkpoint's tokenizer pairs it with that checkpoint: ids beyond its vocabulary rows
+    # would be an IndexError deep in the first forward pass (export fp8, eval, generate, ... alike)
+    from .compat import check_vocab
+
+    check_vocab(path, tok, str(name))
+    return tok

@@ -28,15 +28,50 @@ import tempfile
 from pathlib import Path
 
 from .errors import MinitronError
+from .locks import OutputBusyError, command_inputs, command_scope, lock_output, note_input  # noqa: F401
 
 
 class OutputError(MinitronError):
     """An output location that cannot or must not be written."""
 
 
+CACHE_VARIABLE = "MINITRON_CACHE"
+
+
 def cache_dir() -> Path:
-    """Where converted models (and the other caches) live: ``$MINITRON_CACHE`` or ``~/.cache/minitron_hf``."""
-    return Path(os.environ.get("MINITRON_CACHE", Path.home() / ".cache" / "minitron_hf"))
+    """Where converted models (and the other caches) live: ``$MINITRON_CACHE`` or ``~/.cache/minitron_hf``.
+
+    A ``MINITRON_CACHE`` that is set but empty (it would write ``./data`` into the current folder), or that names a
+    file, or a path under a file, is an :class:`OutputError` naming the variable, raised at the first use (before
+    any model loads). Writability is checked where the cache is filled (:func:`build_once`): a read-only cache
+    that already holds what a command needs is fine."""
+    raw = os.environ.get(CACHE_VARIABLE)
+    if raw is None:
+        return Path.home() / ".cache" / "minitron_hf"
+    if not raw.strip():
+        raise OutputError(f"{CACHE_VARIABLE} is set but empty; unset it (the cache is then ~/.cache/minitron_hf) or "
+                          f"set it to a folder")
+    path = Path(raw).expanduser()
+    base = _nearest_existing(path.absolute())
+    if not base.is_dir():
+        raise OutputError(f"{CACHE_VARIABLE}={raw!r}: {base} is a file, not a folder; set {CACHE_VARIABLE} to a "
+                          f"folder (it is created if missing)")
+    return path
+
+
+def lock_folder(res: Path, field: str = "output", shown=None) -> None:
+    """Lock the output ``res`` (resolved) for the current command (:mod:`minitron_hf.locks`); the lock files live in
+    the cache's ``locks/`` folder, never beside or inside the output."""
+    lock_output(res, cache_dir() / "locks", field, shown)
+
+
+def check_cache_writable(path: Path) -> None:
+    """The cache entry ``path`` can be created: else an :class:`OutputError` naming ``MINITRON_CACHE``."""
+    try:
+        check_writable(path, CACHE_VARIABLE if os.environ.get(CACHE_VARIABLE) else "cache")
+    except OutputError as e:
+        raise OutputError(f"{e}; the cache ({path.parent}) must be writable to fill it: set {CACHE_VARIABLE} to a "
+                          f"writable folder") from None
 
 
 def _nearest_existing(p: Path) -> Path:
@@ -67,26 +102,136 @@ def check_writable(path, field: str, need_bytes: int = 0) -> None:
                               f"{need_bytes / 2**30:.2f} GiB needed; free some space or choose another location")
 
 
+# Temporary and lock siblings are named after the output (``.tmp-NAME-XXXXXXXX``, ``.old-NAME-PID``,
+# ``.NAME.minitron-lock``): a name this much below the filesystem's limit leaves room for them.
+NAME_MARGIN = 32
+
+
+def _check_names(out: Path, res: Path, field: str, output) -> None:
+    """Every component of the output fits the filesystem's name limit with room for our siblings' prefixes."""
+    base = _nearest_existing(res)
+    try:
+        name_max = os.pathconf(base, "PC_NAME_MAX")
+        path_max = os.pathconf(base, "PC_PATH_MAX")
+    except (OSError, ValueError):
+        name_max, path_max = 255, 4096
+    for part in res.parts[1:]:
+        n = len(part.encode())
+        limit = name_max - NAME_MARGIN if part == res.name else name_max
+        if n > limit:
+            raise OutputError(f"{field}={str(output)!r}: the name {part[:40]}... is {n} bytes; at most {limit} here "
+                              f"(the filesystem allows {name_max}, and the command writes temporary siblings with "
+                              f"longer names); choose a shorter name")
+    if len(str(res).encode()) > path_max - 2 * NAME_MARGIN - 256:
+        raise OutputError(f"{field}={str(output)!r} is {len(str(res).encode())} bytes long; the filesystem allows "
+                          f"{path_max} for a whole path, with files inside it; choose a shorter path")
+
+
+def _check_link(out: Path, res: Path, field: str, output, replaced: bool) -> None:
+    """A dangling link is never an output; a link to a folder is refused where the command replaces the output (the
+    rename would replace the link, not the folder it points to), and followed where it only adds to it."""
+    if not out.is_symlink():
+        return
+    target = os.readlink(out)
+    if not out.exists():
+        raise OutputError(f"{field}={str(output)!r} is a symbolic link to {target}, which does not exist; remove the "
+                          f"link or choose another folder")
+    if replaced:
+        raise OutputError(f"{field}={str(output)!r} is a symbolic link to {res}; give that folder itself, or "
+                          f"another folder")
+
+
+OUTPUT_FIELDS = frozenset({"output", "output_dir", "logging_dir", "run_name", "resume_from_checkpoint", "dry_run"})
+"""Config fields that name what a command writes, never an input (``run_name`` defaults to ``output_dir``)."""
+
+
+def input_paths(*configs, skip=OUTPUT_FIELDS) -> list[Path]:
+    """Every existing file or folder that a field of ``configs`` names: the inputs a command reads, of every kind
+    (model, teacher, student, data and each source of a blend, scores, tokenizer, reward model, evaluation files).
+
+    ``configs`` are dataclasses (or dicts); values are visited through lists, dicts and JSON-encoded lists/dicts
+    (a blend given on the command line). Fields named in ``skip`` are outputs. Used as ``sources`` of
+    :func:`check_output`, so that an output never is, contains or lies inside anything a command reads."""
+    import dataclasses
+
+    found: list[Path] = []
+
+    def visit(v, depth=0):
+        if depth > 8:
+            return
+        if isinstance(v, (str, os.PathLike)):
+            text = str(v).strip()
+            if text[:1] in "[{":
+                try:
+                    return visit(json.loads(text), depth + 1)
+                except ValueError:
+                    pass
+            if not text or "\n" in text or len(text) > 4096:
+                return
+            try:
+                p = Path(text).expanduser()
+                if p.exists() or p.is_symlink():
+                    found.append(p)
+            except (OSError, ValueError):
+                pass
+        elif isinstance(v, dict):
+            for x in v.values():
+                visit(x, depth + 1)
+        elif isinstance(v, (list, tuple, set, frozenset)):
+            for x in v:
+                visit(x, depth + 1)
+
+    for cfg in configs:
+        if cfg is None:
+            continue
+        if dataclasses.is_dataclass(cfg):
+            items = [(f.name, getattr(cfg, f.name, None)) for f in dataclasses.fields(cfg)]
+        elif isinstance(cfg, dict):
+            items = list(cfg.items())
+        else:
+            items = [(None, cfg)]
+        for name, value in items:
+            if name not in skip:
+                visit(value)
+    return found
+
+
 def check_output(output, field: str = "output", *, sources=(), overwrite: bool = False, allow_empty: bool = False,
-                 need_bytes: int = 0, replaced: bool = True) -> Path:
+                 need_bytes: int = 0, replaced: bool = True, error=None) -> Path:
     """Check an output folder before any work (see the module docstring); returns it as a Path.
 
-    ``sources`` are the inputs the command reads (model folders, data files): the output may not equal,
-    contain or lie inside any of them, whatever ``overwrite`` says. ``replaced=False`` is for a folder the command
-    adds to but never replaces as a whole (a run folder): it may then be or contain the current directory."""
+    ``sources`` are the inputs the command reads (model folders, data files; :func:`input_paths` lists every path
+    a config names): the output may not equal, contain or lie inside any of them, whatever ``overwrite`` says.
+    ``replaced=False`` is for a folder the command adds to but never replaces as a whole (a run folder): it may
+    then be or contain the current directory, or be a link to a folder. Inside a :func:`command_scope` (every CLI
+    command) the output is also locked for the rest of the command (:func:`lock_output`). ``error``: the
+    :class:`~minitron_hf.errors.MinitronError` class to raise (default :class:`OutputError`)."""
+    try:
+        return _check_output(output, field, sources, overwrite, allow_empty, need_bytes, replaced)
+    except OutputError as e:
+        if error is None or isinstance(e, error):
+            raise
+        raise error(str(e)) from None
+
+
+def _check_output(output, field, sources, overwrite, allow_empty, need_bytes, replaced) -> Path:
     if output is None or str(output).strip() == "":
         raise OutputError(f"{field} is required: the directory to write to")
     out = Path(output).expanduser()
+    if "\x00" in str(output):
+        raise OutputError(f"{field}={str(output)!r} contains a NUL character")
     res = out.resolve()
+    _check_link(out, res, field, output, replaced)
+    _check_names(out, res, field, output)
     cwd = Path.cwd().resolve()
     if replaced and (_within(cwd, res) or res == Path.home().resolve()) or res == Path(res.anchor):
         raise OutputError(f"{field}={str(output)!r} is {res}, which is (or contains) the current directory, the "
                           f"home directory or a filesystem root; give a new folder, e.g. {field}=out/model")
-    for src in sources:
+    for src in [*sources, *command_inputs()]:  # and the files the command read outside its configs (its YAML)
         if src is None:
             continue
         s = Path(src).expanduser()
-        if not s.exists():
+        if not (s.exists() or s.is_symlink()):
             continue
         s = s.resolve()
         if _within(s, res):
@@ -103,6 +248,7 @@ def check_output(output, field: str = "output", *, sources=(), overwrite: bool =
             raise OutputError(f"{field}={str(output)!r} already exists; pass --overwrite to replace it, or choose "
                               f"another folder")
     check_writable(out, field, need_bytes)
+    lock_folder(res, field, output)
     return out
 
 
@@ -136,7 +282,10 @@ def write_checkpoint_atomically(out_dir, write) -> Path:
             old = out_dir.with_name(f".old-{out_dir.name}-{os.getpid()}")
             out_dir.rename(old)
             tmp.rename(out_dir)
-            shutil.rmtree(old, ignore_errors=True)
+            if old.is_symlink():
+                old.unlink()
+            else:
+                shutil.rmtree(old, ignore_errors=True)
         else:
             tmp.rename(out_dir)
     except BaseException as e:
@@ -263,6 +412,7 @@ def build_once(target: Path, ready, build) -> None:
     ``<target>.lock`` and ``ready()`` is asked again once the lock is held, so the others wait and then reuse it."""
     if ready():
         return
+    check_cache_writable(target)
     with file_lock(target.with_name(target.name + ".lock")):
         if not ready():
             build()

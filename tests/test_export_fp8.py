@@ -150,7 +150,7 @@ def test_bad_input_fails_before_loading(exported, tmp_path, monkeypatch):
         export_fp8(src, DataConfig(), FP8Config())
     with pytest.raises(FP8ExportError, match="exists; pass --overwrite"):
         export_fp8(src, DataConfig(), FP8Config(output=str(out)))
-    with pytest.raises(FP8ExportError, match="is the source checkpoint"):
+    with pytest.raises(FP8ExportError, match="is or contains the input"):
         export_fp8(src, DataConfig(), FP8Config(output=str(src), overwrite=True))
     with pytest.raises(FP8ExportError, match="seq_len=100000 must be in"):
         export_fp8(src, DataConfig(), FP8Config(output=str(tmp_path / "o"), seq_len=100000))

@@ -116,14 +116,21 @@ def test_run_refuses_a_folder_that_is_not_a_run_and_keeps_foreign_files(model_di
     (out / "prune" / "important.txt").write_text("important")
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(_run_config(model_dir, out)))
+    # a stage folder no run wrote is refused, naming it, with or without --overwrite (issue 35)
+    for extra in ((), ("--overwrite",)):
+        code, err = _cli(capsys, "run", path, *extra)
+        assert code == EXIT_USER_ERROR and "prune/" in err and "move" in err, err
+        assert sorted(p.name for p in out.rglob("*")) == ["distill", "important.txt", "notes.txt", "prune"]
+    (out / "prune" / "important.txt").rename(out / "important.txt")
+    (out / "prune").rmdir()
     code, err = _cli(capsys, "run", path)
     assert code == EXIT_USER_ERROR and "not a minitron run" in err and "--overwrite" in err
-    assert sorted(p.name for p in out.rglob("*")) == ["distill", "important.txt", "notes.txt", "prune"]
     # --overwrite: the run happens there, and the files it did not write survive it and a rerun of the stage
     assert _cli(capsys, "run", path, "--overwrite")[0] == 0
     assert (out / "prune" / "model" / "config.json").exists() and (out / "report.md").exists()
-    assert (out / "prune" / "important.txt").read_text() == "important"
+    (out / "prune" / "important.txt").write_text("important")
     assert (out / "distill" / "notes.txt").read_text() == "notes"
+    assert (out / "important.txt").read_text() == "important"
     (out / "prune" / "later.txt").write_text("added after the run")
     assert _cli(capsys, "run", path, "--from", "prune")[0] == 0  # now a run folder: no --overwrite needed
     assert (out / "prune" / "important.txt").exists() and (out / "prune" / "later.txt").exists()

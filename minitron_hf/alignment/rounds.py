@@ -33,7 +33,7 @@ from ..checkpoints import save_trained
 from ..distributed import process_state
 from ..generation import generate_texts
 from ..loading import load_model, load_tokenizer, resolve_model
-from ..outputs import write_text_atomically
+from ..outputs import OUTPUT_FIELDS, input_paths, write_text_atomically
 from .data import load_rows, prompt_rows, verifiable_reward
 from .rpo import AlignmentError, RPOConfig, RPOTrainer, check_preference_dataset
 from .sft import ensure_chat_template
@@ -277,7 +277,8 @@ def _run_rounds(cfg: RoundsConfig, args: RPOConfig) -> dict:
     check_config(cfg, args)
     from ..checkpoints import require_output_dir
 
-    root = require_output_dir(args.output_dir, AlignmentError, args=args, sources=[cfg.model])
+    root = require_output_dir(args.output_dir, AlignmentError, args=args,
+                              sources=[cfg.model, *input_paths(cfg, skip=OUTPUT_FIELDS | {"export_nemo_aligner"})])
     start = resolve_model(cfg.model)
     ensure_chat_template(load_tokenizer(start), cfg.chat_template, add_default=False)  # before any work
     train, held = split_prompts(prompt_rows(load_rows(cfg.prompts, field="prompts"), field="prompts"), cfg)

@@ -41,6 +41,7 @@ from trl import DPOConfig, DPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import use_adapter
 from ..checkpoints import CheckpointMixin, check_training_arguments
+from ..outputs import input_paths
 from ..distributed import GLOBAL_BATCH_HELP, connect_cpu_processes
 from ..errors import MinitronError
 
@@ -262,7 +263,7 @@ def _run_rpo(cfg: RPOScriptConfig, args: RPOConfig) -> dict:
     t0 = time.time()
     from ..checkpoints import require_output_dir
 
-    require_output_dir(args.output_dir, AlignmentError, args=args, sources=[cfg.model])
+    require_output_dir(args.output_dir, AlignmentError, args=args, sources=[cfg.model, *input_paths(cfg)])
     final = Path(args.output_dir) / "final"
     if final.exists() and not cfg.overwrite:
         raise AlignmentError(f"output_dir: {final} exists; set overwrite=true to replace it")

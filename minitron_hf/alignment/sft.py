@@ -23,6 +23,7 @@ import torch
 from trl import SFTConfig
 
 from ..checkpoints import CheckpointMixin, check_training_arguments, save_trained
+from ..outputs import input_paths
 from ..distributed import GLOBAL_BATCH_HELP, connect_cpu_processes
 from ..loading import load_model, load_tokenizer, resolve_model
 from .data import load_rows, sft_examples
@@ -117,7 +118,7 @@ def _run_sft(cfg: SFTStageConfig, args: SFTArgs) -> dict:
     t0 = time.time()
     from ..checkpoints import require_output_dir
 
-    require_output_dir(args.output_dir, AlignmentError, args=args, sources=[cfg.model])
+    require_output_dir(args.output_dir, AlignmentError, args=args, sources=[cfg.model, *input_paths(cfg)])
     final = Path(args.output_dir) / "final"
     if final.exists() and not cfg.overwrite:
         raise AlignmentError(f"output_dir: {final} exists; set overwrite=true to replace it")

@@ -1,7 +1,9 @@
 """Data: tokenize once into token shards, read blocks from memory maps, blend, resume exactly.
 
     source (python-docs | local files | Hub | a prepared folder)            sources.py
+      local files: listing, checks before writing, content fingerprint     local.py
       -> prepare: split by content hash, dedup, tokenize, write shards    prepare.py   (`minitron data prepare`)
+         chunks written atomically, resumed, undone after a failure      chunks.py
       -> Prepared / TokenStream: memory maps, checked on open             shards.py
       -> Blocks: sample i -> (source, epoch, block), shuffled by index    shards.py
       -> streaming: tokenize and pack on the fly from a Hub stream        streaming.py

@@ -27,10 +27,12 @@ restarts at the first unfinished chunk (the source is read again up to there, bu
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
 import os
+import signal
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
@@ -39,7 +41,9 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..outputs import write_json_atomically
+from ..outputs import OutputError, _disk_full_message, write_json_atomically
+from .chunks import PROGRESS, DigestSet, _Chunk, _finished_chunks, _remove_ours, discard
+from .local import check_source
 from .sources import MANIFEST, SPLITS, DataConfig, DataError, check_config, digest, is_prepared, iter_documents, \
     source_fingerprint, split_of
 
@@ -47,7 +51,6 @@ logger = logging.getLogger(__name__)
 
 FORMAT = "minitron-hf token shards"
 VERSION = 1
-PROGRESS = "prepare.json"
 _BATCH_CHARS = 1_000_000  # characters per tokenizer call (and per task sent to a worker)
 
 
@@ -106,6 +109,9 @@ def _worker_init(tok, info: dict) -> None:
     import pickle
 
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread per worker: the processes are the parallelism
+    # Ctrl-C reaches the whole process group: the parent stops the pool and reports it; a worker's traceback would
+    # only print under the CLI's one-line message
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _worker["tok"], _worker["info"] = (pickle.loads(tok) if isinstance(tok, bytes) else tok), info
 
 
@@ -113,136 +119,30 @@ def _worker_encode(texts: list[str]):
     return encode(_worker["tok"], texts, _worker["info"])
 
 
-# --------------------------------------------------------------------------------------------- duplicates
-
-
-class DigestSet:
-    """Set of 8-byte document digests in an open-addressing numpy table: 16-32 bytes per document (a Python set of
-    the same would take about 70). Two distinct documents share an 8-byte digest with probability n^2 / 2^65
-    (about 3% at a billion documents), in which case the later one is dropped as a duplicate."""
-
-    def __init__(self, capacity: int = 1 << 16):
-        self.table = np.zeros(capacity, dtype=np.uint64)
-        self.n = 0
-
-    @staticmethod
-    def key(d: bytes) -> int:
-        return int.from_bytes(d[:8], "little") or 1  # 0 marks an empty slot
-
-    def add(self, k: int) -> bool:
-        """Add ``k`` (a :meth:`key`); False if it was already there."""
-        if 2 * (self.n + 1) > len(self.table):
-            self._grow()
-        table, mask = self.table, len(self.table) - 1
-        i = k & mask
-        while True:
-            v = int(table[i])
-            if v == 0:
-                table[i] = k
-                self.n += 1
-                return True
-            if v == k:
-                return False
-            i = (i + 1) & mask
-
-    def _grow(self) -> None:
-        old = self.table[self.table != 0]
-        self.table = np.zeros(2 * len(self.table), dtype=np.uint64)
-        self.n = 0
-        for k in old.tolist():
-            self.add(k)
-
-    def __len__(self) -> int:
-        return self.n
-
-
 # --------------------------------------------------------------------------------------------- writing
 
 
-def prepare_key(cfg: DataConfig, info: dict, shard_mb: int) -> str:
-    """Identity of a preparation: same source content, split rule, tokenizer and chunking -> same folder."""
-    parts = {"source": source_fingerprint(cfg), "data": cfg.data, "data_config": cfg.data_config,
+def prepare_key(cfg: DataConfig, info: dict, shard_mb: int, fingerprint: str | None = None) -> str:
+    """Identity of a preparation: same source content, split rule, tokenizer and chunking -> same folder.
+    ``fingerprint``: the caller's :func:`~minitron_hf.data.sources.source_fingerprint` of ``cfg``, not computed
+    twice."""
+    parts = {"source": fingerprint or source_fingerprint(cfg), "data": cfg.data, "data_config": cfg.data_config,
              "data_split": cfg.data_split, "text_field": cfg.text_field, "max_documents": cfg.max_documents,
              "split": [cfg.split_seed, cfg.validation_fraction, cfg.calibration_fraction],
              "tokenizer": info["fingerprint"], "shard_mb": shard_mb, "version": VERSION}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
-class _Chunk:
-    """The files of one chunk being written, under temporary names until :meth:`commit`."""
-
-    def __init__(self, out: Path, index: int, dtype: str):
-        self.out, self.index, self.dtype = out, index, dtype
-        self.files = {s: open(out / f".{s}-{index:05d}.bin.tmp", "wb") for s in SPLITS}
-        self.starts: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
-        self.tokens = dict.fromkeys(SPLITS, 0)
-        self.docs = dict.fromkeys(SPLITS, 0)
-        self.digests: list[int] = []
-        self.chars = 0
-
-    def add(self, split: str, tokens: np.ndarray, lengths: np.ndarray) -> None:
-        starts = self.tokens[split] + np.concatenate([[0], np.cumsum(lengths)[:-1]]) if len(lengths) else lengths
-        self.starts[split].append(starts.astype(np.int64))
-        self.files[split].write(tokens.tobytes())
-        self.tokens[split] += int(lengths.sum())
-        self.docs[split] += len(lengths)
-
-    def commit(self, source_docs: int) -> dict:
-        shards = {}
-        for s in SPLITS:
-            f = self.files[s]
-            f.flush()
-            os.fsync(f.fileno())
-            f.close()
-            tmp = self.out / f".{s}-{self.index:05d}.bin.tmp"
-            if not self.docs[s]:
-                tmp.unlink()
-                continue
-            name = f"{s}-{self.index:05d}"
-            np.save(self.out / f".{name}.idx.tmp.npy", np.concatenate(self.starts[s]))
-            os.replace(self.out / f".{name}.idx.tmp.npy", self.out / f"{name}.idx.npy")
-            os.replace(tmp, self.out / f"{name}.bin")
-            shards[s] = {"file": f"{name}.bin", "index": f"{name}.idx.npy", "tokens": self.tokens[s],
-                         "documents": self.docs[s]}
-        np.save(self.out / f".chunk-{self.index:05d}.digests.tmp.npy", np.array(self.digests, dtype=np.uint64))
-        os.replace(self.out / f".chunk-{self.index:05d}.digests.tmp.npy", self.out / f"chunk-{self.index:05d}.digests.npy")
-        record = {"index": self.index, "source_documents_end": source_docs, "shards": shards}
-        write_json_atomically(self.out / f"chunk-{self.index:05d}.json", record)  # the commit point
-        return record
-
-    def abort(self) -> None:
-        for s, f in self.files.items():
-            f.close()
-            (self.out / f".{s}-{self.index:05d}.bin.tmp").unlink(missing_ok=True)
-
-
-def _finished_chunks(out: Path, dtype: str) -> list[dict]:
-    """Chunk records in order, up to the first gap; everything after (a half-written chunk) is removed."""
-    from ..outputs import read_json
-
-    itemsize = np.dtype(dtype).itemsize
-    records, i = [], 0
-    while (out / f"chunk-{i:05d}.json").is_file():
-        rec = read_json(out / f"chunk-{i:05d}.json")
-        ok = all((out / sh["file"]).is_file() and (out / sh["file"]).stat().st_size
-                 == sh["tokens"] * itemsize for sh in rec["shards"].values())
-        if not ok or not (out / f"chunk-{i:05d}.digests.npy").is_file():
-            break
-        records.append(rec)
-        i += 1
-    for p in out.iterdir():  # temporary files and anything of chunks from i on
-        name = p.name
-        if name.startswith(".") or (name[:5] in ("chunk",) and int(name[6:11]) >= i) or \
-                any(name.startswith(f"{s}-") and int(name[len(s) + 1:len(s) + 6]) >= i for s in SPLITS):
-            p.unlink()
-    return records
-
-
 def prepare(cfg: DataConfig, tokenizer, output, shard_mb: int = 256, num_proc: int | None = None,
-            overwrite: bool = False, progress: bool = True, info: dict | None = None) -> dict:
+            overwrite: bool = False, progress: bool = True, info: dict | None = None, check: bool = True) -> dict:
     """Prepare one source into ``output``; returns its manifest. A complete folder with the same key is reused
     as is; one with a different key is refused unless ``overwrite``; an interrupted one with the same key is
-    resumed at its first unfinished chunk."""
+    resumed at its first unfinished chunk.
+
+    The source is checked (:func:`~minitron_hf.data.local.check_source`; ``check=False``: the caller did) before
+    anything is written. A first preparation that fails (bad input found while reading, a full disk: any error but
+    an interruption) leaves nothing behind, so the rerun on the fixed input starts clean; an interrupted one keeps
+    its finished chunks for the rerun to resume. A full disk is an :class:`~minitron_hf.outputs.OutputError`."""
     check_config(cfg)
     if not isinstance(cfg.data, str):
         raise DataError("prepare takes one source at a time; prepare each entry of a blend (data: [...]) into its "
@@ -252,61 +152,81 @@ def prepare(cfg: DataConfig, tokenizer, output, shard_mb: int = 256, num_proc: i
     num_proc = cfg.num_proc if num_proc is None else num_proc
     if num_proc < 1:
         raise DataError(f"num_proc={num_proc} must be >= 1")
+    if check:
+        check_source(cfg)
     out = Path(output).expanduser()
     info = info or tokenizer_info(tokenizer)  # ``info``: the caller's tokenizer_info(tokenizer), not computed twice
-    key = prepare_key(cfg, info, shard_mb)
-    from ..outputs import check_output, read_json
+    fingerprint = source_fingerprint(cfg)
+    key = prepare_key(cfg, info, shard_mb, fingerprint)
+    from ..outputs import check_output, input_paths
 
-    local = Path(cfg.data).expanduser()
-    check_output(out, "output", sources=[local] if local.exists() else [], overwrite=True)
+    check_output(out, "output", sources=input_paths(cfg), overwrite=True)
     progress_file = out / PROGRESS
     if (out / MANIFEST).is_file():
-        old = read_json(out / MANIFEST)
-        if old.get("key") == key:
+        old = _json_or_none(out / MANIFEST)
+        if old is not None and old.get("key") == key:
             logger.info("data already prepared in %s (same source, tokenizer and split): reusing it", out)
             return old
         if not overwrite:
-            raise DataError(f"output={str(out)!r} already holds prepared data of another source or tokenizer "
-                            f"(source {old.get('source', {}).get('data')!r}, tokenizer "
-                            f"{old.get('tokenizer', {}).get('name')!r}); pass --overwrite to replace it or choose "
+            what = "prepared data of another source or tokenizer (source {!r}, tokenizer {!r})".format(
+                _get(old, "source", "data"), _get(old, "tokenizer", "name")) if old is not None else \
+                f"a {MANIFEST} that is not a JSON object"
+            raise DataError(f"output={str(out)!r} already holds {what}; pass --overwrite to replace it or choose "
                             f"another folder")
         _remove_ours(out)
     elif progress_file.is_file():
-        if read_json(progress_file).get("key") != key:
+        if _get(_json_or_none(progress_file), "key") != key:
             if not overwrite:
-                raise DataError(f"output={str(out)!r} holds an unfinished preparation of other data; pass "
-                                f"--overwrite to replace it or choose another folder")
+                raise DataError(f"output={str(out)!r} holds an unfinished preparation of other data (an interrupted "
+                                f"run of another source, tokenizer or split); pass --overwrite to replace it or "
+                                f"choose another folder")
             _remove_ours(out)
     elif out.exists() and any(out.iterdir()):
         raise DataError(f"output={str(out)!r} exists and is not a prepared-data folder (no {MANIFEST}); choose a "
                         f"new folder (--overwrite never deletes files it did not write)")
-    out.mkdir(parents=True, exist_ok=True)
-    if not progress_file.is_file():
-        write_json_atomically(progress_file, {"key": key, "tokenizer": info, "started": time.time()})
-    done = _finished_chunks(out, info["dtype"])
-    t0 = time.time()
-    seen = DigestSet()
-    for rec in done:
-        for k in np.load(out / f"chunk-{rec['index']:05d}.digests.npy").tolist():
-            seen.add(k)
-    skip = done[-1]["source_documents_end"] if done else 0
-    if done:
-        logger.info("resuming the preparation in %s at chunk %d (%d source documents already done)", out, len(done),
-                    skip)
-    stats, written = _write_chunks(cfg, tokenizer, info, out, shard_mb, num_proc, seen, skip, len(done), progress)
-    return _write_manifest(cfg, info, out, key, done + written, stats, time.time() - t0, num_proc, shard_mb)
+    created = not out.exists()
+    done: list[dict] = []
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        if not progress_file.is_file():
+            write_json_atomically(progress_file, {"key": key, "tokenizer": info, "started": time.time()})
+        done = _finished_chunks(out, info["dtype"])
+        t0 = time.time()
+        seen = DigestSet()
+        for rec in done:
+            for k in np.load(out / f"chunk-{rec['index']:05d}.digests.npy").tolist():
+                seen.add(k)
+        skip = done[-1]["source_documents_end"] if done else 0
+        if done:
+            logger.info("resuming the preparation in %s at chunk %d (%d source documents already done)", out,
+                        len(done), skip)
+        stats, written = _write_chunks(cfg, tokenizer, info, out, shard_mb, num_proc, seen, skip, len(done), progress)
+        return _write_manifest(cfg, info, out, key, fingerprint, done + written, stats, time.time() - t0, num_proc,
+                               shard_mb)
+    except Exception as e:  # not KeyboardInterrupt: an interrupted preparation is resumed by the rerun
+        if not done:
+            discard(out, created)
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            raise OutputError(_disk_full_message(e, f"the prepared data in {out}") + (
+                "" if not done else f" (its {len(done)} finished chunks are kept: the rerun resumes there)")) from e
+        raise
 
 
-def _ours(name: str) -> bool:
-    return name in (MANIFEST, PROGRESS) or name.startswith((".", "chunk-", *(f"{s}-" for s in SPLITS)))
+def _json_or_none(path: Path) -> dict | None:
+    """A JSON object file of ours, or None when it is unreadable or not an object."""
+    from ..outputs import CorruptFileError, OutputError, read_json
+
+    try:
+        obj = read_json(path)
+    except (CorruptFileError, OutputError):
+        return None
+    return obj if isinstance(obj, dict) else None
 
 
-def _remove_ours(out: Path) -> None:
-    """Remove the files a preparation wrote (only those: a user's own files in the folder stay)."""
-    (out / MANIFEST).unlink(missing_ok=True)  # first: the folder stops counting as complete before shards go
-    for p in out.iterdir():
-        if p.is_file() and _ours(p.name):
-            p.unlink()
+def _get(obj, *keys):
+    for k in keys:
+        obj = obj.get(k) if isinstance(obj, dict) else None
+    return obj
 
 
 def _write_chunks(cfg, tokenizer, info, out, shard_mb, num_proc, seen, skip, first_chunk, progress) -> dict:
@@ -397,7 +317,7 @@ def _write_chunks(cfg, tokenizer, info, out, shard_mb, num_proc, seen, skip, fir
     return stats, written
 
 
-def _write_manifest(cfg, info, out, key, chunks, stats, seconds, num_proc, shard_mb) -> dict:
+def _write_manifest(cfg, info, out, key, fingerprint, chunks, stats, seconds, num_proc, shard_mb) -> dict:
     splits = {}
     for s in SPLITS:
         shards = [rec["shards"][s] for rec in chunks if s in rec["shards"]]
@@ -407,7 +327,7 @@ def _write_manifest(cfg, info, out, key, chunks, stats, seconds, num_proc, shard
         raise DataError(f"data={cfg.data!r} holds no non-empty text")
     src = {k: v for k, v in asdict(cfg).items() if k in ("data", "data_config", "data_split", "text_field",
                                                           "max_documents")}
-    src["fingerprint"] = source_fingerprint(cfg)
+    src["fingerprint"] = fingerprint
     manifest = {
         "format": FORMAT, "version": VERSION, "key": key, "source": src,
         "split": {"seed": cfg.split_seed, "validation_fraction": cfg.validation_fraction,
@@ -447,7 +367,8 @@ class PrepareConfig:
 
 def run_prepare(data_cfg: DataConfig, cfg: PrepareConfig) -> dict:
     """Prepare every source of ``data_cfg`` under ``cfg.output``: {"sources": [{data, weight, folder, manifest}],
-    "config": the ``data:`` value that reads them}."""
+    "config": the ``data:`` value that reads them}. Every source is checked before the tokenizer loads or anything
+    is written; a blend whose preparation fails (not an interruption) removes the source folders it created."""
     from ..loading import load_tokenizer
 
     if not cfg.output:
@@ -457,20 +378,34 @@ def run_prepare(data_cfg: DataConfig, cfg: PrepareConfig) -> dict:
     for c, _ in entries:
         if is_prepared(c.data):
             raise DataError(f"data={c.data!r} is already prepared; point the stages at it directly")
+    for c, _ in entries:  # every source before the first is written: a blend's missing second source included
+        check_source(c)
+    from ..outputs import check_output, input_paths
+
+    # the output is never, around or inside any input: each source of a blend, the tokenizer
+    out = check_output(cfg.output, "output", sources=input_paths(data_cfg, cfg), overwrite=True, error=DataError)
     tok = load_tokenizer(cfg.tokenizer)
-    out = Path(cfg.output).expanduser()
     blend = not isinstance(data_cfg.data, str)
+    created = [] if out.exists() else [out]  # what this run creates, removed again if it fails
     results = []
-    for i, (c, w) in enumerate(entries):
-        folder = out / f"source-{i}" if blend else out
-        manifest = prepare(c, tok, folder, shard_mb=cfg.shard_mb, num_proc=data_cfg.num_proc, overwrite=cfg.overwrite)
-        results.append({"data": c.data, "weight": w, "folder": str(folder), "manifest": manifest})
-    config = [{"data": r["folder"], "weight": r["weight"]} for r in results] if blend else str(out)
-    if blend:
-        import yaml
+    try:
+        for i, (c, w) in enumerate(entries):
+            folder = out / f"source-{i}" if blend else out
+            if not folder.exists():
+                created.append(folder)
+            manifest = prepare(c, tok, folder, shard_mb=cfg.shard_mb, num_proc=data_cfg.num_proc,
+                               overwrite=cfg.overwrite, check=False)
+            results.append({"data": c.data, "weight": w, "folder": str(folder), "manifest": manifest})
+        config = [{"data": r["folder"], "weight": r["weight"]} for r in results] if blend else str(out)
+        if blend:
+            import yaml
 
-        from ..outputs import write_text_atomically
+            from ..outputs import write_text_atomically
 
-        write_text_atomically(out / "blend.yaml", "# the prepared blend: use as the `data:` of a run or stage config\n"
-                              + yaml.safe_dump({"data": config}, sort_keys=False))
+            write_text_atomically(out / "blend.yaml", "# the prepared blend: use as the `data:` of a run or stage "
+                                  "config\n" + yaml.safe_dump({"data": config}, sort_keys=False))
+    except Exception:  # not KeyboardInterrupt: an interrupted blend resumes where it stopped
+        for folder in reversed(created):
+            discard(folder, True)
+        raise
     return {"sources": results, "config": config}

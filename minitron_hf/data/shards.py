@@ -1,8 +1,9 @@
 """Read without loading: prepared token shards as memory maps, blocks cut at read time, shuffled and blended by index.
 
-- :class:`Prepared` opens a prepared folder: its manifest, the shards' sizes and the document indexes are
-  checked when it is opened (a missing or truncated shard, a corrupt index, a manifest of another tokenizer are
-  errors naming the file), but no token is read until a block is asked for.
+- :class:`Prepared` opens a prepared folder: its manifest (every key the reader uses, with its type), the shards'
+  sizes and the document indexes are checked when it is opened (a missing or truncated shard, a corrupt index, a
+  manifest of another tokenizer are errors naming the file), but no token is read until a block is asked for; each
+  block read is checked against the vocabulary (a shard overwritten with other bytes is an error naming it).
 - :class:`TokenStream` is one split: the shards' tokens in order, as if concatenated. Block ``k`` of length
   ``L`` is tokens ``[k*L, (k+1)*L)`` of that stream: the same packing as concatenating the documents and cutting
   (a block may span two shards; the tail shorter than ``L`` is not used). For a tokenizer that starts every
@@ -53,6 +54,7 @@ class Prepared:
             raise DataError(f"{field}={str(path)!r}: {mf} is not a manifest of prepared token shards (format "
                             f"{m.get('format') if isinstance(m, dict) else None!r}); prepare the data again with "
                             f"`minitron data prepare`")
+        check_manifest(m, f"{field}={str(path)!r}: {mf}")
         if tokenizer_info is not None:
             self.check_tokenizer(tokenizer_info)
         self.streams = {s: TokenStream(self, s) for s in SPLITS}
@@ -73,7 +75,65 @@ class Prepared:
 
     @property
     def name(self) -> str:
-        return str(self.manifest.get("source", {}).get("data", self.path))
+        src = self.manifest.get("source")
+        return str(src.get("data", self.path) if isinstance(src, dict) else self.path)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+_SCHEMA = {"dtype": lambda v: v in ("uint16", "uint32"), "tokenizer": lambda v: isinstance(v, dict)}
+_TOKENIZER = {"fingerprint": lambda v: isinstance(v, str), "vocab_size": lambda v: _is_int(v) and v > 0,
+              "bos_per_document": lambda v: isinstance(v, bool),
+              "bos_token_id": lambda v: v is None or _is_int(v), "eos_token_id": _is_int}
+_SPLIT = {"shards": lambda v: isinstance(v, list), "tokens": _is_int, "documents": _is_int}
+def _is_name(v) -> bool:
+    return isinstance(v, str) and v not in ("", ".", "..") and Path(v).name == v
+
+
+_SHARD = {"file": _is_name, "index": _is_name, "tokens": _is_int, "documents": _is_int}
+_WANT = {"dtype": "'uint16' or 'uint32'", "tokenizer": "an object", "fingerprint": "a string",
+         "vocab_size": "an integer > 0", "bos_per_document": "true or false", "bos_token_id": "an integer >= 0 or null",
+         "eos_token_id": "an integer >= 0", "shards": "a list", "tokens": "an integer >= 0",
+         "documents": "an integer >= 0", "file": "a file name in the folder", "index": "a file name in the folder"}
+
+
+def check_manifest(m: dict, where: str) -> None:
+    """Every key of a manifest that the reader uses, with its type (a manifest is input like any other: edited, cut,
+    or another program's); raises :class:`DataError` naming the file and the key."""
+
+    def check(obj, schema: dict, prefix: str) -> None:
+        if not isinstance(obj, dict):
+            raise DataError(f"{where}: {prefix.rstrip('.')}={obj!r} must be an object; prepare the data again")
+        for k, ok in schema.items():
+            if k not in obj:
+                raise DataError(f"{where}: the key {prefix}{k} is missing ({_WANT[k]} expected); prepare the data "
+                                f"again")
+            if not ok(obj[k]):
+                raise DataError(f"{where}: {prefix}{k}={obj[k]!r} must be {_WANT[k]}; prepare the data again")
+
+    check(m, _SCHEMA, "")
+    tok = m["tokenizer"]
+    check(tok, _TOKENIZER, "tokenizer.")
+    for k in ("bos_token_id", "eos_token_id"):
+        if tok[k] is not None and tok[k] >= tok["vocab_size"]:
+            raise DataError(f"{where}: tokenizer.{k}={tok[k]} is outside tokenizer.vocab_size={tok['vocab_size']}; "
+                            f"prepare the data again")
+    if tok["bos_per_document"] and tok["bos_token_id"] is None:
+        raise DataError(f"{where}: tokenizer.bos_per_document is true but tokenizer.bos_token_id is null; prepare "
+                        f"the data again")
+    unknown = sorted(set(m["splits"]) - set(SPLITS))
+    if unknown:
+        raise DataError(f"{where}: splits.{unknown[0]} is not a split (allowed: {', '.join(SPLITS)}); prepare the "
+                        f"data again")
+    for s, info in m["splits"].items():
+        check(info, _SPLIT, f"splits.{s}.")
+        for i, sh in enumerate(info["shards"]):
+            check(sh, _SHARD, f"splits.{s}.shards[{i}].")
+        if sum(sh["tokens"] for sh in info["shards"]) != info["tokens"]:
+            raise DataError(f"{where}: splits.{s}.tokens={info['tokens']} is not the sum of its shards' tokens; "
+                            f"prepare the data again")
 
 
 class TokenStream:
@@ -102,6 +162,7 @@ class TokenStream:
         self.n_documents = int(info.get("documents", 0))
         tok = prepared.manifest.get("tokenizer", {})
         self.bos = tok.get("bos_token_id") if tok.get("bos_per_document") else None
+        self.vocab_size = int(tok["vocab_size"])
         self._maps: dict[int, np.memmap] = {}
 
     @staticmethod
@@ -140,7 +201,15 @@ class TokenStream:
         while pos < end:
             lo = int(self.ends[i - 1]) if i else 0
             take = min(end, int(self.ends[i])) - pos
-            out[pos - start:pos - start + take] = self._map(i)[pos - lo:pos - lo + take]
+            piece = self._map(i)[pos - lo:pos - lo + take]
+            if take and int(piece.max()) >= self.vocab_size:  # one vectorised max per block: cheap
+                f = self.shards[i][0]
+                at = pos - lo + int(np.argmax(piece >= self.vocab_size))
+                raise DataError(f"{self.prepared.field}={str(self.prepared.path)!r}: shard {f} holds token id "
+                                f"{int(piece.max())} (at token {at:,}), outside the vocabulary of "
+                                f"{self.vocab_size:,} tokens of its manifest: the shard was overwritten or "
+                                f"damaged; prepare the data again")
+            out[pos - start:pos - start + take] = piece
             pos += take
             i += 1
         return out

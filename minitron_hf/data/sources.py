@@ -3,8 +3,9 @@
 - ``python-docs`` (the embedded default): ``pydoc_data.topics`` (documentation prose) and the standard
   library's own ``.py`` sources, read at run time from the running Python, never copied into the repo.
 - a local file or directory: ``.jsonl``/``.json``/``.parquet`` (text in ``text_field``) or ``.txt`` (one
-  document per file). jsonl and parquet are read incrementally (a line / a row group at a time); a ``.json``
-  file is one JSON document and is read whole, so use jsonl for large corpora.
+  document per file), extensions in any case, symlinked subfolders followed (:mod:`minitron_hf.data.local`; files
+  left out are named in the log). jsonl and parquet are read incrementally (a line / a row group at a time); a
+  ``.json`` file is one JSON document and is read whole, so use jsonl for large corpora. A UTF-8 BOM is accepted.
 - a folder written by ``minitron data prepare`` (it holds ``manifest.json``): token shards, read as they are.
 - anything else: a Hub dataset id, read with ``datasets.load_dataset(data, data_config, split=..., streaming=True)``.
 
@@ -17,11 +18,12 @@ read it.
 
 from __future__ import annotations
 
+import codecs
 import functools
 import hashlib
 import json
-import re
 import logging
+import re
 import sys
 import sysconfig
 from collections.abc import Iterator
@@ -156,19 +158,11 @@ def python_docs_documents() -> tuple[tuple[str, str], ...]:
     return tuple(docs)
 
 
-def _local_files(path: Path) -> list[Path]:
-    """The file itself, or every supported file under the directory (hidden ones skipped), sorted."""
-    if path.is_file():
-        files = [path]
-    else:
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in LOCAL_EXTENSIONS
-                       and not any(part.startswith(".") for part in p.relative_to(path).parts))
-    bad = [p for p in files if p.suffix not in LOCAL_EXTENSIONS]
-    if bad:
-        raise DataError(f"data={str(path)!r}: unsupported file type {bad[0].suffix!r}; allowed: {', '.join(LOCAL_EXTENSIONS)}")
-    if not files:
-        raise DataError(f"data={str(path)!r}: no {', '.join(LOCAL_EXTENSIONS)} files in this directory")
-    return files
+def _local_files(path: Path, data: str | None = None) -> list[Path]:
+    """The file itself, or every supported file under the directory: :func:`minitron_hf.data.local.local_files`."""
+    from .local import local_files
+
+    return local_files(path, data)
 
 
 def read_text_file(f: Path, data: str) -> str:
@@ -176,7 +170,7 @@ def read_text_file(f: Path, data: str) -> str:
     be trained on as U+FFFD garbage; so would text that is mostly replacement or control characters."""
     raw = f.read_bytes()
     try:
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise DataError(f"data={data!r}: {f} is not UTF-8 text (undecodable byte at offset {e.start}); convert it to "
                         f"UTF-8 or remove it") from None
@@ -192,7 +186,8 @@ def read_rows_file(f: Path, field: str = "data", error=None) -> list[dict]:
     """The rows of one json (a list of objects, or one object), jsonl (an object per line) or parquet file; a file
     that is not valid is an ``error`` (a MinitronError class; default DataError) naming it and the line."""
     AlignmentError = error or DataError
-    if f.suffix == ".parquet":
+    kind = f.suffix.lower()
+    if kind == ".parquet":
         import datasets
 
         try:
@@ -200,10 +195,10 @@ def read_rows_file(f: Path, field: str = "data", error=None) -> list[dict]:
         except Exception as e:  # pyarrow's errors have no common base
             raise AlignmentError(f"{field}={str(f)!r} is not a readable parquet file ({type(e).__name__}: {e})") from None
     try:
-        text = f.read_text(encoding="utf-8")
+        text = f.read_text(encoding="utf-8-sig")  # a BOM (Windows editors write one) is not part of the JSON
     except UnicodeDecodeError:
         raise AlignmentError(f"{field}={str(f)!r} is not UTF-8 text") from None
-    if f.suffix == ".jsonl":
+    if kind == ".jsonl":
         rows = []
         for i, line in enumerate(text.splitlines(), 1):
             if line.strip():
@@ -226,13 +221,21 @@ def read_rows_file(f: Path, field: str = "data", error=None) -> list[dict]:
 def _looks_like_path(data: str) -> bool:
     """Hub ids are ``name`` or ``owner/name``; anything else that does not exist is a missing local path."""
     return (data.startswith((".", "/", "~", "\\")) or data.count("/") > 1 or "\\" in data
-            or Path(data).suffix in LOCAL_EXTENSIONS)
+            or Path(data).suffix.lower() in LOCAL_EXTENSIONS)
+
+
+def missing_path_error(data: str) -> DataError:
+    return DataError(f"data={data!r}: no such file or directory (allowed: {DEFAULT_DATA!r}, a local "
+                     f"{'/'.join(LOCAL_EXTENSIONS)} file or directory, a prepared folder, or a Hub dataset id "
+                     f"'owner/name')")
 
 
 
 def _jsonl_documents(f: Path, cfg: DataConfig) -> Iterator[tuple[str, str]]:
     with open(f, "rb") as fh:
         for i, line in enumerate(fh, 1):
+            if i == 1:
+                line = line.removeprefix(codecs.BOM_UTF8)
             if not line.strip():
                 continue
             try:
@@ -256,7 +259,8 @@ def _row_text(row, cfg: DataConfig, where: str) -> str:
     return text or ""
 
 
-def _parquet_documents(f: Path, cfg: DataConfig) -> Iterator[tuple[str, str]]:
+def _parquet_file(f: Path, cfg: DataConfig):
+    """``f`` opened as a ``pyarrow.parquet.ParquetFile`` (its footer read), with a string column ``text_field``."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -273,11 +277,41 @@ def _parquet_documents(f: Path, cfg: DataConfig) -> Iterator[tuple[str, str]]:
         strings = [n.name for n in schema if pa.types.is_string(n.type) or pa.types.is_large_string(n.type)]
         raise DataError(f"text_field={cfg.text_field!r} of {f} holds {schema.field(cfg.text_field).type}, not text; "
                         f"string columns: {', '.join(strings) or 'none'}")
+    return pf
+
+
+def _parquet_documents(f: Path, cfg: DataConfig) -> Iterator[tuple[str, str]]:
+    pf = _parquet_file(f, cfg)
     i = 0
-    for batch in pf.iter_batches(batch_size=1024, columns=[cfg.text_field]):
+    batches = pf.iter_batches(batch_size=1024, columns=[cfg.text_field])
+    while True:
+        try:
+            batch = next(batches, None)
+        except Exception as e:  # a damaged row group: pyarrow's errors have no common base
+            raise DataError(f"data={cfg.describe()!r}: {f} could not be read after row {i} ({type(e).__name__}: "
+                            f"{e}); the file is damaged") from None
+        if batch is None:
+            return
         for text in batch.column(0).to_pylist():
             yield f"{f}:{i}", text or ""
             i += 1
+
+
+_WARNED: set = set()
+
+
+def is_embedded(data) -> bool:
+    """Whether ``data`` names the embedded default (``python-docs``). A local file or folder of that name wins over
+    it, as a local model folder wins over a model alias: the path is what the user sees."""
+    if data != DEFAULT_DATA:
+        return False
+    if Path(data).exists():
+        if str(Path(data).resolve()) not in _WARNED:
+            _WARNED.add(str(Path(data).resolve()))
+            logger.warning("data=%r: reading the local path %s, not the embedded data of that name", data,
+                           Path(data).resolve())
+        return False
+    return True
 
 
 def is_prepared(data) -> bool:
@@ -287,7 +321,7 @@ def is_prepared(data) -> bool:
 
 def is_hub(data) -> bool:
     """Whether ``data`` would be read from the Hub (not the embedded default, a local path or a blend)."""
-    return (isinstance(data, str) and data != DEFAULT_DATA and not Path(data).expanduser().exists()
+    return (isinstance(data, str) and not is_embedded(data) and not Path(data).expanduser().exists()
             and not _looks_like_path(data) and not data.lstrip().startswith("["))
 
 
@@ -297,22 +331,23 @@ def iter_documents(cfg: DataConfig) -> Iterator[tuple[str, str]]:
     document that shows it, before anything is yielded from it."""
     if not isinstance(cfg.data, str):
         raise DataError(f"data={cfg.data!r}: iter_documents reads one source; iterate over cfg.sources()")
-    if cfg.data == DEFAULT_DATA:
+    if is_embedded(cfg.data):
         yield from python_docs_documents()
         return
     path = Path(cfg.data).expanduser()
     if path.exists():
         if (path / MANIFEST).is_file():
             raise DataError(f"data={cfg.data!r} is a prepared token folder; it holds tokens, not documents")
-        for f in _local_files(path):
-            if f.suffix == ".txt":
+        for f in _local_files(path, cfg.data):
+            kind = f.suffix.lower()
+            if kind == ".txt":
                 text = read_text_file(f, cfg.data)
                 if text.strip():
                     yield str(f), text
                 continue
-            if f.suffix == ".jsonl":
+            if kind == ".jsonl":
                 rows = _jsonl_documents(f, cfg)
-            elif f.suffix == ".parquet":
+            elif kind == ".parquet":
                 rows = _parquet_documents(f, cfg)
             else:
                 rows = ((f"{f}:{i}", _row_text(r, cfg, f"{f} row {i + 1}"))
@@ -320,9 +355,7 @@ def iter_documents(cfg: DataConfig) -> Iterator[tuple[str, str]]:
             yield from ((k, t) for k, t in rows if t.strip())
         return
     if _looks_like_path(cfg.data):
-        raise DataError(f"data={cfg.data!r}: no such file or directory (allowed: {DEFAULT_DATA!r}, a local "
-                        f"{'/'.join(LOCAL_EXTENSIONS)} file or directory, a prepared folder, or a Hub dataset id "
-                        f"'owner/name')")
+        raise missing_path_error(cfg.data)
     yield from ((k, t) for k, t in hub_documents(cfg) if t.strip())
 
 
@@ -394,20 +427,21 @@ def split_documents(docs, cfg: DataConfig) -> dict[str, list[str]]:
 
 
 def source_fingerprint(cfg: DataConfig) -> str:
-    """What identifies the content of one source without reading it: the embedded default's Python and file list,
-    local files' paths, sizes and modification times, or the Hub id, config and split. A prepared cache keyed by
-    it is rebuilt when a local file changes."""
+    """What identifies the content of one source: the embedded default's Python and file list; local files' paths
+    and content (:func:`minitron_hf.data.local.files_fingerprint`: the full content up to 256 MiB in all, beyond it
+    size, modification time and sampled bytes); or the Hub id, config and split. A prepared cache keyed by it is
+    rebuilt when a local file changes, even when the size and modification time stay the same."""
     h = hashlib.sha256()
-    if cfg.data == DEFAULT_DATA:
+    if is_embedded(cfg.data):
         h.update(sys.version.encode())
         for k, t in python_docs_documents():
             h.update(f"{k}\0{len(t)}\0".encode())
     else:
         path = Path(cfg.data).expanduser()
         if path.exists():
-            for f in _local_files(path):
-                st = f.stat()
-                h.update(f"{f.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+            from .local import files_fingerprint
+
+            h.update(files_fingerprint(_local_files(path, cfg.data)).encode())
         else:
             h.update(f"hub\0{cfg.data}\0{cfg.data_config}\0{cfg.data_split}".encode())
     return h.hexdigest()

@@ -72,7 +72,7 @@ import numpy as np
 import torch
 
 from .prepare import encode, tokenizer_info
-from .sources import (DEFAULT_DATA, DataConfig, DataError, _local_files, _looks_like_path, _row_text, check_config,
+from .sources import (DEFAULT_DATA, DataConfig, DataError, is_embedded, _local_files, _looks_like_path, _row_text, check_config,
                       digest, is_prepared, open_hub, split_of)
 
 logger = logging.getLogger(__name__)
@@ -150,16 +150,16 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
     def _open(cfg: DataConfig):
         import datasets
 
-        if cfg.data == DEFAULT_DATA:
+        if is_embedded(cfg.data):
             raise DataError(f"data={DEFAULT_DATA!r} is small and embedded: it is prepared, not streamed; set "
                             f"streaming: false")
         if is_prepared(cfg.data):
             raise DataError(f"data={cfg.data!r} is a prepared token folder; read it with streaming: false")
         path = Path(cfg.data).expanduser()
         if path.exists():
-            files = _local_files(path)
+            files = _local_files(path, cfg.data)
             kinds = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
-            builders = {kinds.get(f.suffix) for f in files}
+            builders = {kinds.get(f.suffix.lower()) for f in files}
             if None in builders:
                 raise DataError(f"data={cfg.data!r}: .txt files cannot be streamed; use jsonl or parquet (or "
                                 f"streaming: false)")

@@ -24,7 +24,9 @@ from ..data import BlockDataset, DataConfig, collate_blocks, load_blocks, train_
 from ..loading import load_model, load_tokenizer, resolve_model
 from .trainer import BaselineEvaluation, TrainArgs, eval_curve
 from ..arch import family_of
+from ..compat import check_vocab
 from ..checkpoints import CheckpointMixin, check_output_dir, remove_checkpoints, save_trained
+from ..outputs import input_paths
 from ..distributed import fsdp_requested
 from ..errors import MinitronError
 
@@ -106,9 +108,17 @@ def _run_correction(data_cfg: DataConfig, cfg: CorrectionConfig, args: TrainArgs
         raise CorrectionError("mode=lora runs on one device or with DDP; under FSDP or DeepSpeed use mode=full or "
                               "mode=norm (the merged LoRA teacher is saved from an unsharded model)")
     resume = check_output_dir(args.output_dir, args.resume_from_checkpoint, cfg.overwrite, CorrectionError,
-                              args=args, sources=[cfg.model])
+                              args=args, sources=[cfg.model, *input_paths(data_cfg, cfg)])
     src = resolve_model(cfg.model)
     tok = load_tokenizer(src)
+    check_vocab(src, tok, cfg.model, error=CorrectionError)  # before any data is tokenized or weights load
+    if resume is not None:  # a checkpoint of another model: refused from the headers, before weights load
+        from transformers import AutoConfig
+
+        from ..resume import check_resume_shapes, header_shapes
+
+        check_resume_shapes(resume, header_shapes(src), f"model={str(cfg.model)!r}", CorrectionError,
+                            num_hidden_layers=getattr(AutoConfig.from_pretrained(src), "num_hidden_layers", None))
     need = cfg.train_samples or (args.max_steps * args.per_device_train_batch_size * args.gradient_accumulation_steps
                                  * max(args.world_size, 1) if args.max_steps > 0 else None)
     train = train_blocks(data_cfg, tok, cfg.seq_len, need, args.process_index, max(args.world_size, 1))

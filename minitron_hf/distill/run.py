@@ -16,7 +16,10 @@ from pathlib import Path
 
 import torch
 
+from ..compat import check_vocab, tokenizer_id_count
+from ..resume import check_resume_shapes, header_shapes
 from ..checkpoints import check_output_dir, parse_resume_flag, remove_checkpoints, save_trained
+from ..outputs import input_paths
 from ..data import BlockDataset, DataConfig, collate_blocks, load_blocks, train_blocks
 from ..loading import load_model, load_tokenizer, resolve_model
 from .trainer import (BaselineEvaluation, DistillationConfig, DistillationError, DistillationTrainer, check_pair,
@@ -43,7 +46,7 @@ class DistillScriptConfig:
                             "remove the checkpoint-* folders of an earlier run there"})
 
 
-def _check(script: DistillScriptConfig, args: DistillationConfig) -> str | None:
+def _check(script: DistillScriptConfig, args: DistillationConfig, data_cfg: DataConfig | None = None) -> str | None:
     """Errors before any work; returns the checkpoint to resume from (resolved) or None."""
     if not script.student:
         raise DistillationError("student is required: the pruned model to distil into")
@@ -62,7 +65,7 @@ def _check(script: DistillScriptConfig, args: DistillationConfig) -> str | None:
         raise DistillationError(f"output_dir={args.output_dir!r} already holds a distilled model (final/); pass "
                                 f"--overwrite or --resume-from-checkpoint")
     return check_output_dir(args.output_dir, resume, script.overwrite, DistillationError, args=args,
-                            sources=[script.student, script.teacher])
+                            sources=[script.student, script.teacher, *input_paths(data_cfg, script)])
 
 
 def run_distill(data_cfg: DataConfig, script: DistillScriptConfig, args: DistillationConfig) -> dict:
@@ -74,7 +77,7 @@ def run_distill(data_cfg: DataConfig, script: DistillScriptConfig, args: Distill
 
 def _run_distill(data_cfg: DataConfig, script: DistillScriptConfig, args: DistillationConfig) -> dict:
     t0 = time.time()
-    resume = _check(script, args)
+    resume = _check(script, args, data_cfg)
     student_dir, teacher_dir = resolve_model(script.student), resolve_model(script.teacher)
     from transformers import AutoConfig
 
@@ -85,7 +88,12 @@ def _run_distill(data_cfg: DataConfig, script: DistillScriptConfig, args: Distil
         def __init__(self, c):
             self.config = c
 
-    check_pair(_C(s_cfg), _C(t_cfg), seq_len=script.seq_len, tokenizer_size=len(tok))
+    check_vocab(t_cfg, tok, script.teacher, error=DistillationError)  # every id the data holds has a row in both
+    check_vocab(s_cfg, tok, script.student, tokenizer_name=script.teacher, error=DistillationError)
+    check_pair(_C(s_cfg), _C(t_cfg), seq_len=script.seq_len, tokenizer_size=tokenizer_id_count(tok))
+    if resume is not None:  # a checkpoint of another student: refused from the headers, before weights load
+        check_resume_shapes(resume, header_shapes(student_dir), f"student={str(script.student)!r}", DistillationError,
+                            num_hidden_layers=getattr(s_cfg, "num_hidden_layers", None))
 
     world = max(args.world_size, 1)
     need = script.train_samples
@@ -99,7 +107,7 @@ def _run_distill(data_cfg: DataConfig, script: DistillScriptConfig, args: Distil
     teacher = load_model(teacher_dir, dtype=dtype)
     student.train()
 
-    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, tokenizer_size=len(tok),
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, tokenizer_size=tokenizer_id_count(tok),
                                   train_dataset=train, eval_dataset=BlockDataset(val),
                                   data_collator=collate_blocks, processing_class=tok)
     if trainer.sharded:  # the student is placed and sharded inside train(): evaluate it there

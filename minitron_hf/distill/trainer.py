@@ -111,6 +111,12 @@ def shared_vocab(student_config, teacher_config, tokenizer_size: int | None = No
     """Vocabulary rows KD compares. Embedding rows padded to a multiple (e.g. 128256 vs 128000 used)
     are fine as long as both cover the tokenizer; anything else is an error naming both sizes."""
     vs, vt = student_config.vocab_size, teacher_config.vocab_size
+    if tokenizer_size is not None and min(vs, vt) < tokenizer_size:  # an IndexError in the first forward otherwise
+        short = [who for who, v in (("student", vs), ("teacher", vt)) if v < tokenizer_size]
+        raise DistillationError(
+            f"the tokenizer produces {tokenizer_size} token ids but the {' and the '.join(short)} "
+            f"{'have' if len(short) > 1 else 'has'} fewer vocabulary rows (student vocab_size={vs}, teacher "
+            f"vocab_size={vt}); every id needs an embedding row: use the models' own tokenizer")
     if vs == vt:
         return vs
     if tokenizer_size is not None and min(vs, vt) >= tokenizer_size:
@@ -372,10 +378,14 @@ class DistillationTrainer(CheckpointMixin, Trainer):
                                     f"continuous_correction")
         from safetensors.torch import load_file
 
+        from ..resume import check_model_fits_checkpoint
+
+        teacher = self.accelerator.unwrap_model(self.teacher)
+        check_model_fits_checkpoint(tdir, teacher, "the teacher (continuous_correction)")  # before anything loads
         state = {}
         for f in sorted(tdir.glob("*.safetensors")):
             state.update(load_file(str(f)))
-        self.accelerator.unwrap_model(self.teacher).load_state_dict(state, strict=False)
+        teacher.load_state_dict(state, strict=False)
         self.teacher_optimizer.load_state_dict(torch.load(tdir / "optimizer.pt", weights_only=True))
 
     # -------------------------------------------------------------------------------------- eval

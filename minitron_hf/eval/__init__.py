@@ -37,6 +37,24 @@ def suite_parts(name: str):
     return cls.config_class, cls.run_suite, cls.table
 
 
+def check_results_folder(output, models=(), cfg=None) -> None:
+    """Before any model loads: the results folder ``output`` is writable, locked for this command, and no input
+    (a model, or a file a field of ``cfg`` names) is a file :func:`write_results` would replace (``results.json``,
+    ``results.md``, ``*.jsonl`` directly in it). The folder is added to, never replaced: other files there stay."""
+    if not output:
+        return
+    from ..outputs import OutputError, check_output, input_paths
+
+    out = check_output(output, "output", overwrite=True, replaced=False).resolve()
+    for p in [*(Path(m).expanduser() for m in models), *input_paths(cfg)]:
+        if not p.is_file() and p.exists():
+            continue
+        p = p.resolve() if p.exists() else p
+        if p.parent == out and (p.name in ("results.json", "results.md") or p.suffix == ".jsonl"):
+            raise OutputError(f"output={str(output)!r} holds the input {p.name}, which the results written there "
+                              f"would replace; choose another output folder")
+
+
 def write_results(output, out: dict, table: str, **jsonl) -> None:
     """Into ``output`` (nothing when unset): results.json (``out``), results.md (``table``) and, for each
     ``name=rows``, name.jsonl with one row per line (the samples, answers or judgments behind the numbers)."""

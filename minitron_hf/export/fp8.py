@@ -78,7 +78,7 @@ def dims_not_divisible(config, by: int = 16) -> list[str]:
     return bad
 
 
-def _check(model_dir, cfg: FP8Config):
+def _check(model_dir, cfg: FP8Config, data_cfg=None):
     from transformers import AutoConfig
 
     from ..arch import family_of
@@ -86,19 +86,12 @@ def _check(model_dir, cfg: FP8Config):
     src = check_checkpoint(model_dir)
     if is_fp8_checkpoint(src):
         raise FP8ExportError(f"model_dir={str(model_dir)!r} is already a ModelOpt FP8 checkpoint (hf_quant_config.json)")
-    if not cfg.output:
-        raise FP8ExportError("output is required: the directory to write the FP8 checkpoint to (--output DIR)")
-    out = Path(cfg.output).expanduser()
-    if out.resolve() == src.resolve():
-        raise FP8ExportError(f"output={cfg.output!r} is the source checkpoint; choose another directory")
-    if out.exists() and not cfg.overwrite:
-        raise FP8ExportError(f"output={cfg.output!r} exists; pass --overwrite to replace it")
-    from ..outputs import OutputError, check_output, dir_size
+    from ..outputs import check_output, dir_size, input_paths
 
-    try:  # FP8 weights are a quarter of fp32 (half of bf16): a quarter of the source is the least it needs
-        check_output(cfg.output, "output", sources=[src], overwrite=cfg.overwrite, need_bytes=dir_size(src) // 4)
-    except OutputError as e:
-        raise FP8ExportError(str(e)) from None
+    # not, around or inside any input (the checkpoint, the calibration data); FP8 weights are a quarter of fp32
+    # (half of bf16): a quarter of the source is the least it needs
+    out = check_output(cfg.output, "output", sources=[src, *input_paths(data_cfg, cfg)], overwrite=cfg.overwrite,
+                       need_bytes=dir_size(src) // 4, error=FP8ExportError)
     if cfg.dtype not in DTYPES:
         raise FP8ExportError(f"dtype={cfg.dtype!r} is not one of {', '.join(DTYPES)}")
     for name in ("calib_samples", "batch_size"):
@@ -143,7 +136,7 @@ def export_fp8(model_dir, data_cfg, cfg: FP8Config) -> dict:
     from .hub import read_records
 
     t0 = time.time()
-    src, out, config, version = _check(model_dir, cfg)
+    src, out, config, version = _check(model_dir, cfg, data_cfg)
     bad = dims_not_divisible(config)
     if bad:
         logger.warning("FP8 GEMM kernels (TensorRT-LLM, vLLM) want weight dimensions divisible by 16; not divisible: "

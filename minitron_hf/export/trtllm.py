@@ -148,19 +148,13 @@ def plan(model_dir, cfg: TRTLLMConfig) -> dict:
         raise TRTLLMError(f"model_type={family.model_type!r} cannot be benchmarked with TensorRT-LLM: "
                           f"{family.trtllm_unsupported or 'no TensorRT-LLM converter supports it'}. "
                           f"export trtllm supports: {', '.join(supported)}")
-    if not cfg.output:
-        raise TRTLLMError("output is required: the directory for datasets and scripts (--output DIR)")
-    out = Path(cfg.output).expanduser().resolve()
-    if out.exists() and not cfg.overwrite:
-        raise TRTLLMError(f"output={cfg.output!r} exists; pass --overwrite to replace it")
-    if out == d or d in out.parents:
-        raise TRTLLMError(f"output={cfg.output!r} must not be the checkpoint directory or inside it")
-    from ..outputs import OutputError, check_output
+    from ..outputs import OUTPUT_FIELDS, check_output, input_paths
 
-    try:  # nor contain it (--overwrite replaces the whole folder), and it must be writable
-        check_output(cfg.output, "output", sources=[d], overwrite=cfg.overwrite)
-    except OutputError as e:
-        raise TRTLLMError(str(e)) from None
+    # not, around or inside the checkpoint (--overwrite replaces the whole folder), and writable; the workspace is
+    # trtllm-bench's output (engines)
+    inputs = input_paths(cfg, skip=OUTPUT_FIELDS | {"workspace", "model_name"})
+    out = check_output(cfg.output, "output", sources=[d, *inputs], overwrite=cfg.overwrite,
+                       error=TRTLLMError).resolve()
     grid = parse_lengths(cfg.lengths)
     for name in ("num_requests", "tp_size", "max_num_tokens"):
         if getattr(cfg, name) < 1:

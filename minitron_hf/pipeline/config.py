@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import copy
 
-import yaml
-
-from ..config import check_fields, instantiate, load_yaml
+from ..config import ConfigError, check_fields, instantiate, load_yaml, safe_load_yaml
 from ..data import DataConfig
 from .base import PipelineError, Run, RunConfig
 from .stages import ORDER, Sections, with_sections
@@ -23,10 +21,11 @@ def _set_override(values: dict, item: str) -> None:
         raise PipelineError(f"--set {item!r}: expected KEY=VALUE or SECTION.KEY=VALUE with a section among "
                             f"{', '.join(sections)}")
     # YAML 1.2 booleans only: `save_strategy=no` means the string "no", not False
-    try:
-        value = raw.strip() if raw.strip().lower() in ("yes", "no", "on", "off", "y", "n") else yaml.safe_load(raw)
-    except yaml.YAMLError as e:
-        raise PipelineError(f"--set {item!r}: the value is not valid YAML ({getattr(e, 'problem', None) or e})") from None
+    try:  # the bounded loader: an alias bomb in a --set value is refused like one in a file
+        value = (raw.strip() if raw.strip().lower() in ("yes", "no", "on", "off", "y", "n")
+                 else safe_load_yaml(raw, f"--set {item!r}: the value"))
+    except ConfigError as e:
+        raise PipelineError(str(e)) from None
     if len(parts) == 2:
         if not isinstance(values.get(parts[0]), dict):
             values[parts[0]] = {}

@@ -138,6 +138,10 @@ class EvaluateStage(Stage):
         samples = ev.samples or run.cfg.eval_samples
         models = self.models(run)
         tok = load_tokenizer(resolve_model(run.cfg.teacher))
+        from ..compat import check_vocab
+
+        for name, path in models.items():  # the teacher's token ids fit every model, before any work
+            check_vocab(resolve_model(path), tok, path, tokenizer_name=run.cfg.teacher)
         blocks = load_blocks(prepared_data(run), tok, "validation", run.cfg.seq_len, samples)
         rows = {}
         for name, path in models.items():

@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from ..distributed import process_state
-from ..outputs import check_output, write_json_atomically, write_text_atomically
+from ..outputs import check_output, input_paths, write_json_atomically, write_text_atomically
 from .base import PipelineError, Run, config_dump, fingerprint, read_done
 from .report import write_report
 from .stages import STAGES, stage_named
@@ -76,73 +76,116 @@ def _await_main(d: Path, stage: str) -> None:
 
 
 RUN_MARKER = "run_config.yaml"
-_KEEP = ".minitron-keep.json"  # per stage folder: entries that were there before the stage first ran (not ours)
+REPORT = "report.md"
+_KEEP = ".minitron-keep.json"  # per stage folder: its entries that are not the stage's (there when it last started)
+_RECORDS = ("config.json", "done.json")  # the runner's records in a stage folder: when it started, when it ended
 
 
-def check_run_dir(run: Run, overwrite: bool = False) -> None:
+def stage_record(d: Path) -> str | None:
+    """The stage whose output the folder ``d`` is, by the records the runner writes there (``done.json`` when the
+    stage ends, ``config.json`` when it starts: every version of the pipeline wrote both, with the stage's name), or
+    None for a folder no run wrote (a model or data the user put there)."""
+    for name, keys in (("done.json", ("config", "finished_at")), ("config.json", ("options", "inputs"))):
+        try:
+            rec = json.loads((d / name).read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(rec, dict) and isinstance(rec.get("stage"), str) and all(k in rec for k in keys):
+            return rec["stage"]
+    return None
+
+
+def check_run_dir(run: Run, overwrite: bool = False, stages=None) -> None:
     """Refuse an ``output_dir`` that would lose the user's files, before any work.
 
     A new or empty folder is fine, and so is a run folder (``run_config.yaml``) of the same teacher and data (a
     changed option re-runs the stages it affects). A non-empty folder that is not a run, or a run of another teacher
-    or data, is refused unless ``overwrite``; even then, files the run does not write are kept. The folder may not
-    be, contain or lie inside the teacher or a local data path, and must be writable (it may be the current
+    or data, is refused unless ``overwrite``. Even then a run replaces only what a run wrote: a folder that is not a
+    run and holds a ``run_config.yaml`` or ``report.md`` of its own is refused, and so is a non-empty stage folder
+    (``data/``, ``prune/``, ... of ``stages``, by default every configured one) that is not that stage's output
+    (:func:`stage_record`); files the user added to a run's stage folders, or next to them, are kept. The folder may
+    not be, contain or lie inside the teacher or a local data path, and must be writable (it may be the current
     directory: a run only adds its own files there, and deletes only those)."""
     out = run.out
-    sources = [p for p in (run.cfg.teacher, run.data.data) if p and Path(str(p)).expanduser().exists()]
-    check_output(out, "output_dir", sources=sources, overwrite=True, replaced=False)
+    # the teacher and every data source (a blend's included); each stage checks its own inputs again
+    check_output(out, "output_dir", sources=input_paths(run.cfg, run.data), overwrite=True, replaced=False)
     if not out.exists() or not any(out.iterdir()):
         return
     marker = out / RUN_MARKER
     prev = None
     if marker.is_file():
-        try:
-            prev = yaml.safe_load(marker.read_text())
-        except yaml.YAMLError:
+        from ..config import ConfigError, read_yaml
+
+        try:  # the bounded loader, as for every YAML the project reads
+            prev = read_yaml(marker, f"{RUN_MARKER} of output_dir={str(out)!r}")
+        except ConfigError:
             prev = None
-    if not isinstance(prev, dict) or "teacher" not in prev:
-        if not overwrite:
-            raise PipelineError(f"output_dir={str(out)!r} is not empty and is not a minitron run (no readable "
-                                f"{RUN_MARKER}); choose a new folder, or pass --overwrite to run there anyway (files "
-                                f"the run does not write are kept)")
+    is_run = isinstance(prev, dict) and "teacher" in prev
+    theirs = [] if is_run else [n for n in (RUN_MARKER, REPORT) if (out / n).exists() or (out / n).is_symlink()]
+    if theirs:
+        raise PipelineError(f"output_dir={str(out)!r} is not a minitron run and holds {' and '.join(theirs)}, which "
+                            f"the run would replace (--overwrite replaces only what a run wrote); move "
+                            f"{'them' if len(theirs) > 1 else 'it'} elsewhere or choose another output_dir")
+    for stage in (stages if stages is not None else [s for s in STAGES if run.enabled(s)]):
+        _check_stage_dir(run, stage)
+    if not is_run and not overwrite:
+        raise PipelineError(f"output_dir={str(out)!r} is not empty and is not a minitron run (no readable "
+                            f"{RUN_MARKER}); choose a new folder, or pass --overwrite to run there anyway (files "
+                            f"the run does not write are kept)")
+    if is_run:
+        ours = config_dump(run)
+        changed = [k for k in ("teacher", "data") if str(prev.get(k)) != str(ours.get(k))]
+        if changed and not overwrite:
+            raise PipelineError(f"output_dir={str(out)!r} holds a run of another " + " and ".join(
+                f"{k} ({prev.get(k)!r}, now {ours.get(k)!r})" for k in changed) + "; choose a new folder, or pass "
+                "--overwrite to replace that run's stages")
+
+
+def _check_stage_dir(run: Run, stage: str) -> None:
+    """The stage's folder is new, empty or the stage's own output (:func:`stage_record`): else it is refused."""
+    d = run.stage_dir(stage)
+    if not (d.exists() or d.is_symlink()) or (d.is_dir() and (not any(d.iterdir()) or stage_record(d) == stage)):
         return
-    ours = config_dump(run)
-    changed = [k for k in ("teacher", "data") if str(prev.get(k)) != str(ours.get(k))]
-    if changed and not overwrite:
-        raise PipelineError(f"output_dir={str(out)!r} holds a run of another " + " and ".join(
-            f"{k} ({prev.get(k)!r}, now {ours.get(k)!r})" for k in changed) + "; choose a new folder, or pass "
-            "--overwrite to replace that run's stages")
+    what = "is not a folder" if not d.is_dir() else \
+        f"holds files that no run of stage {stage!r} wrote (no stage record in {stage}/config.json)"
+    raise PipelineError(f"output_dir={str(run.out)!r}: {stage}/ {what}, and stage {stage!r} writes there; "
+                        f"--overwrite replaces only what a run wrote: move {d} elsewhere or choose another output_dir")
 
 
-def _clean_stage_dir(d: Path) -> None:
-    """Empty a stage folder for a fresh start, deleting only what an earlier run of the stage wrote.
+def _remove(p: Path) -> None:
+    shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
 
-    What is ours: the files a finished stage listed in done.json, or, for a stage interrupted before done.json,
-    everything but the entries recorded in ``.minitron-keep.json`` when the stage first ran there. A folder with
-    no config.json was never started by a run: nothing in it is deleted."""
-    if not d.exists() or not (d / "config.json").exists():
-        return
-    keep = _kept(d)
+
+def _ours(d: Path) -> set[str]:
+    """The entries of a run's stage folder that the stage wrote: the files its done.json lists (and the records),
+    or, for a stage that has not finished, every entry but those recorded in ``.minitron-keep.json`` when it last
+    started (an older version's done.json without a list counts as unfinished)."""
+    entries = {e.name for e in d.iterdir()} - {_KEEP}
     written = None
     try:
         written = json.loads((d / "done.json").read_text()).get("files")
-    except (OSError, json.JSONDecodeError, AttributeError):
+    except (OSError, ValueError, AttributeError):
         pass
-    for entry in d.iterdir():
-        name = entry.name
-        if name == _KEEP or name in keep:
-            continue
-        if written is not None and name not in written and name not in ("config.json", "done.json"):
-            continue
-        shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+    if isinstance(written, list) and all(isinstance(n, str) for n in written):
+        return entries & (set(written) | set(_RECORDS))
+    return entries - _kept(d)
 
 
 def _start_stage_dir(d: Path, resume: bool, want: dict) -> None:
-    if not resume:
-        _clean_stage_dir(d)  # a stale or changed stage starts from scratch
-    new = not (d / "config.json").exists()
+    """Make the stage folder ready for the stage: for a fresh start (not ``resume``), delete what an earlier run of
+    the stage wrote (:func:`_ours`), nothing else. ``d`` is new, empty, or the stage's own (:func:`check_run_dir`).
+
+    The order keeps the records true at every step, so that a crash part-way leaves a folder whose records still
+    say what is whose: first the entries that stay are recorded as not the stage's (``.minitron-keep.json``), then
+    done.json goes (the stage is unfinished), then the rest of the stage's files; config.json is never removed, only
+    replaced by the new start record (a folder of ours always holds one)."""
     d.mkdir(parents=True, exist_ok=True)
-    if new:  # whatever is here now was not written by this stage
-        write_json_atomically(d / _KEEP, sorted(e.name for e in d.iterdir() if e.name != _KEEP))
+    if not resume:
+        ours = _ours(d)
+        write_json_atomically(d / _KEEP, sorted({e.name for e in d.iterdir()} - ours - {_KEEP}))
+        (d / "done.json").unlink(missing_ok=True)
+        for name in sorted(ours - set(_RECORDS)):
+            _remove(d / name)
     write_json_atomically(d / "config.json", want)
 
 
@@ -156,6 +199,7 @@ def _kept(d: Path) -> set[str]:
 
 
 def _stage_files(d: Path) -> list[str]:
+    """What the stage wrote (its done.json's ``files``): every entry but those there before it started."""
     keep = _kept(d)
     return sorted(e.name for e in d.iterdir() if e.name not in keep and e.name != _KEEP)
 
@@ -179,7 +223,7 @@ def run_pipeline(run: Run, from_stage: str | None = None, only: str | None = Non
     this run's (:func:`check_run_dir`); ``command`` is how the user reruns it (named in error messages).
     """
     stages, forced = select_stages(run, from_stage, only)
-    check_run_dir(run, overwrite)
+    check_run_dir(run, overwrite, stages)
     state = process_state(run.cfg.ddp_timeout)
     main = state.is_main_process
     state.wait_for_everyone()  # every process has checked the folder before the main one writes in it
@@ -203,6 +247,7 @@ def run_pipeline(run: Run, from_stage: str | None = None, only: str | None = Non
         state.wait_for_everyone()  # every process has decided before the main one changes files
         existed = d.exists()
         if main:
+            _check_stage_dir(run, stage)  # still ours (checked before any work; a long run gives time to change it)
             _start_stage_dir(d, resume, want)
         state.wait_for_everyone()
         logger.info("stage %s: %s", stage, "resuming" if resume else "running")
@@ -232,7 +277,7 @@ def run_pipeline(run: Run, from_stage: str | None = None, only: str | None = Non
     state.wait_for_everyone()
     if main:
         write_report(run)
-        logger.info("pipeline finished in %.0f s; report: %s", time.time() - t_run, run.out / "report.md")
+        logger.info("pipeline finished in %.0f s; report: %s", time.time() - t_run, run.out / REPORT)
     return status
 
 
@@ -249,7 +294,11 @@ def _explain_failure(e: BaseException, stage: str, command: str) -> BaseExceptio
     """The error to show instead of ``e``, in terms of ``minitron run`` (which has no --resume-from-checkpoint: a
     rerun resumes the stage from its newest complete checkpoint), or None to keep ``e``."""
     from ..checkpoints import TrainingDivergedError
+    from ..resume import TrainingPreempted
 
+    if isinstance(e, TrainingPreempted):
+        return TrainingPreempted(e.step, e.checkpoint, e.output_dir,
+                                 resume=f"rerun `{command}` unchanged: stage {stage} resumes from it")
     if isinstance(e, TrainingDivergedError):
         return e.with_hint(f"lower learning_rate in section {stage!r} (or check the data) and rerun `{command}`: the "
                            f"changed section runs stage {stage} again from its start"

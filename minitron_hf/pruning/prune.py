@@ -97,25 +97,21 @@ def _device(name: str | None) -> torch.device:
     return parse_device(name)
 
 
-def check_output(output: str | None, overwrite: bool, sources=(), need_bytes: int = 0) -> Path:
-    """The output folder is new (or ``overwrite``), writable, and not, around or inside any of ``sources``
-    (:func:`minitron_hf.outputs.check_output`)."""
-    from ..outputs import OutputError
+def check_output(cfg, data_cfg=None, sources=(), need_bytes: int = 0) -> Path:
+    """``cfg.output`` is new (or ``cfg.overwrite``), writable, and not, around or inside any input the configs name
+    (model, scores, data, each source of a blend) or ``sources`` (:func:`minitron_hf.outputs.check_output`)."""
     from ..outputs import check_output as _check
+    from ..outputs import input_paths
 
-    if not output:
-        raise PruningConfigError("output is required: the directory to write the pruned checkpoint to")
-    try:
-        return _check(output, "output", sources=sources, overwrite=overwrite, need_bytes=need_bytes)
-    except OutputError as e:
-        raise PruningConfigError(str(e)) from None
+    return _check(cfg.output, "output", sources=[*sources, *input_paths(data_cfg, cfg)], overwrite=cfg.overwrite,
+                  need_bytes=need_bytes, error=PruningConfigError)
 
 
-def validate(cfg: PruneConfig):
+def validate(cfg: PruneConfig, data_cfg: DataConfig | None = None):
     """All checks that need no weights: returns (source dir, config, PruneTarget, new config, drop)."""
     from transformers import AutoConfig
 
-    out = check_output(cfg.output, cfg.overwrite)
+    out = check_output(cfg, data_cfg)
     cfg.check_sequential_options()
     if cfg.importance != "random":
         parse_aggregation(cfg.importance)
@@ -162,7 +158,7 @@ def validate(cfg: PruneConfig):
 
     # the pruned weights, in the source's dtype: the source's size scaled by the parameter ratio
     ratio = count_parameters_ratio(config, new_config)
-    check_output(cfg.output, cfg.overwrite, sources=[src, cfg.scores], need_bytes=int(dir_size(src) * ratio))
+    check_output(cfg, data_cfg, sources=[src], need_bytes=int(dir_size(src) * ratio))
     return src, config, target, new_config, drop
 
 
@@ -250,6 +246,9 @@ def compute_scores(data_cfg: DataConfig, cfg: PruneConfig, src: Path, tokenizer,
     ``accelerate launch`` each process scores its shard and the sums are all-reduced. A model that does not fit
     the device (or ``cfg.sequential``) is calibrated one layer at a time; ``info`` receives how.
     """
+    from ..compat import check_vocab
+
+    check_vocab(src, tokenizer, cfg.model, error=PruningConfigError)  # before data or weights: ids fit the model
     state = state or process_state()
     device = device if device is not None else (state.device if state.num_processes > 1 else _device(cfg.device))
     by_influence = depth_k > 0 and cfg.depth_metric == "block-influence"
@@ -304,13 +303,16 @@ def run_prune(data_cfg: DataConfig, cfg: PruneConfig) -> dict:
     blocks, the sums are all-reduced, and the main process alone writes the output.
     """
     t0 = time.time()
-    src, config, target, new_config, drop = validate(cfg)
+    src, config, target, new_config, drop = validate(cfg, data_cfg)
     state = process_state()
     if state.num_processes > 1 and cfg.iterative_steps > 1:
         raise PruningConfigError("iterative_steps > 1 runs in a single process; launch without accelerate")
     from ..loading import load_tokenizer
 
     tokenizer = load_tokenizer(src)
+    from ..compat import check_vocab
+
+    check_vocab(config, tokenizer, cfg.model, error=PruningConfigError)
     device = state.device if state.num_processes > 1 else _device(cfg.device)
     dtype = DTYPES[cfg.dtype]
     width = target.width_fields()  # given width fields, even equal to the source's: rank and reorder
@@ -438,19 +440,22 @@ class ImportanceConfig(SequentialOptions):
 def run_importance(data_cfg: DataConfig, cfg: ImportanceConfig) -> dict:
     from transformers import AutoConfig
 
-    out = check_output(cfg.output, cfg.overwrite)
+    out = check_output(cfg, data_cfg)
     cfg.check_sequential_options()
     parse_aggregation(cfg.importance)
     from ..loading import load_tokenizer
 
     src = resolve_model(cfg.model)
-    check_output(cfg.output, cfg.overwrite, sources=[src])
+    check_output(cfg, data_cfg, sources=[src])
     L = AutoConfig.from_pretrained(src).num_hidden_layers
     if cfg.block_size and not 1 <= cfg.block_size < L:
         raise PruningConfigError(f"block_size={cfg.block_size} must be between 1 and {L - 1}")
     device = _device(cfg.device)
     seq = decide_sequential(cfg, src, DTYPES[cfg.dtype], device)
     tokenizer = load_tokenizer(src)
+    from ..compat import check_vocab
+
+    check_vocab(src, tokenizer, cfg.model, error=PruningConfigError)
     calib = load_blocks(data_cfg, tokenizer, "calibration", cfg.seq_len, cfg.calib_samples)
     val = load_blocks(data_cfg, tokenizer, "validation", cfg.seq_len, cfg.val_samples) if cfg.block_size else None
     t0 = time.time()
@@ -491,11 +496,10 @@ def validation_loss(model_dir, data_cfg: DataConfig, samples: int = 32, seq_len:
 
     from .trim import PruningConfigError
 
-    model = load_model(model_dir, device=device)
+    from ..compat import check_vocab
+
     tok = load_tokenizer(model_dir)
-    if len(tok) > model.config.vocab_size:
-        raise PruningConfigError(f"model={str(model_dir)!r}: its tokenizer has {len(tok)} tokens but the model only "
-                                 f"{model.config.vocab_size} embedding rows; tokenizer and weights do not belong "
-                                 f"together")
+    check_vocab(resolve_model(model_dir), tok, model_dir, error=PruningConfigError)  # before the weights load
+    model = load_model(model_dir, device=device)
     blocks = load_blocks(data_cfg, tok, "validation", seq_len, samples)
     return lm_loss(model, blocks, batch_size)

@@ -213,9 +213,9 @@ def run_search(data_cfg: DataConfig, cfg: SearchConfig) -> dict:
 
     t0 = time.time()
     check_config(cfg)
-    out = check_output(cfg.output, cfg.overwrite)
+    out = check_output(cfg, data_cfg)
     src = resolve_model(cfg.model)
-    check_output(cfg.output, cfg.overwrite, sources=[src])
+    check_output(cfg, data_cfg, sources=[src])
     config = AutoConfig.from_pretrained(src)
     check_family(config, cfg)
     total = count_parameters(config)[cfg.count]

@@ -71,22 +71,31 @@ class PruneTarget:
                 near = difflib.get_close_matches(k, names, n=1)
                 hint = f"; did you mean {near[0]!r}?" if near else ""
                 raise PruningConfigError(f"target field {k!r} is unknown{hint} Allowed: {', '.join(names)}")
+        from ..config import ConfigError, check_value
+
         out = {}
         for k, v in d.items():
             if v is None:
                 continue
+            # the config layer's own integer check: 64, 64.0 and "64" (KEY=VALUE on the command line) are 64;
+            # 64.7, true and "abc" are refused, never truncated or read as 1
             if k == "drop_layers":
+                given = v
                 if isinstance(v, str):
                     v = [x for x in re.split(r"[,\s]+", v.strip("[] ")) if x]
                 try:
-                    out[k] = sorted({int(x) for x in v})
-                except (TypeError, ValueError):
-                    raise PruningConfigError(f"target drop_layers={v!r} must be a list of layer indices") from None
+                    if not isinstance(v, (list, tuple)):
+                        raise ConfigError("")
+                    out[k] = sorted({check_value(k, x, int) for x in v})
+                except ConfigError:
+                    raise PruningConfigError(f"target drop_layers={given!r} must be a list of layer indices "
+                                             f"(integers)") from None
             else:
                 try:
-                    out[k] = int(v)
-                except (TypeError, ValueError):
-                    raise PruningConfigError(f"target {k}={v!r} must be an integer") from None
+                    out[k] = check_value(k, v, int)
+                except ConfigError:
+                    raise PruningConfigError(f"target {k}={v!r} must be an integer (a whole number; not true/false, "
+                                             f"not a fraction)") from None
         return cls(**out)
 
     def width_fields(self) -> dict:

@@ -1,0 +1,222 @@
+"""Checks before a run resumes from a checkpoint, and the exit of a run that was preempted.
+
+**Shapes.** The Trainer loads a checkpoint's weights with ``load_state_dict(..., strict=False)``: a checkpoint of a
+model of another shape (another student, another target) fails there with a ``RuntimeError`` listing every
+mismatching tensor, after the models loaded and the baseline was evaluated. :func:`check_resume_shapes` compares the
+checkpoint's safetensors *headers* (no tensor is read) with the model's tensors first and names the checkpoint,
+the first mismatching tensor and both shapes.
+
+**Preemption.** With ``enable_jit_checkpoint`` transformers catches SIGTERM, saves ``checkpoint-N`` at the next
+step boundary and stops training as if it had finished: ``Trainer.train()`` returns normally.
+:func:`watch_preemption` notices that save, and :class:`TrainingPreempted` turns it into a distinct outcome: no
+``final/`` model, a log line naming the checkpoint and ``--resume-from-checkpoint true``, and exit code
+:data:`~minitron_hf.errors.EXIT_PREEMPTED` from the CLI.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from pathlib import Path
+
+from .errors import MinitronError
+
+logger = logging.getLogger(__name__)
+
+_HEADER_LIMIT = 100 * 2**20  # a safetensors header is JSON of names, dtypes, shapes and offsets: never this large
+
+
+class CheckpointShapeError(MinitronError):
+    """A checkpoint whose tensors do not fit the model it would be loaded into."""
+
+
+class TrainingPreempted(MinitronError):
+    """Training stopped on SIGTERM after saving a checkpoint (``enable_jit_checkpoint``); nothing final was written.
+
+    ``checkpoint`` (Path or None) and ``step`` are attributes. Not an error of the user's: the CLI exits with
+    :data:`~minitron_hf.errors.EXIT_PREEMPTED`, and a rerun with ``--resume-from-checkpoint true`` goes on."""
+
+    def __init__(self, step: int, checkpoint: Path | None, output_dir: Path | str, resume: str | None = None):
+        self.step, self.output_dir, self.resume = step, Path(output_dir), resume
+        self.checkpoint = Path(checkpoint) if checkpoint is not None else None
+        resume = resume or f"resume with --resume-from-checkpoint true (and the same --output-dir {self.output_dir})"
+        where = (f"checkpoint saved at step {step}: {self.checkpoint}; {resume}" if self.checkpoint else
+                 f"no checkpoint was saved at step {step}; rerun to start again")
+        super().__init__(f"training was preempted (SIGTERM) at step {step} and stopped before the end; no final "
+                         f"model was written; {where}")
+
+    def __reduce__(self):
+        return (TrainingPreempted, (self.step, self.checkpoint, self.output_dir, self.resume))
+
+
+# --------------------------------------------------------------------------------------------------
+# Shapes
+# --------------------------------------------------------------------------------------------------
+
+def _header(f: Path) -> dict:
+    """name -> shape of every tensor of a safetensors file, from its header only."""
+    with open(f, "rb") as fh:
+        n = int.from_bytes(fh.read(8), "little")
+        if not 2 <= n <= _HEADER_LIMIT:
+            raise ValueError(f"{f.name} has an unreadable header")
+        meta = json.loads(fh.read(n))
+    return {k: tuple(v["shape"]) for k, v in meta.items() if k != "__metadata__"}
+
+
+def header_shapes(folder: str | Path) -> dict[str, tuple[int, ...]]:
+    """name -> shape of every tensor of a checkpoint folder's safetensors weights (single file or sharded with an
+    index, full model or PEFT adapter), read from the headers; {} when the folder has no safetensors weights (e.g.
+    FSDP or DeepSpeed training states)."""
+    d = Path(folder)
+    for stem in ("model", "adapter_model"):
+        index = d / f"{stem}.safetensors.index.json"
+        files = []
+        if index.is_file():
+            files = sorted({d / s for s in json.loads(index.read_text())["weight_map"].values()})
+        elif (d / f"{stem}.safetensors").is_file():
+            files = [d / f"{stem}.safetensors"]
+        if files:
+            out: dict[str, tuple[int, ...]] = {}
+            for f in files:
+                out.update(_header(f))
+            return out
+    return {}
+
+
+def model_shapes(model) -> dict[str, tuple[int, ...]]:
+    """name -> full shape of every tensor of ``model``'s state dict (DeepSpeed ZeRO-3's partitioned parameters and
+    FSDP2's DTensors report the full shape), with PEFT's adapter names dropped from the names as PEFT does on save
+    (``lora_A.default.weight`` is saved as ``lora_A.weight``)."""
+    adapters = list(getattr(model, "peft_config", None) or {})
+    out = {}
+    for k, t in model.state_dict(keep_vars=True).items():
+        shape = getattr(t, "ds_shape", None) or getattr(t, "shape", None)
+        if shape is None:
+            continue
+        for a in adapters:
+            k = k.replace(f".{a}.", ".")
+        out[k] = tuple(shape)
+    return out
+
+
+def _disk_to_model_names(model):
+    """A function from on-disk tensor names to ``model``'s own (transformers 5's renamings, e.g. Nemotron-H's
+    ``backbone.`` -> ``model.``), or None for names that a converter changes (fused experts: another shape by design,
+    not compared). Identity when transformers offers no mapping."""
+    try:
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import WeightRenaming, rename_source_key
+
+        transforms = get_model_conversion_mapping(model)
+    except Exception:  # another transformers version, or not a PreTrainedModel: names as they are
+        return None
+    renamings = [t for t in transforms if isinstance(t, WeightRenaming)]
+    converters = [t for t in transforms if not isinstance(t, WeightRenaming)]
+    if not transforms:
+        return None
+
+    def rename(key: str) -> str | None:
+        try:
+            name, converted = rename_source_key(key, renamings, converters)
+        except Exception:
+            return key
+        return None if converted is not None else name
+
+    return rename
+
+
+def check_resume_shapes(checkpoint: str | Path, shapes: dict[str, tuple[int, ...]], what: str,
+                        error=CheckpointShapeError, require_overlap: bool = False,
+                        num_hidden_layers: int | None = None, rename=None) -> None:
+    """Raise ``error`` when a tensor of ``checkpoint`` (a folder) has another shape than the tensor of the same name
+    in ``shapes`` (``what`` names the model they come from); with ``require_overlap``, also when they share no tensor
+    name at all (a checkpoint of another architecture, which a non-strict load would silently skip); with
+    ``num_hidden_layers``, also when the checkpoint's config.json has another depth (its missing or extra layers
+    would be skipped silently too)."""
+    _check_depth(checkpoint, num_hidden_layers, what, error)
+    ckpt = header_shapes(checkpoint)
+    if not ckpt or not shapes:
+        return
+    if rename is not None:  # on-disk names -> the model's (``rename``: None for a tensor not to compare)
+        ckpt = {n: v for n, v in ((rename(k), v) for k, v in ckpt.items()) if n is not None}
+        if not ckpt:
+            return
+    common = [k for k in ckpt if k in shapes]
+    for k in common:
+        if tuple(ckpt[k]) != tuple(shapes[k]):
+            raise error(f"resume_from_checkpoint={str(checkpoint)!r} does not fit {what}: tensor {k!r} has shape "
+                        f"{list(ckpt[k])} in the checkpoint and {list(shapes[k])} in the model (a checkpoint of a "
+                        f"model of another shape); resume with the model it was trained from, or start a new run in "
+                        f"another output_dir")
+    if require_overlap and not common:
+        raise error(f"resume_from_checkpoint={str(checkpoint)!r} does not fit {what}: none of its {len(ckpt)} tensors "
+                    f"(e.g. {next(iter(ckpt))!r}) is a tensor of the model (e.g. {next(iter(shapes))!r}); resume with "
+                    f"the model it was trained from, or start a new run in another output_dir")
+
+
+def _check_depth(checkpoint, layers: int | None, what: str, error) -> None:
+    cfg_file = Path(checkpoint) / "config.json"
+    if layers is None or not cfg_file.is_file():
+        return
+    try:
+        theirs = json.loads(cfg_file.read_text()).get("num_hidden_layers")
+    except (OSError, ValueError, AttributeError):
+        return
+    if isinstance(theirs, int) and not isinstance(theirs, bool) and theirs != layers:
+        raise error(f"resume_from_checkpoint={str(checkpoint)!r} does not fit {what}: the checkpoint has "
+                    f"num_hidden_layers={theirs} and the model {layers}; resume with the model it was trained from, "
+                    f"or start a new run in another output_dir")
+
+
+def check_model_fits_checkpoint(checkpoint: str | Path, model, what: str = "the model",
+                                error=CheckpointShapeError) -> None:
+    """:func:`check_resume_shapes` for a model instance (its state dict's shapes and its config's depth)."""
+    n = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    check_resume_shapes(checkpoint, model_shapes(model), what, error, require_overlap=True,
+                        num_hidden_layers=n if isinstance(n, int) else None, rename=_disk_to_model_names(model))
+
+
+# --------------------------------------------------------------------------------------------------
+# Preemption (enable_jit_checkpoint)
+# --------------------------------------------------------------------------------------------------
+
+class _Preemption:
+    step: int | None = None
+
+
+@contextlib.contextmanager
+def watch_preemption(trainer):
+    """Record the step of a JIT checkpoint transformers saves on SIGTERM during the block (``.step``, else None)."""
+    seen = _Preemption()
+    managers = [cb.jit_manager for cb in trainer.callback_handler.callbacks if getattr(cb, "jit_manager", None)]
+    originals = []
+    for m in managers:
+        real = m.execute_jit_checkpoint
+
+        def execute(real=real):
+            seen.step = trainer.state.global_step
+            logger.warning("SIGTERM: saving a checkpoint at step %d, then stopping (enable_jit_checkpoint)",
+                           seen.step)
+            return real()
+
+        originals.append((m, real))
+        m.execute_jit_checkpoint = execute
+    try:
+        yield seen
+    finally:
+        for m, real in originals:
+            m.execute_jit_checkpoint = real
+
+
+def preempted(trainer, step: int) -> TrainingPreempted:
+    """The error for a run that stopped after its JIT checkpoint at ``step``; logs where to resume from."""
+    from .checkpoints import PREFIX, is_complete_checkpoint
+
+    out = Path(trainer.args.output_dir)
+    ckpt = out / f"{PREFIX}-{step}"
+    ckpt = ckpt if is_complete_checkpoint(ckpt) else None
+    err = TrainingPreempted(step, ckpt, out)
+    if trainer.is_world_process_zero():
+        logger.warning("%s", err)
+    return err
