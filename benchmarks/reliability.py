@@ -14,12 +14,23 @@ Runs many bad inputs (and a few good ones, as controls) against the real CLI and
 - ``bug (exit 3)``: the CLI's own "this is a bug, run with -v" exit, without a traceback;
 - ``unclear``: nonzero exit whose last stderr line is not ``minitron <cmd>: error: ...``;
 - ``refused``: a control that should have succeeded failed (cleanly);
-- ``check failed``: a case-specific check (e.g. no non-finite checkpoint after a NaN loss) did not hold.
+- ``check failed``: a case-specific check (e.g. no non-finite checkpoint after a NaN loss, the message names the
+  input the case is about, the rerun on the fixed input succeeds) did not hold;
+- ``skipped``: the case's situation cannot be built here (a tmpfs for the full disk cases cannot be mounted).
+
+Every case belongs to a class of input (``Case.cls``, one of :data:`CLASSES`): the report counts the cases of each
+class as well as of each command. A probe passes its own cases; what matters is the classes it tries (issue 35: a
+second probe written from scratch found 39 of 60 cases wrong, in classes this one had never tried), so a new
+class is added as a group of several cases across the commands it applies to, not as one example. Cases may set
+environment variables (``env``), start helper processes or mounts in their setup (a setup may return a cleanup,
+always run after the case: a process holding the output's lock, a 64 KiB tmpfs), send a signal once the command's
+output matches a pattern (``signal``: a scheduler's SIGTERM, a user's Ctrl-C), cap the memory a command may take
+(``mem_mb``: YAML alias bombs), and run the CLI again from their check (a rerun after a failed preparation).
 
 Every case runs in its own folder (the working directory of the command, with ``TMPDIR`` pointing at a
-private empty folder), with ``HF_HUB_OFFLINE=1`` and ``MINITRON_CACHE`` at the user's cache, so the embedded
-default model is reused. Fixtures are tiny (a random Llama with hidden 64, 2 layers and the real SmolLM2
-tokenizer, vocab 49152), so a command that gets as far as doing work takes seconds.
+private empty folder), with ``HF_HUB_OFFLINE=1`` and ``MINITRON_CACHE`` at the user's cache (unless the case sets
+it), so the embedded default model is reused. Fixtures are tiny (a random Llama with hidden 64, 2 layers and the
+real SmolLM2 tokenizer, vocab 49152), so a command that gets as far as doing work takes seconds.
 
 By default each case is a ``fork`` of a parent that has imported the CLI (``minitron_hf.cli.main(argv)``, with
 exit codes and an uncaught exception's traceback reproduced as ``python -m minitron_hf.cli`` would): importing
@@ -52,7 +63,7 @@ import sys
 import tempfile
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -68,11 +79,69 @@ from common import RESULTS  # noqa: E402
 # Cases
 # --------------------------------------------------------------------------------------------------
 
-# placeholders in argv and YAML: fixture paths and the case's own folder
-#   {T} tiny teacher, {S} tiny student (same shapes, other seed), {V} tiny model with another vocabulary,
-#   {DIST} a finished distill output folder, {RUN} a finished `minitron run` folder, {D} the case folder,
-#   {DATA} a small local jsonl data file
-TOKENS = ("T", "S", "V", "DIST", "RUN", "D", "DATA")
+# placeholders in argv, env values and YAML: fixture paths and the case's own folder
+#   {T} tiny teacher, {S} tiny student (same shapes, other seed), {V} tiny model with a vocabulary (1024) smaller than
+#   its tokenizer's (49152), {DIST} a finished distill output folder, {RUN} a finished `minitron run` folder,
+#   {D} the case folder, {DATA} a small local jsonl data file (400 documents), {SMALL} a smaller one (60),
+#   {PREP} {SMALL} prepared by `minitron data prepare` with the tiny model's tokenizer
+TOKENS = ("T", "S", "V", "DIST", "RUN", "D", "DATA", "SMALL", "PREP")
+
+# The classes of input probed: a case's ``cls``, one row of the report's class table. The first ones group the
+# cases of issue 16; the rest are the classes of issue 35 (a second probe, written from scratch, found 39 of 60
+# cases wrong in classes the first never tried).
+CLASSES = {
+    "controls": "good input: each command must succeed (so that a refusal elsewhere is about the bad input)",
+    "command line": "no command, an unknown command or an unknown global flag",
+    "bad option values": "out-of-range, non-numeric or unknown option values: negative, zero, huge, bogus choices",
+    "damaged or missing models": "model folders that are missing, files, empty, truncated, garbage, NaN, or lack a "
+                                 "config, weights or tokenizer",
+    "bad data and input files": "missing, empty, garbage or wrongly shaped data, scores, evaluation and preference "
+                                "files",
+    "output folders": "outputs that exist, are files, '.', /proc, the source, a parent of it or inside it",
+    "bad config files": "broken, empty, binary or wrongly shaped YAML configs, --set overrides, corrupt run records",
+    "divergence and resume": "NaN losses, resuming from missing or garbage checkpoints, reruns of finished runs",
+    "input inside output": "an input (data file, blend source, scores, config, chat template, problems file, the "
+                           "student checkpoint) lying inside the output folder, with --overwrite",
+    "run stage folders": "`minitron run --overwrite` where a stage folder (out/prune, out/data, ...) holds the "
+                         "user's files next to a config.json and no run records",
+    "two commands at once": "a second command on an output another live process has locked (real concurrent "
+                            "processes), and a stale lock left by a SIGKILLed one",
+    "links and odd names": "outputs that are dangling links, links to user folders, 250-character names, names "
+                           "with a newline, paths under a file",
+    "caches": "MINITRON_CACHE set to a file, a path under a file, the empty string, a read-only mount; a local "
+              "folder named like the embedded alias",
+    "failed preparations": "`data prepare` of bad JSON, non-text fields, empty files, BOMs, fake parquet, a blend "
+                           "missing a source (then the rerun on the fixed input), upper-case extensions, linked "
+                           "subfolders; damaged prepared folders read by a command",
+    "full disk": "outputs on a 64 KiB tmpfs (mounted by the probe; skipped where it cannot mount): refused up front "
+                 "for the free space, or the write fails with ENOSPC mid-way, leaving nothing partial",
+    "targets of the wrong type": "floats, bools and strings where a YAML config expects an integer",
+    "models that do not match": "a model whose vocabulary is smaller than its tokenizer; resuming from a checkpoint "
+                                "of another shape",
+    "hostile YAML": "a YAML alias bomb (9 levels of 9) and a 20 MB YAML file",
+    "signals": "SIGTERM during a run with --enable-jit-checkpoint, SIGINT (Ctrl-C) to a `data prepare` with worker "
+               "processes",
+}
+
+
+def default_class(name: str, group: str) -> str:
+    """The class of a case written before classes were named (issue 16), from its name."""
+    if group == "cli":
+        return "command line"
+    if name.endswith("-ok"):
+        return "controls"
+    if re.search(r"-nan-lr|resume|rerun|done-json", name):
+        return "divergence and resume"
+    if re.search(r"-(model|teacher|student)-(missing|is-file|empty-dir|truncated|zero|garbage|no-|config-list|"
+                 r"nan)|vocab-mismatch", name):
+        return "damaged or missing models"
+    if re.search(r"-output|-dry-run|overwrite-(source|parent)|-no-output|second-run", name):
+        return "output folders"
+    if re.search(r"-config|-yaml|run-set-|run-unknown|run-target-string", name):
+        return "bad config files"
+    if re.search(r"-data|-scores|-evaluation|rpo-(no-)?data", name):
+        return "bad data and input files"
+    return "bad option values"
 
 
 @dataclass
@@ -81,12 +150,25 @@ class Case:
     group: str  # the command, one row of the results table
     argv: list
     expect: str = "fail"  # fail | succeed | either
-    setup: Callable | None = None  # setup(d: Path, fx: dict) -> None
+    setup: Callable | None = None  # setup(d: Path, fx: dict) -> None, or a cleanup() run after the case, always
     sentinels: tuple = ()  # paths relative to the case folder that must survive unchanged (created if absent)
     allow_new: tuple = ()  # globs (relative to the case folder) that a failure may leave
     check: Callable | None = None  # check(d, rc, stdout, stderr) -> list of problems
     timeout: float = 240
     why: str = ""
+    cls: str = ""  # the class of input (a key of CLASSES); default: default_class(name, group)
+    env: dict = field(default_factory=dict)  # environment of the command (placeholders allowed; None unsets)
+    signal: tuple = ()  # (regex on the command's stdout+stderr, signal, delay s, to the process group): sent once
+    stop_line: str = ""  # regex: a last stderr line that is clean too (a run stopped by a signal is no `error:`)
+    mem_mb: int = 0  # the address space the command may add to what it has at start (hostile YAML); 0: no cap
+
+    def __post_init__(self):
+        self.cls = self.cls or default_class(self.name, self.group)
+        assert self.cls in CLASSES, self.cls
+
+
+class SkipCase(Exception):
+    """Raised by a setup that cannot build its situation here (e.g. no tmpfs mount): the case is skipped."""
 
 
 def sub(s, paths):
@@ -163,11 +245,28 @@ def files(**contents):
 
 
 def chain(*fs):
+    """setups one after another; the cleanups they return run in reverse order."""
     def f(d, fx):
-        for g in fs:
-            if g:
-                g(d, fx)
+        cleanups = []
+        try:
+            for g in fs:
+                if g:
+                    c = g(d, fx)
+                    if callable(c):
+                        cleanups.append(c)
+        except BaseException:
+            _run_cleanups(cleanups)
+            raise
+        return (lambda: _run_cleanups(cleanups)) if cleanups else None
     return f
+
+
+def _run_cleanups(cleanups):
+    for c in reversed(cleanups):
+        try:
+            c()
+        except Exception:  # noqa: BLE001  a cleanup must not stop the others
+            traceback.print_exc()
 
 
 def mkdirs(*rels):
@@ -294,6 +393,329 @@ def check_nan(out_rel="out"):
                 problems.append("the message names no checkpoint with finite weights")
         return problems
     return f
+
+
+# ---- setups and checks of the classes of issue 35 ------------------------------------------------
+
+RUNTIME: dict = {}  # set by run_cases (env, mode, project, fx, work): setups and checks that run commands use it
+
+
+def run_cli(argv, d: Path, name: str, timeout: float = 180) -> tuple:
+    """Run the CLI once more in the case folder ``d`` (a check's rerun), the way the cases run (forked or a
+    subprocess); (exit code, stdout, stderr), also kept as ``cases/CASE.NAME.stdout/.stderr``."""
+    tmp = RUNTIME["work"] / "tmp" / f"{d.name}.{name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    out_path, err_path = d.parent / f"{d.name}.{name}.stdout", d.parent / f"{d.name}.{name}.stderr"
+    argv = [sub(a, fx_paths(RUNTIME["fx"], d)) for a in argv]
+    if RUNTIME["mode"] == "subprocess":
+        with open(out_path, "wb") as o, open(err_path, "wb") as e:
+            p = subprocess.Popen(cli_cmd(RUNTIME["project"]) + argv, cwd=d, env=dict(RUNTIME["env"], TMPDIR=str(tmp)),
+                                 stdout=o, stderr=e, stdin=subprocess.DEVNULL, start_new_session=True)
+        pid = p.pid
+        try:
+            rc = p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(pid, signal.SIGKILL)
+            rc = p.wait()
+    else:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            _child(argv, d, tmp, out_path, err_path, 1)
+        deadline = time.time() + timeout
+        while True:
+            got, status = os.waitpid(pid, os.WNOHANG)
+            if got:
+                rc = os.waitstatus_to_exitcode(status)
+                break
+            if time.time() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                rc = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+                break
+            time.sleep(0.05)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    shutil.rmtree(tmp, ignore_errors=True)
+    return rc, out_path.read_text(errors="replace"), err_path.read_text(errors="replace")
+
+
+HOLDER_CODE = ("import sys, time\n"
+               "from minitron_hf.outputs import check_output, command_scope\n"
+               "with command_scope():\n"
+               "    check_output(sys.argv[1], 'output', overwrite=True)\n"
+               "    print('locked', flush=True)\n"
+               "    time.sleep(120)\n")
+HOLDERS: dict = {}  # case folder -> the Popen of the process holding a lock for it
+
+
+def lock_holder(rel="out", stale=False):
+    """setup: another live process takes the lock of d/rel the way every command does (``command_scope`` +
+    ``check_output``), says 'locked' and sleeps; the case's command runs while it holds the lock. Its cleanup
+    interrupts it (SIGINT: it releases the lock and removes the lock file), then kills it. ``stale``: it is
+    SIGKILLed before the case runs, so its lock file stays behind while the kernel has released the flock."""
+    def f(d, fx):
+        import selectors
+
+        p = subprocess.Popen([sys.executable, "-c", HOLDER_CODE, str(d / rel)], cwd=d, env=RUNTIME["env"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+                             start_new_session=True)
+        HOLDERS[str(d)] = p
+
+        def cleanup():
+            if HOLDERS.get(str(d)) is p:
+                del HOLDERS[str(d)]
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+                try:
+                    p.wait(10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+            p.stdout.close()
+            p.stderr.close()
+
+        line = ""
+        with selectors.DefaultSelector() as sel:
+            sel.register(p.stdout, selectors.EVENT_READ)
+            deadline = time.time() + 60
+            while time.time() < deadline and p.poll() is None and not line:
+                if sel.select(timeout=0.5):
+                    line = p.stdout.readline()
+        if line.strip() != "locked":
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+            err = p.stderr.read()
+            cleanup()
+            raise RuntimeError(f"the lock holder did not take the lock: {last_line(err) or line or 'no output'}")
+        if stale:
+            p.kill()
+            p.wait()
+        return cleanup
+    return f
+
+
+def _unmount(p: Path):
+    subprocess.run(["umount", "-l", str(p)], capture_output=True)
+
+
+def tmpfs(rel="small", size="64k"):
+    """setup: a ``size`` tmpfs mounted at d/rel (we are root in a container); where mounting fails, the case is
+    skipped (a full disk is not simulated), never failed. The cleanup unmounts it."""
+    def f(d, fx):
+        p = d / rel
+        p.mkdir(parents=True, exist_ok=True)
+        try:
+            r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0777", "tmpfs", str(p)],
+                               capture_output=True, text=True, timeout=30)
+            err = "" if r.returncode == 0 else (last_line(r.stderr) or f"exit {r.returncode}")
+        except (OSError, subprocess.SubprocessError) as e:
+            err = repr(e)
+        if err:
+            raise SkipCase(f"cannot mount a {size} tmpfs here ({err}); a full disk is not simulated")
+        return lambda: _unmount(p)
+    return f
+
+
+def copy_file(key, rel):
+    """setup: a copy of the fixture file ``key`` at d/rel."""
+    def f(d, fx):
+        p = d / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(fx[key], p)
+    return f
+
+
+def link(rel, target):
+    """setup: d/rel is a symbolic link to ``target`` (relative to d/rel's folder, or absolute)."""
+    def f(d, fx):
+        p = d / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(target, p)
+    return f
+
+
+def _doc_text(tag, i):
+    return f"{tag} document {i}. " + " ".join(f"Line {j} of {tag} {i} says that code reads files and writes "
+                                             f"tokens." for j in range(12))
+
+
+def docs_jsonl(n, tag="doc", field_name="text") -> str:
+    """n distinct documents, one JSON object a line."""
+    return "".join(json.dumps({field_name: _doc_text(tag, i)}) + "\n" for i in range(n))
+
+
+def padded(rel, head, mb=20):
+    """setup: the text ``head`` (placeholders filled) then comment lines up to ``mb`` MB, at d/rel."""
+    def f(d, fx):
+        (d / rel).write_text(sub(head, fx_paths(fx, d)) + ("# " + "x" * 77 + "\n") * (mb * 2**20 // 80))
+    return f
+
+
+def write_parquet(rel, n=20, tag="pq"):
+    """setup (or fix): a real parquet file of n documents at d/rel."""
+    def f(d, fx):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.table({"text": [_doc_text(tag, i) for i in range(n)]}), str(d / rel))
+    return f
+
+
+def damage_prepared(rel, how):
+    """setup: damage the prepared folder d/rel: manifest.json a list, a split entry a number, or every .bin shard
+    overwritten with the same number of other bytes (0xFFFF token ids, beyond the 49152-token vocabulary)."""
+    def f(d, fx):
+        p = d / rel
+        if how == "manifest-list":
+            (p / "manifest.json").write_text("[1, 2, 3]\n")
+        elif how == "split-number":
+            m = json.loads((p / "manifest.json").read_text())
+            m["splits"]["calibration"] = 5
+            m["splits"]["validation"] = 5
+            (p / "manifest.json").write_text(json.dumps(m, indent=1))
+        elif how == "bin-other-bytes":
+            for b in p.glob("*.bin"):
+                b.write_bytes(b"\xff" * b.stat().st_size)
+        else:
+            raise ValueError(how)
+    return f
+
+
+def _checks(*fs):
+    def f(d, rc, stdout, stderr):
+        return [x for g in fs if g for x in g(d, rc, stdout, stderr)]
+    return f
+
+
+def check_names(*words):
+    """A refusal's message names each of ``words`` (case-insensitive; a tuple: any of them): it failed for the
+    reason the case is about, not another."""
+    def f(d, rc, stdout, stderr):
+        if rc == 0:
+            return []
+        line = error_line(stderr).lower()
+        problems = []
+        for w in words:
+            alts = w if isinstance(w, tuple) else (w,)
+            if not any(a.lower() in line for a in alts):
+                problems.append(f"the message does not name {' or '.join(repr(a) for a in alts)} (refused for "
+                                f"another reason?)")
+        return problems
+    return f
+
+
+def check_holder_named(d, rc, stdout, stderr):
+    """The refusal names the PID of the process that holds the lock."""
+    p = HOLDERS.get(str(d))
+    if rc == 0 or p is None:
+        return []
+    return [] if f"PID {p.pid}" in error_line(stderr) else [f"the message does not name the holder (PID {p.pid})"]
+
+
+def check_stale_taken_over(d, rc, stdout, stderr):
+    """A stale lock (its holder SIGKILLed) is taken over, with a warning naming the gone holder."""
+    p = HOLDERS.get(str(d))
+    if rc != 0 or p is None:
+        return []
+    return [] if str(p.pid) in stderr else [f"no warning names the stale lock's holder (PID {p.pid})"]
+
+
+def check_rerun(argv, fix, done="out/manifest.json"):
+    """After a refused `data prepare`: ``fix(d, fx)`` repairs the input; the same command must then succeed and
+    write ``done`` (a failed first preparation may leave nothing that refuses the rerun)."""
+    def f(d, rc, stdout, stderr):
+        if rc == 0:
+            return []
+        fix(d, RUNTIME["fx"])
+        rc2, _, err2 = run_cli(argv, d, "rerun")
+        if rc2 == 0 and (d / done).exists():
+            return []
+        return [f"the rerun on the fixed input failed (exit {rc2}): {error_line(err2)[:300]}"]
+    return f
+
+
+def check_documents(n, rel="out", or_named=None):
+    """A successful preparation read all ``n`` documents (manifest's documents.read), or names what it skipped."""
+    def f(d, rc, stdout, stderr):
+        if rc != 0:
+            return []
+        try:
+            read = json.loads((d / rel / "manifest.json").read_text())["documents"]["read"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            return [f"no readable {rel}/manifest.json ({e!r})"]
+        if read == n or (or_named and or_named in stdout + stderr):
+            return []
+        return [f"{read} of the {n} documents were read, without a word" + (f" about {or_named!r}" if or_named
+                                                                              else "")]
+    return f
+
+
+def check_link_kept(rel="out", target="user"):
+    """d/rel is still the link it was, no ``.old-*``/``.tmp-*`` sibling is left anywhere, and a refusal is about the
+    link."""
+    def f(d, rc, stdout, stderr):
+        problems = check_names("link")(d, rc, stdout, stderr)
+        p = d / rel
+        if not p.is_symlink() or os.readlink(p) != target:
+            problems.append(f"{rel} is no longer the link to {target}")
+        debris = sorted(str(q.relative_to(d)) for pat in (".old-*", ".tmp-*") for q in d.rglob(pat))
+        if debris:
+            problems.append("left " + ", ".join(debris))
+        return problems
+    return f
+
+
+def check_pruned_from_local(rel="out"):
+    """prune --model smollm2-135m with a local folder of that name: the local (tiny) model was pruned, not the
+    embedded SmolLM2-135M (30 layers, intermediate 1536)."""
+    def f(d, rc, stdout, stderr):
+        if rc != 0:
+            return []
+        try:
+            cfg = json.loads((d / rel / "config.json").read_text())
+        except (OSError, ValueError) as e:
+            return [f"no readable {rel}/config.json ({e!r})"]
+        got = (cfg.get("num_hidden_layers"), cfg.get("intermediate_size"))
+        if got != (2, 128):
+            return [f"the output has {got[0]} layers and intermediate_size {got[1]}: not the local folder's model "
+                    f"(2 layers, 128), the embedded one's (30, 1536)"]
+        return []
+    return f
+
+
+def check_preempted(rel="out"):
+    """A SIGTERMed training run (``--enable-jit-checkpoint``): its stderr names a saved checkpoint to resume from
+    (its exit code must not be 0: a silent success otherwise)."""
+    def f(d, rc, stdout, stderr):
+        if rc == 0:
+            return []
+        for n in re.findall(r"[\w./-]*checkpoint-\d+", stderr):
+            for p in (Path(n), d / n, d / rel / Path(n).name):
+                if (p / "trainer_state.json").exists() or (p / "model.safetensors").exists():
+                    return []
+        return ["stderr names no saved checkpoint to resume from"]
+    return f
+
+
+def check_exit(code):
+    def f(d, rc, stdout, stderr):
+        return [] if rc in (0, code) else [f"exit {rc}, not {code}"]
+    return f
+
+
+def yaml_bomb(key, head="", levels=9, width=9) -> str:
+    """A 'billion laughs' YAML: ``head``, then ``key`` (``section.key`` nests under ``section:``) set to the list of
+    the levels ``&a0 [lol x width]``, ``&ai [*a(i-1) x width]``: width**levels leaves from a few hundred bytes, all
+    in the value of the first option a command reads (whatever walks or prints it expands the whole bomb)."""
+    sec, _, k = key.rpartition(".")
+    items = [f"&a0 [{', '.join(['lol'] * width)}]"] + [f"&a{i} [{', '.join([f'*a{i - 1}'] * width)}]"
+                                                       for i in range(1, levels)]
+    return head + (f"{sec}:\n  " if sec else "") + f"{k}: [{', '.join(items)}]\n"
 
 
 # ---- the list -----------------------------------------------------------------------------------
@@ -739,7 +1161,353 @@ def cases() -> list[Case]:
     add("rpo-beta-neg", g, RPO + ["--beta", "-1"], setup=files(**{"prefs.jsonl": PREFS}))
     add("rpo-ref-model-missing", g, RPO + ["--ref-model", "nope"], setup=files(**{"prefs.jsonl": PREFS}))
     add("rpo-output-proc", g, opt(RPO, "--output-dir", "/proc/minitron-x"), setup=files(**{"prefs.jsonl": PREFS}))
+
+    class_cases(add)
     return C
+
+
+def prepare_argv(data, out="out"):
+    return ["data", "prepare", "--data", data, "--output", out, "--tokenizer", "{T}"]
+
+
+def _blend(*sources):
+    return json.dumps([{"data": x, "weight": 1} for x in sources])
+
+
+CHAT = "".join(json.dumps({"prompt": f"Say {w}.", "completion": f"{w}."}) + "\n" for w in ("yes", "maybe", "hi", "ok"))
+CHATML_TEMPLATE = ("{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}"
+                   "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+MBPP_ROWS = "".join(json.dumps({"task_id": i, "text": f"Write a function add{i}(a, b) that returns a + b + {i}.",
+                                "code": f"def add{i}(a, b):\n    return a + b + {i}",
+                                "test_list": [f"assert add{i}(1, 2) == {3 + i}"], "test_setup_code": "",
+                                "challenge_test_list": []}) + "\n" for i in (1, 2, 3, 11))
+PRUNE_YAML = "model: {T}\noutput: out\ncalib_samples: 4\nseq_len: 32\nbatch_size: 2\nval_samples: 2\n"
+
+
+def _copy_run_scores(rel):
+    def f(d, fx):
+        shutil.copytree(Path(fx["RUN"]) / "out" / "importance" / "scores", d / rel)
+    return f
+
+
+def _copy_other_shape_checkpoint(rel="ck"):
+    """a checkpoint of the fixture run's pruned student (hidden 32, intermediate 64; the tiny models have 64, 128)"""
+    def f(d, fx):
+        shutil.copytree(Path(fx["RUN"]) / "out" / "distill" / "checkpoint-1", d / rel)
+    return f
+
+
+def class_cases(add):
+    """The classes of issue 35, each a group of cases (see CLASSES)."""
+    def case(cls):
+        def f(name, group, argv, **kw):
+            add(name, group, argv, cls=cls, **kw)
+        return f
+
+    # ---------------- an input lying inside the output folder
+    a = case("input inside output")
+    data_in = copy_file("SMALL", "out/data.jsonl")
+    kept = ("out/data.jsonl", "out/notes.txt")
+    a("inside-prune-data", "prune", PRUNE + ["--data", "out/data.jsonl", "--overwrite"], setup=data_in,
+      sentinels=kept, check=check_names("data.jsonl"), why="--overwrite replaces out, which holds the data it reads")
+    a("inside-importance-data", "importance", IMPORTANCE + ["--data", "out/data.jsonl", "--overwrite"], setup=data_in,
+      sentinels=kept, check=check_names("data.jsonl"), why="--overwrite replaces out, which holds the data it reads")
+    a("inside-fp8-data", "export fp8", FP8 + ["--data", "out/data.jsonl", "--overwrite"], setup=data_in,
+      sentinels=kept, check=check_names("data.jsonl"), why="the calibration data lies inside the output")
+    a("inside-prune-scores", "prune", PRUNE + ["--scores", "out/scores", "--overwrite"],
+      setup=_copy_run_scores("out/scores"), sentinels=("out/scores", "out/notes.txt"), check=check_names("scores"),
+      why="the importance scores folder it reads lies inside the output")
+    a("inside-prune-config", "prune", ["prune", "--config", "out/p.yaml"],
+      setup=files(**{"out/p.yaml": PRUNE_YAML + "overwrite: true\ntarget: {hidden_size: 32}\n"}),
+      sentinels=("out/p.yaml", "out/notes.txt"), check=check_names("p.yaml"),
+      why="the YAML config that names the output lies inside it (overwrite: true)")
+    a("inside-prune-blend-source", "prune", PRUNE + ["--data", _blend("out/a.jsonl", "b.jsonl"), "--overwrite"],
+      setup=chain(copy_file("SMALL", "out/a.jsonl"), copy_file("SMALL", "b.jsonl")),
+      sentinels=("out/a.jsonl", "out/notes.txt"), check=check_names("a.jsonl"),
+      why="one source of a blend lies inside the output")
+    a("inside-data-prepare-source", "data prepare", prepare_argv("out/data.jsonl") + ["--overwrite"], setup=data_in,
+      sentinels=kept, check=check_names("data.jsonl"), why="the source file lies inside the output folder")
+    a("inside-data-prepare-blend-source", "data prepare", prepare_argv(_blend("out/a.jsonl", "b.jsonl"))
+      + ["--overwrite"], setup=chain(copy_file("SMALL", "out/a.jsonl"), files(**{"b.jsonl": docs_jsonl(20, "b")})),
+      sentinels=("out/a.jsonl", "out/notes.txt"), check=check_names("a.jsonl"),
+      why="one source of a blend lies inside the output folder")
+    a("inside-data-prepare-beside-ok", "data prepare", prepare_argv("data.jsonl", "prepared") + ["--overwrite"],
+      expect="succeed", setup=copy_file("SMALL", "data.jsonl"), sentinels=("data.jsonl",),
+      why="control: the source next to (not inside) the output")
+    a("inside-distill-student-checkpoint", "distill",
+      opt(opt(DISTILL, "--student", "out/checkpoint-1"), "--output-dir", "out") + ["--overwrite"],
+      setup=copy_fixture("DIST", "out"), sentinels=("out/checkpoint-1",), check=check_names("checkpoint-1"),
+      why="the student is a checkpoint of the output_dir the run writes its own checkpoint-1 into")
+    a("inside-distill-data-in-final", "distill", DISTILL + ["--data", "out/final/data.jsonl", "--overwrite"],
+      setup=chain(copy_fixture("DIST", "out"), copy_file("SMALL", "out/final/data.jsonl")),
+      sentinels=("out/final/data.jsonl",), check=check_names("data.jsonl"),
+      why="--overwrite replaces out/final, which holds the data")
+    a("inside-distill-data-beside", "distill", DISTILL + ["--data", "out/data.jsonl", "--overwrite"],
+      expect="either", setup=data_in, sentinels=kept,
+      why="a trainer adds checkpoint-N/ and final/ to output_dir and replaces only those: data beside them may be "
+          "refused or kept, never touched")
+    a("inside-correct-data-in-final", "correct-teacher", CORRECT + ["--data", "out/final/data.jsonl", "--overwrite"],
+      setup=copy_file("SMALL", "out/final/data.jsonl"), sentinels=("out/final/data.jsonl", "out/notes.txt"),
+      check=check_names("data.jsonl"), why="--overwrite replaces out/final, which holds the data")
+    a("inside-sft-data-in-final", "align sft", opt(SFT, "--data", "out/final/chat.jsonl") + ["--overwrite"],
+      setup=files(**{"out/final/chat.jsonl": CHAT}), sentinels=("out/final/chat.jsonl",),
+      check=check_names("chat.jsonl"), why="--overwrite replaces out/final, which holds the chat data")
+    a("inside-sft-chat-template-in-final", "align sft", SFT + ["--chat-template", "out/final/t.jinja", "--overwrite"],
+      setup=files(**{"out/final/t.jinja": CHATML_TEMPLATE}), sentinels=("out/final/t.jinja",),
+      check=check_names("t.jinja"), why="--overwrite replaces out/final, which holds the chat template file")
+    a("inside-mbpp-problems-file", "eval mbpp", MBPP + ["--data-files", "out/samples.jsonl", "--output", "out"],
+      setup=files(**{"out/samples.jsonl": MBPP_ROWS}), sentinels=("out/samples.jsonl",),
+      check=check_names("samples.jsonl"), why="the problems file is named like the completions file the results "
+                                              "folder gets (samples.jsonl)")
+
+    # ---------------- `minitron run --overwrite` and stage folders that hold the user's files
+    a = case("run stage folders")
+    user_prune = chain(run_yaml(), model("out/prune"), files(**{"out/prune/README.md": "my model\n"}))
+    a("stage-prune-user-model", "run", ["run", "run.yaml", "--overwrite"], setup=user_prune,
+      sentinels=("out/prune",), check=check_names("out/prune"), timeout=300,
+      why="out/prune is the user's model (config.json, model.safetensors, tokenizer.json, README.md), no run records")
+    a("stage-prune-user-model-no-overwrite", "run", ["run", "run.yaml"], setup=user_prune,
+      sentinels=("out/prune",), timeout=300, why="the same without --overwrite (refused as not a run, or naming "
+                                                 "out/prune)")
+    a("stage-data-user-files", "run", ["run", "run.yaml", "--overwrite"],
+      setup=chain(run_yaml(), files(**{"out/data/config.json": '{"mine": true}\n',
+                                       "out/data/keep.jsonl": docs_jsonl(5, "keep")})),
+      sentinels=("out/data",), check=check_names("out/data"), timeout=300,
+      why="out/data holds the user's config.json and keep.jsonl, no run records")
+    a("stage-importance-user-scores", "run", ["run", "run.yaml", "--overwrite"],
+      setup=chain(run_yaml(), _copy_run_scores("out/importance/scores"),
+                  files(**{"out/importance/config.json": '{"mine": true}\n'})),
+      sentinels=("out/importance",), check=check_names("out/importance"), timeout=300,
+      why="out/importance holds the user's scores and config.json, no run records")
+
+    # ---------------- two commands at once: a live process holds the output's lock
+    a = case("two commands at once")
+    a("locked-prune", "prune", PRUNE, setup=lock_holder("out"), check=check_holder_named,
+      why="another process holds the lock of out")
+    a("locked-prune-inside", "prune", opt(PRUNE, "--output", "runs/a"), setup=lock_holder("runs"),
+      check=check_holder_named, why="another process holds the lock of runs, around the output")
+    a("locked-data-prepare", "data prepare", prepare_argv("{SMALL}"), setup=lock_holder("out"),
+      check=check_holder_named, why="another process holds the lock of out")
+    a("locked-distill", "distill", DISTILL, setup=lock_holder("out"), check=check_holder_named,
+      why="another process holds the lock of out")
+    a("locked-run", "run", ["run", "run.yaml"], setup=chain(run_yaml(), lock_holder("out")),
+      check=check_holder_named, timeout=300, why="another process holds the lock of the run's output_dir")
+    a("locked-stale-data-prepare", "data prepare", prepare_argv("{SMALL}"), expect="succeed",
+      setup=lock_holder("out", stale=True), check=check_stale_taken_over,
+      why="control: the holder was SIGKILLed, its lock file stays: taken over, with a warning naming its PID")
+
+    # ---------------- outputs that are links or odd names
+    a = case("links and odd names")
+    a("link-dangling-prune", "prune", PRUNE, setup=link("out", "nowhere"), check=check_link_kept("out", "nowhere"),
+      why="out is a link to a folder that does not exist")
+    a("link-dangling-data-prepare", "data prepare", prepare_argv("{SMALL}"), setup=link("out", "nowhere"),
+      check=check_link_kept("out", "nowhere"), why="out is a link to a folder that does not exist")
+    to_user = chain(files(**{"user/keep.txt": "mine\n"}), link("out", "user"))
+    a("link-to-user-folder-prune-overwrite", "prune", PRUNE + ["--overwrite"], setup=to_user,
+      sentinels=("user/keep.txt",), check=check_link_kept("out", "user"),
+      why="out links to the user's folder: replacing out would replace the link or empty the folder")
+    a("link-to-user-folder-fp8-overwrite", "export fp8", FP8 + ["--overwrite"], setup=to_user,
+      sentinels=("user/keep.txt",), check=check_link_kept("out", "user"),
+      why="out links to the user's folder: replacing out would replace the link or empty the folder")
+    a("link-to-user-folder-distill-overwrite", "distill", DISTILL + ["--overwrite"], expect="either",
+      setup=to_user, sentinels=("user/keep.txt",), check=check_link_kept("out", "user"),
+      why="a trainer adds to output_dir: following the link is fine; replacing the link or the user's files, or "
+          "leaving .old-*/.tmp-* folders, is not")
+    too_long = check_names(("bytes", "long"))
+    a("name-250-chars-prune", "prune", opt(PRUNE, "--output", "o" * 250), check=too_long,
+      why="255 bytes are allowed, and the command writes longer-named temporary siblings")
+    a("name-250-chars-data-prepare", "data prepare", prepare_argv("{SMALL}", "o" * 250), check=too_long,
+      why="255 bytes are allowed, and the command writes longer-named temporary siblings")
+    a("name-newline-prune", "prune", opt(PRUNE, "--output", "out\nx"), expect="either",
+      why="a legal name with a newline: refuse cleanly, or write exactly that folder")
+    a("name-under-file-prune", "prune", opt(PRUNE, "--output", "notes.txt/out"), sentinels=("notes.txt",),
+      check=check_names("notes.txt"), why="a path component is a file")
+    a("name-under-file-distill", "distill", opt(DISTILL, "--output-dir", "notes.txt/out"), sentinels=("notes.txt",),
+      check=check_names("notes.txt"), why="a path component is a file")
+
+    # ---------------- MINITRON_CACHE and the embedded alias
+    a = case("caches")
+    imp_local = IMPORTANCE + ["--data", "small.jsonl"]
+    small = copy_file("SMALL", "small.jsonl")
+    cache_file = chain(small, files(cachefile="not a folder\n"))
+    names_var = check_names("MINITRON_CACHE")
+    on_the_fly = "the local data is prepared on the fly into $MINITRON_CACHE/data"
+    a("cache-is-file-importance", "importance", imp_local, setup=cache_file, sentinels=("cachefile",),
+      env={"MINITRON_CACHE": "{D}/cachefile"}, check=names_var, why=on_the_fly + "; it is a file")
+    a("cache-under-file-importance", "importance", imp_local, setup=cache_file, sentinels=("cachefile",),
+      env={"MINITRON_CACHE": "{D}/cachefile/sub"}, check=names_var, why=on_the_fly + "; it lies under a file")
+    a("cache-empty-importance", "importance", imp_local, setup=small, env={"MINITRON_CACHE": ""}, check=names_var,
+      why=on_the_fly + "; the empty string used to write ./data into the current folder")
+    a("cache-readonly-importance", "importance", imp_local, setup=small,
+      env={"MINITRON_CACHE": "/proc/minitron-cache"}, check=names_var,
+      why=on_the_fly + "; /proc is read-only (we run as root: chmod would not stop a write)")
+    a("cache-is-file-prune-alias", "prune", opt(PRUNE, "--model", "smollm2-135m"), setup=files(cachefile="x\n"),
+      sentinels=("cachefile",), env={"MINITRON_CACHE": "{D}/cachefile"}, check=names_var,
+      why="the embedded model is converted into $MINITRON_CACHE; it is a file")
+    a("cache-empty-prune-alias", "prune", opt(PRUNE, "--model", "smollm2-135m"), env={"MINITRON_CACHE": ""},
+      check=names_var, why="the embedded model is converted into $MINITRON_CACHE; it is empty")
+    a("cache-readonly-data-prepare-alias-tokenizer", "data prepare",
+      ["data", "prepare", "--data", "small.jsonl", "--output", "out"], setup=small,
+      env={"MINITRON_CACHE": "/proc/minitron-cache"}, check=names_var,
+      why="the default tokenizer is the embedded model's, converted into the (read-only) cache")
+    a("cache-alias-local-folder-prune", "prune", opt(PRUNE, "--model", "smollm2-135m"), expect="succeed",
+      setup=model("smollm2-135m"), check=check_pruned_from_local(),
+      why="./smollm2-135m is a copy of the tiny model: the local folder must win over the embedded alias")
+
+    # ---------------- data preparations that fail, then a rerun on the fixed input; damaged prepared folders
+    a = case("failed preparations")
+    good = {"docs": docs_jsonl(8, "good")}
+    g = "data prepare"
+
+    def failing(name, rel, content, fixed, why, data=None, done="out/manifest.json"):
+        argv = prepare_argv(data or rel)
+        a(name, g, argv, setup=files(**{rel: content}) if rel else None,
+          check=_checks(check_names(Path(rel).name) if rel else None, check_rerun(argv, fixed, done)), why=why)
+
+    a("prep-ok", g, prepare_argv("{SMALL}"), expect="succeed", check=check_documents(60), why="control")
+    failing("prep-bad-json-line", "bad.jsonl", docs_jsonl(3, "a") + "{oops\n" + docs_jsonl(3, "b"),
+            files(**{"bad.jsonl": good["docs"]}), "line 4 is not JSON")
+    failing("prep-number-in-text-field", "num.jsonl", docs_jsonl(3, "a") + '{"text": 5}\n',
+            files(**{"num.jsonl": good["docs"]}), "a number in the text field")
+    failing("prep-empty-file", "empty.jsonl", "", files(**{"empty.jsonl": good["docs"]}), "an empty file")
+    failing("prep-parquet-not-parquet", "docs.parquet", b"PAR1 this is not parquet\n" * 40,
+            write_parquet("docs.parquet"), "a .parquet file that is not parquet")
+    a("prep-blend-missing-second-source", g, prepare_argv(_blend("a.jsonl", "b.jsonl")),
+      setup=files(**{"a.jsonl": docs_jsonl(8, "a")}),
+      check=_checks(check_names("b.jsonl"), check_rerun(prepare_argv(_blend("a.jsonl", "b.jsonl")),
+                                                        files(**{"b.jsonl": docs_jsonl(8, "b")}), "out/blend.yaml")),
+      why="the second source of a blend does not exist (the first is fine)")
+    a("prep-json-with-bom", g, prepare_argv("docs.json"), expect="succeed",
+      setup=files(**{"docs.json": "\ufeff" + json.dumps([{"text": _doc_text("bom", i)} for i in range(8)])}),
+      check=check_documents(8), why="a .json file that starts with a UTF-8 BOM (Windows editors write one)")
+    a("prep-dir-upper-case-extensions", g, prepare_argv("docs"), expect="succeed",
+      setup=files(**{"docs/a.jsonl": docs_jsonl(5, "a"), "docs/D.JSONL": docs_jsonl(5, "D"),
+                     "docs/E.Jsonl": docs_jsonl(5, "E")}),
+      check=check_documents(15), why="a folder of a.jsonl, D.JSONL, E.Jsonl: all 15 documents must be read")
+    a("prep-dir-symlinked-subfolder", g, prepare_argv("docs"), expect="succeed",
+      setup=chain(files(**{"docs/a.jsonl": docs_jsonl(5, "a"), "elsewhere/c.jsonl": docs_jsonl(5, "c")}),
+                  link("docs/more", "../elsewhere")),
+      check=check_documents(10, or_named="more"), why="docs/more links to another folder: read it, or say so")
+    imp_p = IMPORTANCE + ["--data", "p"]
+    a("prepared-ok-importance", "importance", IMPORTANCE + ["--data", "{PREP}"], expect="succeed",
+      why="control: the undamaged prepared folder")
+    a("prepared-manifest-list", "importance", imp_p, setup=chain(copy_fixture("PREP", "p"),
+                                                                 damage_prepared("p", "manifest-list")),
+      sentinels=("p",), check=check_names("manifest"), why="manifest.json holds a list")
+    a("prepared-split-number", "importance", imp_p, setup=chain(copy_fixture("PREP", "p"),
+                                                                damage_prepared("p", "split-number")),
+      sentinels=("p",), check=check_names("manifest"), why="manifest.json's calibration and validation entries are "
+                                                            "numbers")
+    a("prepared-bin-other-bytes", "importance", imp_p, setup=chain(copy_fixture("PREP", "p"),
+                                                                   damage_prepared("p", "bin-other-bytes")),
+      sentinels=("p",), check=check_names("65535"), why="every .bin shard overwritten with as many 0xFF bytes: "
+                                                        "token ids 65535, beyond the vocabulary (49152)")
+    a("prepared-bin-other-bytes-evaluate", "evaluate", ["evaluate", "{T}", "--samples", "2", "--seq-len", "32",
+                                                        "--data", "p"],
+      setup=chain(copy_fixture("PREP", "p"), damage_prepared("p", "bin-other-bytes")), sentinels=("p",),
+      check=check_names("65535"), why="the same, read by evaluate (validation split)")
+
+    # ---------------- full disk: the output on a 64 KiB tmpfs
+    a = case("full disk")
+    space = check_names(("space", "free"))
+    a("disk-full-data-prepare", "data prepare", prepare_argv("{DATA}", "small/out"), setup=tmpfs(), check=space,
+      why="400 documents of tokens do not fit in 64 KiB")
+    a("disk-full-prune", "prune", opt(PRUNE, "--output", "small/out"), setup=tmpfs(), check=space,
+      why="the pruned model (MBs) does not fit in 64 KiB")
+    a("disk-full-distill", "distill", opt(DISTILL, "--output-dir", "small/out"), setup=tmpfs(), check=space,
+      why="the first checkpoint does not fit in 64 KiB")
+    a("disk-full-fp8", "export fp8", opt(FP8, "--output", "small/out"), setup=tmpfs(), check=space,
+      why="the FP8 checkpoint does not fit in 64 KiB")
+
+    # ---------------- integers of the wrong type in YAML
+    a = case("targets of the wrong type")
+    pcfg = ["prune", "--config", "p.yaml"]
+    wrong_type = ("integer", "bool", "whole number")
+    a("type-target-float", "prune", pcfg, setup=files(**{"p.yaml": PRUNE_YAML + "target: {intermediate_size: 64.7}\n"}),
+      check=check_names("intermediate_size", wrong_type), why="used to prune to 64, exit 0")
+    a("type-target-bool", "prune", pcfg, setup=files(**{"p.yaml": PRUNE_YAML + "target: {intermediate_size: true}\n"}),
+      check=check_names("intermediate_size", wrong_type), why="used to prune to 1, exit 0")
+    a("type-target-string-number", "prune", pcfg, expect="either",
+      setup=files(**{"p.yaml": PRUNE_YAML + 'target: {hidden_size: "36"}\n'}),
+      why="a quoted number: refuse, or read it as 36 (a decision of its own)")
+    a("type-target-layers-whole-float", "prune", pcfg, expect="either",
+      setup=files(**{"p.yaml": PRUNE_YAML + "target: {num_hidden_layers: 1.0}\n"}),
+      why="a whole float: refuse, or read it as 1")
+    a("type-calib-samples-bool", "prune", pcfg,
+      setup=files(**{"p.yaml": PRUNE_YAML.replace("calib_samples: 4", "calib_samples: true")
+                     + "target: {hidden_size: 32}\n"}), check=check_names("calib_samples", wrong_type),
+      why="a bool where an integer is expected")
+    a("type-run-target-float", "run", ["run", "run.yaml"],
+      setup=run_yaml(set_("prune.target", {"hidden_size": 32, "intermediate_size": 64.7})),
+      check=check_names("intermediate_size", wrong_type), why="the same in a run config")
+    a("type-run-target-bool", "run", ["run", "run.yaml"],
+      setup=run_yaml(set_("prune.target", {"hidden_size": 32, "intermediate_size": True})),
+      check=check_names("intermediate_size", wrong_type), why="the same in a run config")
+    a("type-run-set-bool", "run", ["run", "run.yaml", "--set", "prune.calib_samples=true"], setup=run_yaml(),
+      check=check_names("calib_samples", wrong_type), why="--set reads YAML scalars: true is a bool, not an integer")
+
+    # ---------------- models that do not match their tokenizer, or the checkpoint to resume
+    a = case("models that do not match")
+    sizes = check_names("1024", "49152")
+    vwhy = "<other-vocab> has vocab_size 1024 and the real 49152-token tokenizer"
+    a("mismatch-vocab-prune", "prune", opt(PRUNE, "--model", "{V}"), check=sizes, why=vwhy)
+    a("mismatch-vocab-importance", "importance", opt(IMPORTANCE, "--model", "{V}"), check=sizes, why=vwhy)
+    a("mismatch-vocab-distill", "distill", opt(opt(DISTILL, "--student", "{V}"), "--teacher", "{V}"), check=sizes,
+      why=vwhy + " (student and teacher)")
+    a("mismatch-vocab-correct", "correct-teacher", opt(CORRECT, "--model", "{V}"), check=sizes, why=vwhy)
+    a("mismatch-vocab-fp8", "export fp8", ["{V}" if x == "{T}" else x for x in FP8], check=sizes, why=vwhy)
+    a("mismatch-vocab-evaluate", "evaluate", ["evaluate", "{V}", "--samples", "2", "--seq-len", "32"], check=sizes,
+      why=vwhy)
+    shapes = check_names("32", "64")
+    a("mismatch-resume-other-shape-distill", "distill", DISTILL + ["--resume-from-checkpoint", "ck"],
+      setup=_copy_other_shape_checkpoint(), sentinels=("ck",), check=shapes,
+      why="ck is a checkpoint of a pruned student (hidden 32, intermediate 64); this student has hidden 64")
+    a("mismatch-resume-other-shape-correct", "correct-teacher", CORRECT + ["--resume-from-checkpoint", "ck"],
+      setup=_copy_other_shape_checkpoint(), sentinels=("ck",), check=shapes,
+      why="ck is a checkpoint of a pruned model (hidden 32); the model has hidden 64")
+
+    # ---------------- hostile YAML: an alias bomb, a huge file
+    a = case("hostile YAML")
+    bomb_why = ("9 levels of 9 aliases: 387 million leaves from a few hundred bytes (memory capped at +3 GiB); the "
+                "refusal must be about the expansion, not the option's type")
+    bomb = check_names(("alias", "expand"))
+    a("yaml-alias-bomb-prune", "prune", ["prune", "--config", "bomb.yaml"], timeout=60, mem_mb=3072, check=bomb,
+      setup=files(**{"bomb.yaml": yaml_bomb("calib_samples", head="model: {T}\noutput: out\n")}), why=bomb_why)
+    a("yaml-alias-bomb-run", "run", ["run", "bomb.yaml"], timeout=60, mem_mb=3072, check=bomb,
+      setup=files(**{"bomb.yaml": yaml_bomb("seq_len", head="output_dir: {D}/out\nteacher: {T}\nprune:\n  target: "
+                                                        "{hidden_size: 32}\n")}),
+      why=bomb_why)
+    a("yaml-alias-bomb-data-prepare", "data prepare", ["data", "prepare", "--config", "bomb.yaml"], timeout=60,
+      mem_mb=3072, check=bomb, setup=files(**{"bomb.yaml": yaml_bomb("max_documents", head="output: out\n")}),
+      why=bomb_why)
+    a("yaml-20mb-prune", "prune", pcfg, timeout=90, mem_mb=3072,
+      setup=padded("p.yaml", PRUNE_YAML + "target: {hidden_size: 32}\n"),
+      why="a valid config padded with 20 MB of comments: only its size is wrong")
+    a("yaml-20mb-data-prepare", "data prepare", ["data", "prepare", "--config", "p.yaml"], timeout=90, mem_mb=3072,
+      setup=padded("p.yaml", "data: {SMALL}\noutput: out\ntokenizer: {T}\n"),
+      why="a valid config padded with 20 MB of comments: only its size is wrong")
+
+    # ---------------- signals: a scheduler's SIGTERM, a user's Ctrl-C
+    a = case("signals")
+    jit = opt(opt(DISTILL, "--max-steps", "1000"), "--save-strategy", "no")
+    a("signal-sigterm-distill-jit-checkpoint", "distill", opt(jit, "--save-steps", drop=True)
+      + ["--enable-jit-checkpoint", "true"], signal=(r"\{'loss'", signal.SIGTERM, 0, False),
+      allow_new=("out", "out/*"), stop_line=r"^minitron distill: .*checkpoint-\d+", check=check_preempted(),
+      timeout=180, why="SIGTERM after the first logged step: exit != 0 (a preempted run is not a finished one), "
+                       "and stderr names the checkpoint to resume from")
+    a("signal-sigterm-correct-jit-checkpoint", "correct-teacher",
+      opt(CORRECT, "--max-steps", "1000") + ["--save-strategy", "no", "--logging-steps", "1",
+                                             "--enable-jit-checkpoint", "true"],
+      signal=(r"\{'loss'", signal.SIGTERM, 0, False), allow_new=("out", "out/*"),
+      stop_line=r"^minitron correct-teacher: .*checkpoint-\d+", check=check_preempted(), timeout=180,
+      why="the same for teacher correction")
+    a("signal-sigint-data-prepare-workers", "data prepare", prepare_argv("big.jsonl") + ["--num-proc", "2",
+                                                                                      "--shard-mb", "1"],
+      setup=lambda d, fx: (d / "big.jsonl").write_text(docs_jsonl(30000, "big")),
+      signal=(r"prepare:", signal.SIGINT, 1.5, True),
+      allow_new=("out", "out/*"), stop_line=r"^minitron data( prepare)?: interrupted", check=check_exit(130),
+      timeout=120, why="Ctrl-C: SIGINT to the process group, tokenizing workers included, 1.5 s into 21 MB: one "
+                       "line and exit 130, no worker's traceback")
 
 
 def _copy_run(d: Path, fx):
@@ -810,7 +1578,8 @@ def build_fixtures(work: Path, env: dict, project: Path, log) -> dict:
     fx_dir = work / "fixtures"
     fx_dir.mkdir(parents=True, exist_ok=True)
     fx = {"T": fx_dir / "tiny", "S": fx_dir / "student", "V": fx_dir / "othervocab", "DIST": fx_dir / "distilled",
-          "RUN": fx_dir / "run", "DATA": fx_dir / "data.jsonl"}
+          "RUN": fx_dir / "run", "DATA": fx_dir / "data.jsonl", "SMALL": fx_dir / "small.jsonl",
+          "PREP": fx_dir / "prepared"}
     notes = []
     t0 = time.time()
     if not (fx["T"] / "model.safetensors").exists():
@@ -819,6 +1588,9 @@ def build_fixtures(work: Path, env: dict, project: Path, log) -> dict:
         if r.returncode:
             raise SystemExit(f"building the tiny models failed:\n{r.stderr[-3000:]}")
     log(f"tiny models in {time.time() - t0:.0f} s")
+    if not fx["SMALL"].exists():
+        with open(fx["DATA"]) as f:
+            fx["SMALL"].write_text("".join(f.readlines()[:60]))
     # a finished distill output and a finished run, with the real CLI (in parallel: independent)
     import yaml
 
@@ -831,6 +1603,9 @@ def build_fixtures(work: Path, env: dict, project: Path, log) -> dict:
         fx["RUN"].mkdir(exist_ok=True)
         (fx["RUN"] / "run.yaml").write_text(yaml.safe_dump(base_run_config(fx, fx["RUN"] / "out"), sort_keys=False))
         jobs.append(("run", ["run", str(fx["RUN"] / "run.yaml")]))
+    if not (fx["PREP"] / "manifest.json").exists():
+        jobs.append(("data prepare", ["data", "prepare", "--data", str(fx["SMALL"]), "--output", str(fx["PREP"]),
+                                      "--tokenizer", str(fx["T"]), "--overwrite"]))
     procs = [(name, subprocess.Popen(cli_cmd(project) + argv, env=env, cwd=fx_dir, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True)) for name, argv in jobs]
     for name, p in procs:
@@ -894,17 +1669,26 @@ def top_new(before: set, after: set) -> list:
 class Job:
     """A running case: a forked child of this process (``fork``) or ``python -m minitron_hf.cli``."""
 
-    def __init__(self, case, argv, d, tmp, env, mode, project, threads):
+    def __init__(self, case, argv, d, tmp, env, mode, project, threads, case_env=None):
         self.case, self.d, self.tmp = case, d, tmp
         self.out_path, self.err_path = d.parent / f"{d.name}.stdout", d.parent / f"{d.name}.stderr"
         self.t0 = time.time()
         self.rc = None
         self.timed_out = False
+        self.signalled = None  # seconds after the start at which case.signal was sent
+        self._seen = None
+        self._read = 0.0
         if mode == "subprocess":
             e = dict(env, TMPDIR=str(tmp), **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
+            for k, v in (case_env or {}).items():
+                if v is None:
+                    e.pop(k, None)
+                else:
+                    e[k] = v
             with open(self.out_path, "wb") as o, open(self.err_path, "wb") as er:
                 self.proc = subprocess.Popen(cli_cmd(project) + argv, cwd=d, env=e, stdout=o, stderr=er,
-                                             stdin=subprocess.DEVNULL, start_new_session=True)
+                                             stdin=subprocess.DEVNULL, start_new_session=True,
+                                             preexec_fn=_mem_cap(case.mem_mb, fresh=True) if case.mem_mb else None)
             self.pid = self.proc.pid
         else:
             self.proc = None
@@ -912,12 +1696,33 @@ class Job:
             sys.stderr.flush()
             pid = os.fork()
             if pid == 0:  # the child: behave like `python -m minitron_hf.cli ARGV` started in d
-                _child(argv, d, tmp, self.out_path, self.err_path, threads)
+                _child(argv, d, tmp, self.out_path, self.err_path, threads, case_env, case.mem_mb)
             self.pid = pid
+
+    def _maybe_signal(self):
+        """case.signal = (regex, signal, delay, group): once the command's output matches, wait delay s, send it."""
+        pattern, signum, delay, group = self.case.signal
+        now = time.time()
+        if self._seen is None:
+            if now - self._read < 0.1:
+                return
+            self._read = now
+            text = "".join(p.read_text(errors="replace") if p.exists() else "" for p in (self.out_path, self.err_path))
+            if not re.search(pattern, text):
+                return
+            self._seen = now
+        if now - self._seen >= delay:
+            try:
+                (os.killpg if group else os.kill)(self.pid, signum)
+            except ProcessLookupError:
+                pass
+            self.signalled = round(now - self.t0, 1)
 
     def poll(self):
         if self.rc is not None:
             return self.rc
+        if self.case.signal and self.signalled is None:
+            self._maybe_signal()
         if self.proc is not None:
             self.rc = self.proc.poll()
         else:
@@ -940,12 +1745,35 @@ class Job:
         return self.rc
 
 
-def _child(argv, d, tmp, out_path, err_path, threads):
+def _mem_cap(mem_mb, fresh=False):
+    """A preexec/child hook: cap the address space at what the process has now (a fresh interpreter: 4 GiB, about
+    what importing the CLI takes) plus ``mem_mb``: a command that tries to expand a YAML bomb gets a MemoryError
+    instead of the machine's memory."""
+    def f():
+        import resource
+
+        base = 4 << 30
+        if not fresh:
+            with open("/proc/self/status") as st:
+                base = next(int(ln.split()[1]) * 1024 for ln in st if ln.startswith("VmSize:"))
+        cap = base + (mem_mb << 20)
+        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+    return f
+
+
+def _child(argv, d, tmp, out_path, err_path, threads, env=None, mem_mb=0):
     rc = 1
     try:
         os.setpgid(0, 0)
         os.chdir(d)
         os.environ["TMPDIR"] = str(tmp)
+        for k, v in (env or {}).items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        if mem_mb:
+            _mem_cap(mem_mb)()
         tempfile.tempdir = None
         fo = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         fe = os.open(err_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -1041,17 +1869,22 @@ def finish(job: Job, prep: dict) -> dict:
     last = last_line(stderr)
     # `minitron <cmd>: error: ...`; a bare `minitron: error:` only where no command was given (group cli)
     clean_line = (last.startswith("minitron ") or (case.group == "cli" and last.startswith("minitron:"))) \
-        and "error:" in last
+        and "error:" in last or bool(case.stop_line and re.search(case.stop_line, last))
     if rc == 3 and "traceback" not in flags:
         flags.append("bug (exit 3)")
+    if case.signal:
+        details["signal"] = [f"{signal.Signals(case.signal[1]).name} sent {job.signalled} s after the start"
+                             if job.signalled is not None else f"{signal.Signals(case.signal[1]).name} never sent: "
+                             f"{case.signal[0]!r} never appeared in the output"]
+    problems = details["signal"] if case.signal and job.signalled is None else []
     if case.check:
         try:
-            problems = case.check(d, rc, stdout, stderr)
+            problems = case.check(d, rc, stdout, stderr) + problems
         except Exception as e:  # noqa: BLE001
-            problems = [f"check crashed: {e!r}"]
-        if problems:
-            flags.append("check failed")
-            details["check"] = problems
+            problems = [f"check crashed: {e!r}"] + problems
+    if problems:
+        flags.append("check failed")
+        details["check"] = problems
     if case.expect == "succeed" and rc != 0 and clean_line:
         flags.append("refused")
     if rc != 0 and not clean_line and not {"traceback", "timeout", "bug (exit 3)"} & set(flags):
@@ -1071,10 +1904,11 @@ def finish(job: Job, prep: dict) -> dict:
         outcome = min(flags, key=SEVERITY.index)
     else:
         outcome = "ok" if rc == 0 else "clean"
-    return {"name": case.name, "group": case.group, "expect": case.expect, "argv": case.argv, "rc": rc,
-            "outcome": outcome, "flags": flags, "seconds": round(job.seconds, 1), "last_stderr": last[:400],
+    return {"name": case.name, "group": case.group, "cls": case.cls, "expect": case.expect, "argv": case.argv,
+            "rc": rc, "outcome": outcome, "flags": flags, "seconds": round(job.seconds, 1), "last_stderr": last[:400],
             "error_line": error_line(stderr)[:400] if error_line(stderr) != last else "",
-            "last_stdout": last_line(stdout)[:300], "details": details, "why": case.why}
+            "last_stdout": last_line(stdout)[:300], "details": details, "why": case.why,
+            **({"env": case.env} if case.env else {})}
 
 
 def _describe(p: Path, rel: str) -> str:
@@ -1091,45 +1925,83 @@ def prepare(case: Case, work: Path, fx: dict):
     tmp = work / "tmp" / case.name
     for p in (d, tmp):
         if p.exists():
+            for q in p.iterdir():  # a tmpfs an interrupted earlier run left mounted
+                if q.is_dir() and os.path.ismount(q):
+                    _unmount(q)
             shutil.rmtree(p)
         p.mkdir(parents=True)
     paths = fx_paths(fx, d)
-    if case.setup:
-        case.setup(d, fx)
-    for rel in case.sentinels:
-        p = d / rel
-        if not p.exists():
-            p.parent.mkdir(parents=True, exist_ok=True)
-            p.write_text(f"sentinel {case.name} {rel} {os.urandom(8).hex()}\n")
-    prep = {"sentinels": {rel: digest(d / rel) for rel in case.sentinels}, "tree": tree(d)}
+    cleanup = case.setup(d, fx) if case.setup else None
+    try:
+        for rel in case.sentinels:
+            p = d / rel
+            if not p.exists() and not p.is_symlink():
+                p.parent.mkdir(parents=True, exist_ok=True)
+                p.write_text(f"sentinel {case.name} {rel} {os.urandom(8).hex()}\n")
+        prep = {"sentinels": {rel: digest(d / rel) for rel in case.sentinels}, "tree": tree(d),
+                "cleanup": cleanup if callable(cleanup) else None,
+                "env": {k: None if v is None else sub(v, paths) for k, v in case.env.items()}}
+    except BaseException:
+        if callable(cleanup):
+            cleanup()
+        raise
     return d, tmp, [sub(a, paths) for a in case.argv], prep
 
 
 def run_cases(selected, work, fx, env, mode, project, workers, log):
+    RUNTIME.update(env=env, mode=mode, project=project, fx=fx, work=work)
     results = []
     pending = list(selected)
     running = []
     threads = 1 if workers > 1 else 0
-    while pending or running:
-        while pending and len(running) < workers:
-            case = pending.pop(0)
+
+    def not_run(case, outcome, e):
+        results.append({"name": case.name, "group": case.group, "cls": case.cls, "expect": case.expect,
+                        "argv": case.argv, "rc": None, "outcome": outcome, "flags": [outcome], "seconds": 0,
+                        "last_stderr": (str(e) if outcome == "skipped" else repr(e))[:400], "last_stdout": "",
+                        "details": {}, "why": case.why})
+        log(f"  {case.name:<45} {outcome}: {e}")
+
+    try:
+        while pending or running:
+            while pending and len(running) < workers:
+                case = pending.pop(0)
+                try:
+                    d, tmp, argv, prep = prepare(case, work, fx)
+                except SkipCase as e:
+                    not_run(case, "skipped", e)
+                    continue
+                except Exception as e:  # noqa: BLE001
+                    not_run(case, "setup failed", e)
+                    continue
+                try:
+                    job = Job(case, argv, d, tmp, env, mode, project, threads, prep["env"])
+                except BaseException:
+                    if prep["cleanup"]:
+                        prep["cleanup"]()
+                    raise
+                running.append((job, prep))
+            time.sleep(0.05)
+            for item in list(running):
+                job, prep = item
+                if job.poll() is not None:
+                    running.remove(item)
+                    try:
+                        r = finish(job, prep)
+                    finally:
+                        if prep["cleanup"]:
+                            _run_cleanups([prep["cleanup"]])
+                    results.append(r)
+                    log(f"  {r['name']:<45} {r['outcome']:<15} rc={r['rc']} {r['seconds']:>6.1f}s  "
+                        f"{r['last_stderr'][:90]}")
+    finally:  # an interrupted probe: no lock holder left sleeping, no tmpfs left mounted, no command running
+        for job, prep in running:
             try:
-                d, tmp, argv, prep = prepare(case, work, fx)
-            except Exception as e:  # noqa: BLE001
-                results.append({"name": case.name, "group": case.group, "expect": case.expect, "argv": case.argv,
-                                "rc": None, "outcome": "setup failed", "flags": ["setup failed"], "seconds": 0,
-                                "last_stderr": repr(e)[:400], "last_stdout": "", "details": {}, "why": case.why})
-                log(f"  {case.name:<45} setup failed: {e!r}")
-                continue
-            running.append((Job(case, argv, d, tmp, env, mode, project, threads), prep))
-        time.sleep(0.05)
-        for item in list(running):
-            job, prep = item
-            if job.poll() is not None:
-                running.remove(item)
-                r = finish(job, prep)
-                results.append(r)
-                log(f"  {r['name']:<45} {r['outcome']:<15} rc={r['rc']} {r['seconds']:>6.1f}s  {r['last_stderr'][:90]}")
+                os.killpg(job.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            if prep["cleanup"]:
+                _run_cleanups([prep["cleanup"]])
     order = {c.name: i for i, c in enumerate(selected)}
     return sorted(results, key=lambda r: order[r["name"]])
 
@@ -1291,7 +2163,7 @@ def _col(outcome):
 
 def shown_argv(argv):
     names = {"T": "<tiny>", "S": "<student>", "V": "<other-vocab>", "DIST": "<distilled>", "RUN": "<run>",
-             "D": ".", "DATA": "<data.jsonl>"}
+             "D": ".", "DATA": "<data.jsonl>", "SMALL": "<small.jsonl>", "PREP": "<prepared>"}
     out = []
     for a in argv:
         for k, v in names.items():
@@ -1307,6 +2179,24 @@ def revision_text() -> str:
     rev = revision()
     dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".")
     return rev + (" + uncommitted" if dirty else "")
+
+
+def class_table(results) -> list:
+    """The classes of input probed: a line of description, and how many of their cases were clean."""
+    lines = ["## Classes probed", "",
+             "A class is a kind of hostile input; each is probed with several cases, across the commands it applies "
+             "to. **clean**: refused cleanly, or (a control, an either-way case) succeeded without harm; **not "
+             "clean**: every other outcome (listed below).", "",
+             "| class | what it tries | cases | clean | not clean |", "|---|---|---:|---:|---:|"]
+    for cls, what in CLASSES.items():
+        rs = [r for r in results if r.get("cls") == cls]
+        if not rs:
+            continue
+        skipped = sum(1 for r in rs if r["outcome"] == "skipped")
+        good = sum(1 for r in rs if r["outcome"] in ("clean", "ok"))
+        lines.append(f"| {cls} | {what} | {len(rs)}{f' ({skipped} skipped)' if skipped else ''} | {good} | "
+                     f"{len(rs) - good - skipped} |")
+    return lines + [""]
 
 
 def write_report(results, kills, meta, out_dir: Path):
@@ -1353,6 +2243,7 @@ def write_report(results, kills, meta, out_dir: Path):
     n_succ = sum(1 for r in results if r["expect"] == "succeed")
     lines += ["", f"{len(results)} cases: {n_fail} should be refused, {n_succ} are controls that should succeed, "
               f"{len(results) - n_fail - n_succ} may go either way (refuse cleanly or succeed without harm).", ""]
+    lines += class_table(results)
     if kills:
         lines += ["## Kill -9 and resume", "",
                   f"`{shown_argv(KILL_DISTILL)}` killed with SIGKILL at a moment, then rerun with "
@@ -1383,7 +2274,7 @@ def write_report(results, kills, meta, out_dir: Path):
                       f"outcome **{nan['outcome']}**; last line `{nan['last_stderr']}`"
                       + (f"; {'; '.join(nan['details'].get('check', []))}" if nan["details"].get("check") else "")]
         lines.append("")
-    bad = [r for r in results if r["outcome"] not in ("clean", "ok")]
+    bad = [r for r in results if r["outcome"] not in ("clean", "ok", "skipped")]
     lines += [f"## Cases that are not clean ({len(bad)})", ""]
     for g in groups:
         rs = [r for r in bad if r["group"] == g]
@@ -1394,16 +2285,22 @@ def write_report(results, kills, meta, out_dir: Path):
             extra = []
             if len(r["flags"]) > 1:
                 extra.append("also " + ", ".join(f for f in r["flags"] if f != r["outcome"]))
-            for k in ("lost", "left", "check", "wrote", "wrote inside", "message"):
+            for k in ("lost", "left", "check", "wrote", "wrote inside", "message", "signal"):
                 if r["details"].get(k):
                     extra.append(f"{k}: " + "; ".join(r["details"][k]))
             why = f" ({r['why']})" if r.get("why") else ""
             last = r["last_stderr"] or "(stderr empty)"
-            lines.append(f"- `{r['name']}` — **{r['outcome']}** (exit {r['rc']}, expected {r['expect']}){why}: "
-                         f"`{shown_argv(r['argv'])}`" + (f"; {'; '.join(extra)}" if extra else "")
+            env = "".join(f"{k}={json.dumps(v)} " for k, v in (r.get("env") or {}).items())
+            lines.append(f"- `{r['name']}` [{r.get('cls', '')}] — **{r['outcome']}** (exit {r['rc']}, expected "
+                         f"{r['expect']}){why}: `{env}{shown_argv(r['argv'])}`" + (f"; {'; '.join(extra)}" if extra
+                                                                                  else "")
                          + f"\n  - last stderr line: `{last.replace('`', '')}`"
                          + (f"\n  - error line: `{r['error_line'].replace('`', '')}`" if r.get("error_line") else ""))
         lines.append("")
+    skipped = [r for r in results if r["outcome"] == "skipped"]
+    if skipped:
+        lines += [f"## Skipped ({len(skipped)})", ""]
+        lines += [f"- `{r['name']}` [{r.get('cls', '')}]: {r['last_stderr']}" for r in skipped] + [""]
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "reliability.md").write_text("\n".join(lines).rstrip() + "\n")
     (out_dir / "reliability.json").write_text(json.dumps({"meta": meta, "cases": results, "kill_and_resume": kills},
@@ -1439,7 +2336,7 @@ def main():
     selected = [c for c in all_cases if not args.only or any(s in c.name for s in args.only)]
     if args.list:
         for c in selected:
-            print(f"{c.name:<45} {c.group:<16} should {c.expect:<8} {shown_argv(c.argv)}")
+            print(f"{c.name:<45} {c.group:<16} {c.cls:<26} should {c.expect:<8} {shown_argv(c.argv)[:300]}")
         print(f"{len(selected)} cases")
         return 0
 
@@ -1462,7 +2359,7 @@ def main():
     fx, fx_notes = build_fixtures(work, env, project, log)
     notes += fx_notes
     t_fix = time.time() - t_start
-    fixture_digest = {k: digest(v) for k, v in fx.items() if k in ("T", "S", "V", "DIST", "DATA")}
+    fixture_digest = {k: digest(v) for k, v in fx.items() if k in ("T", "S", "V", "DIST", "DATA", "SMALL", "PREP")}
 
     mode, mode_note = args.mode, ""
     if mode == "fork":
