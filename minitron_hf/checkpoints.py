@@ -767,6 +767,15 @@ class CheckpointMixin:
         logger.warning("resuming from %s with learning_rate=%g; the checkpoint was trained with %g: the learning-rate "
                        "schedule is rescaled from step %d on", checkpoint, want, base[0], self.state.global_step)
 
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        """The Trainer's load, except where it would silently load nothing or no expert (on-disk names that are not
+        the model's own: :func:`~minitron_hf.resume.load_renamed_weights`)."""
+        from .resume import load_renamed_weights
+
+        if self.sharded or not load_renamed_weights(model if model is not None else self.model,
+                                                    resume_from_checkpoint):
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
         from .resume import check_model_fits_checkpoint, preempted, watch_preemption
 
