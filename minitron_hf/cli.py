@@ -179,9 +179,10 @@ def _run(ns):
 def _publish(ns):
     from .export.hub import publish
 
-    from .outputs import read_json
+    from .outputs import note_input, read_json
 
     evaluation = read_json(ns.evaluation, "evaluation") if ns.evaluation else None
+    note_input(ns.evaluation)  # an input like the checkpoint: --dry-run DIR may not be, contain or lie inside it
     res = publish(ns.model_dir, ns.repo_id, private=ns.private, dry_run=ns.dry_run, base_model=ns.base_model,
                   evaluation=evaluation, license=ns.license, base_model_relation=ns.base_model_relation,
                   commit_message=ns.commit_message, overwrite=ns.overwrite)

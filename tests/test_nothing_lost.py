@@ -294,3 +294,14 @@ def test_the_config_file_is_an_input_too(tiny, tmp_path, capsys):
     code, err = _cli(capsys, "prune", "--config", cfg)
     assert code == EXIT_USER_ERROR and "is or contains the input" in err and "p.yaml" in err, err
     assert _tree(out) == before
+
+
+def test_publish_dry_run_keeps_the_evaluation_file_it_reads(tiny, tmp_path, capsys):
+    up = tmp_path / "up"
+    up.mkdir()
+    ev = up / "ev.json"
+    ev.write_text(json.dumps({"tiny": {"acc": 0.5}}))
+    before = _tree(up)
+    code, err = _cli(capsys, "publish", tiny, "--repo-id", "me/x", "--dry-run", up, "--overwrite", "--evaluation", ev)
+    assert code == EXIT_USER_ERROR and "ev.json" in err, err
+    assert _tree(up) == before

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from ..arch import family_of
+from ..outputs import check_output, input_paths
 from ..data import DataConfig, load_blocks
 from ..distributed import process_state
 from ..loading import load_model, resolve_model
@@ -97,21 +98,12 @@ def _device(name: str | None) -> torch.device:
     return parse_device(name)
 
 
-def check_output(cfg, data_cfg=None, sources=(), need_bytes: int = 0) -> Path:
-    """``cfg.output`` is new (or ``cfg.overwrite``), writable, and not, around or inside any input the configs name
-    (model, scores, data, each source of a blend) or ``sources`` (:func:`minitron_hf.outputs.check_output`)."""
-    from ..outputs import check_output as _check
-    from ..outputs import input_paths
-
-    return _check(cfg.output, "output", sources=[*sources, *input_paths(data_cfg, cfg)], overwrite=cfg.overwrite,
-                  need_bytes=need_bytes, error=PruningConfigError)
-
-
 def validate(cfg: PruneConfig, data_cfg: DataConfig | None = None):
     """All checks that need no weights: returns (source dir, config, PruneTarget, new config, drop)."""
     from transformers import AutoConfig
 
-    out = check_output(cfg, data_cfg)
+    out = check_output(cfg.output, "output", sources=input_paths(data_cfg, cfg), overwrite=cfg.overwrite,
+                       error=PruningConfigError)
     cfg.check_sequential_options()
     if cfg.importance != "random":
         parse_aggregation(cfg.importance)
@@ -158,7 +150,8 @@ def validate(cfg: PruneConfig, data_cfg: DataConfig | None = None):
 
     # the pruned weights, in the source's dtype: the source's size scaled by the parameter ratio
     ratio = count_parameters_ratio(config, new_config)
-    check_output(cfg, data_cfg, sources=[src], need_bytes=int(dir_size(src) * ratio))
+    check_output(cfg.output, "output", sources=[src, *input_paths(data_cfg, cfg)], overwrite=cfg.overwrite,
+                 need_bytes=int(dir_size(src) * ratio), error=PruningConfigError)
     return src, config, target, new_config, drop
 
 
@@ -440,13 +433,15 @@ class ImportanceConfig(SequentialOptions):
 def run_importance(data_cfg: DataConfig, cfg: ImportanceConfig) -> dict:
     from transformers import AutoConfig
 
-    out = check_output(cfg, data_cfg)
+    out = check_output(cfg.output, "output", sources=input_paths(data_cfg, cfg), overwrite=cfg.overwrite,
+                       error=PruningConfigError)
     cfg.check_sequential_options()
     parse_aggregation(cfg.importance)
     from ..loading import load_tokenizer
 
     src = resolve_model(cfg.model)
-    check_output(cfg, data_cfg, sources=[src])
+    check_output(cfg.output, "output", sources=[src, *input_paths(data_cfg, cfg)], overwrite=cfg.overwrite,
+                 error=PruningConfigError)
     L = AutoConfig.from_pretrained(src).num_hidden_layers
     if cfg.block_size and not 1 <= cfg.block_size < L:
         raise PruningConfigError(f"block_size={cfg.block_size} must be between 1 and {L - 1}")

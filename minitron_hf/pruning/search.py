@@ -209,13 +209,16 @@ def run_search(data_cfg: DataConfig, cfg: SearchConfig) -> dict:
     """Enumerate, choose, prune and score; returns the record written to ``cfg.output``."""
     from transformers import AutoConfig
 
-    from .prune import ImportanceConfig, PruneConfig, check_output, run_importance, run_prune, validation_loss
+    from ..outputs import check_output, input_paths
+    from .prune import ImportanceConfig, PruneConfig, run_importance, run_prune, validation_loss
 
     t0 = time.time()
     check_config(cfg)
-    out = check_output(cfg, data_cfg)
+    out = check_output(cfg.output, "output", sources=input_paths(data_cfg, cfg), overwrite=cfg.overwrite,
+                       error=PruningConfigError)
     src = resolve_model(cfg.model)
-    check_output(cfg, data_cfg, sources=[src])
+    check_output(cfg.output, "output", sources=[src, *input_paths(data_cfg, cfg)], overwrite=cfg.overwrite,
+                 error=PruningConfigError)
     config = AutoConfig.from_pretrained(src)
     check_family(config, cfg)
     total = count_parameters(config)[cfg.count]
