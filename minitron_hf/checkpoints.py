@@ -44,6 +44,7 @@ from pathlib import Path
 import torch
 
 from .errors import MinitronError
+from .model_files import index_shards
 from .outputs import safetensors_problem, write_checkpoint_atomically
 from .storage import no_space as _no_space, torch_write_failed
 
@@ -127,8 +128,8 @@ def checkpoint_step(path: str | Path) -> int | None:
 
 def _index_problem(index: Path, check) -> str | None:
     try:
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        shards = index_shards(index)
+    except MinitronError as e:
         return f"{index.name} is unreadable ({e})"
     for s in shards:
         p = check(index.parent / s)

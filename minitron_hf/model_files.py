@@ -50,6 +50,28 @@ def check_checkpoint(path, field: str = "model_dir") -> Path:
     return verify_checkpoint_files(p)
 
 
+def read_weight_map(index) -> dict[str, str]:
+    """The ``weight_map`` (tensor name -> shard file name) of a ``*.safetensors.index.json``: the one parser of shard
+    indexes. A file that is not JSON, not an object with a ``weight_map`` of names, or that names a shard outside its
+    own folder (``../x``, an absolute path) is a :class:`~minitron_hf.outputs.CorruptFileError` naming it."""
+    index = Path(index)
+    data = read_json(index)
+    wm = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(wm, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in wm.items()):
+        raise CorruptFileError(index, "is not a shard index (a JSON object whose weight_map maps tensor names to "
+                                      "file names)")
+    outside = sorted(v for v in set(wm.values()) if Path(v).name != v or v in ("", ".", ".."))
+    if outside:
+        raise CorruptFileError(index, f"names a shard outside its folder ({outside[0]!r}); shards are file names "
+                                      f"beside the index")
+    return wm
+
+
+def index_shards(index) -> list[str]:
+    """The shard file names a ``*.safetensors.index.json`` names, sorted (:func:`read_weight_map`)."""
+    return sorted(set(read_weight_map(index).values()))
+
+
 def verify_checkpoint_files(path) -> Path:
     """Cheap integrity checks of a checkpoint folder, before anything loads it (headers only, no weights read):
     ``config.json`` is a JSON object with a ``model_type``; every ``*.safetensors`` file (and every shard a
@@ -66,9 +88,7 @@ def verify_checkpoint_files(path) -> Path:
             f" ({', '.join(pickles)}: pickled weights are not loaded, re-save with safetensors)" if pickles else ""))
     index = path / "model.safetensors.index.json"
     if index.exists():
-        idx = read_json(index)
-        shards = set((idx.get("weight_map") or {}).values()) if isinstance(idx, dict) else set()
-        missing = sorted(s for s in shards if not (path / s).is_file())
+        missing = [s for s in index_shards(index) if not (path / s).is_file()]
         if missing:
             raise CorruptFileError(index, f"names shards that are missing: {', '.join(missing)}")
     for f in files:

@@ -21,6 +21,7 @@ import logging
 from pathlib import Path
 
 from .errors import MinitronError
+from .model_files import index_shards
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ def header_shapes(folder: str | Path) -> dict[str, tuple[int, ...]]:
         index = d / f"{stem}.safetensors.index.json"
         files = []
         if index.is_file():
-            files = sorted({d / s for s in json.loads(index.read_text())["weight_map"].values()})
+            files = [d / s for s in index_shards(index)]
         elif (d / f"{stem}.safetensors").is_file():
             files = [d / f"{stem}.safetensors"]
         if files:

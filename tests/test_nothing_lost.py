@@ -305,3 +305,19 @@ def test_publish_dry_run_keeps_the_evaluation_file_it_reads(tiny, tmp_path, caps
     code, err = _cli(capsys, "publish", tiny, "--repo-id", "me/x", "--dry-run", up, "--overwrite", "--evaluation", ev)
     assert code == EXIT_USER_ERROR and "ev.json" in err, err
     assert _tree(up) == before
+
+
+def test_a_shard_index_is_parsed_in_one_place_and_checked(tmp_path):
+    from minitron_hf.model_files import index_shards, read_weight_map
+    from minitron_hf.outputs import CorruptFileError
+    from minitron_hf.pruning.sequential import SequentialError  # noqa: F401  (its reader uses the same parser)
+
+    index = tmp_path / "model.safetensors.index.json"
+    index.write_text(json.dumps({"weight_map": {"a": "s2.safetensors", "b": "s1.safetensors", "c": "s2.safetensors"}}))
+    assert index_shards(index) == ["s1.safetensors", "s2.safetensors"] and read_weight_map(index)["a"] == "s2.safetensors"
+    for bad, why in (([1, 2], "not a shard index"), ({"weight_map": {"a": 3}}, "not a shard index"),
+                     ({"weight_map": {"a": "../../etc/passwd"}}, "outside its folder"),
+                     ({"weight_map": {"a": "/abs/x.safetensors"}}, "outside its folder")):
+        index.write_text(json.dumps(bad))
+        with pytest.raises(CorruptFileError, match=why):
+            index_shards(index)

@@ -46,6 +46,7 @@ from tqdm.auto import tqdm
 
 from ..arch import family_of
 from ..errors import MinitronError
+from ..model_files import read_weight_map
 
 logger = logging.getLogger(__name__)
 
@@ -105,8 +106,6 @@ def checkpoint_tensors(src: Path) -> dict[str, TensorInfo]:
     A sharded checkpoint must be consistent: each tensor the index names is in the shard it names, exactly
     once, and no shard holds tensors the index does not name. Anything else is an error naming the tensor
     and the files, before any weight is read."""
-    import json
-
     from safetensors import safe_open
 
     src = Path(src)
@@ -121,10 +120,7 @@ def checkpoint_tensors(src: Path) -> dict[str, TensorInfo]:
             raise SequentialError(f"{f}: not a readable safetensors file ({type(e).__name__}: {e})") from None
 
     if index.exists():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (ValueError, KeyError, TypeError):
-            raise SequentialError(f"{index}: not a safetensors index (a JSON object with a weight_map)") from None
+        weight_map = read_weight_map(index)
         out: dict[str, TensorInfo] = {}
         where: dict[str, Path] = {}
         for shard in sorted(set(weight_map.values())):

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from ..arch import count_parameters, family_of
 from ..errors import MinitronError
+from ..model_files import index_shards
 
 logger = logging.getLogger(__name__)
 
@@ -421,8 +422,7 @@ def slice_tensor(name: str, t: torch.Tensor, plan: PrunePlan) -> tuple[str, torc
 def checkpoint_files(src: Path) -> list[Path]:
     index = src / "model.safetensors.index.json"
     if index.exists():
-        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        return [src / n for n in names]
+        return [src / n for n in index_shards(index)]
     single = src / "model.safetensors"
     if single.exists():
         return [single]
