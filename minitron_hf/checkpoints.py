@@ -793,7 +793,8 @@ class CheckpointMixin:
         with watch_preemption(self) as jit:  # enable_jit_checkpoint: SIGTERM saves, then train() returns early
             result = super().train(ckpt, *args, **kwargs)
         if jit.step is not None:
-            raise preempted(self, jit.step)
+            ckpt = Path(self.args.output_dir) / f"{PREFIX}-{jit.step}"
+            raise preempted(self, jit.step, ckpt if is_complete_checkpoint(ckpt) else None)
         if not self._weights_are_finite():
             loss = self._last_loss_value()
             step = self.state.global_step

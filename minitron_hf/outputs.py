@@ -260,7 +260,7 @@ def dir_size(path) -> int:
     return sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.is_dir() else 0
 
 
-def _disk_full_message(e: OSError, what) -> str:
+def disk_full_message(e: OSError, what) -> str:
     return f"no space left on the device while writing {what}; nothing was replaced. Free some space and run again"
 
 
@@ -291,7 +291,7 @@ def write_checkpoint_atomically(out_dir, write) -> Path:
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(e, OSError) and e.errno == errno.ENOSPC:
-            raise OutputError(_disk_full_message(e, out_dir)) from e
+            raise OutputError(disk_full_message(e, out_dir)) from e
         raise
     return out_dir
 
@@ -311,7 +311,7 @@ def write_text_atomically(path, text: str) -> Path:
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(e, OSError) and e.errno == errno.ENOSPC:
-            raise OutputError(_disk_full_message(e, path)) from e
+            raise OutputError(disk_full_message(e, path)) from e
         raise
     return path
 

@@ -245,14 +245,10 @@ def watch_preemption(trainer):
             m.execute_jit_checkpoint = real
 
 
-def preempted(trainer, step: int) -> TrainingPreempted:
-    """The error for a run that stopped after its JIT checkpoint at ``step``; logs where to resume from."""
-    from .checkpoints import PREFIX, is_complete_checkpoint
-
-    out = Path(trainer.args.output_dir)
-    ckpt = out / f"{PREFIX}-{step}"
-    ckpt = ckpt if is_complete_checkpoint(ckpt) else None
-    err = TrainingPreempted(step, ckpt, out)
+def preempted(trainer, step: int, checkpoint: Path | None) -> TrainingPreempted:
+    """The error for a run that stopped after its JIT checkpoint at ``step`` (``checkpoint``: that checkpoint's
+    folder when it is complete, else None); logs where to resume from."""
+    err = TrainingPreempted(step, checkpoint, Path(trainer.args.output_dir))
     if trainer.is_world_process_zero():
         logger.warning("%s", err)
     return err

@@ -67,7 +67,7 @@ class DigestSet:
 # --------------------------------------------------------------------------------------------- writing
 
 
-class _Chunk:
+class Chunk:
     """The files of one chunk being written, under temporary names until :meth:`commit`."""
 
     def __init__(self, out: Path, index: int, dtype: str):
@@ -115,7 +115,7 @@ class _Chunk:
             (self.out / f".{s}-{self.index:05d}.bin.tmp").unlink(missing_ok=True)
 
 
-def _finished_chunks(out: Path, dtype: str) -> list[dict]:
+def finished_chunks(out: Path, dtype: str) -> list[dict]:
     """Chunk records in order, up to the first gap; everything after (a half-written chunk) is removed."""
     from ..outputs import read_json
 
@@ -141,7 +141,7 @@ def _ours(name: str) -> bool:
     return name in (MANIFEST, PROGRESS) or name.startswith((".", "chunk-", *(f"{s}-" for s in SPLITS)))
 
 
-def _remove_ours(out: Path) -> None:
+def remove_ours(out: Path) -> None:
     """Remove the files a preparation wrote (only those: a user's own files in the folder stay)."""
     (out / MANIFEST).unlink(missing_ok=True)  # first: the folder stops counting as complete before shards go
     for p in out.iterdir():
@@ -152,6 +152,6 @@ def _remove_ours(out: Path) -> None:
 def discard(out: Path, created: bool) -> None:
     """Undo a failed first preparation of ``out``: its files, and the folder itself if this preparation created it."""
     if out.is_dir():
-        _remove_ours(out)
+        remove_ours(out)
         if created and not any(p.is_file() or p.is_symlink() for p in out.rglob("*")):
             shutil.rmtree(out, ignore_errors=True)

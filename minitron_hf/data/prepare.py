@@ -41,9 +41,9 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..outputs import OutputError, _disk_full_message, write_json_atomically
-from .chunks import PROGRESS, DigestSet, _Chunk, _finished_chunks, _remove_ours, discard
-from .local import check_source
+from ..outputs import OutputError, disk_full_message, write_json_atomically
+from .chunks import PROGRESS, DigestSet, Chunk, finished_chunks, remove_ours, discard
+from .checks import check_source
 from .sources import MANIFEST, SPLITS, DataConfig, DataError, check_config, digest, is_prepared, iter_documents, \
     source_fingerprint, split_of
 
@@ -139,7 +139,7 @@ def prepare(cfg: DataConfig, tokenizer, output, shard_mb: int = 256, num_proc: i
     as is; one with a different key is refused unless ``overwrite``; an interrupted one with the same key is
     resumed at its first unfinished chunk.
 
-    The source is checked (:func:`~minitron_hf.data.local.check_source`; ``check=False``: the caller did) before
+    The source is checked (:func:`~minitron_hf.data.checks.check_source`; ``check=False``: the caller did) before
     anything is written. A first preparation that fails (bad input found while reading, a full disk: any error but
     an interruption) leaves nothing behind, so the rerun on the fixed input starts clean; an interrupted one keeps
     its finished chunks for the rerun to resume. A full disk is an :class:`~minitron_hf.outputs.OutputError`."""
@@ -173,14 +173,14 @@ def prepare(cfg: DataConfig, tokenizer, output, shard_mb: int = 256, num_proc: i
                 f"a {MANIFEST} that is not a JSON object"
             raise DataError(f"output={str(out)!r} already holds {what}; pass --overwrite to replace it or choose "
                             f"another folder")
-        _remove_ours(out)
+        remove_ours(out)
     elif progress_file.is_file():
         if _get(_json_or_none(progress_file), "key") != key:
             if not overwrite:
                 raise DataError(f"output={str(out)!r} holds an unfinished preparation of other data (an interrupted "
                                 f"run of another source, tokenizer or split); pass --overwrite to replace it or "
                                 f"choose another folder")
-            _remove_ours(out)
+            remove_ours(out)
     elif out.exists() and any(out.iterdir()):
         raise DataError(f"output={str(out)!r} exists and is not a prepared-data folder (no {MANIFEST}); choose a "
                         f"new folder (--overwrite never deletes files it did not write)")
@@ -190,7 +190,7 @@ def prepare(cfg: DataConfig, tokenizer, output, shard_mb: int = 256, num_proc: i
         out.mkdir(parents=True, exist_ok=True)
         if not progress_file.is_file():
             write_json_atomically(progress_file, {"key": key, "tokenizer": info, "started": time.time()})
-        done = _finished_chunks(out, info["dtype"])
+        done = finished_chunks(out, info["dtype"])
         t0 = time.time()
         seen = DigestSet()
         for rec in done:
@@ -207,7 +207,7 @@ def prepare(cfg: DataConfig, tokenizer, output, shard_mb: int = 256, num_proc: i
         if not done:
             discard(out, created)
         if isinstance(e, OSError) and e.errno == errno.ENOSPC:
-            raise OutputError(_disk_full_message(e, f"the prepared data in {out}") + (
+            raise OutputError(disk_full_message(e, f"the prepared data in {out}") + (
                 "" if not done else f" (its {len(done)} finished chunks are kept: the rerun resumes there)")) from e
         raise
 
@@ -248,7 +248,7 @@ def _write_chunks(cfg, tokenizer, info, out, shard_mb, num_proc, seen, skip, fir
         else:
             pool = multiprocessing.get_context("spawn").Pool(num_proc, _worker_init, (pickle.dumps(tokenizer), info))
     pending: deque = deque()  # (async result or encoded tuple, labels, chunk)
-    chunk = _Chunk(out, first_chunk, info["dtype"])
+    chunk = Chunk(out, first_chunk, info["dtype"])
     bar = tqdm(desc="prepare", unit="tok", unit_scale=True, disable=not progress, leave=False)
 
     def drain(limit: int) -> None:
@@ -298,7 +298,7 @@ def _write_chunks(cfg, tokenizer, info, out, shard_mb, num_proc, seen, skip, fir
                 submit()
                 drain(0)
                 written.append(chunk.commit(n))
-                chunk = _Chunk(out, chunk.index + 1, info["dtype"])
+                chunk = Chunk(out, chunk.index + 1, info["dtype"])
             if cfg.max_documents is not None and stats["kept"] >= cfg.max_documents:
                 break
         submit()

@@ -30,18 +30,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import MinitronError
+from .base import DEFAULT_DATA, LOCAL_EXTENSIONS, MANIFEST, SPLITS, DataError  # noqa: F401  (the package's names)
+from .local import files_fingerprint, local_files
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_DATA = "python-docs"
-SPLITS = ("train", "validation", "calibration")
-LOCAL_EXTENSIONS = (".json", ".jsonl", ".parquet", ".txt")
-MANIFEST = "manifest.json"
-
-
-class DataError(MinitronError):
-    """Data that cannot be used; the message names the field, the value and what is allowed."""
 
 
 @dataclass
@@ -158,13 +150,6 @@ def python_docs_documents() -> tuple[tuple[str, str], ...]:
     return tuple(docs)
 
 
-def _local_files(path: Path, data: str | None = None) -> list[Path]:
-    """The file itself, or every supported file under the directory: :func:`minitron_hf.data.local.local_files`."""
-    from .local import local_files
-
-    return local_files(path, data)
-
-
 def read_text_file(f: Path, data: str) -> str:
     """A ``.txt`` document: UTF-8 text, or an error naming the file. Binary or mis-encoded files would otherwise
     be trained on as U+FFFD garbage; so would text that is mostly replacement or control characters."""
@@ -218,7 +203,7 @@ def read_rows_file(f: Path, field: str = "data", error=None) -> list[dict]:
     return rows
 
 
-def _looks_like_path(data: str) -> bool:
+def looks_like_path(data: str) -> bool:
     """Hub ids are ``name`` or ``owner/name``; anything else that does not exist is a missing local path."""
     return (data.startswith((".", "/", "~", "\\")) or data.count("/") > 1 or "\\" in data
             or Path(data).suffix.lower() in LOCAL_EXTENSIONS)
@@ -242,10 +227,10 @@ def _jsonl_documents(f: Path, cfg: DataConfig) -> Iterator[tuple[str, str]]:
                 row = json.loads(line)
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
                 raise DataError(f"data={cfg.describe()!r}: {f} line {i} is not valid JSON ({getattr(e, 'msg', e)})") from None
-            yield f"{f}:{i}", _row_text(row, cfg, f"{f} line {i}")
+            yield f"{f}:{i}", row_text(row, cfg, f"{f} line {i}")
 
 
-def _row_text(row, cfg: DataConfig, where: str) -> str:
+def row_text(row, cfg: DataConfig, where: str) -> str:
     if not isinstance(row, dict):
         raise DataError(f"data={cfg.describe()!r}: {where} is not a JSON object")
     if cfg.text_field not in row:
@@ -259,7 +244,7 @@ def _row_text(row, cfg: DataConfig, where: str) -> str:
     return text or ""
 
 
-def _parquet_file(f: Path, cfg: DataConfig):
+def parquet_file(f: Path, cfg: DataConfig):
     """``f`` opened as a ``pyarrow.parquet.ParquetFile`` (its footer read), with a string column ``text_field``."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -281,7 +266,7 @@ def _parquet_file(f: Path, cfg: DataConfig):
 
 
 def _parquet_documents(f: Path, cfg: DataConfig) -> Iterator[tuple[str, str]]:
-    pf = _parquet_file(f, cfg)
+    pf = parquet_file(f, cfg)
     i = 0
     batches = pf.iter_batches(batch_size=1024, columns=[cfg.text_field])
     while True:
@@ -322,7 +307,7 @@ def is_prepared(data) -> bool:
 def is_hub(data) -> bool:
     """Whether ``data`` would be read from the Hub (not the embedded default, a local path or a blend)."""
     return (isinstance(data, str) and not is_embedded(data) and not Path(data).expanduser().exists()
-            and not _looks_like_path(data) and not data.lstrip().startswith("["))
+            and not looks_like_path(data) and not data.lstrip().startswith("["))
 
 
 def iter_documents(cfg: DataConfig) -> Iterator[tuple[str, str]]:
@@ -338,7 +323,7 @@ def iter_documents(cfg: DataConfig) -> Iterator[tuple[str, str]]:
     if path.exists():
         if (path / MANIFEST).is_file():
             raise DataError(f"data={cfg.data!r} is a prepared token folder; it holds tokens, not documents")
-        for f in _local_files(path, cfg.data):
+        for f in local_files(path, cfg.data):
             kind = f.suffix.lower()
             if kind == ".txt":
                 text = read_text_file(f, cfg.data)
@@ -350,11 +335,11 @@ def iter_documents(cfg: DataConfig) -> Iterator[tuple[str, str]]:
             elif kind == ".parquet":
                 rows = _parquet_documents(f, cfg)
             else:
-                rows = ((f"{f}:{i}", _row_text(r, cfg, f"{f} row {i + 1}"))
+                rows = ((f"{f}:{i}", row_text(r, cfg, f"{f} row {i + 1}"))
                         for i, r in enumerate(read_rows_file(f, "data", DataError)))
             yield from ((k, t) for k, t in rows if t.strip())
         return
-    if _looks_like_path(cfg.data):
+    if looks_like_path(cfg.data):
         raise missing_path_error(cfg.data)
     yield from ((k, t) for k, t in hub_documents(cfg) if t.strip())
 
@@ -376,7 +361,7 @@ def open_hub(cfg: DataConfig, streaming: bool = True):
 def hub_documents(cfg: DataConfig, ds=None) -> Iterator[tuple[str, str]]:
     ds = open_hub(cfg) if ds is None else ds
     for i, row in enumerate(ds):
-        yield f"{cfg.data}:{i}", _row_text(row, cfg, f"{cfg.data!r} row {i}")
+        yield f"{cfg.data}:{i}", row_text(row, cfg, f"{cfg.data!r} row {i}")
 
 
 def digest(text: str) -> bytes:
@@ -439,9 +424,7 @@ def source_fingerprint(cfg: DataConfig) -> str:
     else:
         path = Path(cfg.data).expanduser()
         if path.exists():
-            from .local import files_fingerprint
-
-            h.update(files_fingerprint(_local_files(path, cfg.data)).encode())
+            h.update(files_fingerprint(local_files(path, cfg.data)).encode())
         else:
             h.update(f"hub\0{cfg.data}\0{cfg.data_config}\0{cfg.data_split}".encode())
     return h.hexdigest()

@@ -72,7 +72,7 @@ import numpy as np
 import torch
 
 from .prepare import encode, tokenizer_info
-from .sources import (DEFAULT_DATA, DataConfig, DataError, is_embedded, _local_files, _looks_like_path, _row_text, check_config,
+from .sources import (DEFAULT_DATA, DataConfig, DataError, is_embedded, local_files, looks_like_path, row_text, check_config,
                       digest, is_prepared, open_hub, split_of)
 
 logger = logging.getLogger(__name__)
@@ -157,7 +157,7 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
             raise DataError(f"data={cfg.data!r} is a prepared token folder; read it with streaming: false")
         path = Path(cfg.data).expanduser()
         if path.exists():
-            files = _local_files(path, cfg.data)
+            files = local_files(path, cfg.data)
             kinds = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
             builders = {kinds.get(f.suffix.lower()) for f in files}
             if None in builders:
@@ -170,7 +170,7 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
                                              streaming=True)
             except Exception as e:
                 raise DataError(f"data={cfg.data!r} could not be opened as a stream ({type(e).__name__}: {e})") from e
-        if _looks_like_path(cfg.data):
+        if looks_like_path(cfg.data):
             raise DataError(f"data={cfg.data!r}: no such file or directory (streaming reads a Hub dataset id "
                             f"'owner/name' or local jsonl/json/parquet files)")
         return open_hub(cfg, streaming=True)
@@ -193,7 +193,7 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
         cfg, ds = self.cfg, self.dataset
         texts, states, chars = [], [], 0
         for i, row in enumerate(ds):
-            text = _row_text(row, cfg, f"row {i} of rank {self.rank}'s stream (from where it started)")
+            text = row_text(row, cfg, f"row {i} of rank {self.rank}'s stream (from where it started)")
             if not text.strip() or split_of(digest(text), cfg) != "train":
                 continue
             texts.append(text)
