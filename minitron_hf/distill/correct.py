@@ -24,7 +24,6 @@ from ..data import BlockDataset, DataConfig, collate_blocks, load_blocks, train_
 from ..loading import load_model, load_tokenizer, resolve_model
 from .trainer import BaselineEvaluation, TrainArgs, eval_curve
 from ..arch import family_of
-from ..compat import check_vocab
 from ..checkpoints import CheckpointMixin, check_output_dir, remove_checkpoints, save_trained
 from ..outputs import input_paths
 from ..distributed import fsdp_requested
@@ -110,8 +109,7 @@ def _run_correction(data_cfg: DataConfig, cfg: CorrectionConfig, args: TrainArgs
     resume = check_output_dir(args.output_dir, args.resume_from_checkpoint, cfg.overwrite, CorrectionError,
                               args=args, sources=[cfg.model, *input_paths(data_cfg, cfg)])
     src = resolve_model(cfg.model)
-    tok = load_tokenizer(src)
-    check_vocab(src, tok, cfg.model, error=CorrectionError)  # before any data is tokenized or weights load
+    tok = load_tokenizer(src)  # before any data is tokenized or weights load: its ids fit the model
     if resume is not None:  # a checkpoint of another model: refused from the headers, before weights load
         from transformers import AutoConfig
 

@@ -88,7 +88,7 @@ def _run_distill(data_cfg: DataConfig, script: DistillScriptConfig, args: Distil
         def __init__(self, c):
             self.config = c
 
-    check_vocab(t_cfg, tok, script.teacher, error=DistillationError)  # every id the data holds has a row in both
+    # load_tokenizer checked the teacher; every id the data holds needs a row in the student too
     check_vocab(s_cfg, tok, script.student, tokenizer_name=script.teacher, error=DistillationError)
     check_pair(_C(s_cfg), _C(t_cfg), seq_len=script.seq_len, tokenizer_size=tokenizer_id_count(tok))
     if resume is not None:  # a checkpoint of another student: refused from the headers, before weights load

@@ -302,10 +302,7 @@ def run_prune(data_cfg: DataConfig, cfg: PruneConfig) -> dict:
         raise PruningConfigError("iterative_steps > 1 runs in a single process; launch without accelerate")
     from ..loading import load_tokenizer
 
-    tokenizer = load_tokenizer(src)
-    from ..compat import check_vocab
-
-    check_vocab(config, tokenizer, cfg.model, error=PruningConfigError)
+    tokenizer = load_tokenizer(src)  # checks that its ids fit the model's vocabulary
     device = state.device if state.num_processes > 1 else _device(cfg.device)
     dtype = DTYPES[cfg.dtype]
     width = target.width_fields()  # given width fields, even equal to the source's: rank and reorder
@@ -447,10 +444,7 @@ def run_importance(data_cfg: DataConfig, cfg: ImportanceConfig) -> dict:
         raise PruningConfigError(f"block_size={cfg.block_size} must be between 1 and {L - 1}")
     device = _device(cfg.device)
     seq = decide_sequential(cfg, src, DTYPES[cfg.dtype], device)
-    tokenizer = load_tokenizer(src)
-    from ..compat import check_vocab
-
-    check_vocab(src, tokenizer, cfg.model, error=PruningConfigError)
+    tokenizer = load_tokenizer(src)  # checks that its ids fit the model's vocabulary
     calib = load_blocks(data_cfg, tokenizer, "calibration", cfg.seq_len, cfg.calib_samples)
     val = load_blocks(data_cfg, tokenizer, "validation", cfg.seq_len, cfg.val_samples) if cfg.block_size else None
     t0 = time.time()
@@ -489,12 +483,8 @@ def validation_loss(model_dir, data_cfg: DataConfig, samples: int = 32, seq_len:
     from ..loading import load_tokenizer
     from .depth import lm_loss
 
-    from .trim import PruningConfigError
 
-    from ..compat import check_vocab
-
-    tok = load_tokenizer(model_dir)
-    check_vocab(resolve_model(model_dir), tok, model_dir, error=PruningConfigError)  # before the weights load
+    tok = load_tokenizer(model_dir)  # before the weights load: its ids fit the model's vocabulary
     model = load_model(model_dir, device=device)
     blocks = load_blocks(data_cfg, tok, "validation", seq_len, samples)
     return lm_loss(model, blocks, batch_size)
