@@ -31,6 +31,25 @@ class ConfigError(MinitronError):
     """A config file or option that cannot be used."""
 
 
+# --- value checks for __post_init__ (the validation rule: docs/development.md) ---
+
+def at_least(cfg, names, low: int = 1, error: type[MinitronError] = ConfigError, optional: tuple[str, ...] = ()) -> None:
+    """Raise ``error`` naming the first field of ``names`` whose value is below ``low`` (fields in ``optional`` may
+    also be None: unset)."""
+    for name in names:
+        v = getattr(cfg, name)
+        if v is None and name in optional:
+            continue
+        if v is None or v < low:
+            raise error(f"{name}={v!r} must be >= {low}" + (" (or unset)" if name in optional else ""))
+
+
+def one_of(name: str, value, allowed, error: type[MinitronError] = ConfigError) -> None:
+    """Raise ``error`` when ``value`` is not in ``allowed``, naming the field and the allowed values."""
+    if value not in allowed:
+        raise error(f"{name}={value!r} is not one of {', '.join(map(str, allowed))}")
+
+
 def _base_type(tp):
     """(scalar type, is_list) for annotations like ``int | None`` or ``list[int] | None``."""
     origin = typing.get_origin(tp)

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .harness import check_tasks, evaluate_model, score, task_manager
-from .suite import EvalError, ServedModelOptions, Suite, at_least
+from ..config import at_least
+from .suite import EvalError, ServedModelOptions, Suite
 
 logger = logging.getLogger(__name__)
 
@@ -69,8 +70,8 @@ class BaseEvalConfig(ServedModelOptions):
             raise EvalError(f"tasks={self.tasks!r}: name at least one lm-eval task")
         if self.limit is not None and self.limit <= 0:
             raise EvalError(f"limit={self.limit} must be > 0 (a count, or a fraction < 1; unset: every example)")
-        at_least(self, ("batch_size",))
-        at_least(self, ("num_fewshot",), low=0, optional=("num_fewshot",))
+        at_least(self, ("batch_size",), error=EvalError)
+        at_least(self, ("num_fewshot",), low=0, optional=("num_fewshot",), error=EvalError)
 
 
 def _settings(task: str, cfg: BaseEvalConfig) -> tuple[int | None, str, str]:

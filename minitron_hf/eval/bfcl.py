@@ -36,7 +36,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .suite import EvalError, ServedModelOptions, Suite, at_least, one_of
+from ..config import at_least, one_of
+from .suite import EvalError, ServedModelOptions, Suite
 
 logger = logging.getLogger(__name__)
 

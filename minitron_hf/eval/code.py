@@ -83,7 +83,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-from .suite import EvalError, ServedModelOptions, Suite, at_least, one_of
+from ..config import at_least, one_of
+from .suite import EvalError, ServedModelOptions, Suite
 
 logger = logging.getLogger(__name__)
 

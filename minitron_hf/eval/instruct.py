@@ -35,7 +35,8 @@ from pathlib import Path
 
 from . import write_results
 from .harness import check_tasks, evaluate_model, score, task_manager, wrap_model
-from .suite import EvalError, Suite, at_least, one_of
+from ..config import at_least, one_of
+from .suite import EvalError, Suite
 
 logger = logging.getLogger(__name__)
 
@@ -118,10 +119,10 @@ class InstructEvalConfig:
 
     def __post_init__(self):
         benches = check_benchmarks(self.benchmarks)
-        at_least(self, ("batch_size", "code_samples"))
-        at_least(self, ("max_new_tokens", "limit"), optional=("max_new_tokens", "limit"))
-        at_least(self, ("mmlu_fewshot",), low=0)
-        one_of("chat_template", self.chat_template, CHAT_TEMPLATE)
+        at_least(self, ("batch_size", "code_samples"), error=EvalError)
+        at_least(self, ("max_new_tokens", "limit"), optional=("max_new_tokens", "limit"), error=EvalError)
+        at_least(self, ("mmlu_fewshot",), low=0, error=EvalError)
+        one_of("chat_template", self.chat_template, CHAT_TEMPLATE, error=EvalError)
         if self.code_temperature < 0:
             raise EvalError(f"code_temperature={self.code_temperature} must be >= 0 (0 = greedy)")
         for b in benches:

@@ -38,7 +38,8 @@ from pathlib import Path
 from typing import ClassVar
 
 from . import endpoint
-from .suite import DEFAULT_CONCURRENCY, EvalError, ServedModelOptions, Suite, at_least, one_of
+from ..config import at_least, one_of
+from .suite import DEFAULT_CONCURRENCY, EvalError, ServedModelOptions, Suite
 
 logger = logging.getLogger(__name__)
 

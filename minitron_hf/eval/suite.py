@@ -34,6 +34,7 @@ import logging
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
+from ..config import at_least
 from ..errors import MinitronError
 
 logger = logging.getLogger(__name__)
@@ -73,27 +74,10 @@ class ServedModelOptions:
         "help": f"requests in flight at once at model_base_url (default {DEFAULT_CONCURRENCY})"})
 
     def __post_init__(self):
-        at_least(self, ("model_concurrency",))
+        at_least(self, ("model_concurrency",), error=EvalError)
         if self.model_base_url is not None and not str(self.model_base_url).startswith(("http://", "https://")):
             raise EvalError(f"model_base_url={self.model_base_url!r}: expected the URL of an OpenAI-compatible API, "
                             f"e.g. http://127.0.0.1:8000/v1 (vLLM), or unset to load checkpoints")
-
-
-def at_least(cfg, names, low: int = 1, error: type[MinitronError] = EvalError, optional: tuple[str, ...] = ()) -> None:
-    """Raise ``error`` naming the first field of ``names`` whose value is below ``low`` (fields in ``optional`` may
-    also be None: unset)."""
-    for name in names:
-        v = getattr(cfg, name)
-        if v is None and name in optional:
-            continue
-        if v is None or v < low:
-            raise error(f"{name}={v!r} must be >= {low}" + (" (or unset)" if name in optional else ""))
-
-
-def one_of(name: str, value, allowed, error: type[MinitronError] = EvalError) -> None:
-    """Raise ``error`` when ``value`` is not in ``allowed``, naming the field and the allowed values."""
-    if value not in allowed:
-        raise error(f"{name}={value!r} is not one of {', '.join(map(str, allowed))}")
 
 
 class Suite:
