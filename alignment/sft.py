@@ -1,5 +1,5 @@
-"""Supervised fine-tuning of a distilled student, the first alignment steps of the instruct variants
-(arXiv 2408.11796 sec. 3.5: math and code SFT, then instruction SFT; TRL's SFTTrainer).
+"""Entry script for `minitron align sft`: supervised fine-tuning of a distilled student, the first alignment steps of
+the instruct variants (arXiv 2408.11796 sec. 3.5: math and code SFT, then instruction SFT; TRL's SFTTrainer).
 
     python alignment/sft.py --config alignment/configs/smollm2-135m/sft-math-code.yaml
     python alignment/sft.py --config alignment/configs/smollm2-135m/sft-instructions.yaml

@@ -49,7 +49,8 @@ logger = logging.getLogger("chat_mix")
 
 def prune_once():
     from minitron_hf.data import DataConfig
-    from minitron_hf.pruning.prune import PruneConfig, run_prune
+    from minitron_hf.pruning.config import PruneConfig
+    from minitron_hf.pruning.prune import run_prune
 
     out = RUNS / "pruned"
     if (out / "config.json").exists():
@@ -199,7 +200,7 @@ def evaluate(name: str, model_dir, held, rcfg, fresh: bool) -> dict:
     from minitron_hf.data import DataConfig
     from minitron_hf.generation import generate_texts
     from minitron_hf.loading import load_model, load_tokenizer, resolve_model
-    from minitron_hf.pruning.prune import validation_loss
+    from minitron_hf.lm_loss import validation_loss
 
     cache = RUNS / f"eval_{name}.json"
     if cache.exists() and not fresh:

@@ -67,7 +67,8 @@ def make_teacher(shape: dict, tokenizer: Path, dest: Path, device: str) -> dict:
 
 def prune(teacher: Path, dest: Path, target: dict, device: str, tiny: bool) -> dict:
     from minitron_hf.data import DataConfig
-    from minitron_hf.pruning.prune import PruneConfig, run_prune
+    from minitron_hf.pruning.config import PruneConfig
+    from minitron_hf.pruning.prune import run_prune
 
     if (dest / "config.json").exists():  # a warm machine keeps it from the last call
         return {"reused": str(dest)}

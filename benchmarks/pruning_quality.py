@@ -18,7 +18,9 @@ from common import write_result
 from minitron_hf.arch import count_parameters
 from minitron_hf.data import DataConfig
 from minitron_hf.loading import resolve_model
-from minitron_hf.pruning.prune import PruneConfig, run_prune, validation_loss
+from minitron_hf.lm_loss import validation_loss
+from minitron_hf.pruning.config import PruneConfig
+from minitron_hf.pruning.prune import run_prune
 
 WIDTH = {"hidden_size": 432, "intermediate_size": 768}
 HEADS = {"num_attention_heads": 6, "num_key_value_heads": 3}

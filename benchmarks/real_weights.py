@@ -37,7 +37,7 @@ from bos_packing import GGUF_SHA256  # noqa: E402
 from minitron_hf.cli import main  # noqa: E402
 from minitron_hf.default_model import ensure_embedded  # noqa: E402
 from minitron_hf.data import DataConfig  # noqa: E402
-from minitron_hf.pruning.prune import validation_loss  # noqa: E402
+from minitron_hf.lm_loss import validation_loss  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "real_weights.md"
 

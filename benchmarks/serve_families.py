@@ -53,7 +53,8 @@ def build(model_type: str, work: Path, default_dir: Path, head_dim: int | None =
           hidden: tuple[int, int] | None = None) -> tuple[Path, dict]:
     """Tiny source -> pruned checkpoint with the default model's tokenizer; (pruned dir, prune facts)."""
     from minitron_hf.data import DataConfig
-    from minitron_hf.pruning.prune import PruneConfig, run_prune
+    from minitron_hf.pruning.config import PruneConfig
+    from minitron_hf.pruning.prune import run_prune
     from minitron_hf.pruning.trim import copy_aux_files
     from minitron_hf.tiny import serve_config_overrides, serve_target, tiny_model
 

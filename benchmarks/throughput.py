@@ -20,7 +20,8 @@ from common import RESULTS, write_result
 from minitron_hf.data import DataConfig
 from minitron_hf.default_model import ensure_default_model
 from minitron_hf.export.throughput import ThroughputConfig, results_table, run_throughput
-from minitron_hf.pruning.prune import PruneConfig, run_prune
+from minitron_hf.pruning.config import PruneConfig
+from minitron_hf.pruning.prune import run_prune
 
 
 def main() -> None:

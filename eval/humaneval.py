@@ -1,5 +1,5 @@
-"""HumanEval pass@k, teacher vs students, the generated code run sandboxed (arXiv 2408.11796 Table 1: pass@1
-from 20 samples at temperature 0.2, top-p 0.95).
+"""Entry script for `minitron eval humaneval`: HumanEval pass@k, teacher vs students, the generated code run sandboxed
+(arXiv 2408.11796 Table 1: pass@1 from 20 samples at temperature 0.2, top-p 0.95).
 
     python eval/humaneval.py smollm2-135m runs/demo/width/distill/final \\
         --config eval/configs/smollm2-135m/humaneval.yaml

@@ -1,5 +1,5 @@
-"""The instruct benchmarks of aligned models, teacher vs students, in one table (arXiv 2408.11796 Table 2: IFEval,
-MT-Bench, BFCL live, GPQA, HumanEval, MBPP, GSM8K, MMLU).
+"""Entry script for `minitron eval instruct`: the instruct benchmarks of aligned models, teacher vs students, in one
+table (arXiv 2408.11796 Table 2: IFEval, MT-Bench, BFCL live, GPQA, HumanEval, MBPP, GSM8K, MMLU).
 
     OPENAI_API_KEY=sk-... python eval/instruct.py teacher/ width/ depth/ --names teacher width depth \\
         --config eval/configs/smollm2-135m/instruct.yaml

@@ -1,5 +1,6 @@
-"""MT-Bench, teacher vs students: 80 two-turn questions, each answer rated 1-10 by an LLM judge behind an
-OpenAI-compatible API (arXiv 2408.11796 Table 2: GPT-4-Turbo on the corrected reference answers).
+"""Entry script for `minitron eval mtbench`: MT-Bench, teacher vs students: 80 two-turn questions, each answer rated
+1-10 by an LLM judge behind an OpenAI-compatible API (arXiv 2408.11796 Table 2: GPT-4-Turbo on the corrected reference
+answers).
 
     OPENAI_API_KEY=sk-... python eval/mtbench.py smollm2-135m runs/demo/width/distill/final \\
         --config eval/configs/smollm2-135m/mtbench.yaml

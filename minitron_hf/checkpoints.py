@@ -1,129 +1,41 @@
-"""Trainer checkpoints that are never half-written, never poisoned, and resumed from the right folder.
+"""Which ``checkpoint-N`` folders of a trainer's output_dir are complete, and which hold finite weights.
 
-The ``transformers.Trainer`` writes ``output_dir/checkpoint-N`` file by file, in place. A kill or a full
-disk in the middle leaves a ``checkpoint-N`` holding only part of the files (often just
-``model.safetensors``, or nothing), and ``get_last_checkpoint`` (which only reads the step number in the
-name) picks it for every later resume, which then fails forever while the complete ``checkpoint-(N-k)``
-is ignored. A diverged run (NaN weights) was saved like any other.
+The ``transformers.Trainer`` writes ``output_dir/checkpoint-N`` file by file, in place, and ``get_last_checkpoint``
+only reads the step number in the name: a kill or a full disk mid-save leaves a ``checkpoint-N`` holding part of its
+files (often just ``model.safetensors``, or nothing) that every later resume would pick. Here a checkpoint is complete
+when its ``trainer_state.json`` parses, its weights are whole (safetensors headers and lengths, or zip archives), and
+its marker (:data:`MARKER`, written last) is readable: :func:`checkpoint_problem` says why not,
+:func:`latest_complete_checkpoint` skips the partial ones with a log line, and :func:`last_good_checkpoint` is the
+newest one whose weights are finite and that training went on from (what a diverged run names).
 
-:class:`CheckpointMixin`, mixed into every Trainer subclass of the project (distillation, teacher
-correction, SFT, RPO), changes that:
-
-- a checkpoint is written into ``output_dir/tmp-checkpoint-N/checkpoint-N`` (a name that neither
-  ``get_last_checkpoint`` nor checkpoint rotation matches), its files are fsync'ed, a marker
-  (:data:`MARKER`) is written last, and only then it is renamed to ``output_dir/checkpoint-N``;
-  a failed save removes the temporary folder and, for a full disk, says so in one line
-  (:class:`CheckpointSaveError`);
-- the weights are checked for NaN/inf before a checkpoint is written, and the loss at every step:
-  a diverged run stops with :class:`TrainingDivergedError`, which names the newest checkpoint whose
-  weights are finite;
-- ``resume_from_checkpoint=True`` (or ``"true"``) means the newest *complete* checkpoint
-  (:func:`latest_complete_checkpoint`); a given path must be a complete checkpoint;
-- rotation (``save_total_limit``) counts complete checkpoints only, so it never deletes the only
-  complete checkpoint because of a partial one.
-
-:func:`check_output_dir` / :func:`remove_checkpoints` refuse (or, with overwrite, clear) an output
-directory holding checkpoints of an earlier run, and :func:`check_training_arguments` refuses
-nonsensical numeric ``TrainingArguments`` before anything is created.
-
-:func:`save_trained` writes the finished model (not a training checkpoint) as a vanilla ``from_pretrained``
-folder, atomically, also when it is sharded across processes (FSDP, DeepSpeed ZeRO-3).
+Neighbours: the folder names of an output_dir (``checkpoint-N``, ``tmp-checkpoint-N``) and the output checks of
+trainers are in :mod:`minitron_hf.outputs`; ``--resume-from-checkpoint`` and the checks before a resume in
+:mod:`minitron_hf.resume`; the Trainer mixin that writes checkpoints atomically in :mod:`minitron_hf.training`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
-import os
-import re
-import shutil
 import zipfile
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 
 from .errors import MinitronError
 from .model_files import index_shards
-from .outputs import safetensors_problem, write_checkpoint_atomically
-from .storage import no_space as _no_space, torch_write_failed
+from .outputs import checkpoint_step, safetensors_problem
 
 logger = logging.getLogger(__name__)
 
-PREFIX = "checkpoint"  # transformers.trainer_utils.PREFIX_CHECKPOINT_DIR
-DIVERGED_PREFIX = "diverged-checkpoint"  # finite checkpoints a divergence started from: kept, never resumed
-TMP_PREFIX = "tmp-checkpoint"  # checkpoints being written: output_dir/tmp-checkpoint-N/checkpoint-N
 MARKER = "minitron_checkpoint.json"  # written last into a checkpoint: {"step", "finite": true}
 TRAINER_STATE = "trainer_state.json"
 JIT_SENTINEL = "checkpoint-is-incomplete.txt"  # transformers' JIT (on SIGTERM) checkpoint, while it is written
-_CHECKPOINT_RE = re.compile(rf"^{PREFIX}-(\d+)$")
-_TRUE = {"true", "yes", "1", "on"}
-_FALSE = {"false", "no", "0", "off", "none", "null", ""}
-AUTO = "auto"  # resume when there is a complete checkpoint, else start: what a requeued SLURM job passes
 
 
 class CheckpointError(MinitronError):
     """A checkpoint that cannot be used, or an output directory that would lose one."""
-
-
-class CheckpointSaveError(CheckpointError):
-    """Writing a checkpoint failed (e.g. the disk is full); the partial checkpoint was removed."""
-
-
-class TrainingArgumentsError(MinitronError):
-    """A numeric training option outside its valid range; the message names the field and what is allowed."""
-
-
-class TrainingDivergedError(MinitronError, FloatingPointError):
-    """The loss or the weights became NaN/inf: training stopped, and nothing non-finite was saved.
-
-    ``step``, ``loss`` (a float, or None), ``checkpoint`` (the newest checkpoint whose weights are finite,
-    a Path, or None), ``output_dir`` (Path), ``reason`` (what happened) and ``hint`` (how to go on) are
-    attributes; :meth:`with_hint` makes the same error with another hint (e.g. for ``minitron run``).
-    """
-
-    def __init__(self, step: int, loss: float | None, checkpoint: Path | None, output_dir: Path | str,
-                 reason: str | None = None, hint: str | None = None, set_aside: tuple = ()):
-        self.step, self.loss = step, loss
-        self.checkpoint = Path(checkpoint) if checkpoint is not None else None
-        self.output_dir = Path(output_dir)
-        self.reason = reason or f"loss is {_fmt(loss)} at step {step}"
-        self.set_aside = tuple(Path(p) for p in set_aside)
-        if hint is None:
-            hint = ("lower the learning rate or check the data, then "
-                    + (f"resume with --resume-from-checkpoint {self.checkpoint} --learning-rate <lower>"
-                       if self.checkpoint else "start again"))
-        self.hint = hint
-        where = (f"the last good checkpoint (finite weights, and training went on from it) is {self.checkpoint}"
-                 if self.checkpoint else f"there is no good checkpoint in {self.output_dir}")
-        one = len(self.set_aside) == 1
-        aside = (f" ({', '.join(p.name.replace(DIVERGED_PREFIX, PREFIX, 1) for p in self.set_aside)}, finite but "
-                 f"where the divergence started, {'was' if one else 'were'} renamed "
-                 f"{', '.join(p.name for p in self.set_aside)} so that no resume picks {'it' if one else 'them'})"
-                 if self.set_aside else "")
-        super().__init__(f"{self.reason}; stopping, nothing non-finite was saved; {where}{aside}; {hint}")
-
-    def with_hint(self, hint: str) -> "TrainingDivergedError":
-        return TrainingDivergedError(self.step, self.loss, self.checkpoint, self.output_dir, self.reason, hint,
-                                     self.set_aside)
-
-    def __reduce__(self):
-        return (TrainingDivergedError, (self.step, self.loss, self.checkpoint, self.output_dir, self.reason,
-                                        self.hint, self.set_aside))
-
-
-def _fmt(x) -> str:
-    return "unknown" if x is None else f"{x:.6g}" if isinstance(x, float) and math.isfinite(x) else str(x)
-
-
-# --------------------------------------------------------------------------------------------------
-# Which folders are complete checkpoints
-# --------------------------------------------------------------------------------------------------
-
-def checkpoint_step(path: str | Path) -> int | None:
-    """N for a folder named ``checkpoint-N``; None otherwise."""
-    m = _CHECKPOINT_RE.match(Path(path).name)
-    return int(m.group(1)) if m else None
 
 
 def _index_problem(index: Path, check) -> str | None:
@@ -195,24 +107,25 @@ def is_complete_checkpoint(path: str | Path) -> bool:
     return checkpoint_problem(path) is None
 
 
-def _numbered(output_dir: Path) -> list[tuple[int, Path]]:
-    """``checkpoint-N`` folders of ``output_dir``, newest (highest N) first."""
-    if not output_dir.is_dir():
+def numbered_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
+    """(N, folder) for every ``checkpoint-N`` folder of ``output_dir``, complete or not, newest (highest N) first."""
+    out = Path(output_dir)
+    if not out.is_dir():
         return []
-    found = [(checkpoint_step(p), p) for p in output_dir.iterdir() if p.is_dir()]
+    found = [(checkpoint_step(p), p) for p in out.iterdir() if p.is_dir()]
     return sorted(((n, p) for n, p in found if n is not None), reverse=True)
 
 
 def complete_checkpoints(output_dir: str | Path) -> list[Path]:
     """Every complete ``checkpoint-N`` of ``output_dir``, oldest first."""
-    return [p for _, p in reversed(_numbered(Path(output_dir))) if checkpoint_problem(p) is None]
+    return [p for _, p in reversed(numbered_checkpoints(output_dir)) if checkpoint_problem(p) is None]
 
 
 def latest_complete_checkpoint(output_dir: str | Path, log: bool = True) -> Path | None:
     """The newest complete ``checkpoint-N`` of ``output_dir`` (None if there is none); with ``log``, logs
     which one it picked and the newer, partial ones it skipped (e.g. a save interrupted by a kill)."""
     out = Path(output_dir)
-    for n, p in _numbered(out):
+    for n, p in numbered_checkpoints(out):
         problem = checkpoint_problem(p)
         if problem is None:
             if log:
@@ -231,8 +144,6 @@ def _weights_finite(d: Path) -> bool:
             return bool(marker["finite"])
     except (OSError, ValueError):
         pass
-    from safetensors import safe_open
-
     for f in sorted(d.glob("*.safetensors")):
         with safe_open(str(f), framework="pt") as fh:
             for k in fh.keys():
@@ -250,7 +161,7 @@ def last_good_checkpoint(output_dir: str | Path, diverged_at: int | None = None)
     ``diverged_at - 1``; those were finite but produced a non-finite loss or gradient (with a learning rate of
     1e30 the first update leaves finite weights near 1e30, from which every later step overflows). So only
     checkpoints up to step ``diverged_at - 2`` count: at least one more step succeeded from each of them."""
-    for step, p in _numbered(Path(output_dir)):
+    for step, p in numbered_checkpoints(output_dir):
         if diverged_at is not None and step > diverged_at - 2:
             continue
         if checkpoint_problem(p) is None:
@@ -258,583 +169,3 @@ def last_good_checkpoint(output_dir: str | Path, diverged_at: int | None = None)
                 return p
             logger.warning("checkpoint %s has non-finite weights; not a good checkpoint", p)
     return None
-
-
-# --------------------------------------------------------------------------------------------------
-# resume_from_checkpoint and the output directory
-# --------------------------------------------------------------------------------------------------
-
-def parse_resume_flag(value) -> bool | str | None:
-    """``resume_from_checkpoint`` as given (bool, CLI string or path) -> True, None or a path string:
-    "true"/"1"/"yes" mean True (the newest complete checkpoint), "false"/"0"/"no"/"" mean no resume, and "auto"
-    stays "auto" (the newest complete checkpoint if there is one, else a fresh start: for requeued cluster jobs)."""
-    if value is None or value is False:
-        return None
-    if value is True:
-        return True
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    s = str(value).strip()
-    if s.lower() in _TRUE:
-        return True
-    if s.lower() in _FALSE:
-        return None
-    if s.lower() == AUTO:
-        return AUTO
-    return s
-
-
-def resolve_resume(value, output_dir: str | Path) -> str | None:
-    """The checkpoint folder to resume from (a path string) or None; raises :class:`CheckpointError` naming
-    the folder when it is missing or not complete, or when True is asked and there is no complete checkpoint."""
-    flag = parse_resume_flag(value)
-    if flag is None:
-        return None
-    out = Path(output_dir)
-    if flag == AUTO:
-        ckpt = latest_complete_checkpoint(out)
-        if ckpt is None:
-            logger.info("resume_from_checkpoint=auto: no complete checkpoint in %s, starting from step 0", out)
-        return None if ckpt is None else str(ckpt)
-    if flag is True:
-        ckpt = latest_complete_checkpoint(out)
-        if ckpt is None:
-            partial = [p.name for _, p in _numbered(out)]
-            raise CheckpointError(
-                f"resume_from_checkpoint=true: output_dir {out} holds no complete checkpoint"
-                + (f" (only partial ones: {', '.join(partial)})" if partial else "")
-                + "; drop --resume-from-checkpoint to start over")
-        logger.info("resuming from %s", ckpt)
-        return str(ckpt)
-    p = Path(flag).expanduser()
-    if not p.exists():
-        raise CheckpointError(f"resume_from_checkpoint={flag}: no such directory; give a checkpoint-N folder, or "
-                              f"true for the newest complete one in output_dir")
-    problem = checkpoint_problem(p)
-    if problem is not None:
-        inside = latest_complete_checkpoint(p, log=False) if p.is_dir() else None
-        raise CheckpointError(
-            f"resume_from_checkpoint={flag} is not a complete checkpoint ({problem})"
-            + (f"; did you mean {inside}?" if inside else
-               f"; give a complete checkpoint-N folder, or true for the newest complete one in {out}"))
-    logger.info("resuming from %s", p)
-    return str(p)
-
-
-def _leftovers(out: Path) -> list[Path]:
-    """``checkpoint-N`` folders and unfinished ``tmp-checkpoint-*`` saves of ``out``."""
-    if not out.is_dir():
-        return []
-    return sorted(p for p in out.iterdir()
-                  if p.is_dir() and (checkpoint_step(p) is not None or p.name.startswith(TMP_PREFIX + "-")))
-
-
-def require_output_dir(output_dir, error=CheckpointError, *, args=None, sources=()) -> Path:
-    """A trainer's ``output_dir`` was given (``args``: transformers would silently use ./trainer_output) and is
-    writable, and its ``final/`` (the folder a run replaces) is not, around or inside any of ``sources`` (the
-    models it reads); else ``error``. The output_dir itself may hold other things, the sources included."""
-    from .outputs import check_output, lock_folder
-
-    if args is not None and not getattr(args, "output_dir_given", True):
-        raise error("output_dir is required: the folder for checkpoints and the final model (--output-dir DIR)")
-    check_output(Path(output_dir) / "final", "output_dir's final model", sources=sources, overwrite=True,
-                 error=error)
-    _check_sources_outside_run_folders(Path(output_dir), sources, error)
-    # the whole output_dir is this command's for its duration (checkpoints, logs, final/)
-    lock_folder(Path(output_dir).expanduser().resolve(), "output_dir", output_dir)
-    return Path(output_dir)
-
-
-def _check_sources_outside_run_folders(out: Path, sources, error) -> None:
-    """No input lies inside a folder of ``out`` that training writes, replaces or removes (``checkpoint-N``,
-    ``tmp-checkpoint-*``, ``final``): distilling from ``out/checkpoint-1`` into ``out`` would overwrite the student
-    it reads (a new checkpoint-1, or ``--overwrite`` removing the old ones)."""
-    out = out.expanduser().resolve()
-    for src in sources:
-        if src is None or not Path(src).expanduser().exists():
-            continue
-        s = Path(src).expanduser().resolve()
-        if out not in s.parents:
-            continue
-        top = out / s.relative_to(out).parts[0]
-        if checkpoint_step(top) is not None or top.name.startswith(TMP_PREFIX) or top.name == "final":
-            raise error(f"the input {str(src)!r} lies inside {top}, which a run into output_dir={str(out)!r} writes, "
-                        f"replaces or removes; copy it out of output_dir first, or choose another output_dir")
-
-
-def check_output_dir(output_dir: str | Path, resume, overwrite: bool, error=CheckpointError, *, args=None,
-                     sources=()) -> str | None:
-    """Before training into ``output_dir``: the checkpoint to resume from (resolved, see :func:`resolve_resume`),
-    or None. Without resume and without ``overwrite``, an output_dir holding a complete checkpoint of an
-    earlier run is an ``error`` (a :class:`~minitron_hf.errors.MinitronError` class): it would be overwritten.
-    With ``overwrite`` the caller removes the old checkpoints with :func:`remove_checkpoints` before training.
-
-    ``args`` (the TrainingArguments): output_dir must have been given (transformers would write ./trainer_output).
-    ``sources`` (the models read): output_dir may not be, contain or lie inside one; it must be writable."""
-    require_output_dir(output_dir, error, args=args, sources=sources)
-    out = Path(output_dir)
-    if parse_resume_flag(resume) is not None:
-        return resolve_resume(resume, out)
-    if overwrite:
-        return None
-    newest = latest_complete_checkpoint(out, log=False)
-    if newest is not None:
-        raise error(f"output_dir {out} holds checkpoints from an earlier run (newest complete: {newest.name}); pass "
-                    f"--resume-from-checkpoint true to continue it or --overwrite to start over")
-    partial = _leftovers(out)
-    if partial:
-        logger.warning("output_dir %s holds partial checkpoints of an earlier run (%s); they cannot be resumed and "
-                       "will be replaced", out, ", ".join(p.name for p in partial))
-    return None
-
-
-def remove_checkpoints(output_dir: str | Path) -> list[Path]:
-    """Remove the ``checkpoint-N`` and ``tmp-checkpoint-*`` folders of ``output_dir`` (nothing else); returns them."""
-    gone = _leftovers(Path(output_dir))
-    for p in gone:
-        shutil.rmtree(p)
-    if gone:
-        logger.info("removed %d checkpoint folder(s) of an earlier run from %s: %s", len(gone), output_dir,
-                    ", ".join(p.name for p in gone))
-    return gone
-
-
-# --------------------------------------------------------------------------------------------------
-# TrainingArguments numbers
-# --------------------------------------------------------------------------------------------------
-
-def _is_int(v: float) -> bool:
-    return math.isfinite(v) and v == int(v)
-
-
-_STEPS = "> 0 (a number of steps, or a fraction of the total steps below 1)"
-_RULES = (  # field, valid?, what is allowed
-    ("max_steps", lambda v: v == -1 or (v >= 1 and _is_int(v)),
-     "a whole number of optimizer steps >= 1, or -1 to train num_train_epochs epochs"),
-    ("num_train_epochs", lambda v: 0 < v < math.inf, "a number > 0"),
-    ("learning_rate", lambda v: 0 <= v < math.inf, "a finite number >= 0"),
-    ("per_device_train_batch_size", lambda v: v >= 1 and _is_int(v), "a whole number >= 1"),
-    ("per_device_eval_batch_size", lambda v: v >= 1 and _is_int(v), "a whole number >= 1"),
-    ("gradient_accumulation_steps", lambda v: v >= 1 and _is_int(v), "a whole number >= 1"),
-    ("eval_accumulation_steps", lambda v: v >= 1 and _is_int(v), "a whole number >= 1 (or unset)"),
-    ("save_steps", lambda v: 0 < v < math.inf, _STEPS),
-    ("eval_steps", lambda v: 0 < v < math.inf, _STEPS + " (or unset)"),
-    ("logging_steps", lambda v: 0 < v < math.inf, _STEPS),
-    ("warmup_steps", lambda v: 0 <= v < math.inf, ">= 0 (a number of steps, or a fraction of the total steps below 1)"),
-    ("warmup_ratio", lambda v: 0 <= v < 1, "in [0, 1)"),
-    ("weight_decay", lambda v: 0 <= v < math.inf, "a finite number >= 0"),
-    ("max_grad_norm", lambda v: 0 <= v < math.inf, "a finite number >= 0 (0 disables clipping)"),
-    ("adam_beta1", lambda v: 0 <= v < 1, "in [0, 1)"),
-    ("adam_beta2", lambda v: 0 <= v < 1, "in [0, 1)"),
-    ("adam_epsilon", lambda v: 0 <= v < math.inf, "a finite number >= 0"),
-    ("label_smoothing_factor", lambda v: 0 <= v < 1, "in [0, 1)"),
-    ("save_total_limit", lambda v: v >= 0 and _is_int(v), "a whole number >= 1 (or unset for no limit)"),
-    ("dataloader_num_workers", lambda v: v >= 0 and _is_int(v), "a whole number >= 0"),
-    ("seed", lambda v: 0 <= v < 2**32 and _is_int(v), "a whole number in [0, 2**32)"),
-    ("data_seed", lambda v: 0 <= v < 2**32 and _is_int(v), "a whole number in [0, 2**32) (or unset)"),
-)
-
-
-def check_training_arguments(args) -> None:
-    """Refuse nonsensical numeric ``TrainingArguments`` (any subclass: ours, TRL's SFT/DPO configs) with one
-    :class:`TrainingArgumentsError` naming every bad field and what it allows; call it first thing in
-    ``__post_init__``, before anything is created. Also normalises ``resume_from_checkpoint`` given as a
-    string ("true" -> True, "false"/"" -> None, see :func:`parse_resume_flag`)."""
-    # transformers replaces a missing output_dir by ./trainer_output; the commands require one (check_output_dir)
-    object.__setattr__(args, "output_dir_given", bool(args.output_dir))
-    bad = []
-    for name, ok, allowed in _RULES:
-        v = getattr(args, name, None)
-        if v is None or isinstance(v, bool):
-            continue
-        try:
-            x = float(v)
-        except (TypeError, ValueError):
-            continue  # not a number: left to TrainingArguments' own checks
-        if math.isnan(x) or not ok(x):
-            bad.append(f"{name}={v!r} (must be {allowed})")
-    if bad:
-        raise TrainingArgumentsError("invalid training option" + ("s: " if len(bad) > 1 else ": ") + "; ".join(bad))
-    if hasattr(args, "resume_from_checkpoint"):
-        args.resume_from_checkpoint = parse_resume_flag(args.resume_from_checkpoint)
-    from .distributed import check_global_batch
-
-    check_global_batch(args)
-
-
-# --------------------------------------------------------------------------------------------------
-# Writing checkpoints: the mixin
-# --------------------------------------------------------------------------------------------------
-
-def _fsync_tree(root: Path) -> None:
-    """fsync every file, then every directory, under ``root`` (best effort: not every filesystem allows it)."""
-    try:
-        for dirpath, _, files in os.walk(root):
-            for f in files:
-                fd = os.open(os.path.join(dirpath, f), os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-        for dirpath, _, _ in os.walk(root):
-            _fsync_dir(Path(dirpath))
-    except OSError as e:
-        logger.debug("fsync of %s failed: %s", root, e)
-
-
-def _fsync_dir(d: Path) -> None:
-    try:
-        fd = os.open(d, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _local(p: torch.Tensor) -> torch.Tensor:
-    return p.to_local() if hasattr(p, "to_local") else p  # FSDP2 DTensor: this process's shard
-
-
-class CheckpointMixin:
-    """Mix in before the Trainer class (``class T(CheckpointMixin, Trainer)``, also TRL's trainers): atomic,
-    finite-only checkpoints, resume from the newest complete one, rotation that counts complete ones only,
-    and a stop with :class:`TrainingDivergedError` on a NaN/inf loss or weights.
-
-    Subclasses may override :meth:`_save_extra_checkpoint_state` (called inside the temporary folder, before
-    it becomes ``checkpoint-N``) and :meth:`_load_extra_checkpoint_state` (called with the resolved checkpoint
-    before ``Trainer.train`` resumes from it)."""
-
-    #: raise TrainingDivergedError when a training step's loss is NaN/inf
-    stop_on_nonfinite_loss: bool = True
-    _ckpt_staging: str | None = None
-    _ckpt_pending_push: str | None = None
-    _last_loss: torch.Tensor | None = None
-
-    # ------------------------------------------------------------------------------ accelerator
-    @property
-    def sharded(self) -> bool:
-        """FSDP or DeepSpeed: the model is placed and sharded only inside ``train()``, and saving it gathers."""
-        return bool(getattr(self, "is_fsdp_enabled", False) or getattr(self, "is_deepspeed_enabled", False))
-
-    def create_accelerator_and_postprocess(self):
-        """The Trainer's accelerator; on CPU-only machines an FSDP launch really shards (see
-        :func:`minitron_hf.distributed.enable_fsdp_on_cpu`)."""
-        from .distributed import enable_fsdp_on_cpu
-
-        super().create_accelerator_and_postprocess()
-        if enable_fsdp_on_cpu(self.accelerator, self.args):
-            self.is_fsdp_enabled = True
-
-    # ------------------------------------------------------------------------------ hooks
-    def _save_extra_checkpoint_state(self, checkpoint_dir: Path) -> None:
-        """Write more state into ``checkpoint_dir`` (still the temporary folder); every process calls it."""
-
-    def _load_extra_checkpoint_state(self, checkpoint_dir: Path) -> None:
-        """Load what :meth:`_save_extra_checkpoint_state` wrote, before training resumes."""
-
-    # ------------------------------------------------------------------------------ data position
-    # A run reads a :class:`~minitron_hf.data.Blocks` dataset (any sample found from its index) or a stateful
-    # stream (``state_dict``/``load_state_dict``, :mod:`minitron_hf.data.streaming`). Either way a resume starts
-    # at the next unseen sample directly; the Trainer's own skip (iterating over the first N steps' batches) is off.
-    _data_start: int = 0
-
-    def _samples_per_step(self) -> int:
-        a = self.args
-        return a.per_device_train_batch_size * a.gradient_accumulation_steps * max(a.world_size, 1)
-
-    def _get_train_sampler(self, train_dataset=None):
-        from .data import Blocks, ResumableSampler
-
-        ds = self.train_dataset if train_dataset is None else train_dataset
-        if isinstance(ds, Blocks):
-            return ResumableSampler(len(ds), start=min(self._data_start, len(ds)))
-        return super()._get_train_sampler(train_dataset)
-
-    def get_train_dataloader(self):
-        """A stream (:class:`~minitron_hf.data.streaming.StreamingBlocks`) is already this rank's own: read it in this
-        process, as it comes, without accelerate dispatching rank 0's batches or re-sharding them (the Trainer moves
-        each batch to the device). Everything else: the Trainer's own loader."""
-        from .data.streaming import StreamingBlocks
-
-        if isinstance(self.train_dataset, StreamingBlocks):
-            return torch.utils.data.DataLoader(self.train_dataset, batch_size=self._train_batch_size,
-                                               collate_fn=self.data_collator, num_workers=0)
-        return super().get_train_dataloader()
-
-    def _stateful_data(self):
-        ds = self.train_dataset
-        return ds if hasattr(ds, "state_dict") and hasattr(ds, "load_state_dict") else None
-
-    def _save_data_state(self, checkpoint_dir: Path) -> None:
-        """A stateful stream's position after the samples this process consumed, into ``data_state_rank<R>.json``
-        of the checkpoint (every process writes its own)."""
-        ds = self._stateful_data()
-        if ds is None:
-            return
-        consumed = self.state.global_step * self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps
-        checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        (checkpoint_dir / f"data_state_rank{self.args.process_index}.json").write_text(
-            json.dumps(ds.state_dict(consumed=consumed)))
-
-    def _resume_data_position(self, ckpt) -> int:
-        """Samples of the train dataset consumed before ``ckpt`` (0 for a fresh run); restores a stream's state."""
-        from .data import Blocks
-
-        if ckpt is None:
-            return 0
-        ds = self.train_dataset
-        state_file = Path(ckpt) / TRAINER_STATE
-        step = int(json.loads(state_file.read_text()).get("global_step", 0)) if state_file.is_file() else 0
-        if isinstance(ds, Blocks):
-            self.args.ignore_data_skip = True
-            start = step * self._samples_per_step()
-            logger.info("resuming the data at sample %d of %d (step %d): no batch before it is read again", start,
-                        len(ds), step)
-            return start
-        if self._stateful_data() is not None:
-            f = Path(ckpt) / f"data_state_rank{self.args.process_index}.json"
-            if not f.is_file():
-                raise CheckpointError(f"{ckpt} has no {f.name}: it was not written by a streaming run of this "
-                                      f"world size; resume with the same data and number of processes")
-            ds.load_state_dict(json.loads(f.read_text()))
-            self.args.ignore_data_skip = True
-            logger.info("resuming the data stream from %s (step %d)", f, step)
-        return 0
-
-    # ------------------------------------------------------------------------------ divergence
-    def _weights_are_finite(self) -> bool:
-        """One reduction over the trainable parameters (this process's shards), agreed by every process."""
-        flags = [torch.isfinite(_local(p)).all() for p in self.model.parameters() if p.requires_grad and p.numel()]
-        ok = (torch.stack(flags).all() if flags else torch.tensor(True)).to(torch.int32).reshape(1)
-        n = getattr(self.accelerator, "num_processes", 1)
-        if n > 1:  # every process takes part, also one without local parameters
-            ok = self.accelerator.reduce(ok.to(self.args.device), reduction="sum")
-            return int(ok.item()) == n
-        return bool(ok.item())
-
-    def _last_loss_value(self) -> float | None:
-        return None if self._last_loss is None else float(self._last_loss.float().mean())
-
-    def _diverged(self, reason: str, step: int, loss: float | None) -> TrainingDivergedError:
-        out = Path(self.args.output_dir)
-        good = last_good_checkpoint(out, diverged_at=step)
-        aside = [p for n, p in _numbered(out) if n > step - 2]  # the divergence started from these
-        if self.args.should_save:
-            moved = []
-            for p in aside:
-                dest = p.with_name(f"{DIVERGED_PREFIX}-{checkpoint_step(p)}")
-                while dest.exists():
-                    dest = dest.with_name(dest.name + "-again")
-                p.rename(dest)
-                moved.append(dest)
-                logger.warning("%s: training diverged from it; renamed %s (kept, never resumed)", p, dest.name)
-            aside = moved
-        return TrainingDivergedError(step=step, loss=loss, checkpoint=good, output_dir=out, reason=reason,
-                                     set_aside=tuple(aside))
-
-    def training_step(self, model, inputs, num_items_in_batch=None):
-        loss = super().training_step(model, inputs, num_items_in_batch)
-        self._last_loss = loss.detach()
-        if self.stop_on_nonfinite_loss and not torch.isfinite(self._last_loss).all():
-            value = self._last_loss_value()
-            step = self.state.global_step + 1
-            raise self._diverged(f"loss is {_fmt(value)} at step {step}", step, value)
-        return loss
-
-    # ------------------------------------------------------------------------------ saving
-    def _get_output_dir(self, trial):
-        if self._ckpt_staging is not None:  # Trainer._save_checkpoint writes into <staging>/checkpoint-N
-            return self._ckpt_staging
-        return super()._get_output_dir(trial)
-
-    def _push_from_checkpoint(self, checkpoint_folder):
-        if self._ckpt_staging is not None:  # push the final folder once it is in place
-            self._ckpt_pending_push = checkpoint_folder
-            return None
-        return super()._push_from_checkpoint(checkpoint_folder)
-
-    def _save_checkpoint(self, model, trial):
-        run_dir = Path(self._get_output_dir(trial))
-        step = self.state.global_step
-        name = f"{PREFIX}-{step}"
-        if not self._weights_are_finite():
-            loss = self._last_loss_value()
-            raise self._diverged(f"the weights are not finite after step {step} (last loss {_fmt(loss)}); "
-                                 f"{name} was not written", step, loss)
-        staging = run_dir / f"{TMP_PREFIX}-{step}"
-        tmp = staging / name
-        self._ckpt_staging, self._ckpt_pending_push = str(staging), None
-        try:
-            super()._save_checkpoint(model, trial)
-            self._save_extra_checkpoint_state(tmp)
-            self._save_data_state(tmp)
-            if self.args.should_save:
-                best = self.state.best_model_checkpoint
-                if best and Path(best).parent == staging:  # Trainer looked for the best one in the staging folder
-                    self.state.best_model_checkpoint = str(run_dir / Path(best).name)
-                    self.state.save_to_json(str(tmp / TRAINER_STATE))
-                (tmp / MARKER).write_text(json.dumps({"step": step, "finite": True}))
-                _fsync_tree(tmp)
-        except Exception as e:
-            self._ckpt_staging = None
-            full = _no_space(e, staging)  # while the partial files still fill the disk (torch's errors say nothing)
-            if self.args.should_save:
-                shutil.rmtree(staging, ignore_errors=True)
-            newest = latest_complete_checkpoint(run_dir, log=False)
-            then = (f"then resume from the newest complete checkpoint, {newest.name}, with --resume-from-checkpoint "
-                    f"true" if newest else "no complete checkpoint was written yet: then start again")
-            if full:
-                raise CheckpointSaveError(f"no space left on the device of {run_dir} while saving {name} (the partial "
-                                          f"{name} was removed); free space or lower save_total_limit; {then}") from e
-            if isinstance(e, OSError) or torch_write_failed(e):
-                raise CheckpointSaveError(f"could not write {name} in {run_dir}: {e} (the partial {name} was "
-                                          f"removed); {then}") from e
-            raise
-        except BaseException:  # KeyboardInterrupt: leave no partial folder behind either
-            self._ckpt_staging = None
-            if self.args.should_save:
-                shutil.rmtree(staging, ignore_errors=True)
-            raise
-        finally:
-            self._ckpt_staging = None
-        self.accelerator.wait_for_everyone()  # every process has written its part (RNG states, shards)
-        final = run_dir / name
-        if self.args.should_save:
-            self._put_in_place(tmp, final)
-            self._rotate_complete_checkpoints(run_dir, keep=final)
-        if self._ckpt_pending_push is not None:
-            self._ckpt_pending_push = None
-            super()._push_from_checkpoint(str(final))
-
-    @staticmethod
-    def _put_in_place(tmp: Path, final: Path) -> None:
-        """Rename the finished ``tmp`` to ``final`` (replacing an older folder of that name), then drop the
-        empty staging folder."""
-        old = None
-        if final.exists():  # e.g. a partial folder of a killed run, or the same step saved again after a resume
-            old = final.parent / f"{TMP_PREFIX}-{checkpoint_step(final)}-old"
-            if old.exists():
-                shutil.rmtree(old)
-            final.rename(old)
-        tmp.rename(final)
-        _fsync_dir(final.parent)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-        shutil.rmtree(tmp.parent, ignore_errors=True)
-
-    def _rotate_complete_checkpoints(self, run_dir: Path, keep: Path) -> None:
-        """``save_total_limit`` over complete checkpoints only (oldest step first), never the one just written
-        nor the best one; partial folders neither count nor are deleted."""
-        limit = self.args.save_total_limit
-        if not limit or limit <= 0:
-            return
-        complete = complete_checkpoints(run_dir)
-        protected = {keep.resolve()}
-        if self.state.best_model_checkpoint:
-            protected.add(Path(self.state.best_model_checkpoint).resolve())
-        excess = len(complete) - max(limit, len(protected))
-        for p in complete:
-            if excess <= 0:
-                break
-            if p.resolve() not in protected:
-                logger.info("deleting older checkpoint %s (save_total_limit=%s)", p, limit)
-                shutil.rmtree(p, ignore_errors=True)
-                excess -= 1
-
-    # ------------------------------------------------------------------------------ training
-    def _load_optimizer_and_scheduler(self, checkpoint):
-        """Resume with the learning rate asked for now: the Trainer restores the optimizer's and scheduler's learning
-        rates from the checkpoint, so "lower the learning rate, then resume" (the advice after a divergence) would
-        silently train on at the old one. The restored schedule is rescaled to ``args.learning_rate`` (same shape,
-        same position), and the log says so."""
-        super()._load_optimizer_and_scheduler(checkpoint)
-        sched = getattr(self, "lr_scheduler", None)
-        base = list(getattr(sched, "base_lrs", None) or [])
-        want = float(self.args.learning_rate)
-        if checkpoint is None or not base or not base[0] or math.isclose(base[0], want, rel_tol=1e-9):
-            return
-        scale = want / base[0]
-        sched.base_lrs = [b * scale for b in base]
-        for g in self.optimizer.param_groups:
-            g["lr"] *= scale
-            if "initial_lr" in g:
-                g["initial_lr"] *= scale
-        if hasattr(sched, "_last_lr"):
-            sched._last_lr = [g["lr"] for g in self.optimizer.param_groups]
-        logger.warning("resuming from %s with learning_rate=%g; the checkpoint was trained with %g: the learning-rate "
-                       "schedule is rescaled from step %d on", checkpoint, want, base[0], self.state.global_step)
-
-    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-        """The Trainer's load, except where it would silently load nothing or no expert (on-disk names that are not
-        the model's own: :func:`~minitron_hf.resume.load_renamed_weights`)."""
-        from .resume import load_renamed_weights
-
-        if self.sharded or not load_renamed_weights(model if model is not None else self.model,
-                                                    resume_from_checkpoint):
-            super()._load_from_checkpoint(resume_from_checkpoint, model)
-
-    def train(self, resume_from_checkpoint=None, *args, **kwargs):
-        from .resume import check_model_fits_checkpoint, preempted, watch_preemption
-
-        ckpt = resolve_resume(resume_from_checkpoint, self.args.output_dir)
-        out = Path(self.args.output_dir)
-        if self.args.should_save and out.is_dir():  # saves a kill interrupted: never useful
-            for p in out.glob(f"{TMP_PREFIX}-*"):
-                logger.info("removing %s, an unfinished checkpoint save of an earlier run", p)
-                shutil.rmtree(p, ignore_errors=True)
-        if ckpt is not None:  # a checkpoint of another shape: named here, not a RuntimeError from load_state_dict
-            check_model_fits_checkpoint(ckpt, self.model, "the model being trained")
-            self._load_extra_checkpoint_state(Path(ckpt))
-        self._data_start = self._resume_data_position(ckpt)
-        with watch_preemption(self) as jit:  # enable_jit_checkpoint: SIGTERM saves, then train() returns early
-            result = super().train(ckpt, *args, **kwargs)
-        if jit.step is not None:
-            ckpt = Path(self.args.output_dir) / f"{PREFIX}-{jit.step}"
-            raise preempted(self, jit.step, ckpt if is_complete_checkpoint(ckpt) else None)
-        if not self._weights_are_finite():
-            loss = self._last_loss_value()
-            step = self.state.global_step
-            raise self._diverged(f"the weights are not finite at the end of training (step {step}, last loss "
-                                 f"{_fmt(loss)})", step, loss)
-        return result
-
-
-# --------------------------------------------------------------------------------------------------
-# The finished model
-# --------------------------------------------------------------------------------------------------
-
-def save_trained(trainer, tokenizer, final: Path, finalize=None, extra=None) -> Path:
-    """Write a finished Trainer's model with its tokenizer to ``final`` as a vanilla checkpoint that
-    ``from_pretrained`` loads, atomically, from the main process; the others wait until it is there.
-
-    Under FSDP and DeepSpeed every process first takes part in gathering the full state dict (FSDP2's
-    sharded parameters, ZeRO-3's partitions; ZeRO-3 needs ``stage3_gather_16bit_weights_on_model_save``).
-    The gathered tensors are copies, so tied weights (lm_head = embed_tokens) are tied again before writing,
-    or the head would be written twice. ``finalize(model)`` gives the model to save (e.g. LoRA merged; not
-    under sharding); ``extra(tmp_dir)`` writes more files into the folder before it is put in place."""
-    acc = trainer.accelerator
-    state_dict = None
-    if trainer.sharded:  # CheckpointMixin, which every trainer of the project mixes in
-        state_dict = acc.get_state_dict(trainer.model_wrapped)  # collective: every process
-    if acc.is_main_process:
-        model = acc.unwrap_model(trainer.model_wrapped if trainer.model_wrapped is not None else trainer.model)
-        if finalize is not None:
-            model = finalize(model)
-        if state_dict is not None:
-            for target, source in (getattr(model, "all_tied_weights_keys", None) or {}).items():
-                if target in state_dict and source in state_dict:
-                    state_dict[target] = state_dict[source]
-
-        def write(d):
-            model.save_pretrained(d, state_dict=state_dict)
-            tokenizer.save_pretrained(d)
-            if extra is not None:
-                extra(Path(d))
-
-        write_checkpoint_atomically(final, write)
-    acc.wait_for_everyone()
-    return Path(final)

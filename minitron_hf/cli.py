@@ -6,17 +6,20 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import sys
 import traceback
 
 from .config import build_parser, parse_args
 from .errors import EXIT_BUG, EXIT_INTERRUPTED, EXIT_PREEMPTED, EXIT_USER_ERROR, MinitronError
 
+# old command names: each is refused with the new one (exit 2, one line), before any work
+RENAMED_COMMANDS = {"evaluate": "minitron eval loss"}
+
 
 def _prune(ns):
     from .data import DataConfig
-    from .pruning.prune import PruneConfig, run_prune
+    from .pruning.config import PruneConfig
+    from .pruning.prune import run_prune
 
     data_cfg, cfg = parse_args([DataConfig, PruneConfig], namespace=ns, append_fields=("target",))
     rec = run_prune(data_cfg, cfg)
@@ -68,7 +71,7 @@ def _align(ns):
 
 def _importance(ns):
     from .data import DataConfig
-    from .pruning.prune import ImportanceConfig, run_importance
+    from .pruning.scoring import ImportanceConfig, run_importance
 
     data_cfg, cfg = parse_args([DataConfig, ImportanceConfig], namespace=ns)
     print(json.dumps(run_importance(data_cfg, cfg), indent=1))
@@ -109,26 +112,6 @@ def _data(ns):
                            for s in m["splits"])
         print(f"{r['data']} -> {r['folder']}: {counts}; {m['documents']['duplicates_dropped']:,} duplicates dropped")
     print(f"use it with: --data {json.dumps(rec['config']) if isinstance(rec['config'], list) else rec['config']}")
-
-
-def _evaluate(ns):
-    from .data import DataConfig
-    from .arch import count_parameters
-    from .loading import load_tokenizer, resolve_model
-    from .pruning.prune import validation_loss
-
-    from transformers import AutoConfig
-
-    data = DataConfig(data=ns.data)
-    for m in ns.models:  # every model and its tokenizer before the first is evaluated
-        load_tokenizer(m)
-    print(f"validation split of {ns.data!r}, {ns.samples} x {ns.seq_len} tokens")
-    print(f"{'model':<40} {'params':>9} {'non-emb':>9} {'val loss':>9} {'ppl':>10}")
-    for m in ns.models:
-        n = count_parameters(AutoConfig.from_pretrained(resolve_model(m)))
-        loss = validation_loss(m, data, samples=ns.samples, seq_len=ns.seq_len)
-        print(f"{str(m):<40} {n['total'] / 1e6:>8.1f}M {n['non_embedding'] / 1e6:>8.1f}M {loss:>9.3f} "
-              f"{min(math.exp(loss), 1e12):>10.1f}")
 
 
 def _generate(ns):
@@ -291,7 +274,8 @@ def _at_least(low: int):
 
 def make_parser() -> argparse.ArgumentParser:
     from .data import DataConfig
-    from .pruning.prune import ImportanceConfig, PruneConfig
+    from .pruning.config import PruneConfig
+    from .pruning.scoring import ImportanceConfig
 
     parser = argparse.ArgumentParser(prog="minitron", description="Minitron compression on Hugging Face checkpoints")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -344,12 +328,9 @@ def make_parser() -> argparse.ArgumentParser:
     build_parser([DataConfig, PrepareConfig], dsub.add_parser(
         "prepare", help="read the source once, split, dedup, tokenize in --num-proc processes, write shards + "
         "manifest (resumable)")).set_defaults(func=_data)
-    p = sub.add_parser("evaluate", help="validation LM loss and perplexity of checkpoints (same tokens for all)")
-    p.add_argument("models", nargs="+")
-    p.add_argument("--data", default="python-docs")
-    p.add_argument("--samples", type=_at_least(1), default=16)
-    p.add_argument("--seq-len", type=_at_least(2), default=256)
-    p.set_defaults(func=_evaluate)
+    for old, new in RENAMED_COMMANDS.items():  # refused in main(), whatever follows the old name
+        p = sub.add_parser(old, help=f"renamed: use `{new}`", add_help=False)
+        p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     p = sub.add_parser("generate", help="greedy answer from a checkpoint, loaded with vanilla transformers")
     p.add_argument("model")
     p.add_argument("--prompt", default="What is the capital of France?")
@@ -409,6 +390,10 @@ def main(argv=None) -> int:
     (:class:`~minitron_hf.resume.TrainingPreempted`)."""
     parser = make_parser()
     ns, extra = parser.parse_known_args(argv)
+    if ns.command in RENAMED_COMMANDS:  # before any work, and before its options are looked at
+        print(f"minitron {ns.command}: error: renamed: use `{RENAMED_COMMANDS[ns.command]}` (same options)",
+              file=sys.stderr)
+        return EXIT_USER_ERROR
     if extra:
         _unknown_arguments(parser, ns, extra)
     logging.basicConfig(level=logging.DEBUG if ns.verbose else logging.INFO,

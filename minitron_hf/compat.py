@@ -36,7 +36,7 @@ def model_vocab_rows(model_or_config) -> int | None:
     """The model's vocabulary rows: its input embedding's rows when loaded, else ``vocab_size`` of its (text)
     config; a path is read as a checkpoint folder (config only, no weights). None when unknown."""
     if isinstance(model_or_config, (str, Path)):
-        from transformers import AutoConfig
+        from transformers import AutoConfig  # seconds at import; minitron_hf.loading (and data) import this module
 
         model_or_config = AutoConfig.from_pretrained(model_or_config)
     get = getattr(model_or_config, "get_input_embeddings", None)

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import torch
+
 from .model_files import ModelNotFoundError
 from .outputs import build_once, cache_dir, write_checkpoint_atomically
 
@@ -95,7 +97,7 @@ def _converted(out: Path) -> bool:
 
 
 def _convert(embedded: EmbeddedModel, out: Path) -> Path:
-    import torch
+    # once per machine; transformers' Auto classes take seconds to import, and minitron_hf.loading imports this module
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = embedded.gguf()

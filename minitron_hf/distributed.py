@@ -3,13 +3,14 @@ global batch, collective timeouts.
 
 - :func:`process_state`: accelerate's process state (main process, barriers) outside a Trainer, with a timeout.
 - :func:`connect_cpu_processes`: the trainers' configs connect CPU processes with their ``ddp_timeout``.
-- :func:`enable_fsdp_on_cpu`: called by :class:`~minitron_hf.checkpoints.CheckpointMixin` (every trainer:
+- :func:`enable_fsdp_on_cpu`: called by :class:`~minitron_hf.training.CheckpointMixin` (every trainer:
   distillation, teacher correction, SFT, RPO) right after the Trainer creates its accelerator.
 - :func:`connect_deepspeed_on_cpu`: DeepSpeed's communication on the gloo group, before ``from_pretrained``.
 - :func:`check_global_batch`: ``global_batch_size`` against per device x accumulation x processes.
+- :func:`all_reduce_sum`: a sum over the data-parallel processes, a no-op in one process (calibration's scores).
 
 How the chunked KD loss reads sharded LM heads is in ``distill/trainer.py`` (``DistillationTrainer._head``);
-how a sharded model becomes a plain checkpoint is ``checkpoints.save_trained``.
+how a sharded model becomes a plain checkpoint is ``training.save_trained``.
 
 Facts this module relies on (accelerate 1.15, torch 2.13, checked on a 2-core CPU machine):
 
@@ -24,8 +25,13 @@ Facts this module relies on (accelerate 1.15, torch 2.13, checked on a 2-core CP
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
+
+import torch
+from accelerate import PartialState
+from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 
 from .errors import MinitronError
 
@@ -47,9 +53,6 @@ def enable_fsdp_on_cpu(accelerator, args=None) -> bool:
     """Under ``accelerate launch`` with an FSDP config on a machine without an accelerator, switch the
     accelerator's state from DDP over gloo (``MULTI_CPU``) to FSDP, with the plugin the config describes.
     Returns True when it switched. Only FSDP2 is supported here (FSDP1's CPU path is not)."""
-    from accelerate.state import PartialState
-    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
-
     state = accelerator.state
     if state.distributed_type != DistributedType.MULTI_CPU or not fsdp_requested(args):
         return False
@@ -111,11 +114,6 @@ def process_state(timeout_s: float | None = None):
 
     ``timeout_s``: how long a collective waits for the other processes before failing (the process group's
     timeout), applied by the first call of a process only: the group is created once."""
-    import datetime
-
-    import torch
-    from accelerate import PartialState
-
     kw = {}
     if timeout_s is not None and not PartialState._shared_state:
         kw["timeout"] = datetime.timedelta(seconds=timeout_s)
@@ -134,11 +132,17 @@ def connect_deepspeed_on_cpu(args) -> None:
     """DeepSpeed on CPU processes: accelerate connects them over gloo itself (``use_cpu``), but DeepSpeed's own
     communication layer stays unconnected, so ``zero.Init`` (ZeRO-3 loading of a model inside
     ``from_pretrained``) would see a world of one process. Connect it to the same process group."""
-    import torch
-
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         args.device  # noqa: B018 -- sets up the process group (TrainingArguments._setup_devices)
     if torch.distributed.is_initialized():
         import deepspeed
 
         deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False)
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """``t`` summed in place over the data-parallel processes (each scored its own shard of the calibration data);
+    ``t`` unchanged when ``torch.distributed`` is not initialized (one process)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.SUM)
+    return t

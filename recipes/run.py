@@ -1,4 +1,4 @@
-"""The whole Minitron recipe from one YAML (``minitron run``): correct -> importance -> prune -> distill
+"""Entry script for `minitron run`: the whole Minitron recipe from one YAML: correct -> importance -> prune -> distill
 -> evaluate -> export, resumable, with output_dir/report.md.
 
     python recipes/run.py recipes/configs/smollm2-135m/minitron-width.yaml

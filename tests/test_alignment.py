@@ -9,7 +9,8 @@ from conftest import save_with_tokenizer, tiny_model
 from minitron_hf.alignment import data as adata
 from minitron_hf.alignment.rounds import (NEMO_ALIGNER_KEYS, RoundsConfig, best_worst_pairs,
                                           run_rounds, score)
-from minitron_hf.alignment.rpo import AlignmentError, RPOConfig
+from minitron_hf.alignment.errors import AlignmentError
+from minitron_hf.alignment.rpo import RPOConfig
 from minitron_hf.alignment.sft import SFTArgs, SFTStageConfig, ensure_chat_template, run_sft
 
 
@@ -78,6 +79,7 @@ def tiny_policy(tmp_path_factory, default_model_dir):
     return save_with_tokenizer(tiny_model("llama", vocab_size=49152), d, default_model_dir)
 
 
+@pytest.mark.slow
 def test_sft_trains_on_completions_only_and_saves_the_template(tiny_policy, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -116,6 +118,7 @@ def _tiny_prompts(path, n=12):
     return path
 
 
+@pytest.mark.slow
 def test_rounds_end_to_end_with_nemo_aligner_export(tiny_policy, tmp_path, default_model_dir):
     """Two rounds on a tiny random policy, scored by a tiny random reward model (the random policy's answers
     would all get the same verifiable reward)."""

@@ -50,9 +50,8 @@ from minitron_hf.export.fp8 import dims_not_divisible, linear_shapes
 from minitron_hf.pruning.importance import Importance, estimate_importance
 from minitron_hf.pruning.trim import PrunePlan, copy_aux_files
 
-from conftest import tiny_config, tiny_model
+from conftest import assert_dequantized_close, naive_reference, tiny_config, tiny_model
 from minitron_hf.tiny import MOE_EXPERTS, target_for  # the width + depth target (shared with benchmarks)
-from test_trim import _prune, naive_reference
 
 # Tiny-config values a family needs beyond conftest.tiny_config's, by model_type. Mistral: conftest's head_dim 12
 # makes the query/KV widths 72/24, not multiples of 16 as FP8 GEMMs want; 32 keeps heads * head_dim != hidden.
@@ -91,7 +90,7 @@ class Case:
 
 
 @pytest.fixture(scope="module", params=sorted(FAMILIES))
-def case(request, tmp_path_factory, default_model_dir) -> Case:
+def case(request, tmp_path_factory, default_model_dir, prune_tiny) -> Case:
     model_type = request.param
     family = FAMILIES[model_type]
     model = tiny_model(model_type, vocab_size=VOCAB, **TINY.get(model_type, {}),
@@ -112,8 +111,8 @@ def case(request, tmp_path_factory, default_model_dir) -> Case:
     if family.is_moe:
         everything[family.experts_field] = family.num_experts(c)
     everything.update({k: getattr(c, k) for k in family.extra_width_fields})
-    keep_plan, keep = _prune(model, d, everything, importance=imp, name="keep")
-    plan, pruned = _prune(model, d, _target(family), importance=imp, name="pruned")
+    keep_plan, keep = prune_tiny(model, d, everything, importance=imp, name="keep")
+    plan, pruned = prune_tiny(model, d, _target(family), importance=imp, name="pruned")
     copy_aux_files(default_model_dir, d / "pruned")  # the tokenizer, for FP8 calibration
     return Case(model_type, family, model, imp, keep_plan, keep, plan, pruned, d)
 
@@ -329,8 +328,6 @@ def test_pruned_output_loads_and_generates(case):
 
 def test_fp8_export_of_pruned_output(case, tmp_path):
     pytest.importorskip("modelopt.torch.quantization", reason="nvidia-modelopt is not installed")
-    from test_export_fp8 import assert_dequantized_close
-
     from minitron_hf.data import DataConfig
     from minitron_hf.export.fp8 import FP8Config, export_fp8
 
@@ -473,6 +470,7 @@ def test_lora_targets_and_linear_shapes_exist(case):
 
 # ---------------------------------------------------------------------------------------------------- 11. distill
 
+@pytest.mark.slow
 def test_minitron_distill_runs(case, tmp_path, default_model_dir):
     """`minitron distill` of the pruned output from its source runs end to end (the chunked loss, or the family's
     own full logits where they are soft-capped): it trains (the weights move, the losses are finite) and writes a

@@ -16,15 +16,14 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel, TrainerCallback
 
-from minitron_hf.checkpoints import (MARKER, CheckpointError, CheckpointMixin, CheckpointSaveError,
-                                     TrainingArgumentsError, TrainingDivergedError, check_output_dir,
-                                     latest_complete_checkpoint, parse_resume_flag, resolve_resume)
+from minitron_hf.checkpoints import MARKER, CheckpointError, latest_complete_checkpoint
 from minitron_hf.data import collate_blocks
 from minitron_hf.distill.trainer import DistillationConfig, DistillationTrainer, TrainArgs
 from minitron_hf.errors import MinitronError
+from minitron_hf.resume import check_output_dir, parse_resume_flag, resolve_resume
+from minitron_hf.training import CheckpointMixin, CheckpointSaveError, TrainingArgumentsError, TrainingDivergedError
 
-from conftest import tiny_model
-from test_distill import _args, _data, tiny_pair_dirs  # noqa: F401 (a fixture)
+from conftest import bigram_data, distill_args, tiny_model
 
 TESTS = Path(__file__).parent
 STEPS = dict(max_steps=6, save_strategy="steps", save_steps=2)
@@ -39,8 +38,8 @@ def _pair():
 def _trainer(root, student=None, teacher=None, **kw):
     if student is None:
         student, teacher = _pair()
-    return DistillationTrainer(model=student.train(), teacher_model=teacher, args=_args(root, **kw),
-                               train_dataset=_data(), data_collator=collate_blocks)
+    return DistillationTrainer(model=student.train(), teacher_model=teacher, args=distill_args(root, **kw),
+                               train_dataset=bigram_data(), data_collator=collate_blocks)
 
 
 def _weights(trainer) -> dict[str, torch.Tensor]:
@@ -120,6 +119,7 @@ _trainer(Path({root!r}), max_steps=6, save_strategy="steps", save_steps=2).train
 """
 
 
+@pytest.mark.multiprocess
 def test_kill_mid_save_is_recognised_and_resume_uses_the_previous_complete_checkpoint(tmp_path, caplog):
     full = _uninterrupted(tmp_path)
     root = tmp_path / "k"
@@ -138,7 +138,7 @@ def test_kill_mid_save_is_recognised_and_resume_uses_the_previous_complete_check
     assert latest_complete_checkpoint(out).name == "checkpoint-2"
     s, t = _pair()
     resumed = _trainer(root, student=s, teacher=t, **STEPS)
-    with caplog.at_level(logging.INFO, logger="minitron_hf.checkpoints"):
+    with caplog.at_level(logging.INFO, logger="minitron_hf"):  # checkpoints (skipping) and resume (resuming from)
         resumed.train(resume_from_checkpoint="true")  # as the CLI passes it
     assert any("checkpoint-9" in r.message and "skipping" in r.message for r in caplog.records)
     assert any(r.message.startswith("resuming from") and r.message.endswith("checkpoint-2") for r in caplog.records)
@@ -170,7 +170,7 @@ def test_partial_checkpoints_are_skipped_on_resume_with_a_log_line(tmp_path, cap
     assert "newest complete checkpoint" in caplog.text and "checkpoint-4" in caplog.text
     s, te = _pair()
     resumed = _trainer(tmp_path, student=s, teacher=te, max_steps=6, save_strategy="steps", save_steps=2)
-    with caplog.at_level(logging.INFO, logger="minitron_hf.checkpoints"):
+    with caplog.at_level(logging.INFO, logger="minitron_hf.resume"):
         resumed.train(resume_from_checkpoint=True)
     assert "resuming from " + str(out / "checkpoint-4") in caplog.text
     # the partial checkpoint-6 was replaced by the complete one this run wrote
@@ -260,7 +260,7 @@ def test_correction_and_alignment_trainers_share_the_mixin(tmp_path, monkeypatch
     monkeypatch.setattr(PreTrainedModel, "save_pretrained", full_disk)
     args = TrainArgs(output_dir=str(tmp_path / "c"), per_device_train_batch_size=4, learning_rate=1e-2, max_steps=3,
                      report_to="none", save_strategy="steps", save_steps=1, disable_tqdm=True)
-    trainer = CorrectionTrainer(model=tiny_model("llama").train(), args=args, train_dataset=_data(),
+    trainer = CorrectionTrainer(model=tiny_model("llama").train(), args=args, train_dataset=bigram_data(),
                                 data_collator=collate_blocks)
     with pytest.raises(CheckpointSaveError, match="no space left .* while saving checkpoint-2"):
         trainer.train()
@@ -333,7 +333,8 @@ def test_pipeline_resumes_only_from_a_complete_checkpoint(tmp_path):
     assert _resume_from(str(tmp_path), True) is True and _resume_from(str(tmp_path), False) is None
 
 
-def test_distill_refuses_an_earlier_runs_checkpoints_and_overwrite_removes_only_them(tiny_pair_dirs, tmp_path, capsys,  # noqa: F811
+@pytest.mark.slow
+def test_distill_refuses_an_earlier_runs_checkpoints_and_overwrite_removes_only_them(tiny_pair_dirs, tmp_path, capsys,
                                                                                      monkeypatch):
     from minitron_hf.cli import main
 
@@ -365,6 +366,7 @@ def test_distill_refuses_an_earlier_runs_checkpoints_and_overwrite_removes_only_
     assert check_output_dir(out, None, False) is None  # nothing left to refuse
 
 
+@pytest.mark.slow
 def test_sft_stage_checkpoints_go_through_the_mixin(tmp_path, default_model_dir):
     from conftest import save_with_tokenizer
     from minitron_hf.alignment.sft import SFTArgs, SFTStageConfig, run_sft
@@ -388,7 +390,7 @@ def test_resume_follows_the_learning_rate_given_now(tmp_path, caplog):
     s, te = _pair()
     resumed = _trainer(tmp_path, student=s, teacher=te, max_steps=4, save_strategy="no", learning_rate=1e-4,
                        lr_scheduler_type="constant", logging_steps=1)
-    with caplog.at_level("WARNING", logger="minitron_hf.checkpoints"):
+    with caplog.at_level("WARNING", logger="minitron_hf.training"):
         resumed.train(resume_from_checkpoint=True)
     lrs = [h["learning_rate"] for h in resumed.state.log_history if "learning_rate" in h and h["step"] > 2]
     assert lrs and all(lr == pytest.approx(1e-4) for lr in lrs), resumed.state.log_history
@@ -407,8 +409,8 @@ def test_resume_loads_every_weight_of_families_that_rename_on_disk(tmp_path, mod
 
     def run(root, seed, resume=None):
         s, t = pair(seed)
-        tr = DistillationTrainer(model=s, teacher_model=t, args=_args(root, **steps), train_dataset=_data(),
-                                 data_collator=collate_blocks)
+        tr = DistillationTrainer(model=s, teacher_model=t, args=distill_args(root, **steps),
+                                 train_dataset=bigram_data(), data_collator=collate_blocks)
         tr.train(resume_from_checkpoint=resume)
         return tr
 
@@ -418,8 +420,8 @@ def test_resume_loads_every_weight_of_families_that_rename_on_disk(tmp_path, mod
     resumed = run(tmp_path / "resumed", 3, resume=str(ckpt))  # another seed: only a real load reaches `full`
     _assert_same(full, resumed)
     if model_type != "llama":  # without the load under the model's own names, the resumed run ends elsewhere
-        import minitron_hf.resume as resume_mod
+        import minitron_hf.training as training_mod
 
-        monkeypatch.setattr(resume_mod, "load_renamed_weights", lambda model, checkpoint: False)
+        monkeypatch.setattr(training_mod, "load_renamed_weights", lambda model, checkpoint: False)
         with pytest.raises(AssertionError):
             _assert_same(full, run(tmp_path / "plain", 3, resume=str(ckpt)))

@@ -8,15 +8,14 @@ from minitron_hf.data import collate_blocks
 from minitron_hf.distill.correct import finalize_mode, prepare_mode
 from minitron_hf.distill.trainer import TrainArgs
 
-from conftest import tiny_model
-from test_distill import _data
+from conftest import bigram_data, tiny_model
 
 
 def _train(model, tmp_path, steps=4):
     args = TrainArgs(output_dir=str(tmp_path), per_device_train_batch_size=4, learning_rate=1e-2, max_steps=steps,
                      report_to="none", save_strategy="no", disable_tqdm=True, warmup_steps=1,
                      lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr": 1e-3})
-    trainer = Trainer(model=model, args=args, train_dataset=_data(), data_collator=collate_blocks)
+    trainer = Trainer(model=model, args=args, train_dataset=bigram_data(), data_collator=collate_blocks)
     trainer.train()
     return trainer.state.log_history
 

@@ -17,6 +17,10 @@ from minitron_hf.cli import main
 from minitron_hf.data import DataConfig, DataError, iter_documents, load_blocks, prepare, python_docs_documents, \
     tokenizer_info
 
+pytestmark = pytest.mark.slow  # data preparation end to end (the real tokenizer, python-docs)
+
+from conftest import sigint_default
+
 
 @pytest.fixture(scope="module")
 def tok(default_tokenizer):
@@ -250,6 +254,7 @@ def test_prepare_into_a_folder_with_a_list_manifest_is_refused_by_name(tmp_path,
 
 # -- 4. Ctrl-C with worker processes -------------------------------------------------------------------------------
 
+@pytest.mark.multiprocess
 def test_ctrl_c_with_workers_is_one_line_exit_130_and_resumes(tmp_path, default_model_dir):
     texts = [t for _, t in python_docs_documents()]
     src = tmp_path / "big.jsonl"
@@ -269,7 +274,7 @@ def test_ctrl_c_with_workers_is_one_line_exit_130_and_resumes(tmp_path, default_
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     # a terminal's Ctrl-C signals the whole foreground process group: the parent and its pool workers
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=sigint_default)
     t0 = time.time()
     while not (out / "chunk-00000.json").exists() and proc.poll() is None and time.time() - t0 < 180:
         time.sleep(0.02)

@@ -16,6 +16,8 @@ from minitron_hf.data import (Blocks, DataConfig, DataError, Permutation, Prepar
                               blend_pattern, collate_blocks, digest, load_blocks, prepare,
                               python_docs_documents, split_of, tokenizer_info, train_blocks)
 
+pytestmark = pytest.mark.slow  # data preparation end to end (the real tokenizer, python-docs)
+
 
 def naive_stream(texts, tok, bos=None):
     out = []
@@ -51,6 +53,7 @@ def split_texts(docs, cfg, split):
 
 # -- prepare -------------------------------------------------------------------------------------------
 
+@pytest.mark.multiprocess
 def test_prepare_writes_the_naive_streams_and_is_independent_of_num_proc(tmp_path, tok, corpus):
     path, docs = corpus
     cfg = DataConfig(data=str(path))
@@ -112,6 +115,7 @@ def test_bos_follows_the_tokenizer(tmp_path, tok, corpus):
         Prepared(tmp_path / "bos", tokenizer_info(tok))
 
 
+@pytest.mark.multiprocess
 def test_killed_prepare_resumes_at_its_first_unfinished_chunk(tmp_path, tok, corpus, default_model_dir):
     path, _ = corpus
     clean = tmp_path / "clean"
@@ -286,7 +290,7 @@ def test_resume_reads_exactly_the_next_batches_without_skipping(tmp_path, tok):
     reads a block of batches 1-3 again (the dataset counts its reads)."""
     from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments
 
-    from minitron_hf.checkpoints import CheckpointMixin
+    from minitron_hf.training import CheckpointMixin
 
     class Recording(CheckpointMixin, Trainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):

@@ -7,7 +7,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from minitron_hf.data import DataConfig
-from minitron_hf.pruning.prune import PruneConfig, run_prune, validation_loss
+from minitron_hf.lm_loss import validation_loss
+from minitron_hf.pruning.config import PruneConfig
+from minitron_hf.pruning.prune import run_prune
 
 pytestmark = pytest.mark.slow
 
@@ -90,6 +92,7 @@ def test_merge_pruned_heads_against_plain_removal(pruned_pair, default_model_dir
     assert teacher < min(losses.values()) and abs(losses[True] - losses[False]) > 1.0
 
 
+@pytest.mark.multiprocess
 def test_concurrent_first_use_converts_once(tmp_path):
     """Two processes (the ranks of one `accelerate launch` on a fresh machine) ask for the default model at once:
     one converts it, the other waits for the lock and reuses the result; both get the same finished folder."""

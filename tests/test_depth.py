@@ -3,14 +3,13 @@
 import pytest
 import torch
 
-from minitron_hf.pruning.depth import (DepthError, block_influence, dropped_layers,
-                                       layer_importance, lm_loss)
+from minitron_hf.lm_loss import lm_loss
+from minitron_hf.pruning.depth import DepthError, block_influence, dropped_layers, layer_importance
 
 from conftest import tiny_model
-from test_trim import _prune
 
 
-def test_dropped_layers_equals_trimmed_checkpoint(model_type, tmp_path):
+def test_dropped_layers_equals_trimmed_checkpoint(model_type, tmp_path, prune_tiny):
     model = tiny_model(model_type, num_hidden_layers=5)
     ids = torch.randint(0, 128, (3, 16), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -20,7 +19,7 @@ def test_dropped_layers_equals_trimmed_checkpoint(model_type, tmp_path):
             skipped = model(ids).logits
         assert torch.equal(model(ids).logits, full)  # restored
     assert model.config.num_hidden_layers == 5 and len(model.model.layers) == 5
-    _, pruned = _prune(model, tmp_path, dict(drop_layers=[1, 2]))
+    _, pruned = prune_tiny(model, tmp_path, dict(drop_layers=[1, 2]))
     with torch.no_grad():
         torch.testing.assert_close(pruned(ids).logits, skipped, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(skipped, full)

@@ -14,36 +14,15 @@ from minitron_hf.eval.harness import EvalError, check_tasks, evaluate_model, loc
 from minitron_hf.loading import load_model, load_tokenizer
 from minitron_hf.pruning.depth import DepthError, layer_importance
 
+from conftest import MINI_TASK_ITEMS, save_with_tokenizer, tiny_model, write_mini_task
+
 pytest.importorskip("lm_eval")
 
-ITEMS = [
-    ("The capital of France is", ["Paris.", "a banana.", "seven.", "blue."], 0),
-    ("Water freezes at zero degrees", ["of sadness.", "Celsius.", "in books.", "on Mondays."], 1),
-    ("A week has seven", ["rivers.", "colours.", "days.", "kings."], 2),
-    ("The sun rises in the", ["drawer.", "soup.", "piano.", "east."], 3),
-    ("Python lists are created with square", ["brackets.", "tomatoes.", "hours.", "mountains."], 0),
-    ("Two plus two equals", ["green.", "four.", "Tuesday.", "loudly."], 1),
-    ("Cats are animals that often", ["evaporate.", "compile.", "purr.", "rust."], 2),
-    ("To open a file in Python, call the built-in function", ["apple.", "sleep.", "north.", "open()."], 3),
-]
-
-
-def write_mini_task(d):
-    d.mkdir(parents=True, exist_ok=True)
-    rows = [{"context": c, "choices": ch, "label": y} for c, ch, y in ITEMS]
-    (d / "mini.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (d / "mini_mc.yaml").write_text(
-        f"task: mini_mc\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {d / 'mini.jsonl'}\n"
-        "output_type: multiple_choice\ntest_split: test\ndoc_to_text: context\ndoc_to_choice: choices\n"
-        "doc_to_target: label\nmetric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n"
-        "metadata:\n  version: 1.0\n")
-    return d
+pytestmark = pytest.mark.slow  # lm-eval runs end to end
 
 
 @pytest.fixture
 def tiny(tmp_path, default_model_dir):
-    from conftest import save_with_tokenizer, tiny_model
-
     d = save_with_tokenizer(tiny_model("llama", num_hidden_layers=4, vocab_size=49152), tmp_path / "tiny",
                             default_model_dir)
     return d, write_mini_task(tmp_path / "tasks")
@@ -87,7 +66,7 @@ def test_skipping_in_memory_equals_the_pruned_checkpoint(tiny, tmp_path):
     from minitron_hf.eval.harness import wrap_model
     from minitron_hf.pruning.depth import dropped_layers
 
-    reqs = [(c, " " + ch[0]) for c, ch, _ in ITEMS]
+    reqs = [(c, " " + ch[0]) for c, ch, _ in MINI_TASK_ITEMS]
     with dropped_layers(model, [1, 2]):
         skipped = wrap_model(model, tok, 4).loglikelihood([_Req(r) for r in reqs], disable_tqdm=True)
     trimmed = wrap_model(load_model(out), tok, 4).loglikelihood([_Req(r) for r in reqs], disable_tqdm=True)

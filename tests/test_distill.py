@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,11 +10,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from minitron_hf.data import BlockDataset, collate_blocks
+from minitron_hf.data import collate_blocks
 from minitron_hf.distill.losses import naive_kd_loss
-from minitron_hf.distill.trainer import DistillationConfig, DistillationError, DistillationTrainer
+from minitron_hf.distill.trainer import DistillationError, DistillationTrainer
 
-from conftest import tiny_model
+from conftest import bigram_data, distill_args, tiny_model
 
 ROOT = Path(__file__).parents[1]
 
@@ -28,7 +27,7 @@ def _trained_teacher(vocab=128):
     if vocab not in _TEACHER:
         m = tiny_model("llama", vocab_size=vocab, seed=0).train()
         opt = torch.optim.AdamW(m.parameters(), lr=1e-2)
-        data = _data(64, vocab=vocab).blocks
+        data = bigram_data(64, vocab=vocab).blocks
         for i in range(60):
             batch = data[(i * 8) % 64:(i * 8) % 64 + 8]
             loss = m(input_ids=batch, labels=batch).loss
@@ -47,36 +46,18 @@ def _pair(vocab=128, **student_kw):
     return student, teacher
 
 
-def _data(n=32, seq=16, vocab=128, seed=0):
-    # a learnable sequence distribution: tokens follow a fixed random bigram table
-    nxt = torch.randint(0, vocab, (vocab,), generator=torch.Generator().manual_seed(1234))  # one fixed table
-    g = torch.Generator().manual_seed(seed)
-    x = torch.empty(n, seq, dtype=torch.long)
-    x[:, 0] = torch.randint(0, vocab, (n,), generator=g)
-    for i in range(1, seq):
-        x[:, i] = torch.where(torch.rand(n, generator=g) < 0.8, nxt[x[:, i - 1]], torch.randint(0, vocab, (n,), generator=g))
-    return BlockDataset(x)
-
-
-def _args(tmp_path, **kw):
-    base = dict(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, learning_rate=3e-3, max_steps=12,
-                logging_steps=1, report_to="none", save_strategy="no", seed=0, use_cpu=True,
-                lr_scheduler_type="cosine", warmup_steps=2, disable_tqdm=True)
-    base.update(kw)
-    return DistillationConfig(**base)
-
-
 def _trainer(tmp_path, student=None, teacher=None, **kw):
     if student is None:
         student, teacher = _pair()
-    return DistillationTrainer(model=student, teacher_model=teacher, args=_args(tmp_path, **kw),
-                               train_dataset=_data(), eval_dataset=_data(8, seed=1), data_collator=collate_blocks)
+    return DistillationTrainer(model=student, teacher_model=teacher, args=distill_args(tmp_path, **kw),
+                               train_dataset=bigram_data(), eval_dataset=bigram_data(8, seed=1),
+                               data_collator=collate_blocks)
 
 
 @pytest.mark.parametrize("chunk", [5, 0])
 def test_compute_loss_equals_naive_full_logits(tmp_path, chunk):
     trainer = _trainer(tmp_path, kd_chunk_size=chunk, temperature=2.0, kd_loss="reverse_kl", ce_weight=0.3)
-    batch = collate_blocks([_data()[i] for i in range(3)])
+    batch = collate_blocks([bigram_data()[i] for i in range(3)])
     loss = trainer.compute_loss(trainer.model, batch, num_items_in_batch=torch.tensor(40))
     grads = torch.autograd.grad(loss, [p for p in trainer.model.parameters()])
     with torch.no_grad():
@@ -95,7 +76,7 @@ def test_teacher_is_frozen_and_kd_of_model_with_itself_is_zero(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(s.parameters(), t.parameters()))
     trainer = _trainer(tmp_path, student=s, teacher=t)
     assert not any(p.requires_grad for p in trainer.teacher.parameters()) and not trainer.teacher.training
-    batch = collate_blocks([_data()[i] for i in range(2)])
+    batch = collate_blocks([bigram_data()[i] for i in range(2)])
     assert abs(trainer.compute_loss(trainer.model, batch).item()) < 1e-6
 
 
@@ -162,24 +143,14 @@ def test_bad_pairs_and_settings(tmp_path):
     with pytest.raises(DistillationError, match="student vocab_size=128 and teacher vocab_size=160"):
         _trainer(tmp_path, student=s, teacher=t_big)
     # rows padded beyond the tokenizer are fine
-    DistillationTrainer(model=s, teacher_model=t_big, args=_args(tmp_path), tokenizer_size=100,
-                        train_dataset=_data(), data_collator=collate_blocks)
+    DistillationTrainer(model=s, teacher_model=t_big, args=distill_args(tmp_path), tokenizer_size=100,
+                        train_dataset=bigram_data(), data_collator=collate_blocks)
     with pytest.raises(DistillationError, match="teacher_model is required"):
-        DistillationTrainer(model=s, args=_args(tmp_path))
+        DistillationTrainer(model=s, args=distill_args(tmp_path))
     with pytest.raises(DistillationError, match="kd_loss='kl'"):
-        _args(tmp_path, kd_loss="kl")
+        distill_args(tmp_path, kd_loss="kl")
     with pytest.raises(DistillationError, match="temperature"):
-        _args(tmp_path, temperature=0)
-
-
-@pytest.fixture
-def tiny_pair_dirs(tmp_path, default_model_dir):
-    for name, seed, kw in (("teacher", 0, {}), ("student", 1, dict(hidden_size=36, intermediate_size=48))):
-        m = tiny_model("llama", vocab_size=49152, seed=seed, **kw)
-        m.save_pretrained(tmp_path / name)
-        for f in default_model_dir.glob("tokenizer*"):
-            shutil.copy2(f, tmp_path / name / f.name)
-    return tmp_path / "student", tmp_path / "teacher"
+        distill_args(tmp_path, temperature=0)
 
 
 def test_cli_bad_inputs_fail_before_training(tiny_pair_dirs, tmp_path, capsys, monkeypatch):
@@ -200,6 +171,7 @@ def test_cli_bad_inputs_fail_before_training(tiny_pair_dirs, tmp_path, capsys, m
     assert "no non-empty text" in capsys.readouterr().err
 
 
+@pytest.mark.multiprocess
 def test_cli_distill_end_to_end_and_two_processes(tiny_pair_dirs, tmp_path):
     """`minitron distill` writes a loadable student, distill.json and curves.png; the same recipe under
     `accelerate launch --multi_gpu --num_processes 2` (CPU: torchrun + gloo) trains as well."""
@@ -267,6 +239,7 @@ def test_continuous_correction_trains_teacher_and_resumes(tmp_path):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("streaming", [False, True])
 def test_two_process_resume_continues_the_same_run(tiny_pair_dirs, tmp_path, streaming):
     """`accelerate launch --num_processes 2`, resumed from checkpoint-2 of a 4-step run, ends with the weights of the

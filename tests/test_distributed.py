@@ -18,6 +18,8 @@ from safetensors.torch import load_file
 
 from minitron_hf.distributed import DistributedConfigError, check_global_batch
 
+pytestmark = pytest.mark.multiprocess  # ranks of accelerate launch / torchrun
+
 ROOT = Path(__file__).parents[1]
 ACCELERATE = str(Path(sys.executable).parent / "accelerate")
 FSDP2_CPU = ["--config_file", str(ROOT / "recipes/accelerate/fsdp2-cpu.yaml")]
@@ -354,7 +356,7 @@ def test_every_stage_of_minitron_run_under_two_processes(pair, tmp_path, default
 
 
 def test_resume_auto_starts_fresh_without_a_checkpoint(tmp_path):
-    from minitron_hf.checkpoints import parse_resume_flag, resolve_resume
+    from minitron_hf.resume import parse_resume_flag, resolve_resume
 
     assert parse_resume_flag("AUTO") == "auto"
     assert resolve_resume("auto", tmp_path) is None  # nothing to resume: a fresh start, not an error

@@ -120,9 +120,10 @@ def test_venv_data_prompt_and_checker(bfcl_python):
     assert [parse_calls(t) for t in texts] == ref_decoded
 
 
+@pytest.mark.server
 @pytest.mark.slow
 def test_through_an_endpoint_answering_right(bfcl_python, tmp_path):
-    from test_eval_mbpp import StubServer
+    from conftest import StubServer
 
     data = call_worker(bfcl_python, "load", {"categories": ["live_simple", "live_irrelevance"], "limit": 2})
     truth = {e["messages"][-1]["content"]: e["ground_truth"] for e in data["live_simple"]}

@@ -168,6 +168,7 @@ class CannedLM:
         return _Canned()
 
 
+@pytest.mark.slow
 def test_ifeval_scoring_strict_and_loose_against_hand_values(local_tasks, punkt_tab):
     """lm-eval's IFEval checkers and aggregation on hand-written responses equal the hand-worked booleans:
     prompt strict 2/5, instruction strict 4/8, prompt loose 4/5, instruction loose 7/8; the table's IFEval
@@ -192,6 +193,7 @@ def test_ifeval_scoring_strict_and_loose_against_hand_values(local_tasks, punkt_
     assert sorted(lm.prompts) == sorted(r[0]["prompt"] for r in IFEVAL_ROWS)
 
 
+@pytest.mark.slow
 def test_bad_input_fails_before_any_model_loads(tmp_path, monkeypatch, shared_index, default_model_dir, capsys):
     import nltk
 
@@ -300,25 +302,19 @@ def test_sub_benchmark_options_and_table_layout(tmp_path, monkeypatch):
                          "| MT-Bench (my-judge) | 7.13 | - |", "| MMLU (0) | 25.0 | - |"]
 
 
-def test_mtbench_and_mbpp_rows_through_instruct(tmp_path, default_model_dir):
+@pytest.mark.server
+def test_mtbench_and_mbpp_rows_through_instruct(tmp_path, default_model_dir, stub, mbpp_file):
     """MT-Bench (a local judge answering like OpenAI) and MBPP (local rows) reached through `eval instruct`:
     their numbers land in the Table-2 rows and each writes its own subfolder."""
-    from conftest import save_with_tokenizer, tiny_model
-    from test_eval_mbpp import ROWS
-    from test_eval_mtbench import JUDGE, Stub
+    pytest.importorskip("mtbench_evaluator")
+    pytest.importorskip("openai")
+    from conftest import JUDGE, save_with_tokenizer, tiny_model
 
-    stub = Stub()
     stub.judge_reply = "Fine.\nRating: [[6]]"  # every answer of the tiny random model gets 6
-    try:
-        model = save_with_tokenizer(tiny_model("llama", vocab_size=49152), tmp_path / "tiny", default_model_dir)
-        mbpp = tmp_path / "mbpp.jsonl"
-        mbpp.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
-        cfg = InstructEvalConfig(benchmarks=["mtbench", "mbpp"], limit=2, max_new_tokens=4, judge_base_url=stub.url,
-                                 judge_model=JUDGE, mbpp_data_files=str(mbpp), output=str(tmp_path / "out"))
-        out = run_instruct_eval([str(model)], cfg, names=["tiny"])
-    finally:
-        stub.server.shutdown()
-        stub.server.server_close()
+    model = save_with_tokenizer(tiny_model("llama", vocab_size=49152), tmp_path / "tiny", default_model_dir)
+    cfg = InstructEvalConfig(benchmarks=["mtbench", "mbpp"], limit=2, max_new_tokens=4, judge_base_url=stub.url,
+                             judge_model=JUDGE, mbpp_data_files=str(mbpp_file), output=str(tmp_path / "out"))
+    out = run_instruct_eval([str(model)], cfg, names=["tiny"])
     r = out["results"]["tiny"]
     assert r["mtbench"] == pytest.approx(6.0) and r["mbpp"] == 0.0  # random weights write no working code
     assert len(stub.posts(JUDGE)) == 4  # 2 questions x 2 turns judged

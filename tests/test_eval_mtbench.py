@@ -3,11 +3,8 @@
 rates each answer with that number, so every score is checked against a hand computation."""
 
 import json
-import re
 import socket
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -18,80 +15,7 @@ from minitron_hf.eval.mtbench import (CATEGORIES, MTBenchConfig, MTBenchError, a
 pytest.importorskip("mtbench_evaluator")
 openai = pytest.importorskip("openai")
 
-MODEL, JUDGE = "stub-model", "stub-judge"
-
-
-def stub_answer(question: str, turn: int) -> str:
-    """What the stub model answers: a number the stub judge turns into the rating (0: no rating)."""
-    return f"My answer. <<rating={(len(question) * turn) % 11}>>"
-
-
-class Stub:
-    """An OpenAI-compatible server: GET /v1/models, POST /v1/chat/completions and /v1/completions."""
-
-    def __init__(self):
-        self.requests, self.fail, self.judge_reply = [], [], None  # fail: HTTP statuses to answer first
-        stub = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
-
-            def _send(self, code, body, headers=()):
-                data = json.dumps(body).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                for k, v in headers:
-                    self.send_header(k, v)
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_GET(self):
-                stub.requests.append({"path": self.path, "auth": self.headers.get("Authorization")})
-                if self.path.rstrip("/") != "/v1/models":
-                    return self._send(404, {"error": {"message": "not found"}})
-                self._send(200, {"object": "list", "data": [{"id": m, "object": "model", "created": 0,
-                                                             "owned_by": "stub"} for m in (MODEL, JUDGE)]})
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                stub.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
-                if stub.fail:
-                    code = stub.fail.pop(0)
-                    return self._send(code, {"error": {"message": f"stub error {code}", "type": "stub"}},
-                                      [("Retry-After", "0")] if code == 429 else ())
-                if self.path == "/v1/completions":
-                    return self._send(200, {"id": "c", "object": "text_completion", "created": 0, "model":
-                                            body["model"], "choices": [{"index": 0, "text": body["prompt"][::-1],
-                                                                        "finish_reason": "stop", "logprobs": None}]})
-                msgs = body["messages"]
-                if body["model"] == MODEL:
-                    users = [m["content"] for m in msgs if m["role"] == "user"]
-                    text = stub_answer(users[-1], len(users))
-                elif stub.judge_reply is not None:
-                    text = stub.judge_reply
-                else:  # rate the answer under judgment: the last number in the prompt
-                    n = int(re.findall(r"<<rating=(\d+)>>", msgs[-1]["content"])[-1])
-                    text = f"The answer is fine.\nRating: [[{n}]]" if n else "I cannot rate this."
-                self._send(200, {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                                 "choices": [{"index": 0, "finish_reason": "stop",
-                                              "message": {"role": "assistant", "content": text}}]})
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def posts(self, model=None):
-        return [r for r in self.requests if "body" in r and (model is None or r["body"]["model"] == model)]
-
-
-@pytest.fixture
-def stub():
-    s = Stub()
-    yield s
-    s.server.shutdown()
-    s.server.server_close()
+from conftest import JUDGE, MODEL, stub_answer  # noqa: E402
 
 
 def closed_port_url():
@@ -138,6 +62,7 @@ def test_questions_and_reference_answers_from_the_package():
     assert name == "single" and "only one" in msgs[1]["content"] and "Reference" not in msgs[1]["content"]
 
 
+@pytest.mark.server
 def test_endpoint_client(stub, monkeypatch):
     monkeypatch.setenv("MTB_TEST_KEY", "sekrit")
     assert endpoint.check_endpoint(stub.url, field="judge_base_url") == [MODEL, JUDGE]
@@ -201,6 +126,7 @@ def hand_scores(categories=None):
     return out
 
 
+@pytest.mark.server
 def test_served_model_judged_scores_match_hand_computation(stub, tmp_path, monkeypatch):
     """All 80 questions, answered by a served model and rated by the judge: every average as computed by
     hand, the judge's turn-2 prompt carrying the conversation and the corrected references, category
@@ -243,6 +169,7 @@ def test_served_model_judged_scores_match_hand_computation(stub, tmp_path, monke
     assert len(stub.posts()) == n and again["results"]["served"]["score"] == pytest.approx(ref["score"])
 
 
+@pytest.mark.server
 def test_bad_input_fails_before_any_model_loads(tmp_path, monkeypatch, stub):
     from conftest import tiny_model
 
@@ -275,6 +202,7 @@ def test_bad_input_fails_before_any_model_loads(tmp_path, monkeypatch, stub):
     assert stub.posts() == [] and not (out / "answers.jsonl").exists()
 
 
+@pytest.mark.server
 def test_cli_end_to_end(stub, tmp_path, capsys):
     from minitron_hf.cli import main
 
@@ -306,6 +234,7 @@ def test_batched_generation_equals_one_at_a_time(default_model_dir, default_toke
     assert cat[1] == batched[1] and cat[2] == batched[2]
 
 
+@pytest.mark.server
 @pytest.mark.slow
 def test_default_model_answers_two_turns(default_model_dir, tmp_path, stub):
     """The real default model answers a question (two turns, through its chat template), judged by the

@@ -122,6 +122,8 @@ BAD = [
     ("instruct", {"mmlu_fewshot": -1}, "mmlu_fewshot=-1 must be >= 0"),
     ("instruct", {"ifeval_task": "ifeval:acc"}, "ifeval_task='ifeval:acc'"),
     ("instruct", {"code_samples": 0}, "code_samples=0 must be >= 1"),
+    ("loss", {"samples": 0}, "samples=0 must be >= 1"),
+    ("loss", {"seq_len": 1}, "seq_len=1 must be >= 2"),
 ]
 
 

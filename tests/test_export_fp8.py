@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import tiny_model
+from conftest import assert_dequantized_close, tiny_model
 from safetensors.torch import load_file
 
 pytest.importorskip("modelopt.torch.quantization", reason="nvidia-modelopt is not installed (pip install -e '.[export]')")
@@ -80,28 +80,6 @@ def test_structure(exported):
 def test_weights_within_fp8_e4m3_tolerance(exported):
     src, out, _, _ = exported
     assert_dequantized_close(load_file(src / "model.safetensors"), out)
-
-
-def assert_dequantized_close(orig: dict, out) -> None:
-    """The FP8 checkpoint ``out`` dequantizes to ``orig`` (the source's tensors) within e4m3 rounding: FP8 weights
-    unclipped and within half an e4m3 step, every other tensor bit-exact (float32 export). Used by
-    tests/test_arch_conformance.py for every family."""
-    deq = dequantize(out)
-    t = load_file(out / "model.safetensors")
-    assert set(deq) == set(orig)  # an untied lm_head is exported unquantized; a tied one is not in either
-    n_inexact = 0
-    for name, w in orig.items():
-        if name + "_scale" not in t:
-            assert torch.equal(deq[name], w.float()), name  # unquantized: bit-exact
-            continue
-        scale = t[name + "_scale"].float()
-        assert scale >= w.abs().max() / FP8_E4M3_MAX * (1 - 1e-6), name  # no clipping
-        # e4m3 has 3 mantissa bits: round-to-nearest error <= 2^-4 relative, 2^-10 * scale among subnormals
-        bound = torch.maximum(w.abs() * 2**-4, scale * 2**-10) * (1 + 1e-5)
-        err = (deq[name] - w.float()).abs()
-        assert (err <= bound).all(), (name, (err / bound).max())
-        n_inexact += int((err > 0).sum())
-    assert n_inexact > 0  # it really is quantized
 
 
 def test_input_scales_are_calibrated_ranges(exported, default_tokenizer):

@@ -162,6 +162,7 @@ def _cli_memory_limited(*argvs) -> list[tuple[int, str]]:
     return [tuple(x) for x in json.loads(r.stdout.strip().splitlines()[-1])]
 
 
+@pytest.mark.multiprocess
 def test_yaml_alias_bomb_is_refused_naming_the_file(tmp_path):
     cfg = tmp_path / "bomb.yaml"
     cfg.write_text(f"model: smollm2-135m\nseq_len: {_bomb()}\n")
@@ -173,6 +174,7 @@ def test_yaml_alias_bomb_is_refused_naming_the_file(tmp_path):
     assert str(cfg) in line and "more than 100,000 values" in line, line
 
 
+@pytest.mark.multiprocess
 def test_yaml_bounds_hold_for_run_configs_set_overrides_and_every_file(tmp_path, capsys):
     bomb, plain, loop = tmp_path / "bomb.yaml", tmp_path / "plain.yaml", tmp_path / "loop.yaml"
     bomb.write_text(f"output_dir: {tmp_path / 'out'}\nseq_len: {_bomb()}\n")
@@ -204,6 +206,7 @@ def small_vocab_dir(tmp_path_factory, default_model_dir):
     return save_with_tokenizer(tiny_model("llama", vocab_size=1000), d, default_model_dir)
 
 
+@pytest.mark.slow
 def test_model_with_fewer_vocab_rows_than_its_tokenizer_is_refused_before_work(small_vocab_dir, data_file, tmp_path,
                                                                               capsys):
     m = str(small_vocab_dir)
@@ -216,7 +219,7 @@ def test_model_with_fewer_vocab_rows_than_its_tokenizer_is_refused_before_work(s
                   "2", "--seq-len", "32", "--output", tmp_path / "p"],
         "importance": ["importance", "--model", m, "--data", data_file, "--calib-samples", "2", "--seq-len", "32",
                        "--output", tmp_path / "i"],
-        "evaluate": ["evaluate", m, "--data", data_file, "--samples", "2", "--seq-len", "32"],
+        "eval loss": ["eval", "loss", m, "--data", data_file, "--samples", "2", "--seq-len", "32"],
     }
     for name, argv in commands.items():
         code, err = _cli(capsys, *argv)
@@ -250,6 +253,7 @@ def test_vocab_check_counts_added_tokens_and_allows_padding_rows(default_model_d
 
 # ------------------------------------------------------------------------------ 4. resume from another shape
 
+@pytest.mark.slow
 def test_resume_from_a_checkpoint_of_another_shape_names_the_tensor_and_both_shapes(tiny_dir, data_file, tmp_path,
                                                                                    capsys, default_model_dir):
     out = tmp_path / "out"
@@ -320,6 +324,7 @@ def _sigterm_after_first_step(cmd) -> tuple[int, str]:
     return p.returncode, "".join(lines) + rest
 
 
+@pytest.mark.multiprocess
 def test_sigterm_with_jit_checkpoint_exits_preempted_and_resumes(tiny_dir, data_file, tmp_path):
     out = tmp_path / "out"
     code, log = _sigterm_after_first_step(_distill_cmd(tiny_dir, data_file, out, "--max-steps", "1000",
@@ -340,6 +345,7 @@ def test_sigterm_with_jit_checkpoint_exits_preempted_and_resumes(tiny_dir, data_
     assert json.loads((out / "distill.json").read_text())["steps"] == step + 2 and (out / "final").is_dir()
 
 
+@pytest.mark.multiprocess
 def test_sigterm_without_jit_checkpoint_is_not_a_success(tiny_dir, data_file, tmp_path):
     out = tmp_path / "out"
     code, log = _sigterm_after_first_step(_distill_cmd(tiny_dir, data_file, out, "--max-steps", "1000"))
@@ -349,6 +355,7 @@ def test_sigterm_without_jit_checkpoint_is_not_a_success(tiny_dir, data_file, tm
 
 # ------------------------------------------------------------------------------ 6. full disk in torch.save
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full for torch's real write error")
 @pytest.mark.parametrize("free,expect", [(0, "no space left on the device of"), (50 * 2**30, "could not write")])
 def test_torch_save_failing_on_a_full_disk_is_one_line_and_leaves_no_partial_checkpoint(

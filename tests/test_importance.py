@@ -9,20 +9,7 @@ import torch.multiprocessing as mp
 from minitron_hf.pruning.importance import (AGGREGATIONS, ChannelReducer, Importance, ImportanceError,
                                             estimate_importance, parse_aggregation, random_importance)
 
-from conftest import tiny_model
-
-
-def naive_reduce(x, mask, batch_agg, seq_agg):
-    """x: [B, S, C] magnitudes. Loop over samples, keep only real tokens, reduce."""
-    per_sample = []
-    for b in range(x.shape[0]):
-        tok = x[b][mask[b].bool()]
-        if len(tok) == 0:
-            continue
-        per_sample.append({"mean": tok.mean(0), "l1": tok.sum(0), "l2": tok.pow(2).sum(0).sqrt(),
-                           "max": tok.max(0).values}[seq_agg])
-    s = torch.stack(per_sample)
-    return {"mean": s.mean(0), "l1": s.sum(0), "l2": s.pow(2).sum(0).sqrt(), "max": s.max(0).values}[batch_agg]
+from conftest import check_hybrid_importance, naive_moe_scores, naive_reduce, tiny_model
 
 
 @pytest.mark.parametrize("aggregation", AGGREGATIONS)
@@ -39,47 +26,6 @@ def test_reducer_matches_naive(aggregation):
         xs.append(x)
         ms.append(m)
     torch.testing.assert_close(r.result(), naive_reduce(torch.cat(xs), torch.cat(ms), batch_agg, seq_agg))
-
-
-def naive_moe_scores(model, ids, mask, batch_agg, seq_agg):
-    """Naive reference of the MoE scores, token by token and expert by expert. The routing is the model's own (the
-    router's top-k output, captured); each routed (token, expert) pair's FFN is recomputed here with per-token
-    matrix-vector products from the stacked weights. Returns ([layer, expert] scores, [layer, expert, neuron])."""
-    B, S = ids.shape
-    inputs, routes = [], []
-    hs = []
-    for layer in model.model.layers:
-        hs.append(layer.mlp.register_forward_pre_hook(lambda m, a: inputs.append(a[0].reshape(B, S, -1))))
-        hs.append(layer.mlp.gate.register_forward_hook(lambda m, a, o: routes.append((o[1].view(B, S, -1),
-                                                                                      o[2].view(B, S, -1)))))
-    with torch.no_grad():
-        model(ids, attention_mask=mask)
-    for h in hs:
-        h.remove()
-    act_fn = torch.nn.functional.silu
-    experts_out, neurons_out = [], []
-    torch.set_grad_enabled(False)
-    for layer, x, (weights, index) in zip(model.model.layers, inputs, routes):
-        E, _, inter = layer.mlp.experts.down_proj.shape
-        gu, down = layer.mlp.experts.gate_up_proj, layer.mlp.experts.down_proj
-        score = torch.zeros(E, dtype=torch.float64)
-        acts = torch.zeros(E, B, S, inter)
-        routed = torch.zeros(E, B, S)
-        for b in range(B):
-            for s in range(S):
-                if not mask[b, s]:
-                    continue
-                for slot in range(index.shape[-1]):
-                    e = int(index[b, s, slot])
-                    h = x[b, s]
-                    act = act_fn(gu[e, :inter] @ h) * (gu[e, inter:] @ h)
-                    out = down[e] @ act
-                    score[e] += float(weights[b, s, slot]) * float(out.norm())
-                    acts[e, b, s], routed[e, b, s] = act.abs(), 1
-        experts_out.append(score.float())
-        neurons_out.append(torch.stack([naive_reduce(acts[e], routed[e], batch_agg, seq_agg) for e in range(E)]))
-    torch.set_grad_enabled(True)
-    return torch.stack(experts_out), torch.stack(neurons_out)
 
 
 def _capture(model, ids):
@@ -109,8 +55,6 @@ def test_estimate_importance_matches_naive(model_type, aggregation):
     model = tiny_model(model_type)
     ids = torch.randint(0, 128, (6, 16), generator=torch.Generator().manual_seed(0))
     if hasattr(model.model, "embeddings"):  # a hybrid Nemotron-H: probes per layer type
-        from test_nemotron_h import check_hybrid_importance
-
         check_hybrid_importance(model, ids, torch.ones(6, 16), aggregation)
         return
     imp = estimate_importance(model, ids, aggregation, batch_size=6, progress=False)
@@ -178,6 +122,7 @@ def _dp_worker(rank, world, port, ids, out):
         torch.distributed.destroy_process_group()
 
 
+@pytest.mark.multiprocess
 def test_data_parallel_all_reduce_equals_single_process(tmp_path):
     ids = torch.randint(0, 128, (8, 12), generator=torch.Generator().manual_seed(2))
     single = estimate_importance(tiny_model("mistral"), ids, "l2_mean", batch_size=2, progress=False)

@@ -14,13 +14,12 @@ from minitron_hf.arch import UnsupportedModelError, family_of
 from minitron_hf.data import DataConfig
 from minitron_hf.export.hub import model_card_text
 from minitron_hf.pruning.importance import estimate_importance, parse_aggregation, random_importance
-from minitron_hf.pruning.prune import PruneConfig, run_prune
-from minitron_hf.pruning.sequential import LayerwiseModel, SequentialError
+from minitron_hf.pruning.config import PruneConfig
+from minitron_hf.pruning.prune import run_prune
+from minitron_hf.pruning.layerwise import LayerwiseModel, SequentialError
 from minitron_hf.pruning.trim import PruneTarget, PruningConfigError, make_plan, resolve_target, trim_checkpoint
 
-from conftest import save_with_tokenizer, tiny_model
-from test_importance import naive_moe_scores
-from test_trim import _logits, _prune, naive_reference
+from conftest import naive_moe_scores, naive_reference, save_with_tokenizer, seeded_logits, tiny_model
 
 MOE = ["mixtral", "qwen3_moe"]
 
@@ -40,11 +39,11 @@ def _disk_names(model, plan, prefix):
 
 
 @pytest.mark.parametrize("model_type", MOE)
-def test_expert_pruning_equals_naive_reference_on_disk(model_type, tmp_path):
+def test_expert_pruning_equals_naive_reference_on_disk(model_type, tmp_path, prune_tiny):
     family, mlp, experts = _fields(model_type)
     model = tiny_model(model_type)
-    plan, pruned = _prune(model, tmp_path, {"hidden_size": 32, mlp: 40, experts: 3, "num_attention_heads": 4,
-                                            "drop_layers": [2]})
+    plan, pruned = prune_tiny(model, tmp_path, {"hidden_size": 32, mlp: 40, experts: 3, "num_attention_heads": 4,
+                                                "drop_layers": [2]})
     c = pruned.config
     assert (c.num_local_experts, getattr(c, mlp), c.hidden_size, c.num_hidden_layers) == (3, 40, 32, 3)
     assert getattr(c, experts) == 3 and c.num_experts_per_tok == 2
@@ -52,7 +51,7 @@ def test_expert_pruning_equals_naive_reference_on_disk(model_type, tmp_path):
     assert all(len(plan.experts[l]) == 3 for l in plan.layers)
     assert any(not torch.equal(plan.neurons[l][0], plan.neurons[l][1]) for l in plan.layers)
     ref = naive_reference(model, plan)
-    torch.testing.assert_close(_logits(pruned), _logits(ref), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(seeded_logits(pruned), seeded_logits(ref), atol=1e-5, rtol=1e-5)
     # on disk: exactly the source's tensors of kept layers and experts, renumbered, each equal to the reference's
     # (the reference written by transformers' own save_pretrained, which converts stacked experts to Hub names)
     ref.save_pretrained(tmp_path / "ref")
@@ -71,13 +70,13 @@ def test_expert_pruning_equals_naive_reference_on_disk(model_type, tmp_path):
 
 
 @pytest.mark.parametrize("model_type", MOE)
-def test_keep_every_expert_only_permutes(model_type, tmp_path):
+def test_keep_every_expert_only_permutes(model_type, tmp_path, prune_tiny):
     family, mlp, experts = _fields(model_type)
     model = tiny_model(model_type)
     c = model.config
-    plan, pruned = _prune(model, tmp_path, {"hidden_size": c.hidden_size, mlp: getattr(c, mlp), experts: 4})
+    plan, pruned = prune_tiny(model, tmp_path, {"hidden_size": c.hidden_size, mlp: getattr(c, mlp), experts: 4})
     assert any(plan.experts[l].tolist() != [0, 1, 2, 3] for l in plan.layers)  # experts really were renumbered
-    torch.testing.assert_close(_logits(pruned), _logits(model), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(seeded_logits(pruned), seeded_logits(model), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("model_type", MOE)
@@ -176,6 +175,7 @@ def test_composed_plan_equals_two_step_surgery(model_type, tmp_path):
     assert json.dumps(both.to_json())  # the record pruning.json keeps
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_type", MOE)
 def test_minitron_prune_end_to_end(model_type, tmp_path, default_model_dir):
     family, mlp, experts = _fields(model_type)
@@ -248,6 +248,7 @@ def test_unstacked_experts_are_the_disk_tensors_and_compute_the_same(model_type,
             assert torch.equal(m.weight, disk[on_disk[n] + ".weight"]), n
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_type", MOE)
 def test_fp8_export_calibrates_every_expert_on_every_token(model_type, tmp_path, default_model_dir, default_tokenizer):
     """Naive reference of the MoE FP8 checkpoint's scales, from the stacked model with plain hooks: as NVIDIA ModelOpt

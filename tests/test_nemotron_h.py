@@ -11,13 +11,11 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from minitron_hf.arch import UnsupportedModelError, count_parameters, family_of
 from minitron_hf.pruning.depth import dropped_layers
-from minitron_hf.pruning.importance import estimate_importance, parse_aggregation, random_importance
+from minitron_hf.pruning.importance import random_importance
 from minitron_hf.pruning.trim import (PruneTarget, PruningConfigError, kept_layers_config, make_plan, parameter_counts,
                                      resolve_target)
 
-from conftest import save_with_tokenizer, tiny_config, tiny_model
-from test_importance import naive_reduce
-from test_trim import _prune
+from conftest import check_hybrid_importance, naive_hybrid_reference, save_with_tokenizer, tiny_config, tiny_model
 
 TYPES = ["linear_attention", "linear_attention", "mlp", "full_attention"]  # conftest's tiny pattern
 
@@ -41,81 +39,13 @@ def _logits(model, ids):
         return model(ids).logits
 
 
-def naive_hybrid_reference(model, plan):
-    """The pruned Nemotron-H rebuilt with explicit per-head / per-channel / per-neuron copies (shares nothing with
-    trim.py or the family's slicing rules): Mamba heads (in their groups) and head-dim channels through in_proj's z,
-    x and dt rows, conv1d's x channels, A_log, D, dt_bias, the gated norm and out_proj's columns; B and C rows
-    whole."""
-    c = model.config
-    cfg = type(c).from_dict(plan.new_config)
-    ref = AutoModelForCausalLM.from_config(cfg).eval()
-    hid, hd = plan.hidden.tolist(), plan.head_dim
-    nh, mhd, G, N = c.mamba_num_heads, c.mamba_head_dim, c.n_groups, c.ssm_state_size
-    I = nh * mhd
-    src, dst = model.model, ref.model
-
-    def cols(w, idx):
-        return torch.stack([w[:, j] for j in idx], 1)
-
-    def rows(w, idx):
-        return torch.stack([w[j] for j in idx])
-
-    with torch.no_grad():
-        for p in ref.parameters():
-            p.fill_(float("nan"))
-        dst.embeddings.weight.copy_(cols(src.embeddings.weight, hid))
-        dst.norm_f.weight.copy_(rows(src.norm_f.weight, hid))
-        if not c.tie_word_embeddings:
-            ref.lm_head.weight.copy_(cols(model.lm_head.weight, hid))
-        for new_i, old_i in enumerate(plan.layers):
-            a, b = src.layers[old_i], dst.layers[new_i]
-            assert a.block_type == b.block_type
-            b.norm.weight.copy_(rows(a.norm.weight, hid))
-            x, y = a.mixer, b.mixer
-            if a.block_type == "linear_attention":
-                heads = plan.axes[old_i]["mamba_heads"].tolist()
-                dims = [ch - heads[0] * mhd for ch in plan.axes[old_i]["mamba"].tolist()[:cfg.mamba_head_dim]]
-                # heads stay in their groups, the same count per group
-                assert [h // (nh // G) for h in heads] == sorted(h // (nh // G) for h in heads)
-                chans = [h * mhd + p for h in heads for p in dims]
-                in_rows = chans + [I + ch for ch in chans] + [2 * I + r for r in range(2 * G * N)] + \
-                    [2 * I + 2 * G * N + h for h in heads]
-                y.in_proj.weight.copy_(cols(rows(x.in_proj.weight, in_rows), hid))
-                if x.in_proj.bias is not None:  # use_bias
-                    y.in_proj.bias.copy_(rows(x.in_proj.bias, in_rows))
-                    y.out_proj.bias.copy_(rows(x.out_proj.bias, hid))
-                conv_rows = chans + [I + r for r in range(2 * G * N)]
-                y.conv1d.weight.copy_(rows(x.conv1d.weight, conv_rows))
-                if x.conv1d.bias is not None:  # use_conv_bias
-                    y.conv1d.bias.copy_(rows(x.conv1d.bias, conv_rows))
-                for name in ("A_log", "D", "dt_bias"):
-                    getattr(y, name).copy_(rows(getattr(x, name), heads))
-                y.norm.weight.copy_(rows(x.norm.weight, chans))
-                y.out_proj.weight.copy_(rows(cols(x.out_proj.weight, chans), hid))
-            elif a.block_type == "full_attention":
-                qh, kvh = plan.heads[old_i].tolist(), plan.kv_heads[old_i].tolist()
-                for proj, hs in (("q_proj", qh), ("k_proj", kvh), ("v_proj", kvh)):
-                    w = getattr(x, proj).weight
-                    getattr(y, proj).weight.copy_(cols(torch.cat([w[h * hd:(h + 1) * hd] for h in hs]), hid))
-                wo = torch.cat([x.o_proj.weight[:, h * hd:(h + 1) * hd] for h in qh], 1)
-                y.o_proj.weight.copy_(rows(wo, hid))
-            else:
-                keep = plan.neurons[old_i].tolist()
-                y.up_proj.weight.copy_(cols(rows(x.up_proj.weight, keep), hid))
-                y.down_proj.weight.copy_(rows(cols(x.down_proj.weight, keep), hid))
-                if x.up_proj.bias is not None:  # mlp_bias
-                    y.up_proj.bias.copy_(rows(x.up_proj.bias, keep))
-                    y.down_proj.bias.copy_(rows(x.down_proj.bias, hid))
-    return ref
-
-
 TARGET = dict(hidden_size=40, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2,
               mamba_num_heads=20, mamba_head_dim=3, drop_layers=[1])
 
 
-def test_trim_equals_naive_reference(tmp_path):
+def test_trim_equals_naive_reference(tmp_path, prune_tiny):
     model = _model()
-    plan, pruned = _prune(model, tmp_path, TARGET)
+    plan, pruned = prune_tiny(model, tmp_path, TARGET)
     cfg = pruned.config
     assert cfg.layers_block_type == ["linear_attention", "mlp", "full_attention"] and cfg.num_hidden_layers == 3
     assert (cfg.mamba_num_heads, cfg.mamba_head_dim, cfg.hidden_size) == (20, 3, 40)
@@ -128,11 +58,11 @@ def test_trim_equals_naive_reference(tmp_path):
     assert count_parameters(cfg)["total"] == sum(p.numel() for p in pruned.parameters())
 
 
-def test_keep_everything_only_permutes_mamba(tmp_path):
+def test_keep_everything_only_permutes_mamba(tmp_path, prune_tiny):
     model = _model()
     c = model.config
-    plan, keep = _prune(model, tmp_path, dict(mamba_num_heads=c.mamba_num_heads, mamba_head_dim=c.mamba_head_dim,
-                                              hidden_size=c.hidden_size))
+    plan, keep = prune_tiny(model, tmp_path, dict(mamba_num_heads=c.mamba_num_heads, mamba_head_dim=c.mamba_head_dim,
+                                                  hidden_size=c.hidden_size))
     heads = plan.axes[0]["mamba_heads"]
     assert sorted(heads.tolist()) == list(range(32)) != heads.tolist()  # really permuted
     assert sorted(heads[:16].tolist()) == list(range(16))  # within their group
@@ -161,49 +91,6 @@ def test_mamba_ranking_follows_modelopt():
     assert 2 not in plan.axes and 3 not in plan.axes  # attention and MLP layers have no Mamba axes
 
 
-def check_hybrid_importance(model, ids, mask, aggregation):
-    """The scores of a hybrid model against a naive capture of every activation they are defined on: per layer type,
-    the x rows of in_proj's output (Mamba), o_proj's input per head (attention), down_proj's input (MLP), and every
-    block norm's output; a score a layer has no probe for is zero. (test_importance runs this for Nemotron-H too.)"""
-    imp = estimate_importance(model, [{"input_ids": ids, "attention_mask": mask}], aggregation, progress=False)
-    acts = {"x": {}, "heads": {}, "neurons": {}, "hidden": []}
-    c = model.config
-    I, H, hd = c.mamba_num_heads * c.mamba_head_dim, c.num_attention_heads, c.head_dim
-    hs = []
-    for i, layer in enumerate(model.model.layers):
-        hs.append(layer.norm.register_forward_hook(lambda m, a, o: acts["hidden"].append(o.abs())))
-        if layer.block_type == "linear_attention":
-            hs.append(layer.mixer.in_proj.register_forward_hook(
-                lambda m, a, o, i=i: acts["x"].update({i: o[..., I:2 * I].abs()})))  # rows z, x, B, C, dt
-        elif layer.block_type == "full_attention":
-            hs.append(layer.mixer.o_proj.register_forward_pre_hook(
-                lambda m, a, i=i: acts["heads"].update({i: a[0].view(*a[0].shape[:-1], H, hd).norm(dim=-1)})))
-        else:
-            hs.append(layer.mixer.down_proj.register_forward_pre_hook(
-                lambda m, a, i=i: acts["neurons"].update({i: a[0].abs()})))
-    with torch.no_grad():
-        model(ids, attention_mask=mask)
-    for h in hs:
-        h.remove()
-    b, s = parse_aggregation(aggregation)
-    types = c.layers_block_type
-    assert set(acts["x"]) == {i for i, t in enumerate(types) if t == "linear_attention"}
-    assert set(acts["heads"]) == {i for i, t in enumerate(types) if t == "full_attention"}
-    assert set(acts["neurons"]) == {i for i, t in enumerate(types) if t == "mlp"}
-    for l in range(len(types)):
-        for name, key in (("mamba", "x"), ("heads", "heads"), ("neurons", "neurons")):
-            got = imp.score(name)[l]
-            if l in acts[key]:
-                assert got.shape[-1] == acts[key][l].shape[-1] and (got > 0).any()
-                torch.testing.assert_close(got, naive_reduce(acts[key][l], mask, b, s), rtol=1e-5, atol=1e-6)
-            else:
-                assert (got == 0).all()
-    hidden = sum(naive_reduce(h, mask, b, s) for h in acts["hidden"])
-    torch.testing.assert_close(imp.hidden, hidden, rtol=1e-5, atol=1e-5)
-    assert imp.meta["samples"] == len(ids)
-    return imp
-
-
 @pytest.mark.parametrize("aggregation", ["l2_mean", "max_l2"])
 def test_importance_probes_match_naive(aggregation):
     ids = _ids(0, batch=4, seq=16)
@@ -214,7 +101,7 @@ def test_importance_probes_match_naive(aggregation):
         assert (imp.score(name)[l] > 0).all()  # every channel of every probe fired
 
 
-def test_depth_drop_rewrites_pattern_and_equals_skipping(tmp_path):
+def test_depth_drop_rewrites_pattern_and_equals_skipping(tmp_path, prune_tiny):
     model = _model(num_hidden_layers=6)  # M M - * M M
     ids = _ids()
     full = _logits(model, ids)
@@ -223,7 +110,7 @@ def test_depth_drop_rewrites_pattern_and_equals_skipping(tmp_path):
         assert model.config.layers_block_type == kept and model.config.num_hidden_layers == 4
         skipped = _logits(model, ids)
     assert model.config.layers_block_type == (TYPES * 2)[:6] and torch.equal(_logits(model, ids), full)
-    _, pruned = _prune(model, tmp_path, dict(drop_layers=[1, 4]))
+    _, pruned = prune_tiny(model, tmp_path, dict(drop_layers=[1, 4]))
     assert pruned.config.layers_block_type == kept
     written = json.loads((tmp_path / "out" / "config.json").read_text())
     assert written["layers_block_type"] == kept
@@ -232,7 +119,7 @@ def test_depth_drop_rewrites_pattern_and_equals_skipping(tmp_path):
     # transformers 5.19 cannot run a Nemotron-H without attention layers (its hybrid cache asks one for the sequence
     # length): dropping every attention layer is refused, naming them
     with pytest.raises(PruningConfigError, match=r"drops every attention layer \(\[3\]\)"):
-        _prune(model, tmp_path, dict(drop_layers=[1, 3]), name="no-attention")
+        prune_tiny(model, tmp_path, dict(drop_layers=[1, 3]), name="no-attention")
 
 
 @pytest.mark.parametrize("target, match", [
@@ -262,13 +149,14 @@ def test_moe_mtp_and_sequential_refused_by_name(tmp_path):
         family_of(tiny_config("nemotron_h", attention_head_dim=64))
     with pytest.raises(UnsupportedModelError, match="num_nextn_predict_layers=1"):
         family_of(tiny_config("nemotron_h", num_nextn_predict_layers=1))
-    from minitron_hf.pruning.sequential import LayerwiseModel, SequentialError
+    from minitron_hf.pruning.layerwise import LayerwiseModel, SequentialError
 
     tiny_model("nemotron_h").save_pretrained(tmp_path / "m")
     with pytest.raises(SequentialError, match="model_type='nemotron_h' is a hybrid"):
         LayerwiseModel(tmp_path / "m", torch.float32, torch.device("cpu"))
 
 
+@pytest.mark.slow
 def test_minitron_prune_cli(tmp_path, default_model_dir):
     from minitron_hf.cli import main
 

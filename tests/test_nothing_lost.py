@@ -18,7 +18,7 @@ from minitron_hf.cli import main
 from minitron_hf.errors import EXIT_USER_ERROR
 from minitron_hf.outputs import OutputError, cache_dir, check_output, command_scope, input_paths
 
-from conftest import save_with_tokenizer, tiny_model
+from conftest import save_with_tokenizer, sigint_default, tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,7 +50,7 @@ def _cli(capsys, *argv):
 
 def test_input_paths_finds_every_kind_of_input(tmp_path):
     from minitron_hf.data import DataConfig
-    from minitron_hf.pruning.prune import PruneConfig
+    from minitron_hf.pruning.config import PruneConfig
 
     a, b, scores = tmp_path / "a.jsonl", tmp_path / "b", tmp_path / "scores"
     a.write_text("{}\n")
@@ -144,11 +144,12 @@ HOLD = textwrap.dedent("""
 
 def _holder(out: Path, seconds: float, env=None):
     p = subprocess.Popen([sys.executable, "-c", HOLD, str(out), str(seconds)], stdout=subprocess.PIPE, text=True,
-                         env={**os.environ, **(env or {})}, cwd=ROOT)
+                         env={**os.environ, **(env or {})}, cwd=ROOT, preexec_fn=sigint_default)
     assert p.stdout.readline().strip() == "locked"
     return p
 
 
+@pytest.mark.multiprocess
 def test_a_second_command_on_a_folder_in_use_is_refused(tiny, tmp_path):
     out = tmp_path / "out"
     holder = _holder(out, 60)
@@ -190,6 +191,7 @@ def _holder_of(p: Path) -> dict:
         return {}
 
 
+@pytest.mark.multiprocess
 def test_the_lock_is_released_on_error_and_interrupt(tmp_path):
     out = tmp_path / "a" / "b" / "out"
     with pytest.raises(RuntimeError):
@@ -310,7 +312,7 @@ def test_publish_dry_run_keeps_the_evaluation_file_it_reads(tiny, tmp_path, caps
 def test_a_shard_index_is_parsed_in_one_place_and_checked(tmp_path):
     from minitron_hf.model_files import index_shards, read_weight_map
     from minitron_hf.outputs import CorruptFileError
-    from minitron_hf.pruning.sequential import SequentialError  # noqa: F401  (its reader uses the same parser)
+    from minitron_hf.pruning.layerwise import SequentialError  # noqa: F401  (its reader uses the same parser)
 
     index = tmp_path / "model.safetensors.index.json"
     index.write_text(json.dumps({"weight_map": {"a": "s2.safetensors", "b": "s1.safetensors", "c": "s2.safetensors"}}))

@@ -67,6 +67,8 @@ def test_headline_flags_verdicts_within_seed_noise(lib, tmp_path, monkeypatch):
         lib.gap(0.1, "long")
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_every_script_runs_on_a_tiny_teacher_and_shares_artifacts(tmp_path, default_model_dir):
     teacher = save_with_tokenizer(tiny_model("llama", vocab_size=49152), tmp_path / "teacher", default_model_dir)
     env = {**os.environ, "MINITRON_PAPER_TEACHER": str(teacher), "MINITRON_PAPER_SCALE": "0.125",

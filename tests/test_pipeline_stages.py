@@ -7,7 +7,7 @@ import pytest
 
 from minitron_hf.pipeline import PipelineError, Stage, StageResult
 from minitron_hf.pipeline.base import RunConfig
-from minitron_hf.pipeline.config import _set_override
+from minitron_hf.pipeline.config import set_override
 from minitron_hf.pipeline.stages import ORDER, STAGES, Sections, stage_named, with_sections
 
 
@@ -30,10 +30,10 @@ def test_sections_come_from_the_stages():
     for s in with_sections():
         assert s.section, s.name  # config classes to check the section against
     values = {}
-    _set_override(values, "export.formats=[hf, fp8]")
+    set_override(values, "export.formats=[hf, fp8]")
     assert values == {"export": {"formats": ["hf", "fp8"]}}
     with pytest.raises(PipelineError, match="section among correct, prune, distill, align, evaluate, export"):
-        _set_override(values, "importance.calib_samples=4")
+        set_override(values, "importance.calib_samples=4")
 
 
 def test_reserved_fields_are_refused_per_stage():

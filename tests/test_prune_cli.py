@@ -10,10 +10,13 @@ from minitron_hf.arch import family_of
 from minitron_hf.cli import main
 from minitron_hf.config import ConfigError, parse_args
 from minitron_hf.data import DataConfig
-from minitron_hf.pruning.prune import PruneConfig, run_prune
+from minitron_hf.pruning.config import PruneConfig
+from minitron_hf.pruning.prune import run_prune
 from minitron_hf.pruning.trim import PruningConfigError
 
-from test_trim import mlp_target
+from conftest import mlp_target
+
+pytestmark = pytest.mark.slow  # `minitron prune` end to end on every family
 
 
 def _cfg(src, out, **kw):
@@ -103,7 +106,7 @@ def test_random_importance_differs(tiny_checkpoint, tmp_path):
 def test_importance_beats_random_on_default_model(default_model_dir, tmp_path):
     """`minitron prune` on SmolLM2-135M, MLP 1536 -> 768: activation importance keeps a usable model, random
     scores (two seeds: --importance random draws from --split-seed) do not, on held-out text."""
-    from minitron_hf.pruning.prune import validation_loss
+    from minitron_hf.lm_loss import validation_loss
 
     args = ["prune", "--model", str(default_model_dir), "--target", "intermediate_size=768",
             "--calib-samples", "4", "--seq-len", "32", "--batch-size", "4"]
@@ -128,6 +131,7 @@ def test_bad_inputs_fail_before_work(tiny_checkpoint, tmp_path, monkeypatch):
     src, _ = tiny_checkpoint
     # no forward pass may run for any of these
     monkeypatch.setattr("minitron_hf.pruning.prune.load_model", lambda *a, **k: pytest.fail("model loaded"))
+    monkeypatch.setattr("minitron_hf.pruning.scoring.load_model", lambda *a, **k: pytest.fail("model loaded"))
     cases = [
         (dict(target=dict(hidden_size=4096)), "between 1 and the source's hidden_size=48"),
         (dict(target=dict(num_attention_heads=5)), "not divisible"),
@@ -188,6 +192,7 @@ def test_cli_yaml_and_overrides(tiny_checkpoint, tmp_path, capsys):
     assert rc == 2 and "did you mean 'model'" in capsys.readouterr().err
 
 
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("model_type", ["qwen3"])
 def test_accelerate_two_processes_match_single(tiny_checkpoint, tmp_path):
     """`accelerate launch --multi_gpu --num_processes 2` (on CPU: torchrun + gloo): shards calibration, all-reduces, one writer.

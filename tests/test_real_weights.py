@@ -16,7 +16,7 @@ import pytest
 from minitron_hf.cli import main
 from minitron_hf.data import DataConfig
 from minitron_hf.loading import resolve_model
-from minitron_hf.pruning.prune import validation_loss
+from minitron_hf.lm_loss import validation_loss
 
 pytestmark = pytest.mark.slow
 

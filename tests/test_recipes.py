@@ -19,7 +19,7 @@ CONFIGS = sorted(p for folder in ("recipes", "alignment") for p in (ROOT / folde
 
 def _classes(name):
     if name.startswith("prune"):
-        from minitron_hf.pruning.prune import PruneConfig
+        from minitron_hf.pruning.config import PruneConfig
 
         return [DataConfig, PruneConfig], ("target",)
     if name.startswith("distill"):
@@ -108,7 +108,7 @@ SCRIPTS = {
     "export/serve.py": (["serve"], ["MODEL_DIR"]),
     "export/throughput.py": (["bench", "throughput"], ["TEACHER", "STUDENT"]),
     **{f"eval/{suite}.py": (["eval", suite], ["TEACHER", "STUDENT"])
-       for suite in ("base", "humaneval", "mbpp", "mtbench", "bfcl", "instruct")},
+       for suite in ("base", "humaneval", "mbpp", "mtbench", "bfcl", "instruct", "loss")},
 }
 STAGE_CONFIGS = sorted(p for folder in ("alignment", "export", "eval") for p in (ROOT / folder / "configs").glob("*/*.yaml"))
 
@@ -156,6 +156,7 @@ print(json.dumps(res))
 """
 
 
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("folder", ["alignment", "export", "eval"])
 def test_scripts_print_their_subcommands_help(folder):
     scripts = [s for s in SCRIPTS if s.startswith(folder + "/")]

@@ -108,6 +108,7 @@ def _run_config(teacher, out, **over):
     return cfg
 
 
+@pytest.mark.slow
 def test_run_refuses_a_folder_that_is_not_a_run_and_keeps_foreign_files(model_dir, tmp_path, capsys):
     out = tmp_path / "out"
     (out / "distill").mkdir(parents=True)
@@ -141,6 +142,7 @@ def test_run_refuses_a_folder_that_is_not_a_run_and_keeps_foreign_files(model_di
     assert code == EXIT_USER_ERROR and "holds a run of another teacher" in err, err
 
 
+@pytest.mark.slow
 def test_run_corrupt_done_json_reruns_that_stage_and_a_failed_stage_leaves_nothing(model_dir, tmp_path, capsys):
     out = tmp_path / "out"
     path = tmp_path / "run.yaml"
@@ -308,6 +310,7 @@ def test_cli_user_errors_are_one_line_and_bugs_exit_3(monkeypatch, capsys):
     assert code == EXIT_BUG and "Traceback" in capsys.readouterr().err
 
 
+@pytest.mark.multiprocess
 def test_cli_subprocess_missing_model_is_one_line(tmp_path):
     r = subprocess.run([sys.executable, "-m", "minitron_hf.cli", "prune", "--model", str(tmp_path / "nope"),
                         "--output", str(tmp_path / "o"), "--target", "hidden_size=36", "--seq-len", "32"],
@@ -316,6 +319,7 @@ def test_cli_subprocess_missing_model_is_one_line(tmp_path):
     assert r.stderr.strip().splitlines()[-1].startswith("minitron prune: error: ")
 
 
+@pytest.mark.slow
 def test_run_nan_names_the_run_command_and_a_finite_checkpoint(model_dir, tmp_path, capsys):
     out = tmp_path / "out"
     path = tmp_path / "run.yaml"

@@ -8,7 +8,8 @@ import torch
 from datasets import Dataset
 
 from conftest import save_with_tokenizer, tiny_model
-from minitron_hf.alignment.rpo import AlignmentError, RPOConfig, RPOTrainer, rpo_loss
+from minitron_hf.alignment.errors import AlignmentError
+from minitron_hf.alignment.rpo import RPOConfig, RPOTrainer, rpo_loss
 
 
 def _sig(x):

@@ -68,12 +68,11 @@ def test_bad_input():
         budget_params(SearchConfig(), total)
     with pytest.raises(PruningConfigError, match="not below the source"):
         budget_params(SearchConfig(budget=total * 2.0), total)
-    from minitron_hf.pruning.search import check_config
-
+    # value checks run when the config is made (SearchConfig.__post_init__)
     with pytest.raises(PruningConfigError, match="max_width_prune=1.5"):
-        check_config(SearchConfig(budget=0.5, max_width_prune=1.5))
+        SearchConfig(budget=0.5, max_width_prune=1.5)
     with pytest.raises(PruningConfigError, match="top_k=0"):
-        check_config(SearchConfig(budget=0.5, top_k=0))
+        SearchConfig(budget=0.5, top_k=0)
 
 
 @pytest.fixture
@@ -83,6 +82,7 @@ def tiny_ckpt(tmp_path, default_model_dir):
                                tmp_path / "tiny", default_model_dir)
 
 
+@pytest.mark.slow
 def test_search_scores_and_writes_a_usable_prune_config(tiny_ckpt, tmp_path, capsys):
     out = tmp_path / "search"
     assert main(["search", "--model", str(tiny_ckpt), "--budget", "0.8", "--output", str(out), "--top-k", "3",
@@ -157,6 +157,7 @@ def tiny_config_of(model_type):
     return tiny_model(model_type, hidden_size=64, num_hidden_layers=4, vocab_size=512, **{mlp: 128}).config
 
 
+@pytest.mark.slow
 def test_moe_search_end_to_end(tmp_path, default_model_dir):
     src = save_with_tokenizer(tiny_model("mixtral", hidden_size=64, intermediate_size=128, vocab_size=49152),
                               tmp_path / "moe", default_model_dir)
@@ -174,6 +175,7 @@ def test_moe_search_end_to_end(tmp_path, default_model_dir):
     assert after["active"] == rec["candidates"][0]["parameters"]  # the analytic active count of the winner
 
 
+@pytest.mark.slow
 def test_hybrid_search_enumerates_mamba_heads_and_refuses_depth(tmp_path, default_model_dir):
     """Nemotron-H: Mamba heads are searched in whole heads per group, every candidate's count is exact (the layers
     are all kept) and accepted by the prune validator; depth is refused by name (a layer count does not fix a

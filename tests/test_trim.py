@@ -8,132 +8,22 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from minitron_hf.arch import UnsupportedModelError, count_parameters, family_of
-from minitron_hf.pruning.importance import estimate_importance, random_importance
-from minitron_hf.pruning.trim import (PruneTarget, PruningConfigError, _merge_heads, make_plan, resolve_target,
-                                      trim_checkpoint)
+from minitron_hf.pruning.importance import random_importance
+from minitron_hf.pruning.compensation.head_merge import merge_heads
+from minitron_hf.pruning.trim import PruneTarget, PruningConfigError, make_plan, resolve_target, trim_checkpoint
 
-from conftest import tiny_model
-
-
-def _prune(model, tmp_path, target, importance=None, merge=False, name="out", max_shard_bytes=2 << 30):
-    src = tmp_path / "src"
-    if not src.exists():
-        model.save_pretrained(src)
-    imp = importance if importance is not None else estimate_importance(
-        model, torch.randint(0, model.config.vocab_size, (6, 24), generator=torch.Generator().manual_seed(1)),
-        batch_size=3, progress=False)
-    new, drop = resolve_target(model.config, PruneTarget.from_dict(target))
-    plan = make_plan(model.config, imp, new, drop, merge_pruned_heads=merge)
-    out = tmp_path / name
-    out.mkdir()
-    trim_checkpoint(src, out, plan, progress=False, max_shard_bytes=max_shard_bytes)
-    cfg = type(model.config).from_dict(plan.new_config)
-    cfg.save_pretrained(out)
-    return plan, AutoModelForCausalLM.from_pretrained(out).eval()
+from conftest import mlp_target, naive_reference, seeded_logits, tiny_model
 
 
-def naive_reference(model, plan):
-    """Rebuild the pruned model with explicit per-head / per-neuron copies (no shared code with trim)."""
-    if hasattr(model.model, "embeddings"):  # a hybrid Nemotron-H: per layer type, Mamba heads included
-        from test_nemotron_h import naive_hybrid_reference
-
-        return naive_hybrid_reference(model, plan)
-    cfg = type(model.config).from_dict(plan.new_config)
-    ref = AutoModelForCausalLM.from_config(cfg).eval()
-    hd, hid = plan.head_dim, plan.hidden.tolist()
-    src, dst = model.model, ref.model
-    with torch.no_grad():
-        for p in ref.parameters():  # a tensor this reference forgets stays NaN, never a plausible random init
-            p.fill_(float("nan"))
-        dst.embed_tokens.weight.copy_(torch.stack([src.embed_tokens.weight[:, c] for c in hid], 1))
-        dst.norm.weight.copy_(torch.stack([src.norm.weight[c] for c in hid]))
-        if hasattr(src.embed_tokens, "embed_scale"):  # Gemma: embeddings x sqrt(hidden) inside the model
-            c = (model.config.hidden_size / len(hid)) ** 0.5  # keeps the embeddings' scale; the tied head's
-            dst.embed_tokens.weight.mul_(c)                # logits are kept by dividing the final norm's (1 + w)
-            dst.norm.weight.copy_((1 + dst.norm.weight) / c - 1)
-        if not model.config.tie_word_embeddings:
-            ref.lm_head.weight.copy_(torch.stack([model.lm_head.weight[:, c] for c in hid], 1))
-        for new_i, old_i in enumerate(plan.layers):
-            a, b = src.layers[old_i], dst.layers[new_i]
-            for n in ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
-                      "post_feedforward_layernorm") if hasattr(a, "pre_feedforward_layernorm") else \
-                    ("input_layernorm", "post_attention_layernorm"):
-                getattr(b, n).weight.copy_(torch.stack([getattr(a, n).weight[c] for c in hid]))
-            qh, kvh = plan.heads[old_i].tolist(), plan.kv_heads[old_i].tolist()
-            if hasattr(a.self_attn, "qkv_proj"):  # Phi-3: the rows of q, k and v in one tensor, in that order
-                H, G = model.config.num_attention_heads, model.config.num_key_value_heads
-                w = a.self_attn.qkv_proj.weight
-                rows = torch.cat([w[off + h * hd:off + (h + 1) * hd] for off, heads in
-                                  ((0, qh), (H * hd, kvh), ((H + G) * hd, kvh)) for h in heads])
-                b.self_attn.qkv_proj.weight.copy_(torch.stack([rows[:, c] for c in hid], 1))
-            for proj, heads in (("q_proj", qh), ("k_proj", kvh), ("v_proj", kvh)) if hasattr(a.self_attn, "q_proj") else ():
-                w = getattr(a.self_attn, proj).weight
-                rows = torch.cat([w[h * hd:(h + 1) * hd] for h in heads])
-                getattr(b.self_attn, proj).weight.copy_(torch.stack([rows[:, c] for c in hid], 1))
-                if getattr(a.self_attn, proj).bias is not None:
-                    bias = getattr(a.self_attn, proj).bias
-                    getattr(b.self_attn, proj).bias.copy_(torch.cat([bias[h * hd:(h + 1) * hd] for h in heads]))
-            wo = a.self_attn.o_proj.weight
-            cols = torch.cat([wo[:, h * hd:(h + 1) * hd] for h in qh], 1)
-            b.self_attn.o_proj.weight.copy_(torch.stack([cols[c] for c in hid]))
-            if a.self_attn.o_proj.bias is not None:  # Llama/Qwen3 attention_bias: o_proj's bias is hidden-sized
-                b.self_attn.o_proj.bias.copy_(torch.stack([a.self_attn.o_proj.bias[c] for c in hid]))
-            if hasattr(a.self_attn, "q_norm"):
-                b.self_attn.q_norm.weight.copy_(a.self_attn.q_norm.weight)
-                b.self_attn.k_norm.weight.copy_(a.self_attn.k_norm.weight)
-            if hasattr(a.mlp, "experts"):  # a mixture of experts: the stacked experts, expert by expert
-                _naive_experts(a.mlp, b.mlp, plan.experts[old_i].tolist(), plan.neurons[old_i].tolist(), hid)
-                continue
-            keep = plan.neurons[old_i].tolist()
-            if hasattr(a.mlp, "gate_up_proj"):  # Phi-3: gate rows, then up rows
-                w, inter = a.mlp.gate_up_proj.weight, model.config.intermediate_size
-                b.mlp.gate_up_proj.weight.copy_(torch.stack([torch.stack([w[j, c] for c in hid])
-                                                             for j in keep + [inter + j for j in keep]]))
-            for proj in ("gate_proj", "up_proj") if hasattr(a.mlp, "gate_proj") else ():
-                w = getattr(a.mlp, proj).weight
-                getattr(b.mlp, proj).weight.copy_(torch.stack([torch.stack([w[j, c] for c in hid]) for j in keep]))
-            wd = a.mlp.down_proj.weight
-            b.mlp.down_proj.weight.copy_(torch.stack([torch.stack([wd[c, j] for j in keep]) for c in hid]))
-            if a.mlp.down_proj.bias is not None:  # Llama mlp_bias
-                for proj in ("gate_proj", "up_proj"):
-                    getattr(b.mlp, proj).bias.copy_(torch.stack([getattr(a.mlp, proj).bias[j] for j in keep]))
-                b.mlp.down_proj.bias.copy_(torch.stack([a.mlp.down_proj.bias[c] for c in hid]))
-    return ref
-
-
-def _naive_experts(a, b, experts, neurons, hid):
-    """A sparse MoE block: router rows of the kept experts (new order) by hidden columns; kept expert ``i`` (source
-    ``experts[i]``) gets its own kept neurons ``neurons[i]``: gate and up rows (stacked [gate; up]), down columns."""
-    b.gate.weight.copy_(torch.stack([torch.stack([a.gate.weight[e, c] for c in hid]) for e in experts]))
-    inter = a.experts.down_proj.shape[2]
-    for i, (e, keep) in enumerate(zip(experts, neurons)):
-        gu, down = a.experts.gate_up_proj[e], a.experts.down_proj[e]
-        b.experts.gate_up_proj[i].copy_(torch.stack([torch.stack([gu[j, c] for c in hid])
-                                                     for j in keep + [inter + j for j in keep]]))
-        b.experts.down_proj[i].copy_(torch.stack([torch.stack([down[c, j] for j in keep]) for c in hid]))
-
-
-def mlp_target(model_type: str, target: dict) -> dict:
-    """``target`` with ``intermediate_size`` read as the family's MLP width field (Qwen3-MoE: moe_intermediate_size)."""
-    f = family_of({"model_type": model_type}, check=False).mlp_field
-    return {f if k == "intermediate_size" else k: v for k, v in target.items()}
-
-
-def _logits(model, seed=3):
-    ids = torch.randint(0, model.config.vocab_size, (2, 20), generator=torch.Generator().manual_seed(seed))
-    with torch.no_grad():
-        return model(ids).logits
-
-
-def test_keep_everything_only_reorders(model_type, tmp_path):
+def test_keep_everything_only_reorders(model_type, tmp_path, prune_tiny):
     model = tiny_model(model_type)
     c = model.config
     f = family_of(c).mlp_field
-    plan, pruned = _prune(model, tmp_path, {"hidden_size": c.hidden_size, f: getattr(c, f),
-                                            "num_attention_heads": c.num_attention_heads,
-                                            "num_key_value_heads": c.num_key_value_heads})
+    plan, pruned = prune_tiny(model, tmp_path, {"hidden_size": c.hidden_size, f: getattr(c, f),
+                                                "num_attention_heads": c.num_attention_heads,
+                                                "num_key_value_heads": c.num_key_value_heads})
     assert not torch.equal(plan.hidden, torch.arange(c.hidden_size))  # channels really moved
-    torch.testing.assert_close(_logits(pruned), _logits(model), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(seeded_logits(pruned), seeded_logits(model), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("target", [
@@ -141,18 +31,18 @@ def test_keep_everything_only_reorders(model_type, tmp_path):
     dict(num_attention_heads=3, num_key_value_heads=1, drop_layers=[0, 2]),
     dict(intermediate_size=40),
 ])
-def test_pruned_matches_naive_reference_and_round_trips(model_type, tmp_path, target):
+def test_pruned_matches_naive_reference_and_round_trips(model_type, tmp_path, target, prune_tiny):
     model = tiny_model(model_type)
     if "num_hidden_layers" in target:  # depth given as a count: choose explicitly here
         target = {**target, "drop_layers": [1]}
         target.pop("num_hidden_layers")
-    plan, pruned = _prune(model, tmp_path, mlp_target(model_type, target))
+    plan, pruned = prune_tiny(model, tmp_path, mlp_target(model_type, target))
     ref = naive_reference(model, plan)
-    torch.testing.assert_close(_logits(pruned), _logits(ref), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(seeded_logits(pruned), seeded_logits(ref), atol=1e-5, rtol=1e-5)
     # vanilla from_pretrained of what we wrote, again: identical logits
     pruned.save_pretrained(tmp_path / "again")
     again = AutoModelForCausalLM.from_pretrained(tmp_path / "again").eval()
-    assert torch.equal(_logits(again), _logits(pruned))
+    assert torch.equal(seeded_logits(again), seeded_logits(pruned))
     # analytic parameter count from the config equals the real count
     n_real = sum(p.numel() for p in pruned.parameters())
     assert count_parameters(pruned.config)["total"] == n_real
@@ -173,34 +63,34 @@ def test_pruned_matches_naive_reference_and_round_trips(model_type, tmp_path, ta
     assert written["head_dim"] == model.config.head_dim
 
 
-def test_query_heads_pruned_within_groups_by_importance(tmp_path):
+def test_query_heads_pruned_within_groups_by_importance(tmp_path, prune_tiny):
     model = tiny_model("llama")
     imp = random_importance(model.config, seed=4)
     # make group 1 clearly the most important and, inside every group, head r-1 the least
     imp.heads[:, 3:6] += 10
     imp.heads[:, [2, 5]] = -1
-    plan, _ = _prune(model, tmp_path, dict(num_attention_heads=2, num_key_value_heads=1), importance=imp)
+    plan, _ = prune_tiny(model, tmp_path, dict(num_attention_heads=2, num_key_value_heads=1), importance=imp)
     for l in plan.layers:
         assert plan.kv_heads[l].tolist() == [1]
         assert sorted(plan.heads[l].tolist()) == sorted(torch.tensor([3, 4])[torch.argsort(imp.heads[l, 3:5], descending=True)].tolist())
 
 
-def test_sharded_output_loads(tmp_path):
+def test_sharded_output_loads(tmp_path, prune_tiny):
     model = tiny_model("mistral")
-    _, pruned = _prune(model, tmp_path, dict(intermediate_size=64), max_shard_bytes=20_000)
+    _, pruned = prune_tiny(model, tmp_path, dict(intermediate_size=64), max_shard_bytes=20_000)
     index = json.loads((tmp_path / "out" / "model.safetensors.index.json").read_text())
     assert len(set(index["weight_map"].values())) > 3
     assert sum(p.numel() for p in pruned.parameters()) == count_parameters(pruned.config)["total"]
 
 
-def test_merge_pruned_heads_matches_formula(tmp_path):
+def test_merge_pruned_heads_matches_formula(tmp_path, prune_tiny):
     model = tiny_model("llama")
     imp = random_importance(model.config, seed=5)
-    plan, pruned = _prune(model, tmp_path, dict(num_attention_heads=4, num_key_value_heads=2), importance=imp,
-                          merge=True)
+    plan, pruned = prune_tiny(model, tmp_path, dict(num_attention_heads=4, num_key_value_heads=2), importance=imp,
+                              merge=True)
     hd = plan.head_dim
     l = plan.layers[0]
-    pairs = plan.merge_pairs[l]
+    pairs = plan.compensations["merge_pruned_heads"][l]
     # 3 heads per group pruned to 2: K=2, L=3 -> only rank-2 head takes rank-3's residual (2K-i+1 = 3 for i = 2)
     assert len(pairs) == 2
     wq = model.model.layers[l].self_attn.q_proj.weight
@@ -215,7 +105,7 @@ def test_merge_pruned_heads_matches_formula(tmp_path):
 
 def test_merge_heads_helper_on_columns():
     t = torch.arange(24.0).view(2, 12)  # 3 heads of head_dim 4 along dim 1
-    out = _merge_heads(t, [(0, 2)], 4, 1)
+    out = merge_heads(t, [(0, 2)], 4, 1)
     torch.testing.assert_close(out[:, :4], 2 * t[:, :4] - t[:, 8:])
     torch.testing.assert_close(out[:, 4:], t[:, 4:])
 
@@ -308,4 +198,4 @@ def test_composed_plan_equals_two_step_surgery(tmp_path):
     two = AutoModelForCausalLM.from_pretrained(tmp_path / "two").eval()
     once = AutoModelForCausalLM.from_pretrained(tmp_path / "once").eval()
     assert p1.then(p2).layers == [2, 3, 4]
-    assert torch.equal(_logits(two), _logits(once))
+    assert torch.equal(seeded_logits(two), seeded_logits(once))

@@ -19,7 +19,8 @@ def main():
     from minitron_hf.data import load_blocks
     from minitron_hf.eval.harness import evaluate_model, score, task_manager, wrap_model
     from minitron_hf.loading import load_model, load_tokenizer
-    from minitron_hf.pruning.depth import block_lm_losses, block_task_accuracy, dropped_layers, lm_loss
+    from minitron_hf.lm_loss import lm_loss
+    from minitron_hf.pruning.depth import block_lm_losses, block_task_accuracy, dropped_layers
 
     src = lib.teacher_dir()
     model, tok = load_model(src).eval(), load_tokenizer(src)

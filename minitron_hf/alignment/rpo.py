@@ -30,29 +30,34 @@ and validates the dataset (columns present, rewards finite) before any model wor
 
 from __future__ import annotations
 
+import json
 import math
+import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from accelerate.utils import is_peft_model
+from datasets import Dataset
 from trl import DPOConfig, DPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import use_adapter
-from ..checkpoints import CheckpointMixin, check_training_arguments
-from ..outputs import input_paths
+
 from ..distributed import GLOBAL_BATCH_HELP, connect_cpu_processes
-from ..errors import MinitronError
+from ..loading import load_model, load_tokenizer, resolve_model
+from ..outputs import input_paths, no_debris, require_output_dir
+from ..training import CheckpointMixin, check_training_arguments, save_trained
+from .data import load_rows
+from .errors import AlignmentError
+from .sft import ensure_chat_template
 
 RPO_LOSSES = ("rpo_bwd_kl", "rpo_fwd_kl", "rpo_sq")
 REQUIRED_COLUMNS = ("prompt", "chosen", "rejected", "chosen_reward", "rejected_reward")
 REWARD_COLUMNS = ("chosen_reward", "rejected_reward")
 _NON_MODEL_KEYS = {"completion_mask", "ref_chosen_logps", "ref_rejected_logps", *REWARD_COLUMNS}
 
-
-class AlignmentError(MinitronError):
-    """Bad alignment input (dataset, rewards, chat template, options); the message names the field."""
 
 
 def rpo_loss(policy_gap: torch.Tensor, reward_gap: torch.Tensor, loss: str = "rpo_bwd_kl") -> torch.Tensor:
@@ -127,7 +132,7 @@ class _WithRewards:
 
 class RPOTrainer(CheckpointMixin, DPOTrainer):
     """``DPOTrainer`` with the RPO loss; datasets need ``chosen_reward`` and ``rejected_reward`` columns.
-    Checkpoints are atomic and finite-only (:class:`~minitron_hf.checkpoints.CheckpointMixin`)."""
+    Checkpoints are atomic and finite-only (:class:`~minitron_hf.training.CheckpointMixin`)."""
 
     def __init__(self, model, ref_model=None, args: RPOConfig | None = None, train_dataset=None, eval_dataset=None,
                  **kwargs):
@@ -239,36 +244,23 @@ class RPOScriptConfig:
                                       "tokenizer has none and the rows are conversational"})
     overwrite: bool = field(default=False, metadata={"help": "replace an existing output_dir/final"})
 
+    def __post_init__(self):
+        if not self.data:
+            raise AlignmentError("data: give the preference rows (a json/jsonl/parquet file or a Hub dataset id)")
+
 
 def run_rpo(cfg: RPOScriptConfig, args: RPOConfig) -> dict:
     """RPO on a preference dataset; writes ``output_dir/final`` and rpo.json."""
-    from ..outputs import no_debris
-
     with no_debris(args.output_dir):  # a failed run leaves no empty output folder behind
         return _run_rpo(cfg, args)
 
 
 def _run_rpo(cfg: RPOScriptConfig, args: RPOConfig) -> dict:
-    import json
-    import time
-    from pathlib import Path
-
-    from datasets import Dataset
-
-    from ..checkpoints import save_trained
-    from ..loading import load_model, load_tokenizer, resolve_model
-    from .data import load_rows
-    from .sft import ensure_chat_template
-
     t0 = time.time()
-    from ..checkpoints import require_output_dir
-
     require_output_dir(args.output_dir, AlignmentError, args=args, sources=[cfg.model, *input_paths(cfg)])
     final = Path(args.output_dir) / "final"
     if final.exists() and not cfg.overwrite:
         raise AlignmentError(f"output_dir: {final} exists; set overwrite=true to replace it")
-    if not cfg.data:
-        raise AlignmentError("data: give the preference rows (a json/jsonl/parquet file or a Hub dataset id)")
     dataset = Dataset.from_list(load_rows(cfg.data))
     check_preference_dataset(dataset, "data")
     path = resolve_model(cfg.model)

@@ -20,14 +20,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from datasets import Dataset
 from trl import SFTConfig
 
-from ..checkpoints import CheckpointMixin, check_training_arguments, save_trained
-from ..outputs import input_paths
 from ..distributed import GLOBAL_BATCH_HELP, connect_cpu_processes
 from ..loading import load_model, load_tokenizer, resolve_model
+from ..outputs import input_paths, no_debris, require_output_dir
+from ..training import CheckpointMixin, check_training_arguments, save_trained
 from .data import load_rows, sft_examples
-from .rpo import AlignmentError
+from .errors import AlignmentError
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +48,10 @@ class SFTStageConfig:
     chat_template: str | None = field(default=None, metadata={"help": "Jinja chat template (a file, or 'chatml') for "
                                       "tokenizers without one; the tokenizer's own is kept otherwise"})
     overwrite: bool = field(default=False, metadata={"help": "replace an existing output_dir/final"})
+
+    def __post_init__(self):
+        if self.max_samples is not None and self.max_samples < 1:
+            raise AlignmentError(f"max_samples={self.max_samples} must be >= 1")
 
 
 @dataclass
@@ -71,7 +76,7 @@ class SFTArgs(SFTConfig):
 
 @functools.cache
 def sft_trainer_class():
-    """TRL's ``SFTTrainer`` with atomic, finite-only checkpoints (:class:`~minitron_hf.checkpoints.CheckpointMixin`);
+    """TRL's ``SFTTrainer`` with atomic, finite-only checkpoints (:class:`~minitron_hf.training.CheckpointMixin`);
     built on first use, as importing TRL's SFTTrainer takes seconds."""
     from trl import SFTTrainer
 
@@ -106,24 +111,16 @@ def ensure_chat_template(tokenizer, chat_template: str | None, field_name: str =
 
 def run_sft(cfg: SFTStageConfig, args: SFTArgs) -> dict:
     """One SFT stage; writes ``output_dir/final`` (a vanilla checkpoint with the chat template) and sft.json."""
-    from ..outputs import no_debris
-
     with no_debris(args.output_dir):  # a failed run leaves no empty output folder behind
         return _run_sft(cfg, args)
 
 
 def _run_sft(cfg: SFTStageConfig, args: SFTArgs) -> dict:
-    from datasets import Dataset
-
     t0 = time.time()
-    from ..checkpoints import require_output_dir
-
     require_output_dir(args.output_dir, AlignmentError, args=args, sources=[cfg.model, *input_paths(cfg)])
     final = Path(args.output_dir) / "final"
     if final.exists() and not cfg.overwrite:
         raise AlignmentError(f"output_dir: {final} exists; set overwrite=true to replace it")
-    if cfg.max_samples is not None and cfg.max_samples < 1:
-        raise AlignmentError(f"max_samples={cfg.max_samples} must be >= 1")
     examples = sft_examples(load_rows(cfg.data), field="data")[: cfg.max_samples]
     path = resolve_model(cfg.model)
     tok = ensure_chat_template(load_tokenizer(path), cfg.chat_template)

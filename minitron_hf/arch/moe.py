@@ -132,7 +132,7 @@ class MoEDecoder(DenseDecoder):
             del stacked
 
     def sequential_problem(self, config) -> str | None:
-        # its per-expert disk tensors are stacked in memory, which sequential._load does not do
+        # its per-expert disk tensors are stacked in memory, which layerwise.LayerwiseModel._load does not do
         return (f"model_type={config.model_type!r} is a mixture of experts, which layer-by-layer calibration "
                 f"(sequential) does not support; run it in memory (sequential=false), on a machine that holds the "
                 f"model")

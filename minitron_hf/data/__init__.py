@@ -23,18 +23,19 @@ from pathlib import Path
 
 import torch
 
-from ..outputs import build_once
+from ..outputs import build_once, cache_dir
 from .prepare import prepare, prepare_key, tokenizer_info
 from .shards import Blocks, Permutation, Prepared, ResumableSampler, Source, TokenStream, blend_pattern
-from .sources import (DEFAULT_DATA, LOCAL_EXTENSIONS, MANIFEST, SPLITS, DataConfig, DataError, check_config,
+from .sources import (DEFAULT_DATA, LOCAL_EXTENSIONS, MANIFEST, SPLITS, DataConfig, DataError,
                       digest, is_hub, is_prepared, iter_documents, load_documents, python_docs_documents, read_rows_file,
                       read_text_file, split_documents, split_of)
+from .streaming import StreamingBlocks
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_DATA", "LOCAL_EXTENSIONS", "MANIFEST", "SPLITS", "Blocks", "DataConfig", "DataError", "Permutation",
-    "Prepared", "ResumableSampler", "Source", "TokenStream", "blend_pattern", "check_config", "collate_blocks",
+    "Prepared", "ResumableSampler", "Source", "TokenStream", "blend_pattern", "collate_blocks",
     "digest", "is_prepared", "iter_documents", "load_blocks", "load_documents", "open_sources",
     "prepare", "prepare_key", "python_docs_documents", "read_rows_file", "read_text_file", "split_documents",
     "split_of", "tokenizer_info", "train_blocks", "eval_config",
@@ -46,8 +47,6 @@ STREAMING_EVAL_DOCUMENTS = 20_000
 
 
 def cache_folder(cfg: DataConfig, info: dict) -> Path:
-    from ..outputs import cache_dir
-
     return cache_dir() / "data" / prepare_key(cfg, info, CACHE_SHARD_MB)[:20]
 
 
@@ -76,7 +75,6 @@ def open_source(cfg: DataConfig, tokenizer, info: dict | None = None, field: str
 def open_sources(cfg: DataConfig, tokenizer) -> list[tuple[Prepared, float]]:
     """Every source of ``cfg`` (one, or a blend's entries) opened and checked, with its normalised weight. All
     checks that need no model (fields, blend weights, manifests, shards, indexes, tokenizer) happen here."""
-    check_config(cfg)
     info = tokenizer_info(tokenizer)
     entries = cfg.sources()
     return [(open_source(c, tokenizer, info, field="data" if len(entries) == 1 else f"data[{i}].data"), w)
@@ -118,8 +116,6 @@ def train_blocks(cfg: DataConfig, tokenizer, seq_len: int, samples: int | None, 
     where more than ``max_epochs`` passes over any source is an error before training; or, with ``streaming``, this
     rank's :class:`~minitron_hf.data.streaming.StreamingBlocks` (``samples / world_size`` blocks of its own)."""
     if cfg.streaming:
-        from .streaming import StreamingBlocks
-
         if samples is None:
             raise DataError("streaming=true needs max_steps (or train_samples): a stream's length is not known ahead, "
                             "and every rank must stop after the same number of blocks")

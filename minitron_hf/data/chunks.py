@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..outputs import write_json_atomically
+from ..outputs import read_json, write_json_atomically
 from .sources import MANIFEST, SPLITS
 
 PROGRESS = "prepare.json"
@@ -117,8 +117,6 @@ class Chunk:
 
 def finished_chunks(out: Path, dtype: str) -> list[dict]:
     """Chunk records in order, up to the first gap; everything after (a half-written chunk) is removed."""
-    from ..outputs import read_json
-
     itemsize = np.dtype(dtype).itemsize
     records, i = [], 0
     while (out / f"chunk-{i:05d}.json").is_file():

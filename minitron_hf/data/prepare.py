@@ -31,7 +31,9 @@ import errno
 import hashlib
 import json
 import logging
+import multiprocessing
 import os
+import pickle
 import signal
 import time
 from collections import deque
@@ -39,12 +41,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import yaml
 from tqdm.auto import tqdm
 
-from ..outputs import OutputError, disk_full_message, write_json_atomically
+from ..config import at_least
+from ..loading import load_tokenizer
+from ..outputs import (CorruptFileError, OutputError, check_output, disk_full_message, input_paths, read_json,
+                       write_json_atomically, write_text_atomically)
 from .chunks import PROGRESS, DigestSet, Chunk, finished_chunks, remove_ours, discard
 from .checks import check_source
-from .sources import MANIFEST, SPLITS, DataConfig, DataError, check_config, digest, is_prepared, iter_documents, \
+from .sources import MANIFEST, SPLITS, DataConfig, DataError, digest, is_prepared, iter_documents, \
     source_fingerprint, split_of
 
 logger = logging.getLogger(__name__)
@@ -106,8 +112,6 @@ _worker: dict = {}
 
 
 def _worker_init(tok, info: dict) -> None:
-    import pickle
-
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread per worker: the processes are the parallelism
     # Ctrl-C reaches the whole process group: the parent stops the pool and reports it; a worker's traceback would
     # only print under the CLI's one-line message
@@ -143,7 +147,6 @@ def prepare(cfg: DataConfig, tokenizer, output, shard_mb: int = 256, num_proc: i
     anything is written. A first preparation that fails (bad input found while reading, a full disk: any error but
     an interruption) leaves nothing behind, so the rerun on the fixed input starts clean; an interrupted one keeps
     its finished chunks for the rerun to resume. A full disk is an :class:`~minitron_hf.outputs.OutputError`."""
-    check_config(cfg)
     if not isinstance(cfg.data, str):
         raise DataError("prepare takes one source at a time; prepare each entry of a blend (data: [...]) into its "
                         "own folder and list those folders in the blend")
@@ -158,8 +161,6 @@ def prepare(cfg: DataConfig, tokenizer, output, shard_mb: int = 256, num_proc: i
     info = info or tokenizer_info(tokenizer)  # ``info``: the caller's tokenizer_info(tokenizer), not computed twice
     fingerprint = source_fingerprint(cfg)
     key = prepare_key(cfg, info, shard_mb, fingerprint)
-    from ..outputs import check_output, input_paths
-
     check_output(out, "output", sources=input_paths(cfg), overwrite=True)
     progress_file = out / PROGRESS
     if (out / MANIFEST).is_file():
@@ -214,8 +215,6 @@ def prepare(cfg: DataConfig, tokenizer, output, shard_mb: int = 256, num_proc: i
 
 def _json_or_none(path: Path) -> dict | None:
     """A JSON object file of ours, or None when it is unreadable or not an object."""
-    from ..outputs import CorruptFileError, OutputError, read_json
-
     try:
         obj = read_json(path)
     except (CorruptFileError, OutputError):
@@ -237,9 +236,6 @@ def _write_chunks(cfg, tokenizer, info, out, shard_mb, num_proc, seen, skip, fir
     written: list[dict] = []
     pool = None
     if num_proc > 1:
-        import multiprocessing
-        import pickle
-
         # fork where there is one: workers start at once with the tokenizer already loaded (spawn re-imports
         # transformers in each, ~10 s). Nothing has run the tokenizer's thread pool yet (tokenizer_info encodes one
         # string), which is what makes forking a fast tokenizer safe.
@@ -364,24 +360,22 @@ class PrepareConfig:
     overwrite: bool = field(default=False, metadata={"help": "replace prepared data of another source or tokenizer "
                             "in output (files it did not write are never deleted)"})
 
+    def __post_init__(self):
+        at_least(self, ("shard_mb",), error=DataError)
+
 
 def run_prepare(data_cfg: DataConfig, cfg: PrepareConfig) -> dict:
     """Prepare every source of ``data_cfg`` under ``cfg.output``: {"sources": [{data, weight, folder, manifest}],
     "config": the ``data:`` value that reads them}. Every source is checked before the tokenizer loads or anything
     is written; a blend whose preparation fails (not an interruption) removes the source folders it created."""
-    from ..loading import load_tokenizer
-
     if not cfg.output:
         raise DataError("output is required: the folder to write the token shards into (--output DIR)")
-    check_config(data_cfg)
     entries = data_cfg.sources()  # blend weights and keys checked here, before the tokenizer loads
     for c, _ in entries:
         if is_prepared(c.data):
             raise DataError(f"data={c.data!r} is already prepared; point the stages at it directly")
     for c, _ in entries:  # every source before the first is written: a blend's missing second source included
         check_source(c)
-    from ..outputs import check_output, input_paths
-
     # the output is never, around or inside any input: each source of a blend, the tokenizer
     out = check_output(cfg.output, "output", sources=input_paths(data_cfg, cfg), overwrite=True, error=DataError)
     tok = load_tokenizer(cfg.tokenizer)
@@ -398,10 +392,6 @@ def run_prepare(data_cfg: DataConfig, cfg: PrepareConfig) -> dict:
             results.append({"data": c.data, "weight": w, "folder": str(folder), "manifest": manifest})
         config = [{"data": r["folder"], "weight": r["weight"]} for r in results] if blend else str(out)
         if blend:
-            import yaml
-
-            from ..outputs import write_text_atomically
-
             write_text_atomically(out / "blend.yaml", "# the prepared blend: use as the `data:` of a run or stage "
                                   "config\n" + yaml.safe_dump({"data": config}, sort_keys=False))
     except Exception:  # not KeyboardInterrupt: an interrupted blend resumes where it stopped

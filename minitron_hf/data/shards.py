@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..outputs import CorruptFileError, read_json
+from .prepare import FORMAT
 from .sources import MANIFEST, SPLITS, DataError
 
 logger = logging.getLogger(__name__)
@@ -40,9 +42,6 @@ class Prepared:
     """A folder written by ``minitron data prepare`` (or the cache), checked on open."""
 
     def __init__(self, path, tokenizer_info: dict | None = None, field: str = "data"):
-        from ..outputs import CorruptFileError, read_json
-        from .prepare import FORMAT
-
         self.path = Path(path).expanduser()
         self.field = field
         mf = self.path / MANIFEST

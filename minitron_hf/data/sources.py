@@ -26,10 +26,13 @@ import logging
 import re
 import sys
 import sysconfig
+import typing
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from pydoc_data.topics import topics
 
+from ..config import check_value
 from .base import DEFAULT_DATA, LOCAL_EXTENSIONS, MANIFEST, SPLITS, DataError  # noqa: F401  (the package's names)
 from .local import files_fingerprint, local_files
 
@@ -64,12 +67,28 @@ class DataConfig:
                             "IterableDataset instead of preparing it on disk (for data that does not fit locally); "
                             "validation and calibration blocks are still prepared (they are small)"})
 
+    def __post_init__(self):
+        """Every value that can be checked without reading data (each source of a blend too); raises
+        :class:`DataError` naming the field."""
+        for c, _ in self.sources():
+            for name in ("validation_fraction", "calibration_fraction"):
+                v = getattr(c, name)
+                if not 0 <= v < 1:
+                    raise DataError(f"{name}={v} must be in [0, 1)")
+            if c.validation_fraction + c.calibration_fraction >= 1:
+                raise DataError(f"validation_fraction + calibration_fraction = "
+                                f"{c.validation_fraction + c.calibration_fraction} must be < 1 (train needs documents)")
+            if c.max_documents is not None and c.max_documents < 1:
+                raise DataError(f"max_documents={c.max_documents} must be >= 1 (or unset for all documents)")
+        if self.max_epochs < 1:
+            raise DataError(f"max_epochs={self.max_epochs} must be >= 1")
+        if self.num_proc < 1:
+            raise DataError(f"num_proc={self.num_proc} must be >= 1")
+
     def sources(self) -> list[tuple["DataConfig", float]]:
         """(one-source config, weight) for each source: the blend's entries, or this config with weight 1."""
         if isinstance(self.data, str) and not self.data.lstrip().startswith("["):
             return [(self, 1.0)]
-        from dataclasses import fields, replace
-
         if isinstance(self.data, str):  # a blend given on the command line as JSON
             try:
                 self.data = json.loads(self.data)
@@ -80,10 +99,6 @@ class DataConfig:
                 raise DataError(f"data={self.data!r} must be a list of {{data, weight}} mappings")
         if not self.data:
             raise DataError("data=[] is an empty blend; give at least one {data: ..., weight: ...}")
-        import typing
-
-        from ..config import check_value
-
         hints = typing.get_type_hints(DataConfig)
         allowed = {f.name for f in fields(DataConfig)} - {"max_epochs", "num_proc", "streaming"} | {"weight"}
         out = []
@@ -110,30 +125,9 @@ class DataConfig:
         return " + ".join(f"{c.data} ({w:.0%})" for c, w in self.sources())
 
 
-def check_config(cfg: DataConfig) -> None:
-    """Every field that can be checked without reading data; raises :class:`DataError` naming it."""
-    for c, _ in cfg.sources():
-        for name in ("validation_fraction", "calibration_fraction"):
-            v = getattr(c, name)
-            if not 0 <= v < 1:
-                raise DataError(f"{name}={v} must be in [0, 1)")
-        if c.validation_fraction + c.calibration_fraction >= 1:
-            raise DataError(f"validation_fraction + calibration_fraction = "
-                            f"{c.validation_fraction + c.calibration_fraction} must be < 1 (train needs documents)")
-        if c.max_documents is not None and c.max_documents < 1:
-            raise DataError(f"max_documents={c.max_documents} must be >= 1 (or unset for all documents)")
-    if cfg.max_epochs < 1:
-        raise DataError(f"max_epochs={cfg.max_epochs} must be >= 1")
-    if cfg.num_proc < 1:
-        raise DataError(f"num_proc={cfg.num_proc} must be >= 1")
-
-
-
 @functools.lru_cache(maxsize=1)
 def python_docs_documents() -> tuple[tuple[str, str], ...]:
     """(key, text) of every pydoc topic and standard-library source file of this Python."""
-    from pydoc_data.topics import topics
-
     docs = [(f"pydoc:{k}", v) for k, v in sorted(topics.items()) if v.strip()]
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     skip_dirs = {"site-packages", "dist-packages", "test", "tests", "idlelib", "__pycache__"}
@@ -173,7 +167,7 @@ def read_rows_file(f: Path, field: str = "data", error=None) -> list[dict]:
     AlignmentError = error or DataError
     kind = f.suffix.lower()
     if kind == ".parquet":
-        import datasets
+        import datasets  # datasets and pyarrow only for the sources that need them: ~0.6 s at import
 
         try:
             return datasets.Dataset.from_parquet(str(f)).to_list()
@@ -385,7 +379,6 @@ def split_of(text_digest: bytes, cfg: DataConfig) -> str:
 def load_documents(cfg: DataConfig) -> list[tuple[str, str]]:
     """(key, text) pairs of one source in a list; empty and duplicate texts dropped; at most ``max_documents``.
     For small data only (evaluation prompts, tests): training reads prepared token shards instead."""
-    check_config(cfg)
     seen: set[bytes] = set()  # exact duplicates (the stdlib has several) would leak across splits
     docs = []
     for k, t in iter_documents(cfg):
@@ -403,7 +396,6 @@ def load_documents(cfg: DataConfig) -> list[tuple[str, str]]:
 
 def split_documents(docs, cfg: DataConfig) -> dict[str, list[str]]:
     """{"train", "validation", "calibration"} -> texts of ``docs``, each deterministically shuffled."""
-    check_config(cfg)
     out: dict[str, list[tuple[float, str]]] = {s: [] for s in SPLITS}
     for _, text in docs:
         d = digest(text)

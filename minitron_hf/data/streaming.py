@@ -54,7 +54,7 @@ Resume
     shard; what that costs is up to its reader). A DataLoader, and accelerate, fetch batches ahead of the training
     step, so when a checkpoint is written the dataset has usually yielded more blocks than were trained on: the
     state after each of the last ``history`` blocks is kept, and asking for one outside that window is a
-    ``ValueError``. The Trainer mixin (:mod:`minitron_hf.checkpoints`) writes ``data_state_rank<R>.json`` into each
+    ``ValueError``. The Trainer mixin (:mod:`minitron_hf.training`) writes ``data_state_rank<R>.json`` into each
     checkpoint with ``consumed = global_step x per_device_batch x grad_accum`` and loads it back on resume. A state
     names the stream it belongs to (source, split rule, tokenizer, ``seq_len``, rank, world size); loading it into
     another is a :class:`~minitron_hf.data.sources.DataError`.
@@ -72,7 +72,7 @@ import numpy as np
 import torch
 
 from .prepare import encode, tokenizer_info
-from .sources import (DEFAULT_DATA, DataConfig, DataError, is_embedded, local_files, looks_like_path, row_text, check_config,
+from .sources import (DEFAULT_DATA, DataConfig, DataError, is_embedded, local_files, looks_like_path, row_text,
                       digest, is_prepared, open_hub, split_of)
 
 logger = logging.getLogger(__name__)
@@ -106,10 +106,9 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
 
     def __init__(self, cfg: DataConfig, tokenizer, seq_len: int, n_samples: int | None, rank: int = 0,
                  world_size: int = 1, dataset=None, history: int = HISTORY):
-        import datasets
+        import datasets  # only when streaming: minitron_hf.data imports this module, and datasets costs ~0.6 s
         from datasets.distributed import split_dataset_by_node
 
-        check_config(cfg)
         if not isinstance(cfg.data, str):
             raise DataError("streaming reads one source; a blend (data: [...]) must be prepared (streaming: false)")
         if cfg.max_documents is not None:

@@ -18,14 +18,15 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from transformers import Trainer
+from transformers import AutoConfig, Trainer
 
 from ..data import BlockDataset, DataConfig, collate_blocks, load_blocks, train_blocks
 from ..loading import load_model, load_tokenizer, resolve_model
 from .trainer import BaselineEvaluation, TrainArgs, eval_curve
 from ..arch import family_of
-from ..checkpoints import CheckpointMixin, check_output_dir, remove_checkpoints, save_trained
-from ..outputs import input_paths
+from ..outputs import input_paths, no_debris, remove_checkpoints
+from ..resume import check_output_dir, check_resume_shapes, header_shapes
+from ..training import CheckpointMixin, save_trained
 from ..distributed import fsdp_requested
 from ..errors import MinitronError
 
@@ -40,7 +41,7 @@ class CorrectionError(MinitronError):
 
 class CorrectionTrainer(CheckpointMixin, Trainer):
     """The plain LM-loss Trainer with atomic, finite-only checkpoints and a NaN/inf stop
-    (:class:`~minitron_hf.checkpoints.CheckpointMixin`)."""
+    (:class:`~minitron_hf.training.CheckpointMixin`)."""
 
 
 @dataclass
@@ -58,6 +59,12 @@ class CorrectionConfig:
     overwrite: bool = field(default=False, metadata={"help": "replace an existing corrected model and remove the "
                             "checkpoint-* folders of an earlier run in output_dir"})
 
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise CorrectionError(f"mode={self.mode!r} is not one of {', '.join(MODES)}")
+        if self.lora_r < 1 or self.lora_alpha < 1:
+            raise CorrectionError(f"lora_r={self.lora_r} and lora_alpha={self.lora_alpha} must be >= 1")
+
 
 def prepare_mode(model, mode: str, lora_r: int = 16, lora_alpha: int = 32):
     """Set which parameters train; returns the model to train (a PEFT wrapper for ``lora``)."""
@@ -71,7 +78,7 @@ def prepare_mode(model, mode: str, lora_r: int = 16, lora_alpha: int = 32):
             raise CorrectionError("mode='norm' found no norm weights to train")
         return model
     if mode == "lora":
-        from peft import LoraConfig, get_peft_model
+        from peft import LoraConfig, get_peft_model  # the optional `train` extra
 
         targets = family_of(model.config).lora_targets  # every linear of a decoder layer
         return get_peft_model(model, LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=0.0,
@@ -85,18 +92,12 @@ def finalize_mode(model, mode: str):
 
 
 def run_correction(data_cfg: DataConfig, cfg: CorrectionConfig, args: TrainArgs) -> dict:
-    from ..outputs import no_debris
-
     with no_debris(args.output_dir):  # a failed run leaves no empty output folder behind
         return _run_correction(data_cfg, cfg, args)
 
 
 def _run_correction(data_cfg: DataConfig, cfg: CorrectionConfig, args: TrainArgs) -> dict:
     t0 = time.time()
-    if cfg.mode not in MODES:
-        raise CorrectionError(f"mode={cfg.mode!r} is not one of {', '.join(MODES)}")
-    if cfg.lora_r < 1 or cfg.lora_alpha < 1:
-        raise CorrectionError(f"lora_r={cfg.lora_r} and lora_alpha={cfg.lora_alpha} must be >= 1")
     if not getattr(args, "output_dir_given", True):
         raise CorrectionError("output_dir is required: the folder for checkpoints and the corrected model "
                               "(--output-dir DIR)")
@@ -111,10 +112,6 @@ def _run_correction(data_cfg: DataConfig, cfg: CorrectionConfig, args: TrainArgs
     src = resolve_model(cfg.model)
     tok = load_tokenizer(src)  # before any data is tokenized or weights load: its ids fit the model
     if resume is not None:  # a checkpoint of another model: refused from the headers, before weights load
-        from transformers import AutoConfig
-
-        from ..resume import check_resume_shapes, header_shapes
-
         check_resume_shapes(resume, header_shapes(src), f"model={str(cfg.model)!r}", CorrectionError,
                             num_hidden_layers=getattr(AutoConfig.from_pretrained(src), "num_hidden_layers", None))
     need = cfg.train_samples or (args.max_steps * args.per_device_train_batch_size * args.gradient_accumulation_steps

@@ -157,7 +157,7 @@ def chunked_kd_loss(student_hidden: torch.Tensor, student_weight: torch.Tensor, 
     ``labels`` [...] marks the tokens that count (-100 = ignored, e.g. padding or the last position);
     they are the targets of the optional cross-entropy term. Hidden states and labels must already be
     aligned (position i predicts labels[i]). ``num_items`` defaults to the number of valid tokens.
-    ``chunk_size`` defaults to :func:`auto_chunk_size` (by vocabulary and device).
+    ``chunk_size``: tokens per chunk; None = :func:`chunk_tokens`'s default (by vocabulary and device).
     """
     if kind not in LOSSES:
         raise ValueError(f"loss={kind!r} is not one of {', '.join(LOSSES)}")
@@ -171,11 +171,17 @@ def chunked_kd_loss(student_hidden: torch.Tensor, student_weight: torch.Tensor, 
     if num_items is None:
         num_items = int((lab != -100).sum())
     num_items = max(int(num_items), 1)
-    chunk_size = chunk_size or auto_chunk_size(student_weight.shape[0], hs.device)
+    chunk_size = chunk_tokens(chunk_size, student_weight.shape[0], hs.device)
     return _ChunkedKD.apply(hs, student_weight, student_bias, ht, teacher_weight.detach(),
                             None if teacher_bias is None else teacher_bias.detach(), lab, kind,
                             float(temperature), float(beta), float(ce_weight), num_items, int(chunk_size),
                             (student_softcap, teacher_softcap))
+
+
+def chunk_tokens(chunk_size: int | None, vocab: int, device=None) -> int:
+    """Tokens per chunk of the chunked losses: ``chunk_size`` when set (> 0), else :func:`auto_chunk_size`. The one
+    place the automatic default is resolved; ``DistillationTrainer`` calls it once, when it is built."""
+    return int(chunk_size) if chunk_size else auto_chunk_size(vocab, device)
 
 
 def auto_chunk_size(vocab: int, device=None, logits_per_chunk: int | None = None) -> int:

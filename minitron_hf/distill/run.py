@@ -15,11 +15,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from transformers import AutoConfig
 
 from ..compat import check_vocab, tokenizer_id_count
-from ..resume import check_resume_shapes, header_shapes
-from ..checkpoints import check_output_dir, parse_resume_flag, remove_checkpoints, save_trained
-from ..outputs import input_paths
+from ..resume import check_output_dir, check_resume_shapes, header_shapes, parse_resume_flag
+from ..training import save_trained
+from ..outputs import input_paths, no_debris, remove_checkpoints
 from ..data import BlockDataset, DataConfig, collate_blocks, load_blocks, train_blocks
 from ..loading import load_model, load_tokenizer, resolve_model
 from .trainer import (BaselineEvaluation, DistillationConfig, DistillationError, DistillationTrainer, check_pair,
@@ -45,17 +46,21 @@ class DistillScriptConfig:
     overwrite: bool = field(default=False, metadata={"help": "replace an existing final model in output_dir and "
                             "remove the checkpoint-* folders of an earlier run there"})
 
+    def __post_init__(self):
+        if self.model_dtype not in DTYPES:
+            raise DistillationError(f"model_dtype={self.model_dtype!r} is not one of {', '.join(DTYPES)}")
+        if self.seq_len < 2 or self.eval_samples < 1:
+            raise DistillationError("seq_len must be >= 2 and eval_samples >= 1")
 
-def _check(script: DistillScriptConfig, args: DistillationConfig, data_cfg: DataConfig | None = None) -> str | None:
-    """Errors before any work; returns the checkpoint to resume from (resolved) or None."""
+
+def check_inputs(script: DistillScriptConfig, args: DistillationConfig, data_cfg: DataConfig | None = None
+                 ) -> str | None:
+    """Errors before any work (the models named, the output folder, the inputs); returns the checkpoint to resume
+    from (resolved) or None. Values are checked when the configs are made (``__post_init__``)."""
     if not script.student:
         raise DistillationError("student is required: the pruned model to distil into")
     if not script.teacher:
         raise DistillationError("teacher is required: the model to distil from")
-    if script.model_dtype not in DTYPES:
-        raise DistillationError(f"model_dtype={script.model_dtype!r} is not one of {', '.join(DTYPES)}")
-    if script.seq_len < 2 or script.eval_samples < 1:
-        raise DistillationError("seq_len must be >= 2 and eval_samples >= 1")
     if not getattr(args, "output_dir_given", True):
         raise DistillationError("output_dir is required: the folder for checkpoints and the final model "
                                 "(--output-dir DIR)")
@@ -69,18 +74,14 @@ def _check(script: DistillScriptConfig, args: DistillationConfig, data_cfg: Data
 
 
 def run_distill(data_cfg: DataConfig, script: DistillScriptConfig, args: DistillationConfig) -> dict:
-    from ..outputs import no_debris
-
     with no_debris(args.output_dir):  # a failed run leaves no empty output folder behind
         return _run_distill(data_cfg, script, args)
 
 
 def _run_distill(data_cfg: DataConfig, script: DistillScriptConfig, args: DistillationConfig) -> dict:
     t0 = time.time()
-    resume = _check(script, args, data_cfg)
+    resume = check_inputs(script, args, data_cfg)
     student_dir, teacher_dir = resolve_model(script.student), resolve_model(script.teacher)
-    from transformers import AutoConfig
-
     s_cfg, t_cfg = AutoConfig.from_pretrained(student_dir), AutoConfig.from_pretrained(teacher_dir)
     tok = load_tokenizer(teacher_dir)
 

@@ -12,27 +12,33 @@ mixin shared by every trainer of the project):
   hidden states and LM-head weights: the full [tokens x vocab] logits never exist;
 - evaluation reports the KD loss and both models' LM loss on the evaluation set;
 - checkpoints are written atomically and only with finite weights; a NaN/inf loss or NaN/inf weights stop
-  the run with :class:`~minitron_hf.checkpoints.TrainingDivergedError`, which names the last good
+  the run with :class:`~minitron_hf.training.TrainingDivergedError`, which names the last good
   checkpoint; ``resume_from_checkpoint=True`` means the newest complete checkpoint
-  (:class:`~minitron_hf.checkpoints.CheckpointMixin`).
+  (:class:`~minitron_hf.training.CheckpointMixin`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import math
 from pathlib import Path
 from dataclasses import dataclass, field
 
 import torch
+from accelerate.utils import fsdp2_prepare_model
+from safetensors.torch import load_file
+from torch.distributed.fsdp import FSDPModule
+from torch.distributed.tensor import DTensor
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from ..arch import family_of
-from .losses import LOSSES, auto_chunk_size, chunked_kd_loss, chunked_lm_loss_sum, naive_kd_loss
-from ..checkpoints import CheckpointMixin, check_training_arguments
-from ..distributed import GLOBAL_BATCH_HELP, connect_cpu_processes
+from .losses import LOSSES, chunk_tokens, chunked_kd_loss, chunked_lm_loss_sum, naive_kd_loss
+from ..training import CheckpointMixin, check_training_arguments
+from ..distributed import GLOBAL_BATCH_HELP, connect_cpu_processes, connect_deepspeed_on_cpu
 from ..errors import MinitronError
+from ..resume import check_model_fits_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -72,8 +78,6 @@ class TrainArgs(TrainingArguments):
             connect_cpu_processes(self)  # with ddp_timeout (distributed.connect_cpu_processes)
         super().__post_init__()
         if self.deepspeed and self.use_cpu:
-            from ..distributed import connect_deepspeed_on_cpu
-
             connect_deepspeed_on_cpu(self)
 
 
@@ -172,23 +176,17 @@ class _TeacherStep(TrainerCallback):
 
 
 def _is_dtensor(t) -> bool:
-    from torch.distributed.tensor import DTensor
-
     return isinstance(t, DTensor)
 
 
 def _is_fsdp2_module(m) -> bool:
-    from torch.distributed.fsdp import FSDPModule
-
     return isinstance(m, FSDPModule)
 
 
 def _deepspeed_teacher(teacher, accelerator):
     """An inference engine for the teacher with the student's ZeRO partitioning (stage 3 shards it;
     other stages keep a full copy per device), without optimizer or scheduler."""
-    import copy
-
-    import deepspeed
+    import deepspeed  # the optional `train` extra
 
     cfg = copy.deepcopy(accelerator.state.deepspeed_plugin.deepspeed_config)
     cfg.pop("optimizer", None)
@@ -206,8 +204,6 @@ def _fsdp_teacher(model, accelerator):
     ``prepare_model(evaluation_mode=True)`` neither shards nor places a model under FSDP (accelerate
     1.15), which left the teacher on the CPU (seen on an H100 with recipes/accelerate/fsdp2.yaml)."""
     if getattr(accelerator, "is_fsdp2", False):
-        from accelerate.utils import fsdp2_prepare_model
-
         model = fsdp2_prepare_model(accelerator, model)  # per-layer fully_shard, as for the student
         local = sum((p.to_local() if _is_dtensor(p) else p).numel() for p in model.parameters())
         total = sum(p.numel() for p in model.parameters())
@@ -231,6 +227,12 @@ class DistillationTrainer(CheckpointMixin, Trainer):
         # cap (Family.logits: Gemma 2), as the model's own forward does
         self._softcaps = tuple(family_of(m.config, check=False).logit_softcap(m.config) for m in (model, teacher_model))
         super().__init__(model=model, args=args, **kwargs)
+        # kd_chunk_size, resolved once for the whole run: None = full [tokens x vocab] logits (asked with 0, and
+        # under FSDP1, whose flat parameters cannot be read outside the forward; FSDP2 and ZeRO-3 gather the LM
+        # heads for the chunked loss, see _head), else tokens per chunk (unset: by vocabulary and device)
+        fsdp1 = getattr(self, "is_fsdp_enabled", False) and not self.accelerator.is_fsdp2
+        self.kd_chunk: int | None = None if self.args.kd_chunk_size == 0 or fsdp1 else \
+            chunk_tokens(self.args.kd_chunk_size, self.vocab, self.args.device)
         self.teacher_optimizer = None
         self._teacher_lm_losses: list[float] = []
         if self.args.continuous_correction:
@@ -257,10 +259,7 @@ class DistillationTrainer(CheckpointMixin, Trainer):
 
     # -------------------------------------------------------------------------------------- loss
     def _full_logits(self) -> bool:
-        """Full [tokens x vocab] logits when asked (kd_chunk_size=0), and under FSDP1, whose flat parameters cannot
-        be read outside the forward. FSDP2 and ZeRO-3 gather the LM heads for the chunked loss (:meth:`_head`)."""
-        fsdp1 = getattr(self, "is_fsdp_enabled", False) and not self.accelerator.is_fsdp2
-        return self.args.kd_chunk_size == 0 or fsdp1
+        return self.kd_chunk is None
 
     def _zero3(self) -> bool:
         return bool(self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.deepspeed_config
@@ -323,7 +322,7 @@ class DistillationTrainer(CheckpointMixin, Trainer):
             return naive_kd_loss(hs, ht, labels, **opts)
         with self._head(model) as (ws, bs), self._head(self.teacher) as (wt, bt):
             return chunked_kd_loss(hs, ws, ht, wt, labels, student_bias=bs, teacher_bias=bt,
-                                   chunk_size=a.kd_chunk_size, student_softcap=self._softcaps[0],
+                                   chunk_size=self.kd_chunk, student_softcap=self._softcaps[0],
                                    teacher_softcap=self._softcaps[1], **opts)
 
     def _both(self, model, inputs, with_grad):
@@ -376,10 +375,6 @@ class DistillationTrainer(CheckpointMixin, Trainer):
         if not tdir.exists():
             raise DistillationError(f"{checkpoint_dir} has no teacher/ state; it was not written with "
                                     f"continuous_correction")
-        from safetensors.torch import load_file
-
-        from ..resume import check_model_fits_checkpoint
-
         teacher = self.accelerator.unwrap_model(self.teacher)
         check_model_fits_checkpoint(tdir, teacher, "the teacher (continuous_correction)")  # before anything loads
         state = {}
@@ -406,8 +401,7 @@ class DistillationTrainer(CheckpointMixin, Trainer):
                         out.reshape(-1, out.shape[-1]).float(), labels.reshape(-1), ignore_index=-100, reduction="sum")
                 else:
                     with self._head(m) as (w, b):
-                        sums[i] += chunked_lm_loss_sum(out, w, labels, b, self.args.kd_chunk_size or
-                                                       auto_chunk_size(w.shape[0], w.device), cap)
+                        sums[i] += chunked_lm_loss_sum(out, w, labels, b, self.kd_chunk, cap)
             sums[3] += int((labels != -100).sum())
             self._release_teacher_head()
         sums = self.accelerator.reduce(sums, reduction="sum")

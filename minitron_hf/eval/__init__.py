@@ -1,14 +1,17 @@
 """Evaluation suites, teacher vs students: LM Evaluation Harness tasks (``base``, ``instruct``), code pass@k
-(``code``: HumanEval, MBPP), MT-Bench (``mtbench``), BFCL (``bfcl``); ``harness`` runs lm-eval on in-memory
-models, ``endpoint`` talks to OpenAI-compatible servers.
+(``code``: HumanEval, MBPP, its programs run in ``sandbox``), MT-Bench (``mtbench``), BFCL (``bfcl``), validation LM
+loss (``loss``); ``harness`` runs lm-eval on in-memory models, ``endpoint`` talks to OpenAI-compatible servers.
 
 Every suite implements one protocol, :class:`.suite.Suite` (check, generate, score, table; ``run`` drives them),
 and the suites that can evaluate served models share :class:`.suite.ServedModelOptions`. A new suite is a module
 with a config dataclass and a ``Suite`` subclass, and a line in :data:`SUITES`: ``minitron eval <name>``, the run
 config's ``evaluate.benchmarks`` and :func:`suite_parts` pick it up from there."""
 
+import importlib
 import json
 from pathlib import Path
+
+from ..outputs import OutputError, check_output, input_paths, write_json_atomically, write_text_atomically
 
 # `minitron eval <name>` -> (module under minitron_hf.eval, its Suite subclass). Each suite implements the protocol
 # of .suite.Suite (check, generate, score, table); adding one is a module and a line here.
@@ -19,13 +22,12 @@ SUITES = {
     "bfcl": ("bfcl", "BFCLSuite"),
     "mtbench": ("mtbench", "MTBenchSuite"),
     "instruct": ("instruct", "InstructSuite"),
+    "loss": ("loss", "LossSuite"),
 }
 
 
 def suite_class(name: str):
     """The :class:`~.suite.Suite` subclass of ``minitron eval <name>``, its module imported now."""
-    import importlib
-
     mod, cls = SUITES[name]
     return getattr(importlib.import_module(f".{mod}", __package__), cls)
 
@@ -43,8 +45,6 @@ def check_results_folder(output, models=(), cfg=None) -> None:
     ``results.md``, ``*.jsonl`` directly in it). The folder is added to, never replaced: other files there stay."""
     if not output:
         return
-    from ..outputs import OutputError, check_output, input_paths
-
     out = check_output(output, "output", overwrite=True, replaced=False).resolve()
     for p in [*(Path(m).expanduser() for m in models), *input_paths(cfg)]:
         if not p.is_file() and p.exists():
@@ -60,8 +60,6 @@ def write_results(output, out: dict, table: str, **jsonl) -> None:
     ``name=rows``, name.jsonl with one row per line (the samples, answers or judgments behind the numbers)."""
     if not output:
         return
-    from ..outputs import write_json_atomically, write_text_atomically
-
     d = Path(output)
     d.mkdir(parents=True, exist_ok=True)
     # each file through a temporary sibling and a rename: a full disk leaves the old file or none, never 0 bytes

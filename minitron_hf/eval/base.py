@@ -14,8 +14,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
+from . import endpoint
 from .harness import check_tasks, evaluate_model, score, task_manager
 from ..config import at_least
+from ..loading import load_model, load_tokenizer, resolve_model
+from ..model_files import check_checkpoint
 from .suite import EvalError, ServedModelOptions, Suite
 
 logger = logging.getLogger(__name__)
@@ -98,9 +103,6 @@ class BaseSuite(Suite):
     def check(self, models, names) -> list:
         """Checkpoint directories, or (model_base_url) (served name, tokenizer directory, max_model_len) of each
         model; the task names against lm-eval's index."""
-        from ..model_files import check_checkpoint
-        from ..loading import resolve_model
-
         cfg = self.cfg
         refs = served_models(cfg, models) if cfg.model_base_url else \
             [check_checkpoint(resolve_model(m), field="models") for m in models]
@@ -114,10 +116,6 @@ class BaseSuite(Suite):
 
     def generate(self, model, name: str) -> dict:
         """lm-eval's results of every task on one model: {task: (results, seconds)}."""
-        import torch
-
-        from ..loading import load_model, load_tokenizer
-
         cfg = self.cfg
         if cfg.model_base_url:
             loaded = tok = None
@@ -156,13 +154,11 @@ def run_base_eval(models, cfg: BaseEvalConfig, names=None) -> dict:
 def served_models(cfg: BaseEvalConfig, models) -> list[tuple[str, str, int | None]]:
     """(served name, tokenizer directory, max_model_len) of each model at ``cfg.model_base_url``; raises
     before any evaluation when the server does not answer, does not serve a model, or no tokenizer is found."""
-    from . import endpoint
-
     for m in models:
         endpoint.check_endpoint(cfg.model_base_url, field="model_base_url", api_key_env=cfg.model_api_key_env,
                                 model=str(m), model_field="models")
     # vLLM's model list also names each model's root (the checkpoint it loaded) and max_model_len
-    client = endpoint._client(cfg.model_base_url, endpoint.api_key(cfg.model_api_key_env))
+    client = endpoint.client(cfg.model_base_url, endpoint.api_key(cfg.model_api_key_env))
     info = {m.id: m for m in client.models.list().data}
     out = []
     for m in models:
@@ -179,11 +175,9 @@ def served_models(cfg: BaseEvalConfig, models) -> list[tuple[str, str, int | Non
 def endpoint_lm(cfg: BaseEvalConfig, name: str, tokenizer: str, max_len: int | None):
     """lm-eval's local-completions model on ``{model_base_url}/completions``: requests as token ids, the
     continuation's loglikelihood from the echoed prompt logprobs."""
-    from lm_eval.models.openai_completions import LocalCompletionsAPI
+    from lm_eval.models.openai_completions import LocalCompletionsAPI  # the optional `eval` extra
 
-    from .endpoint import api_key
-
-    key = api_key(cfg.model_api_key_env)
+    key = endpoint.api_key(cfg.model_api_key_env)
     return LocalCompletionsAPI(base_url=f"{cfg.model_base_url.rstrip('/')}/completions", model=name,
                                tokenizer=tokenizer, tokenizer_backend="huggingface", tokenized_requests=True,
                                num_concurrent=cfg.model_concurrency, batch_size=cfg.batch_size,

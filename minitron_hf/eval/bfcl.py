@@ -37,6 +37,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import at_least, one_of
+from ..generation import generate_texts
+from ..model_files import check_checkpoint
+from ..outputs import build_once, cache_dir
+from . import endpoint
 from .suite import EvalError, ServedModelOptions, Suite
 
 logger = logging.getLogger(__name__)
@@ -108,8 +112,6 @@ class BFCLConfig(ServedModelOptions):
 # ------------------------------------------------------------------------------------------------
 
 def default_venv() -> Path:
-    from ..outputs import cache_dir
-
     return cache_dir() / "bfcl-venv"
 
 
@@ -119,8 +121,6 @@ def ensure_venv(venv: str | Path | None = None, install: str = "checker") -> Pat
     venv = Path(venv).expanduser() if venv else default_venv()
     py, marker = venv / "bin" / "python", venv / ".minitron-bfcl"
     want = f"{BFCL_PACKAGE} {install}"
-    from ..outputs import build_once
-
     # two runs at once: one creates it, the other waits (unlocked, the second would remove the first's unfinished venv)
     build_once(venv, lambda: py.exists() and marker.exists() and marker.read_text().strip() in (
         want, f"{BFCL_PACKAGE} full"), lambda: _create_venv(venv, py, marker, want, install))
@@ -239,16 +239,12 @@ def chat_generate(model, tokenizer, conversations: list[list[dict]], max_new_tok
     """Greedy answers to chat conversations (the tokenizer's chat template), batched by length."""
     if not getattr(tokenizer, "chat_template", None):
         raise BFCLError("models: BFCL needs a chat model (its tokenizer has no chat template)")
-    from ..generation import generate_texts
-
     return [a[0] for a in generate_texts(model, tokenizer, conversations, chat=True, max_new_tokens=max_new_tokens,
                                          batch_size=batch_size)]
 
 
 def _answers(model_id, conversations, cfg: BFCLConfig) -> list[str]:
     if cfg.model_base_url:
-        from . import endpoint
-
         def one(conv):
             return endpoint.chat(cfg.model_base_url, str(model_id), conv, api_key_env=cfg.model_api_key_env,
                                  temperature=0, max_tokens=cfg.max_new_tokens)
@@ -288,14 +284,11 @@ class BFCLSuite(Suite):
         missing) and the entries of the categories."""
         cfg = self.cfg
         if cfg.model_base_url:
-            from .endpoint import check_endpoint
-
             for m in models:
-                check_endpoint(cfg.model_base_url, field="model_base_url", api_key_env=cfg.model_api_key_env,
-                               model=str(m), model_field="models")
+                endpoint.check_endpoint(cfg.model_base_url, field="model_base_url", api_key_env=cfg.model_api_key_env,
+                                        model=str(m), model_field="models")
         else:
-            from ..model_files import check_checkpoint
-            from ..loading import resolve_model
+            from ..loading import resolve_model  # torch: not paid for by `minitron --help`, which imports every suite
 
             models = [check_checkpoint(resolve_model(m), field="models") for m in models]
         categories = [cfg.categories] if isinstance(cfg.categories, str) else list(cfg.categories)

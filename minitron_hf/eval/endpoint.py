@@ -40,7 +40,9 @@ def api_key(api_key_env: str | None) -> str:
 
 
 @functools.lru_cache(maxsize=16)
-def _client(base_url: str, key: str):
+def client(base_url: str, key: str):
+    """The ``openai.OpenAI`` client of ``base_url`` with ``key`` (see :func:`api_key`), one per pair, shared by
+    threads; it does not retry (:func:`with_retries` does)."""
     try:
         import openai
     except ImportError:
@@ -98,10 +100,10 @@ def check_endpoint(base_url: str | None, field: str = "base_url", api_key_env: s
     if not base_url or not str(base_url).startswith(("http://", "https://")):
         raise EndpointError(f"{field}={base_url!r}: expected the URL of an OpenAI-compatible API, "
                             f"e.g. http://127.0.0.1:8000/v1 (vLLM) or https://api.openai.com/v1")
-    client = _client(str(base_url), api_key(api_key_env))
+    api = client(str(base_url), api_key(api_key_env))
     url = f"{str(base_url).rstrip('/')}/models"
     try:
-        page = client.models.list(timeout=timeout_s)
+        page = api.models.list(timeout=timeout_s)
         names = [m.id for m in page.data]
     except openai.AuthenticationError as e:
         key = f"the environment variable {api_key_env}" if api_key_env else "no key"
@@ -124,8 +126,8 @@ def chat(base_url: str, model: str, messages: list[dict], api_key_env: str | Non
          backoff_s: float = 1.0, timeout_s: float = 600.0, **sampling) -> str:
     """The reply to ``messages`` (``[{"role": ..., "content": ...}]``) from ``model`` at ``base_url``.
     ``sampling`` goes to the request as is (temperature, max_tokens, top_p, seed, stop, ...)."""
-    client = _client(base_url, api_key(api_key_env))
-    resp = with_retries(lambda: client.chat.completions.create(model=model, messages=messages, timeout=timeout_s,
+    api = client(base_url, api_key(api_key_env))
+    resp = with_retries(lambda: api.chat.completions.create(model=model, messages=messages, timeout=timeout_s,
                                                                **sampling),
                         retries=retries, backoff_s=backoff_s, what=f"chat request to {model} at {base_url}")
     return resp.choices[0].message.content or ""
@@ -134,7 +136,7 @@ def chat(base_url: str, model: str, messages: list[dict], api_key_env: str | Non
 def complete(base_url: str, model: str, prompt: str, api_key_env: str | None = None, retries: int = 5,
              backoff_s: float = 1.0, timeout_s: float = 600.0, **sampling) -> str:
     """The continuation of ``prompt`` (no chat template) from ``model`` at ``base_url``."""
-    client = _client(base_url, api_key(api_key_env))
-    resp = with_retries(lambda: client.completions.create(model=model, prompt=prompt, timeout=timeout_s, **sampling),
+    api = client(base_url, api_key(api_key_env))
+    resp = with_retries(lambda: api.completions.create(model=model, prompt=prompt, timeout=timeout_s, **sampling),
                         retries=retries, backoff_s=backoff_s, what=f"completion request to {model} at {base_url}")
     return resp.choices[0].text or ""

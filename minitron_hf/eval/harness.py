@@ -22,7 +22,9 @@ import logging
 import random
 from pathlib import Path
 
+from ..data import DataConfig, load_documents, split_documents
 from ..data.sources import prose_sentences
+from ..outputs import build_once, cache_dir
 from .suite import EvalError
 
 logger = logging.getLogger(__name__)
@@ -69,8 +71,6 @@ def _continuation_items(sentences: list[str], n: int, rng: random.Random) -> lis
 
 def build_pydoc_continuation(directory: Path, n_test: int = 200, n_train: int = 50, seed: int = 0) -> Path:
     """Write the task's YAML and JSONL files into ``directory``; return it."""
-    from ..data import DataConfig, load_documents, split_documents
-
     splits = split_documents(load_documents(DataConfig()), DataConfig())
     rng = random.Random(seed)
     test = _continuation_items(prose_sentences(splits["validation"]), n_test, rng)
@@ -111,8 +111,6 @@ PACKAGE_TASKS = Path(__file__).parent / "tasks"
 
 def local_tasks_dir() -> Path:
     """The cache directory of the built-in local tasks (built on first use)."""
-    from ..outputs import build_once, cache_dir
-
     root = cache_dir() / "lm_eval_tasks"
     for name, build in LOCAL_TASKS.items():  # two runs at once build each once
         build_once(root / name, lambda name=name: (root / name / f"{name}.yaml").exists(),

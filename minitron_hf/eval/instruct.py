@@ -33,9 +33,14 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from . import write_results
-from .harness import check_tasks, evaluate_model, score, task_manager, wrap_model
+import torch
+
+from .. import loading
 from ..config import at_least, one_of
+from ..model_files import check_checkpoint
+from . import suite_class, write_results
+from .endpoint import check_endpoint
+from .harness import check_tasks, evaluate_model, score, task_manager, wrap_model
 from .suite import EvalError, Suite
 
 logger = logging.getLogger(__name__)
@@ -201,8 +206,6 @@ def check_ifeval_dependencies() -> None:
 
 def _sub_suite(bench: str):
     """The :class:`~.suite.Suite` subclass that runs a benchmark of :data:`OTHERS`, its module imported now."""
-    from . import suite_class
-
     try:
         return suite_class(OTHERS[bench][0])
     except (ImportError, AttributeError, KeyError) as e:
@@ -275,9 +278,6 @@ class InstructSuite(Suite):
     def check(self, models, names) -> list:
         """Checkpoint directories; lm-eval task names, IFEval's packages and data, the sub-benchmarks' options
         and the judge endpoint, all before any model loads."""
-        from ..model_files import check_checkpoint
-        from ..loading import load_tokenizer, resolve_model
-
         cfg = self.cfg
         self.benches = check_benchmarks(cfg.benchmarks)
         self.tasks = {b: harness_task(cfg, b) for b in self.benches if b in HARNESS}
@@ -291,15 +291,13 @@ class InstructSuite(Suite):
                 raise EvalError(f"{HARNESS[b]}: {e}") from None
         self.subs = {b: sub_config(b, cfg) for b in self.benches if b in OTHERS}
         if "mtbench" in self.subs:  # the judge answers, now
-            from .endpoint import check_endpoint
-
             j = self.subs["mtbench"]
             check_endpoint(j.judge_base_url, field="judge_base_url", api_key_env=j.judge_api_key_env,
                            model=j.judge_model, model_field="judge_model")
-        paths = [check_checkpoint(resolve_model(m), field="models") for m in models]
+        paths = [check_checkpoint(loading.resolve_model(m), field="models") for m in models]
         if cfg.chat_template == "always" and self.tasks:
             for name, path in zip(names, paths):
-                if not getattr(load_tokenizer(path), "chat_template", None):
+                if not getattr(loading.load_tokenizer(path), "chat_template", None):
                     raise EvalError(f"chat_template=always: the tokenizer of {name!r} has no chat template (use auto)")
         return paths
 
@@ -307,14 +305,11 @@ class InstructSuite(Suite):
         """The lm-eval benchmarks on one checkpoint, one at a time: yields (benchmark, lm-eval results, per-document
         records, whether the chat template was applied, seconds). The model loads before the first and is freed
         after the last."""
-        import torch
-
-        from ..loading import load_model, load_tokenizer
-
         cfg = self.cfg
         device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        loaded = load_model(model, device=device, dtype=torch.bfloat16 if device.startswith("cuda") else torch.float32)
-        tok = load_tokenizer(model)
+        loaded = loading.load_model(model, device=device,
+                                    dtype=torch.bfloat16 if device.startswith("cuda") else torch.float32)
+        tok = loading.load_tokenizer(model)
         chat = cfg.chat_template == "always" or (cfg.chat_template == "auto" and bool(getattr(tok, "chat_template",
                                                                                               None)))
         lm = wrap_model(loaded, tok, cfg.batch_size)

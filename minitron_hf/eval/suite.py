@@ -36,6 +36,7 @@ from typing import Any, ClassVar
 
 from ..config import at_least
 from ..errors import MinitronError
+from . import write_results
 
 logger = logging.getLogger(__name__)
 
@@ -141,8 +142,6 @@ class Suite:
 
     def run(self, models, names=None) -> dict:
         """Every model through check, generate and score; files in ``cfg.output`` (when set)."""
-        from . import write_results
-
         models = list(models or [])
         names = self.check_names(models, names)
         refs = self.check(models, names)

@@ -27,8 +27,19 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import torch
+from safetensors.torch import load_file
+from tqdm.auto import tqdm
+from transformers import AutoConfig
+
 from . import check_checkpoint, is_fp8_checkpoint
+from .. import loading  # module attribute, looked up per call: tests stub loading.load_model
+from ..arch import family_of
+from ..config import at_least, one_of
+from ..data import load_blocks
 from ..errors import MinitronError
+from ..outputs import check_output, dir_size, input_paths, write_checkpoint_atomically
+from .hub import read_records
 
 logger = logging.getLogger(__name__)
 
@@ -55,13 +66,15 @@ class FP8Config:
     device: str | None = field(default=None, metadata={"help": "cpu, cuda, ... (default: cuda when available)"})
     overwrite: bool = field(default=False, metadata={"help": "replace an existing output directory"})
 
+    def __post_init__(self):
+        one_of("dtype", self.dtype, DTYPES, error=FP8ExportError)
+        at_least(self, ("calib_samples", "batch_size"), error=FP8ExportError)
+
 
 def linear_shapes(config) -> dict[str, tuple[int, int]]:
     """{proj name: (in_features, out_features)} of the linears ModelOpt quantizes, from the config: every linear of
     the model's layer types (:meth:`~minitron_hf.arch.base.Family.layer_linears`; a mixture of experts' include one
     expert's gate, up and down projections)."""
-    from ..arch import family_of
-
     family = family_of(config, check=False)
     size = family.axis_sizes(config)
     linears = {k: v for t in dict.fromkeys(family.layer_types(config)) for k, v in family.layer_linears(t).items()}
@@ -78,25 +91,16 @@ def dims_not_divisible(config, by: int = 16) -> list[str]:
     return bad
 
 
-def _check(model_dir, cfg: FP8Config, data_cfg=None):
-    from transformers import AutoConfig
-
-    from ..arch import family_of
-
+def check_inputs(model_dir, cfg: FP8Config, data_cfg=None):
+    """Everything that needs the checkpoint, the output folder or ModelOpt, before any work (values are checked
+    when the config is made); returns (source dir, output dir, model config, ModelOpt version)."""
     src = check_checkpoint(model_dir)
     if is_fp8_checkpoint(src):
         raise FP8ExportError(f"model_dir={str(model_dir)!r} is already a ModelOpt FP8 checkpoint (hf_quant_config.json)")
-    from ..outputs import check_output, dir_size, input_paths
-
     # not, around or inside any input (the checkpoint, the calibration data); FP8 weights are a quarter of fp32
     # (half of bf16): a quarter of the source is the least it needs
     out = check_output(cfg.output, "output", sources=[src, *input_paths(data_cfg, cfg)], overwrite=cfg.overwrite,
                        need_bytes=dir_size(src) // 4, error=FP8ExportError)
-    if cfg.dtype not in DTYPES:
-        raise FP8ExportError(f"dtype={cfg.dtype!r} is not one of {', '.join(DTYPES)}")
-    for name in ("calib_samples", "batch_size"):
-        if getattr(cfg, name) < 1:
-            raise FP8ExportError(f"{name}={getattr(cfg, name)} must be >= 1")
     config = AutoConfig.from_pretrained(src)
     problem = family_of(config).fp8_problem(config)  # checked on modelopt 0.42 + transformers 5.19
     if problem:
@@ -126,27 +130,18 @@ def export_fp8(model_dir, data_cfg, cfg: FP8Config) -> dict:
 
     Returns the record also written to ``fp8.json`` in the output.
     """
-    import torch
-    from tqdm.auto import tqdm
-
-    from ..arch import family_of
-    from ..data import load_blocks
-    from ..loading import load_model, load_tokenizer
-    from ..outputs import write_checkpoint_atomically
-    from .hub import read_records
-
     t0 = time.time()
-    src, out, config, version = _check(model_dir, cfg, data_cfg)
+    src, out, config, version = check_inputs(model_dir, cfg, data_cfg)
     bad = dims_not_divisible(config)
     if bad:
         logger.warning("FP8 GEMM kernels (TensorRT-LLM, vLLM) want weight dimensions divisible by 16; not divisible: "
                        "%s. Expect a load error or a slower fallback; prune to multiples of 16 to avoid it.",
                        ", ".join(bad))
-    tokenizer = load_tokenizer(src)
+    tokenizer = loading.load_tokenizer(src)
     # data first: too little calibration text fails here, before the model loads
     blocks = load_blocks(data_cfg, tokenizer, "calibration", cfg.seq_len, cfg.calib_samples)
 
-    import modelopt.torch.quantization as mtq
+    import modelopt.torch.quantization as mtq  # the optional `export` extra, checked by check_inputs
     from modelopt.torch.export import export_hf_checkpoint
 
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -155,7 +150,7 @@ def export_fp8(model_dir, data_cfg, cfg: FP8Config) -> dict:
     # SmolLM2-135M: 44 s vs 14 s for 8 x 128 tokens), so calibrate in float32 there; the export still
     # writes the unquantized tensors in `dtype` (ModelOpt logs that the dtypes differ: expected).
     calib_dtype = torch.float32 if torch.device(device).type == "cpu" else dtype
-    model = load_model(src, dtype=calib_dtype, device=device)
+    model = loading.load_model(src, dtype=calib_dtype, device=device)
     family_of(model.config).prepare_quantization(model)  # e.g. a mixture of experts: per-expert nn.Linear modules
     if not getattr(model.config, "architectures", None):
         model.config.architectures = [type(model).__name__]  # the export needs it to name the model class
@@ -199,9 +194,6 @@ def export_fp8(model_dir, data_cfg, cfg: FP8Config) -> dict:
 def dequantize(checkpoint_dir) -> dict:
     """{name: float32 tensor} of an FP8 checkpoint with every FP8 weight multiplied by its scale
     (for checks and comparisons: the numbers an FP8 runtime multiplies with)."""
-    import torch
-    from safetensors.torch import load_file
-
     d = Path(checkpoint_dir)
     tensors = {}
     for f in sorted(d.glob("*.safetensors")):

@@ -28,9 +28,15 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import huggingface_hub  # HfApi and get_token looked up on the module per call: tests stub them there
+from huggingface_hub import ModelCardData, constants, metadata_load, model_info
+from huggingface_hub.errors import HfHubHTTPError
+from huggingface_hub.utils import HFValidationError, validate_repo_id
+from transformers import AutoConfig
+
 from ..arch import UnsupportedModelError, count_parameters, family_of
 from ..default_model import EMBEDDED
-from ..outputs import write_checkpoint_atomically
+from ..outputs import check_output, write_checkpoint_atomically
 from . import check_checkpoint, is_fp8_checkpoint
 from ..errors import MinitronError
 
@@ -92,8 +98,6 @@ def read_records(model_dir) -> dict:
 
 
 def _is_hub_id(name: str) -> bool:
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
     if not name or Path(name).expanduser().exists() or name.startswith((".", "/", "~")):
         return False
     try:
@@ -106,8 +110,6 @@ def _is_hub_id(name: str) -> bool:
 def _front_matter(path: Path) -> dict:
     if not (path / "README.md").is_file():
         return {}
-    from huggingface_hub import metadata_load
-
     try:
         return metadata_load(path / "README.md") or {}
     except Exception as e:  # a malformed card: the license is then unknown, not an error
@@ -155,8 +157,6 @@ def resolve_base(name) -> dict:
 
 def _hub_license(hub_id: str) -> str | None:
     """The license on the base model's Hub card, or None when the Hub cannot be reached."""
-    from huggingface_hub import constants, model_info
-
     if constants.HF_HUB_OFFLINE:
         return None
     try:
@@ -194,8 +194,6 @@ def lineage(model_dir, base_model: str | None = None) -> dict:
 def _config(path: Path | None):
     if path is None or not (path / "config.json").is_file():
         return None
-    from transformers import AutoConfig
-
     try:
         return AutoConfig.from_pretrained(path)
     except Exception as e:
@@ -310,8 +308,6 @@ def model_card_text(model_dir, base_model: str | None = None, evaluation: dict |
                     license: str | None = None, base_model_relation: str | None = None,
                     repo_id: str | None = None, title: str | None = None) -> str:
     """The README.md (front matter + body) for a checkpoint directory."""
-    from huggingface_hub import ModelCardData
-
     d = check_checkpoint(model_dir)
     if base_model_relation is not None and base_model_relation not in RELATIONS:
         raise HubError(f"base_model_relation={base_model_relation!r} is not one of {', '.join(RELATIONS)} "
@@ -436,8 +432,6 @@ def build_publish_folder(model_dir, out_dir, base_model: str | None = None, eval
 
 def check_repo_id(repo_id: str) -> str:
     """``ORG/NAME`` checked with huggingface_hub's own validator."""
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
     try:
         validate_repo_id(repo_id)
     except HFValidationError as e:
@@ -450,9 +444,7 @@ def check_repo_id(repo_id: str) -> str:
 
 def check_token(token: str | None = None) -> str:
     """The token to upload with: ``token``, ``$HF_TOKEN`` or the one saved by ``hf auth login``."""
-    from huggingface_hub import get_token
-
-    token = token or get_token()
+    token = token or huggingface_hub.get_token()
     if not token:
         raise MissingTokenError("no Hugging Face token found: run `hf auth login` (or set HF_TOKEN) with a token "
                                 "that has write access, then publish again")
@@ -468,8 +460,6 @@ def publish(model_dir, repo_id: str, private: bool = False, dry_run=None, base_m
     new or empty (``overwrite`` replaces a non-empty one) and may never be, contain or lie inside the checkpoint.
     Checks the checkpoint, the repo id and (unless dry run) the token before writing or sending anything.
     """
-    from ..outputs import check_output
-
     d = check_checkpoint(model_dir)
     check_repo_id(repo_id)
     if base_model is not None and not _is_hub_id(base_model):
@@ -485,10 +475,7 @@ def publish(model_dir, repo_id: str, private: bool = False, dry_run=None, base_m
         return {"dry_run": True, "folder": str(folder), "repo_id": repo_id,
                 "files": sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())}
     token = check_token(token)
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError
-
-    api = api or HfApi(token=token)
+    api = api or huggingface_hub.HfApi(token=token)
     try:  # beside the checkpoint: same filesystem, so the weights are hard-linked, not copied
         staging = Path(tempfile.mkdtemp(prefix=f".publish-{d.name}-", dir=d.parent))
     except OSError:  # a read-only parent: copy into the system temp directory instead

@@ -13,13 +13,24 @@ student meets the target when its speedup is at least ``target_fraction`` x its 
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
+import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import torch
+from transformers import AutoConfig, AutoTokenizer
+
+from . import check_checkpoint
+from ..arch import count_parameters, forward_flops
+from ..config import at_least, one_of
 from ..errors import MinitronError
+from ..loading import load_model, resolve_model
+from .trtllm import parse_lengths
+from .vllm import CPU_MEMORY_UTILIZATION, GPU_MEMORY_UTILIZATION, check_vllm
 
 logger = logging.getLogger(__name__)
 
@@ -51,26 +62,22 @@ class ThroughputConfig:
     output: str | None = field(default=None, metadata={"help": "write results.json, results.md and "
                                "throughput.png to this directory"})
 
+    def __post_init__(self):
+        one_of("backend", self.backend, BACKENDS, error=ThroughputError)
+        at_least(self, ("batch_size", "num_requests"), error=ThroughputError)
+        if not self.target_fraction > 0:
+            raise ThroughputError(f"target_fraction={self.target_fraction} must be > 0")
+        at_least(self, ("warmup_requests",), low=0, error=ThroughputError)
+        one_of("dtype", self.dtype, ("auto", "bfloat16", "float16", "float32"), error=ThroughputError)
 
-def _check(models, cfg: ThroughputConfig) -> None:
+
+def check_inputs(models, cfg: ThroughputConfig) -> None:
+    """What needs more than the options (values are checked when the config is made)."""
     if not models:
         raise ThroughputError("models: name at least one checkpoint (the first is the speedup reference)")
-    if cfg.backend not in BACKENDS:
-        raise ThroughputError(f"backend={cfg.backend!r} is not one of {', '.join(BACKENDS)}")
-    for name in ("batch_size", "num_requests"):
-        if getattr(cfg, name) < 1:
-            raise ThroughputError(f"{name}={getattr(cfg, name)} must be >= 1")
-    if not cfg.target_fraction > 0:
-        raise ThroughputError(f"target_fraction={cfg.target_fraction} must be > 0")
-    if cfg.warmup_requests < 0:
-        raise ThroughputError(f"warmup_requests={cfg.warmup_requests} must be >= 0")
-    if cfg.dtype not in ("auto", "bfloat16", "float16", "float32"):
-        raise ThroughputError(f"dtype={cfg.dtype!r} is not one of auto, bfloat16, float16, float32")
 
 
 def synthetic_prompts(n: int, length: int, vocab: int, exclude=(), seed: int = 0) -> list[list[int]]:
-    import random
-
     rng = random.Random(f"{seed}-{n}-{length}")
     bad = set(exclude)
     ids = [i for i in range(vocab) if i not in bad]
@@ -78,16 +85,10 @@ def synthetic_prompts(n: int, length: int, vocab: int, exclude=(), seed: int = 0
 
 
 def _grid(cfg: ThroughputConfig) -> list[tuple[int, int]]:
-    from .trtllm import parse_lengths
-
     return parse_lengths(cfg.lengths, error=ThroughputError)
 
 
 def _describe(path: Path) -> dict:
-    from transformers import AutoConfig
-
-    from ..arch import count_parameters
-
     c = AutoConfig.from_pretrained(path)
     return {"config": c, "parameters": count_parameters(c)["total"], "layers": c.num_hidden_layers,
             "hidden": c.hidden_size, "vocab_size": c.vocab_size,
@@ -96,10 +97,6 @@ def _describe(path: Path) -> dict:
 
 def _transformers_runner(path: Path, cfg: ThroughputConfig, max_len: int):
     """(time(prompts, warmup, output_len) -> seconds, close) with static batches of ``batch_size``."""
-    import torch
-
-    from ..loading import load_model
-
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = {"auto": torch.bfloat16 if device.startswith("cuda") else torch.float32}.get(cfg.dtype) \
         or getattr(torch, cfg.dtype)
@@ -135,13 +132,8 @@ def _transformers_runner(path: Path, cfg: ThroughputConfig, max_len: int):
 
 def _vllm_runner(path: Path, cfg: ThroughputConfig, max_len: int):
     """The same through vLLM's offline engine (continuous batching), one engine for the whole grid."""
-    import gc
-
-    import torch
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
-
-    from .vllm import CPU_MEMORY_UTILIZATION, GPU_MEMORY_UTILIZATION, check_vllm
 
     check_vllm()
     cuda = torch.cuda.is_available()
@@ -215,13 +207,7 @@ def run_throughput(models, cfg: ThroughputConfig, names=None) -> dict:
     """Benchmark every model on the same requests; {"config", "rows"} (also written to ``cfg.output``).
 
     ``names`` optionally labels the models in the rows (default: as given)."""
-    from transformers import AutoTokenizer
-
-    from ..arch import forward_flops
-    from ..loading import resolve_model
-    from . import check_checkpoint
-
-    _check(models, cfg)
+    check_inputs(models, cfg)
     grid = _grid(cfg)
     names = [str(m) for m in models] if names is None else list(names)
     if len(names) != len(models):
@@ -237,8 +223,6 @@ def run_throughput(models, cfg: ThroughputConfig, names=None) -> dict:
             raise ThroughputError(f"lengths: input + output = {max_len} exceeds "
                                   f"max_position_embeddings={i['max_position_embeddings']} of {m}")
     if cfg.backend == "vllm":
-        from .vllm import check_vllm
-
         check_vllm()
     try:
         special = AutoTokenizer.from_pretrained(paths[0]).all_special_ids

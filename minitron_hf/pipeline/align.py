@@ -41,7 +41,10 @@ class AlignStage(Stage):
     result = AlignResult
 
     def options(self, run: Run):
-        """[(SFTStageConfig, SFTArgs) per SFT stage], (RoundsConfig, RPOConfig) or None."""
+        """[(SFTStageConfig, SFTArgs) per SFT stage], (RoundsConfig, RPOConfig) or None; building them checks every
+        value."""
+        # here and below, not at the top: the alignment modules need TRL (the `train` extra), which a run without an
+        # align section does not
         from ..alignment.rounds import RoundsConfig
         from ..alignment.rpo import RPOConfig
         from ..alignment.sft import SFTArgs, SFTStageConfig
@@ -66,13 +69,6 @@ class AlignStage(Stage):
                    "output_dir": str(d / "rounds")}
             rounds = instantiate([RoundsConfig, RPOConfig], sec, where="section 'align': rounds")
         return sfts, rounds
-
-    def check(self, run: Run, where: str, check_model: bool = True) -> None:
-        from ..alignment.rounds import check_config
-
-        _, rounds = self.options(run)
-        if rounds is not None:
-            check_config(*rounds)
 
     def run(self, run: Run, resume: bool) -> AlignResult:
         from ..alignment.rounds import run_rounds

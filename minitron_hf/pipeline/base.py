@@ -15,10 +15,11 @@ import hashlib
 import importlib.util
 import json
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import ClassVar
 
+from ..checkpoints import latest_complete_checkpoint
 from ..config import check_fields, instantiate
 from ..data import DataConfig
 from ..errors import MinitronError
@@ -45,24 +46,38 @@ class RunConfig:
     ddp_timeout: int = field(default=1800, metadata={"help": "under `accelerate launch`: seconds a collective waits "
                              "for the other processes before the run fails (a hung rank); set once for all stages"})
 
+    def __post_init__(self):
+        if not self.output_dir:
+            raise PipelineError("output_dir is required (the directory every stage writes into)")
+        if self.seq_len < 2 or self.eval_samples < 1:
+            raise PipelineError(f"seq_len must be >= 2 and eval_samples >= 1 (got {self.seq_len}, {self.eval_samples})")
+
 
 @dataclass
 class Run:
-    """A checked run config: the top level, the data and one plain dict of options per stage section."""
+    """A checked run config: the top level, the data and one plain dict of options per stage section, with the
+    pipeline's stages in order (:data:`~minitron_hf.pipeline.stages.ORDER`, given by ``load_run``). A stage asks the
+    run about the others (:meth:`enabled`, :func:`read_result`), so that no stage module imports the list of
+    stages, which imports every stage module."""
 
     cfg: RunConfig
     data: DataConfig
     sections: dict[str, dict | None]
+    stages: tuple[Stage, ...] = field(repr=False)
     path: str | None = None
 
     @property
     def out(self) -> Path:
         return Path(self.cfg.output_dir)
 
-    def enabled(self, stage: str) -> bool:
-        from .stages import stage_named
+    def stage(self, name: str) -> Stage:
+        for s in self.stages:
+            if s.name == name:
+                return s
+        raise PipelineError(f"{name!r} is not a stage; stages: {', '.join(s.name for s in self.stages)}")
 
-        return stage_named(stage).enabled(self)
+    def enabled(self, stage: str) -> bool:
+        return self.stage(stage).enabled(self)
 
     def stage_dir(self, stage: str) -> Path:
         return self.out / stage
@@ -111,10 +126,8 @@ def read_done(run: Run, stage: str) -> dict | None:
 
 def read_result(run: Run, stage: str):
     """The typed result of a finished stage (its :attr:`Stage.result` class), or None when it has not finished."""
-    from .stages import stage_named
-
     done = read_done(run, stage)
-    return None if done is None else stage_named(stage).result.from_dict(done["result"])
+    return None if done is None else run.stage(stage).result.from_dict(done["result"])
 
 
 def fingerprint(done: dict) -> str:
@@ -195,15 +208,11 @@ def check_report_to(run: Run, stage: str, where: str) -> None:
 def resume_from(output_dir: str, resume: bool) -> bool | None:
     """Resume a trainer stage only from a complete checkpoint it wrote: one interrupted before its first complete
     save starts over (its partial checkpoint folders are removed, as the stage runs with overwrite=True)."""
-    from ..checkpoints import latest_complete_checkpoint
-
     return True if resume and latest_complete_checkpoint(output_dir) is not None else None
 
 
 def prepared_data(run: Run) -> DataConfig:
     """The run's data as the stages read it: the data stage's prepared folder(s), same split and epoch options."""
-    from dataclasses import replace
-
     done = read_result(run, "data")
     if done is None or run.data.streaming:  # --only STAGE checks the data stage ran; a library caller may not have run it
         return run.data

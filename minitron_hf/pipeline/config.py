@@ -10,7 +10,7 @@ from .base import PipelineError, Run, RunConfig
 from .stages import ORDER, Sections, with_sections
 
 
-def _set_override(values: dict, item: str) -> None:
+def set_override(values: dict, item: str) -> None:
     """``distill.max_steps=10`` or ``seq_len=128`` (value parsed as YAML) into the config mapping."""
     sections = [s.name for s in with_sections()]
     if "=" not in item:
@@ -42,24 +42,20 @@ def load_run(path=None, overrides=(), values: dict | None = None, check_model: b
     data = load_yaml(path, classes) if path is not None else {}
     data = copy.deepcopy({**data, **(values or {})})
     for item in overrides or ():
-        _set_override(data, item)
+        set_override(data, item)
     where = str(path) if path else "run config"
     check_fields(data, classes, where)
     for stage in with_sections():
         if data.get(stage.name) is not None and not isinstance(data[stage.name], dict):
             raise PipelineError(f"{where}: section {stage.name!r} must be a mapping of options (or absent)")
-    cfg, secs, data_cfg = instantiate(classes, data, where=where)
-    if not cfg.output_dir:
-        raise PipelineError(f"{where}: output_dir is required (the directory every stage writes into)")
-    if cfg.seq_len < 2 or cfg.eval_samples < 1:
-        raise PipelineError(f"{where}: seq_len must be >= 2 and eval_samples >= 1 (got {cfg.seq_len}, {cfg.eval_samples})")
+    cfg, secs, data_cfg = instantiate(classes, data, where=where)  # RunConfig checks output_dir, seq_len, ...
     sections = {}
     for stage in with_sections():
         sec = getattr(secs, stage.name)
         if sec is not None:
             stage.check_section(sec, where)
         sections[stage.name] = None if sec is None and not stage.always else dict(sec or {})
-    run = Run(cfg, data_cfg, sections, str(path) if path else None)
+    run = Run(cfg, data_cfg, sections, ORDER, str(path) if path else None)
     for stage in ORDER:  # build every stage's option objects once, so that bad values fail now, not hours in
         if stage.enabled(run):
             stage.check(run, where, check_model)

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..config import instantiate
+from ..distill.correct import CorrectionConfig, run_correction
+from ..distill.trainer import TrainArgs
 from .base import Run, Stage, StageResult, check_report_to, prepared_data, rel, report_to, resume_from
 
 
@@ -17,21 +20,13 @@ class CorrectResult(StageResult):
 class CorrectStage(Stage):
     name = "correct"
     help = "teacher correction options (minitron correct-teacher); absent = no correction"
+    section = (CorrectionConfig, TrainArgs)
     reserved = ("model", "output_dir", "overwrite", "resume_from_checkpoint")
     inputs = ("data",)
     parallel = True
     result = CorrectResult
 
-    @property
-    def section(self):
-        from ..distill.correct import CorrectionConfig
-        from ..distill.trainer import TrainArgs
-
-        return (CorrectionConfig, TrainArgs)
-
     def options(self, run: Run):
-        from ..config import instantiate
-
         sec = dict(run.sections.get(self.name) or {})
         sec.setdefault("seq_len", run.cfg.seq_len)
         sec.setdefault("eval_samples", run.cfg.eval_samples)
@@ -44,8 +39,6 @@ class CorrectStage(Stage):
         self.options(run)
 
     def run(self, run: Run, resume: bool) -> CorrectResult:
-        from ..distill.correct import run_correction
-
         cfg, args = self.options(run)
         args.resume_from_checkpoint = resume_from(args.output_dir, resume)
         s = run_correction(prepared_data(run), cfg, args)

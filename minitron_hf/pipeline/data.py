@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..data import eval_config, open_sources
+from ..data.sources import source_fingerprint
+from ..loading import load_tokenizer
 from .base import Run, Stage, StageResult
 
 
@@ -26,14 +29,9 @@ class DataStage(Stage):
     result = DataResult
 
     def key(self, run: Run):  # the content of the sources: a changed local file prepares again
-        from ..data.sources import source_fingerprint
-
         return {"sources": [source_fingerprint(c) for c, _ in run.data.sources()], "tokenizer": run.cfg.teacher}
 
     def run(self, run: Run, resume: bool) -> DataResult:
-        from ..data import eval_config, open_sources
-        from ..loading import load_tokenizer
-
         # streaming: only the bounded validation/calibration part is prepared; the train split streams in each stage
         sources = open_sources(eval_config(run.data), load_tokenizer(run.cfg.teacher))
         folders = [str(p.path) for p, _ in sources]

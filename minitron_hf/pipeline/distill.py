@@ -6,6 +6,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..config import instantiate
+from ..distill.run import DistillScriptConfig, run_distill
+from ..distill.trainer import DistillationConfig
 from .base import Run, Stage, StageResult, check_report_to, prepared_data, rel, report_to, resume_from, teacher_dir
 
 
@@ -18,21 +21,13 @@ class DistillResult(StageResult):
 class DistillStage(Stage):
     name = "distill"
     help = "distillation options (minitron distill); absent = the pruned model is the result"
+    section = (DistillScriptConfig, DistillationConfig)
     reserved = ("student", "teacher", "output_dir", "overwrite", "resume_from_checkpoint")
     inputs = ("data", "correct", "prune")
     parallel = True
     result = DistillResult
 
-    @property
-    def section(self):
-        from ..distill.run import DistillScriptConfig
-        from ..distill.trainer import DistillationConfig
-
-        return (DistillScriptConfig, DistillationConfig)
-
     def options(self, run: Run):
-        from ..config import instantiate
-
         sec = dict(run.sections.get(self.name) or {})
         sec.setdefault("seq_len", run.cfg.seq_len)
         sec.setdefault("eval_samples", run.cfg.eval_samples)
@@ -46,8 +41,6 @@ class DistillStage(Stage):
         self.options(run)
 
     def run(self, run: Run, resume: bool) -> DistillResult:
-        from ..distill.run import run_distill
-
         script, args = self.options(run)
         args.resume_from_checkpoint = resume_from(args.output_dir, resume)
         s = run_distill(prepared_data(run), script, args)

@@ -9,7 +9,17 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from transformers import AutoConfig
+
+from ..arch import count_parameters
+from ..compat import check_vocab
 from ..config import check_fields, instantiate
+from ..data import load_blocks
+from ..eval import SUITES, suite_parts
+from ..eval.base import CHANCE, accuracy_retained
+from ..generation import generate_answer
+from ..lm_loss import lm_loss
+from ..loading import load_model, load_tokenizer, resolve_model
 from ..outputs import write_json_atomically
 from .base import PipelineError, Run, Stage, StageResult, prepared_data, read_result, rel
 
@@ -58,8 +68,6 @@ def task_accuracy(results: dict, ref: str) -> dict:
     """{task: {"chance", model: accuracy..., "retained"}} for the base-suite tasks with a known chance level;
     "retained" = (distilled - chance) / (``ref`` - chance), the share of the teacher's skill above chance that the
     distilled model kept (the pruned one when there is no distillation)."""
-    from ..eval.base import CHANCE, accuracy_retained
-
     out = {}
     student = "distilled" if "distilled" in results else "pruned"
     for task in (results.get(ref) or {}):
@@ -93,8 +101,6 @@ class EvaluateStage(Stage):
     def benchmarks(self, run: Run, ev: EvaluateConfig, where: str = "run config") -> dict:
         """{suite: its config object} of ``evaluate.benchmarks``, each checked like `minitron eval <suite>`'s
         options."""
-        from ..eval import SUITES, suite_parts
-
         out = {}
         if ev.benchmarks is None:
             return out
@@ -126,20 +132,10 @@ class EvaluateStage(Stage):
         return models
 
     def run(self, run: Run, resume: bool) -> EvaluateResult:
-        from transformers import AutoConfig
-
-        from ..data import load_blocks
-        from ..arch import count_parameters
-        from ..generation import generate_answer
-        from ..loading import load_model, load_tokenizer, resolve_model
-        from ..pruning.depth import lm_loss
-
         ev = self.options(run)
         samples = ev.samples or run.cfg.eval_samples
         models = self.models(run)
         tok = load_tokenizer(resolve_model(run.cfg.teacher))
-        from ..compat import check_vocab
-
         for name, path in models.items():  # the teacher's token ids fit every model, before any work
             check_vocab(resolve_model(path), tok, path, tokenizer_name=run.cfg.teacher)
         blocks = load_blocks(prepared_data(run), tok, "validation", run.cfg.seq_len, samples)
@@ -169,8 +165,6 @@ class EvaluateStage(Stage):
             res.gap_reference = ref
         suites = self.benchmarks(run, ev)
         if suites:  # the same models through `minitron eval <suite>`; tables linked from the report
-            from ..eval import suite_parts
-
             paths = {n: r["path"] for n, r in rows.items()}
             res.benchmarks = {}
             for suite, cfg in suites.items():

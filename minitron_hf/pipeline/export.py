@@ -8,7 +8,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .base import (PipelineError, Run, Stage, StageResult, final_student, prepared_data, read_done, read_result)
+from ..export.fp8 import FP8Config, export_fp8
+from ..export.hub import build_publish_folder
+from .base import PipelineError, Run, Stage, StageResult, final_student, prepared_data, read_done, read_result
 
 FORMATS = ("hf", "fp8")
 
@@ -48,8 +50,6 @@ class ExportStage(Stage):
             raise PipelineError(f"{where}: section 'export': fp8_calib_samples={ex.fp8_calib_samples} must be >= 1")
 
     def run(self, run: Run, resume: bool) -> ExportResult:
-        from ..export.hub import build_publish_folder
-
         ex = self.options(run)
         src = final_student(run)
         ev = read_result(run, "evaluate")
@@ -63,8 +63,6 @@ class ExportStage(Stage):
             (dest / "minitron.json").write_text(json.dumps(provenance(run), indent=1, default=str))
             res.artifacts["hf"] = str(dest)
         if "fp8" in ex.formats:
-            from ..export.fp8 import FP8Config, export_fp8
-
             dest = run.stage_dir(self.name) / "fp8"
             rec = export_fp8(src, prepared_data(run), FP8Config(output=str(dest), calib_samples=ex.fp8_calib_samples,
                                                                 seq_len=run.cfg.seq_len, overwrite=True))
@@ -85,16 +83,14 @@ class ExportStage(Stage):
                   f"model = AutoModelForCausalLM.from_pretrained({str(final)!r})",
                   f"tokenizer = AutoTokenizer.from_pretrained({str(final)!r})", "```", "", "```bash",
                   f"minitron generate {final} --prompt \"What is the capital of France?\"",
-                  f"minitron evaluate {run.cfg.teacher} {final}", "```", ""]
+                  f"minitron eval loss {run.cfg.teacher} {final}", "```", ""]
         return L
 
 
 def provenance(run: Run) -> dict:
     """How the exported model was made: the recipe, and each stage's tokens and key numbers."""
-    from .stages import STAGES
-
     stages = {}
-    for s in STAGES:
+    for s in (stage.name for stage in run.stages):
         done = read_done(run, s)
         if done:
             stages[s] = {"tokens": done["result"].get("tokens"), "wall_time_s": done["wall_time_s"]}

@@ -5,10 +5,15 @@ scoring ones only, so a new width target reuses the scores."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from ..distributed import process_state
+from ..loading import load_tokenizer
+from ..outputs import write_checkpoint_atomically
+from ..pruning.config import PruneConfig, ResolvedTarget, resolve
+from ..pruning.scoring import compute_scores, write_scores
+from ..pruning.trim import PruneTarget
 from .base import Run, Stage, StageResult, prepared_data, rel
+from .pruning_options import prune_options
 
 
 @dataclass
@@ -18,12 +23,6 @@ class ImportanceResult(StageResult):
     depth_metric: str | None = None
     task_evaluations: int | None = None  # lm-eval runs of a task-metric depth scan
     note: str | None = None
-
-
-def _prune_options(run: Run):
-    from .prune import STAGE as PRUNE
-
-    return PRUNE.options(run)
 
 
 class ImportanceStage(Stage):
@@ -36,50 +35,32 @@ class ImportanceStage(Stage):
     def check(self, run: Run, where: str, check_model: bool = True) -> None:
         pass  # the prune stage checks the options both use
 
-    def options(self, run: Run):
-        return _prune_options(run)
+    def options(self, run: Run) -> PruneConfig:
+        return prune_options(run)
 
     def key(self, run: Run) -> dict:
-        """The prune options marked as scoring ones (:meth:`~minitron_hf.pruning.prune.PruneConfig.scoring_fields`)
-        and which kinds of scores the target needs."""
-        from ..pruning.prune import PruneConfig
-
+        """The prune options marked as scoring ones (:meth:`~minitron_hf.pruning.config.PruneConfig.scoring_fields`,
+        as the section gives them) and which kinds of scores the target needs."""
         sec = run.sections["prune"]
-        target = {k: v for k, v in sec["target"].items() if v is not None}
-        from ..pruning.trim import WIDTH_FIELDS
-
-        width = any(k in target for k in WIDTH_FIELDS) and sec.get("importance", "l2_mean") != "random"
-        depth = None if "drop_layers" in target else target.get("num_hidden_layers")
+        target = PruneTarget.from_dict(sec.get("target"))
+        width = bool(target.width_fields()) and sec.get("importance", "l2_mean") != "random"
+        depth = None if target.drop_layers is not None else target.num_hidden_layers
         return {**{k: sec[k] for k in PruneConfig.scoring_fields() if k in sec}, "width_scores": width,
                 "depth_to_layers": depth}
 
-    def plan(self, run: Run):
-        """(PruneConfig, source dir, width scores needed?, depth block size)."""
-        from transformers import AutoConfig
-
-        from ..loading import resolve_model
-        from ..pruning.trim import PruneTarget, resolve_target
-
+    def plan(self, run: Run) -> tuple[PruneConfig, ResolvedTarget, bool]:
+        """(the prune options, their target resolved against the (corrected) teacher, width scores needed?); the
+        depth scan removes ``plan.depth_block`` layers."""
         cfg = self.options(run)
-        src = resolve_model(cfg.model)
-        config = AutoConfig.from_pretrained(src)
-        target = PruneTarget.from_dict(cfg.target)
-        new_config, drop = resolve_target(config, target)
-        width = bool(target.width_fields()) and cfg.importance != "random"
-        k = config.num_hidden_layers - new_config["num_hidden_layers"] if drop is None else 0
-        return cfg, src, width, max(k, 0)
+        target = resolve(cfg)
+        return cfg, target, bool(target.width) and cfg.importance != "random"
 
     def run(self, run: Run, resume: bool) -> ImportanceResult:
-        from ..loading import load_tokenizer
-        from ..outputs import write_checkpoint_atomically
-        from ..pruning.importance import plot_importance
-        from ..pruning.prune import compute_scores
-
-        cfg, src, width, k = self.plan(run)
+        cfg, target, width = self.plan(run)
         out = run.stage_dir(self.name) / "scores"
-        if not width and not k:
+        if not width and not target.depth_block:
             return ImportanceResult(tokens=0, note="nothing to score (random importance or explicit drop_layers)")
-        imp, li, _ = compute_scores(prepared_data(run), cfg, src, load_tokenizer(src), width, k)
+        imp, li, _ = compute_scores(prepared_data(run), cfg, target, load_tokenizer(target.source), width)
         res = ImportanceResult(tokens=cfg.calib_samples * cfg.seq_len if width else 0, scores=str(out))
         if li is not None:
             res.drop_layers = li.best_block(cfg.depth_metric)
@@ -92,15 +73,8 @@ class ImportanceStage(Stage):
                 res.tokens += cfg.val_samples * cfg.seq_len * (n_blocks + 1)
         if not process_state().is_main_process:
             return res
-
-        def write(tmp: Path) -> None:
-            if imp is not None:
-                imp.save(tmp)
-                plot_importance(imp, tmp / "importance.png", title=f"{run.cfg.teacher} ({cfg.importance})")
-            if li is not None:
-                li.save(tmp)
-
-        write_checkpoint_atomically(out, write)
+        title = f"{run.cfg.teacher} ({cfg.importance})"
+        write_checkpoint_atomically(out, lambda tmp: write_scores(tmp, imp, li, title))
         return res
 
     def report(self, run: Run, result: ImportanceResult | None) -> list[str]:

@@ -3,9 +3,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 
-from .base import PipelineError, Run, Stage, StageResult, prepared_data, read_result, teacher_dir
+from transformers import AutoConfig
+
+from ..arch import count_parameters, family_of
+from ..loading import resolve_model
+from ..pruning import prune as pruning
+from ..pruning.config import PruneConfig, check_inputs
+from .base import PipelineError, Run, Stage, StageResult, prepared_data, read_result
+from .pruning_options import prune_options
 
 
 @dataclass
@@ -15,17 +24,10 @@ class PruneResult(StageResult):
 
 
 def _arch(path) -> dict | None:
-    from transformers import AutoConfig
-
-    from ..arch import count_parameters
-    from ..loading import resolve_model
-
     try:
         c = AutoConfig.from_pretrained(resolve_model(path))
     except Exception:  # not there yet
         return None
-    from ..arch import family_of
-
     n, family = count_parameters(c), family_of(c, check=False)
     moe = {"active": n["active"], "experts": family.num_experts(c)} if family.is_moe else {}
     return {"total": n["total"], "non_embedding": n["non_embedding"], "layers": c.num_hidden_layers,
@@ -41,45 +43,30 @@ class PruneStage(Stage):
     parallel = True
     always = True
     result = PruneResult
+    section = (PruneConfig,)
 
-    @property
-    def section(self):
-        from ..pruning.prune import PruneConfig
-
-        return (PruneConfig,)
-
-    def options(self, run: Run):
-        from ..config import instantiate
-
-        sec = dict(run.sections[self.name])
-        sec.setdefault("seq_len", run.cfg.seq_len)
-        sec.update(model=teacher_dir(run), output=str(run.stage_dir(self.name) / "model"), overwrite=True)
-        return instantiate(list(self.section), sec, where="section 'prune'")[0]
+    def options(self, run: Run) -> PruneConfig:
+        return prune_options(run)
 
     def check(self, run: Run, where: str, check_model: bool = True) -> None:
-        from ..pruning.prune import validate
-
         if not run.sections.get(self.name) or not run.sections[self.name].get("target"):
             raise PipelineError(f"{where}: section 'prune' with a 'target' is required, e.g. prune: {{target: "
                                 f"{{hidden_size: 432, intermediate_size: 768}}}}")
         cfg = self.options(run)
         cfg.model = run.cfg.teacher  # a corrected teacher keeps the source's architecture
         if check_model:
-            validate(cfg)
+            check_inputs(cfg)
 
     def run(self, run: Run, resume: bool) -> PruneResult:
-        from pathlib import Path
-
-        from ..pruning.prune import run_prune
-
         cfg = self.options(run)
         imp = read_result(run, "importance")
         if imp is not None and imp.scores and (Path(imp.scores) / "importance.safetensors").exists():
             cfg.scores = imp.scores
-        if imp is not None and imp.drop_layers is not None:
-            cfg.target = {**cfg.target, "drop_layers": ",".join(map(str, imp.drop_layers))}
-            cfg.target.pop("num_hidden_layers", None)
-        rec = run_prune(prepared_data(run), cfg)
+        if imp is not None and imp.drop_layers is not None:  # the depth scan's layers instead of a layer count
+            cfg.target = dataclasses.replace(cfg.target, drop_layers=sorted(set(imp.drop_layers)),
+                                             num_hidden_layers=None)
+        # looked up when called, so that a test's replacement of pruning.prune.run_prune is the one that runs
+        rec = pruning.run_prune(prepared_data(run), cfg)
         return PruneResult(tokens=0, model=cfg.output, parameters=rec["parameters"])
 
     def report(self, run: Run, result: PruneResult | None) -> list[str]:

@@ -5,17 +5,16 @@ from __future__ import annotations
 import platform
 from pathlib import Path
 
+import torch
+
 from ..outputs import write_text_atomically
 from .base import Run, read_done
+from .stages import ORDER
 
 
 def write_report(run: Run) -> Path:
     """Rewritten after every stage: the run, the stages' status, then architecture, importance, training,
     alignment, evaluation and artifacts as the stages report them."""
-    import torch
-
-    from .stages import ORDER
-
     dones = {s.name: read_done(run, s.name) for s in ORDER}
     L = [f"# Minitron run: {run.cfg.teacher} -> {run.cfg.output_dir}", ""]
     L += [f"Config `{run.path or '(mapping)'}`, data `{run.data.data}`, sequence length {run.cfg.seq_len}. "

@@ -12,8 +12,11 @@ from pathlib import Path
 
 import yaml
 
+from ..config import ConfigError, read_yaml
 from ..distributed import process_state
 from ..outputs import check_output, input_paths, write_json_atomically, write_text_atomically
+from ..resume import TrainingPreempted
+from ..training import TrainingDivergedError
 from .base import PipelineError, Run, config_dump, fingerprint, read_done
 from .report import write_report
 from .stages import STAGES, stage_named
@@ -114,8 +117,6 @@ def check_run_dir(run: Run, overwrite: bool = False, stages=None) -> None:
     marker = out / RUN_MARKER
     prev = None
     if marker.is_file():
-        from ..config import ConfigError, read_yaml
-
         try:  # the bounded loader, as for every YAML the project reads
             prev = read_yaml(marker, f"{RUN_MARKER} of output_dir={str(out)!r}")
         except ConfigError:
@@ -293,9 +294,6 @@ def _started_with(started: Path, want: dict) -> bool:
 def _explain_failure(e: BaseException, stage: str, command: str) -> BaseException | None:
     """The error to show instead of ``e``, in terms of ``minitron run`` (which has no --resume-from-checkpoint: a
     rerun resumes the stage from its newest complete checkpoint), or None to keep ``e``."""
-    from ..checkpoints import TrainingDivergedError
-    from ..resume import TrainingPreempted
-
     if isinstance(e, TrainingPreempted):
         return TrainingPreempted(e.step, e.checkpoint, e.output_dir,
                                  resume=f"rerun `{command}` unchanged: stage {stage} resumes from it")

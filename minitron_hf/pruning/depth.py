@@ -25,7 +25,10 @@ import torch
 from tqdm.auto import tqdm
 
 from ..arch import family_of
+from ..distributed import all_reduce_sum
 from ..errors import MinitronError
+from ..eval.harness import evaluate_model, score, task_manager, wrap_model
+from ..lm_loss import lm_loss
 
 logger = logging.getLogger(__name__)
 
@@ -85,33 +88,6 @@ def dropped_layers(model, drop):
             m.layer_idx = i
         for k, v in saved.items():
             setattr(config, k, v)
-
-
-@torch.no_grad()
-def lm_loss(model, blocks: torch.Tensor, batch_size: int = 8, progress: bool = False, reduce: bool = False) -> float:
-    """Mean next-token cross-entropy over [N, seq_len] token blocks (every token counts once).
-
-    ``reduce``: the blocks are this process's shard of the data-parallel calibration; the sums are all-reduced,
-    so every process must call it. Without it nothing is collective (a main-process-only evaluation under
-    ``accelerate launch`` would otherwise wait for the other processes forever)."""
-    device = next(model.parameters()).device
-    total, count = 0.0, 0
-    for i in tqdm(range(0, len(blocks), batch_size), desc="val loss", disable=not progress, leave=False):
-        ids = blocks[i : i + batch_size].to(device)
-        out = model(input_ids=ids, labels=ids, use_cache=False)
-        n = ids.shape[0] * (ids.shape[1] - 1)
-        total += float(out.loss) * n
-        count += n
-    if reduce:
-        total, count = _all_reduce_sum(torch.tensor([total, count], dtype=torch.float64)).tolist()
-    return total / max(count, 1)
-
-
-def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    """Sum over data-parallel processes (each scored its own shard of the blocks)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.SUM)
-    return t
 
 
 @dataclass
@@ -222,8 +198,6 @@ def block_task_accuracy(model, tokenizer, task: str, block_size: int, *, metric:
                         include_path=None, noncontiguous: bool = True, progress: bool = True) -> dict:
     """Accuracy on an lm-eval task with each contiguous block of ``block_size`` layers skipped in memory
     (and, with ``noncontiguous``, each single layer, then the ``block_size`` least harmful ones together)."""
-    from ..eval.harness import evaluate_model, score, task_manager, wrap_model
-
     L = model.config.num_hidden_layers
     if not 1 <= block_size < L:
         raise DepthError(f"block_size={block_size} must be between 1 and num_hidden_layers - 1 = {L - 1}")
@@ -308,7 +282,7 @@ def block_influence(model, blocks: torch.Tensor, block_size: int, batch_size: in
         for h in handles:
             h.remove()
         bounds.clear()
-    sums = _all_reduce_sum(torch.cat([block_sum, layer_sum, torch.tensor([float(n_tok)], dtype=torch.float64)]))
+    sums = all_reduce_sum(torch.cat([block_sum, layer_sum, torch.tensor([float(n_tok)], dtype=torch.float64)]))
     block_sum, layer_sum, n_tok = sums[: len(block_sum)], sums[len(block_sum): -1], sums[-1].item()
     return (block_sum / n_tok).tolist(), (layer_sum / n_tok).tolist()
 

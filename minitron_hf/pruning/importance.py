@@ -46,6 +46,7 @@ from tqdm.auto import tqdm
 
 from ..arch import family_of
 from ..errors import MinitronError
+from ..outputs import read_json, safetensors_problem
 
 logger = logging.getLogger(__name__)
 
@@ -181,8 +182,6 @@ class Importance:
         d = path if path.is_dir() else path.parent
         if not (d / "importance.safetensors").exists():
             raise ImportanceError(f"scores={str(path)!r}: no importance.safetensors there (run `minitron importance`)")
-        from ..outputs import read_json, safetensors_problem
-
         f = d / "importance.safetensors"
         problem = safetensors_problem(f)
         if problem:

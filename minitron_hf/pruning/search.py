@@ -27,10 +27,20 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import yaml
+from transformers import AutoConfig
+
 from ..arch import count_parameters, family_of
+from ..config import at_least, one_of
 from ..data import DataConfig
+from ..distill.run import DistillScriptConfig, run_distill
+from ..distill.trainer import DistillationConfig
+from ..lm_loss import validation_loss
 from ..loading import resolve_model
-from ..outputs import write_checkpoint_atomically
+from ..outputs import check_output, input_paths, write_checkpoint_atomically
+from .config import PruneConfig
+from .prune import run_prune
+from .scoring import ImportanceConfig, run_importance
 from .trim import PruneTarget, PruningConfigError, resolve_target
 
 logger = logging.getLogger(__name__)
@@ -72,39 +82,49 @@ class SearchConfig:
     device: str | None = field(default=None, metadata={"help": "cpu, cuda, ..."})
     overwrite: bool = field(default=False, metadata={"help": "replace an existing output directory"})
 
+    def __post_init__(self):
+        if self.budget is None:
+            raise PruningConfigError("budget is required: a fraction of the source's parameters (e.g. 0.5) or a "
+                                     "count (e.g. 4.5e9)")
+        if self.budget <= 0:
+            raise PruningConfigError(f"budget={self.budget} must be > 0")
+        for name in ("max_width_prune", "max_depth_prune"):
+            v = getattr(self, name)
+            if not 0 <= v < 1:
+                raise PruningConfigError(f"{name}={v} must be in [0, 1)")
+        if not 0 < self.tolerance < 1:
+            raise PruningConfigError(f"tolerance={self.tolerance} must be in (0, 1)")
+        at_least(self, ("top_k", "calib_samples", "val_samples", "seq_len", "batch_size", "depth_step"),
+                 error=PruningConfigError)
+        if self.multiple is not None and self.multiple < 1:
+            raise PruningConfigError(f"multiple={self.multiple} must be >= 1")
+        at_least(self, ("distill_tokens",), low=0, error=PruningConfigError)
+        one_of("count", self.count, ("total", "active"), error=PruningConfigError)
+
 
 def _default_multiple(hidden: int) -> int:
     return 128 if hidden >= 2048 else 64 if hidden >= 1024 else 16
 
 
 def budget_params(cfg: SearchConfig, total: int) -> int:
-    if cfg.budget is None:
-        raise PruningConfigError("budget is required: a fraction of the source's parameters (e.g. 0.5) or a count "
-                                 "(e.g. 4.5e9)")
-    if cfg.budget <= 0:
-        raise PruningConfigError(f"budget={cfg.budget} must be > 0")
+    """The budget in parameters: a fraction of ``total`` (<= 1) or a count, below the source's ``total``."""
     n = int(cfg.budget * total) if cfg.budget <= 1 else int(cfg.budget)
     if n >= total:
         raise PruningConfigError(f"budget={cfg.budget} ({n:,} parameters) is not below the source's {total:,}")
     return n
 
 
-def check_config(cfg: SearchConfig) -> None:
-    for name in ("max_width_prune", "max_depth_prune"):
-        v = getattr(cfg, name)
-        if not 0 <= v < 1:
-            raise PruningConfigError(f"{name}={v} must be in [0, 1)")
-    if not 0 < cfg.tolerance < 1:
-        raise PruningConfigError(f"tolerance={cfg.tolerance} must be in (0, 1)")
-    for name in ("top_k", "calib_samples", "val_samples", "seq_len", "batch_size", "depth_step"):
-        if getattr(cfg, name) < 1:
-            raise PruningConfigError(f"{name}={getattr(cfg, name)} must be >= 1")
-    if cfg.multiple is not None and cfg.multiple < 1:
-        raise PruningConfigError(f"multiple={cfg.multiple} must be >= 1")
-    if cfg.distill_tokens < 0:
-        raise PruningConfigError(f"distill_tokens={cfg.distill_tokens} must be >= 0")
-    if cfg.count not in ("total", "active"):
-        raise PruningConfigError(f"count={cfg.count!r} is not one of total, active")
+def check_inputs(cfg: SearchConfig, data_cfg: DataConfig | None = None):
+    """Output folder, source model and the options that depend on its family; returns (output, source folder,
+    source config)."""
+    out = check_output(cfg.output, "output", sources=input_paths(data_cfg, cfg), overwrite=cfg.overwrite,
+                       error=PruningConfigError)
+    src = resolve_model(cfg.model)
+    check_output(cfg.output, "output", sources=[src, *input_paths(data_cfg, cfg)], overwrite=cfg.overwrite,
+                 error=PruningConfigError)
+    config = AutoConfig.from_pretrained(src)
+    check_family(config, cfg)
+    return out, src, config
 
 
 def check_family(config, cfg: SearchConfig) -> None:
@@ -207,20 +227,8 @@ def _prune_target(target: dict, source) -> dict:
 
 def run_search(data_cfg: DataConfig, cfg: SearchConfig) -> dict:
     """Enumerate, choose, prune and score; returns the record written to ``cfg.output``."""
-    from transformers import AutoConfig
-
-    from ..outputs import check_output, input_paths
-    from .prune import ImportanceConfig, PruneConfig, run_importance, run_prune, validation_loss
-
     t0 = time.time()
-    check_config(cfg)
-    out = check_output(cfg.output, "output", sources=input_paths(data_cfg, cfg), overwrite=cfg.overwrite,
-                       error=PruningConfigError)
-    src = resolve_model(cfg.model)
-    check_output(cfg.output, "output", sources=[src, *input_paths(data_cfg, cfg)], overwrite=cfg.overwrite,
-                 error=PruningConfigError)
-    config = AutoConfig.from_pretrained(src)
-    check_family(config, cfg)
+    out, src, config = check_inputs(cfg, data_cfg)
     total = count_parameters(config)[cfg.count]
     budget = budget_params(cfg, total)
     candidates, seen = enumerate_candidates(config, cfg, budget)
@@ -276,10 +284,6 @@ def run_search(data_cfg: DataConfig, cfg: SearchConfig) -> dict:
 
 
 def _short_distill(data_cfg, cfg: SearchConfig, teacher: Path, student: Path, out: Path) -> tuple[float, int]:
-    from ..distill.run import DistillScriptConfig, run_distill
-    from ..distill.trainer import DistillationConfig
-    from .prune import validation_loss
-
     steps = max(1, round(cfg.distill_tokens / (cfg.batch_size * cfg.seq_len)))
     args = DistillationConfig(output_dir=str(out), max_steps=steps, per_device_train_batch_size=cfg.batch_size,
                               learning_rate=cfg.learning_rate, lr_scheduler_type="cosine_with_min_lr",
@@ -317,8 +321,6 @@ def results_table(record: dict) -> str:
 
 
 def best_yaml(record: dict, cfg: SearchConfig) -> str:
-    import yaml
-
     doc = {"model": cfg.model, "target": record["best"], "importance": cfg.importance,
            "calib_samples": cfg.calib_samples, "seq_len": cfg.seq_len, "val_samples": cfg.val_samples,
            **{k: v for k, v in record["data"].items() if v is not None}}

@@ -7,7 +7,8 @@ Two steps, kept apart so each can be read and tested alone:
    first. Keeping everything therefore only reorders channels, which leaves the function unchanged.
 2. :func:`trim_checkpoint` streams the source safetensors tensor by tensor, slices each one by the
    plan and writes its bytes straight into the output file (headers are known in advance): peak
-   memory is about twice the largest tensor, never two models.
+   memory is about twice the largest tensor, never two models. The compensations the plan was made with
+   (:mod:`.compensation`, e.g. the head merge) change a source tensor just before it is sliced.
 
 GQA: query heads are pruned within each KV group with the same count per group; KV heads are pruned
 as whole groups, scored by the sum of their query heads' scores. ``head_dim`` is never pruned and is
@@ -31,8 +32,10 @@ from safetensors import safe_open
 from tqdm.auto import tqdm
 
 from ..arch import count_parameters, family_of
+from ..config import ConfigError, check_value
 from ..errors import MinitronError
 from ..model_files import index_shards
+from .compensation import COMPENSATIONS, switched_on
 
 logger = logging.getLogger(__name__)
 
@@ -72,8 +75,6 @@ class PruneTarget:
                 near = difflib.get_close_matches(k, names, n=1)
                 hint = f"; did you mean {near[0]!r}?" if near else ""
                 raise PruningConfigError(f"target field {k!r} is unknown{hint} Allowed: {', '.join(names)}")
-        from ..config import ConfigError, check_value
-
         out = {}
         for k, v in d.items():
             if v is None:
@@ -99,8 +100,14 @@ class PruneTarget:
                                              f"not a fraction)") from None
         return cls(**out)
 
+    def to_dict(self) -> dict:
+        """The fields that are set: what ``pruning.json`` records, and what :meth:`from_dict` reads back as an equal
+        target."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
     def width_fields(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k in WIDTH_FIELDS and v is not None}
+        """The set fields that need importance scores (:data:`WIDTH_FIELDS`)."""
+        return {k: v for k, v in self.to_dict().items() if k in WIDTH_FIELDS}
 
 
 # target fields that need importance scores (everything but depth)
@@ -210,7 +217,8 @@ class PrunePlan:
     neurons: dict[int, torch.Tensor]
     new_config: dict
     head_dim: int
-    merge_pairs: dict[int, list[tuple[int, int]]] = field(default_factory=dict)  # layer -> (kept, pruned)
+    # compensation name -> what it decided per source layer (Compensation.decide); the ones make_plan switched on
+    compensations: dict[str, dict[int, object]] = field(default_factory=dict)
     src_sizes: dict[str, int] = field(default_factory=dict)  # the source's axis sizes (fused tensors' offsets)
     experts: dict[int, torch.Tensor] = field(default_factory=dict)  # source layer -> kept experts (MoE only)
     # source layer -> the family's own axes of that layer (Family.layer_axes; Nemotron-H's Mamba heads/channels)
@@ -237,7 +245,8 @@ class PrunePlan:
             heads={src: self.heads[src][nxt.heads[j]] for src, j in pairs},
             kv_heads={src: self.kv_heads[src][nxt.kv_heads[j]] for src, j in pairs},
             neurons={src: neurons(src, j) for src, j in pairs},
-            new_config=nxt.new_config, head_dim=self.head_dim, merge_pairs=nxt.merge_pairs, src_sizes=self.src_sizes,
+            new_config=nxt.new_config, head_dim=self.head_dim, compensations=nxt.compensations,
+            src_sizes=self.src_sizes,
             experts={src: self.experts[src][nxt.experts[j]] for src, j in pairs} if self.experts else {},
             axes={src: {a: self.axes[src][a][v] for a, v in nxt.axes.get(j, {}).items()} for src, j in pairs
                   if self.axes.get(src)},
@@ -253,7 +262,8 @@ class PrunePlan:
             "heads": {str(l): v.tolist() for l, v in self.heads.items()},
             "kv_heads": {str(l): v.tolist() for l, v in self.kv_heads.items()},
             "neurons": {str(l): v.tolist() for l, v in self.neurons.items()},
-            "merged_heads": {str(l): v for l, v in self.merge_pairs.items()} or None,
+            **{c.record: {str(l): v for l, v in self.compensations.get(name, {}).items()} or None
+               for name, c in COMPENSATIONS.items() if c.record},
             **moe,
         }
 
@@ -263,77 +273,72 @@ def _top(scores: torch.Tensor, k: int) -> torch.Tensor:
     return torch.sort(scores.float(), descending=True, stable=True).indices[:k]
 
 
-def make_plan(config, importance, new_config: dict, drop_layers: list[int] | None,
-              merge_pruned_heads: bool = False) -> PrunePlan:
-    """Kept indices for every prunable axis. ``importance`` may be None for depth-only pruning."""
+def make_plan(config, importance, new_config: dict, drop_layers: list[int] | None, **compensations: bool) -> PrunePlan:
+    """Kept indices for every prunable axis. ``importance`` may be None for depth-only pruning. ``compensations``
+    switch on registered compensations by name (``merge_pruned_heads=True``; :mod:`.compensation`)."""
+    switched = switched_on(compensations)
     family = family_of(config)
-    L = config.num_hidden_layers
-    H, G = config.num_attention_heads, config.num_key_value_heads
-    Hn, Gn = new_config["num_attention_heads"], new_config["num_key_value_heads"]
-    r, rn = H // G, Hn // Gn
+    num_layers = config.num_hidden_layers
+    num_heads, kv_groups = config.num_attention_heads, config.num_key_value_heads  # a KV group per KV head
+    per_group = num_heads // kv_groups  # query heads per KV group
+    new_groups = new_config["num_key_value_heads"]
+    new_per_group = new_config["num_attention_heads"] // new_groups
     drop = set(drop_layers or [])
-    if len(drop) != L - new_config["num_hidden_layers"]:
+    if len(drop) != num_layers - new_config["num_hidden_layers"]:
         raise PruningConfigError(
-            f"num_hidden_layers={new_config['num_hidden_layers']} needs {L - new_config['num_hidden_layers']} layers "
-            f"chosen to drop, got {sorted(drop)}"
+            f"num_hidden_layers={new_config['num_hidden_layers']} needs {num_layers - new_config['num_hidden_layers']} "
+            f"layers chosen to drop, got {sorted(drop)}"
         )
-    layers = [i for i in range(L) if i not in drop]
+    layers = [i for i in range(num_layers) if i not in drop]
     problem = family.kept_layers_problem(config, layers)
     if problem:
         raise PruningConfigError(problem)
-    mlp, n_mlp = getattr(config, family.mlp_field), new_config[family.mlp_field]
-    E, En = family.num_experts(config), family.num_experts(new_config)
+    mlp_width, new_mlp_width = getattr(config, family.mlp_field), new_config[family.mlp_field]  # per expert in a MoE
+    num_experts, new_experts = family.num_experts(config), family.num_experts(new_config)  # 0: dense
     width_changes = any(new_config[k] != getattr(config, k) for k in
                         ("hidden_size", "num_attention_heads", "num_key_value_heads", *family.extra_width_fields)) \
-        or (mlp, E) != (n_mlp, En)
+        or (mlp_width, num_experts) != (new_mlp_width, new_experts)
     experts = {}
     if importance is None:
         if width_changes:
             raise PruningConfigError("width pruning (hidden/MLP/heads) needs importance scores")
         ident = lambda n: torch.arange(n)  # noqa: E731
         hidden = ident(config.hidden_size)
-        heads = {l: ident(H) for l in layers}
-        kv = {l: ident(G) for l in layers}
-        neurons = {l: ident(mlp) for l in layers}
+        heads = {l: ident(num_heads) for l in layers}
+        kv_heads = {l: ident(kv_groups) for l in layers}
+        neurons = {l: ident(mlp_width) for l in layers}
         if family.is_moe:
-            experts = {l: ident(E) for l in layers}
-            neurons = {l: ident(mlp).expand(E, mlp).clone() for l in layers}
-        pairs = {}
+            experts = {l: ident(num_experts) for l in layers}
+            neurons = {l: ident(mlp_width).expand(num_experts, mlp_width).clone() for l in layers}
     else:
         importance.check_matches(config)
         hidden = _top(importance.hidden, new_config["hidden_size"])
         if family.is_moe:  # each layer keeps its own experts, each kept expert its own neurons
-            experts = {l: _top(importance.experts[l], En) for l in layers}
-            neurons = {l: torch.stack([_top(importance.neurons[l][e], n_mlp) for e in experts[l].tolist()])
+            experts = {l: _top(importance.experts[l], new_experts) for l in layers}
+            neurons = {l: torch.stack([_top(importance.neurons[l][e], new_mlp_width) for e in experts[l].tolist()])
                        for l in layers}
         else:
-            neurons = {l: _top(importance.neurons[l], n_mlp) for l in layers}
-        heads, kv, pairs = {}, {}, {}
+            neurons = {l: _top(importance.neurons[l], new_mlp_width) for l in layers}
+        heads, kv_heads = {}, {}
         for l in layers:
-            per_group = importance.heads[l].float().view(G, r)
-            groups = _top(per_group.sum(1), Gn)
-            q, lp = [], []
+            group_scores = importance.heads[l].float().view(kv_groups, per_group)
+            groups = _top(group_scores.sum(1), new_groups)
+            kept_q = []
             for g in groups.tolist():
-                order = _top(per_group[g], r)  # within-group ranking, most important first
-                q.extend((g * r + order[:rn]).tolist())
-                if merge_pruned_heads and rn < r:
-                    # arXiv 2407.14679 sec. 2.3 (our reading): with L heads pruned to K, kept head i takes
-                    # the residual of pruned head 2K-i+1 (1-based ranks): W_i <- W_i + (W_i - W_2K-i+1).
-                    K, Lh = rn, r
-                    for i in range(max(1, 2 * K - Lh + 1), K + 1):
-                        j = 2 * K - i + 1
-                        lp.append((g * r + int(order[i - 1]), g * r + int(order[j - 1])))
-            heads[l] = torch.tensor(q)
-            kv[l] = groups
-            if lp:
-                pairs[l] = lp
+                order = _top(group_scores[g], per_group)  # within-group ranking, most important first
+                kept_q.extend((g * per_group + order[:new_per_group]).tolist())
+            heads[l] = torch.tensor(kept_q)
+            kv_heads[l] = groups
     types = family.layer_types(config)
     extra = family.extra_scores(config)
     axes = {l: family.layer_axes(config, new_config, None if importance is None else
                                  {k: importance.score(k)[l] for k in extra}, types[l]) for l in layers}
     new_config = kept_layers_config(config, new_config, layers)
-    return PrunePlan(layers, hidden, heads, kv, neurons, new_config, family.head_dim(config), pairs,
+    plan = PrunePlan(layers, hidden, heads, kv_heads, neurons, new_config, family.head_dim(config), {},
                      family.axis_sizes(config), experts, {l: a for l, a in axes.items() if a})
+    for c in switched:
+        plan.compensations[c.name] = c.decide(config, importance, plan)
+    return plan
 
 
 # --------------------------------------------------------------------------------------------------
@@ -349,18 +354,6 @@ _LAYER = re.compile(r"^([A-Za-z_]+)\.layers\.(\d+)\.(.+)$")
 
 def _head_channels(heads: torch.Tensor, hd: int) -> torch.Tensor:
     return (heads[:, None] * hd + torch.arange(hd)).reshape(-1)
-
-
-def _merge_heads(t: torch.Tensor, pairs, hd: int, dim: int) -> torch.Tensor:
-    """Add each pruned head's residual into its kept partner along ``dim`` (before slicing)."""
-    t = t.clone()
-    src = t.clone()
-    for kept, pruned in pairs:
-        a = torch.arange(kept * hd, (kept + 1) * hd)
-        b = torch.arange(pruned * hd, (pruned + 1) * hd)
-        ka, kb = src.index_select(dim, a), src.index_select(dim, b)
-        t.index_copy_(dim, a, ka + (ka - kb))
-    return t
 
 
 def _surgery(name: str, plan: PrunePlan):
@@ -408,10 +401,9 @@ def output_shape(name: str, shape, plan: PrunePlan) -> tuple[str, tuple[int, ...
 def slice_tensor(name: str, t: torch.Tensor, plan: PrunePlan) -> tuple[str, torch.Tensor]:
     """The output name and tensor for one source tensor (raises on names we do not know)."""
     new_name, rule, idx, layer = _surgery(name, plan)
-    suffix = name.split(".", 3)[-1] if layer is not None else ""
-    merge = family_of(plan.new_config, check=False).head_merge_tensors
-    if layer in plan.merge_pairs and suffix in merge:
-        t = _merge_heads(t, plan.merge_pairs[layer], plan.head_dim, merge[suffix])
+    inner = name.split(".", 3)[-1] if layer is not None else name  # the name the family's rules use
+    for key in plan.compensations:  # the compensations the plan was made with, in registry order
+        t = COMPENSATIONS[key].apply(plan, layer, inner, t)
     for dim, axis in enumerate(rule):
         if axis is not None:
             t = t.index_select(dim, idx[axis])
