@@ -468,6 +468,18 @@ def write_mini_task(d):
     return d
 
 
+def write_random_words(f, documents: int):
+    """A jsonl file of ``documents`` texts of 200 random code-ish words (seeded): small local data whose 32-token
+    blocks are plentiful and cheap."""
+    import random
+
+    rng = random.Random(0)
+    words = "def return class import for while if else print value list dict self lambda yield with".split()
+    f.write_text("".join(json.dumps({"text": " ".join(rng.choice(words) for _ in range(200))}) + "\n"
+                         for _ in range(documents)))
+    return f
+
+
 # MBPP-shaped rows written for the tests (ids follow MBPP's splits: 1-10 prompt, 11-510 test, 511-600 validation)
 MBPP_ROWS = [
     {"task_id": 2, "text": "Write a function to return the sum of the squares of the numbers in a list.",

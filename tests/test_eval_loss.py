@@ -11,18 +11,13 @@ from minitron_hf.data import DataConfig
 from minitron_hf.errors import EXIT_USER_ERROR
 from minitron_hf.lm_loss import validation_loss
 
+from conftest import write_random_words
+
 
 @pytest.fixture(scope="module")
 def text_file(tmp_path_factory):
     """Small local text: a validation split of a few 32-token blocks."""
-    import random
-
-    rng = random.Random(0)
-    words = "def return class import for while if else print value list dict self lambda yield with".split()
-    f = tmp_path_factory.mktemp("data") / "docs.jsonl"
-    f.write_text("".join(json.dumps({"text": " ".join(rng.choice(words) for _ in range(200))}) + "\n"
-                         for _ in range(200)))
-    return f
+    return write_random_words(tmp_path_factory.mktemp("data") / "docs.jsonl", 200)
 
 
 def test_eval_loss_prints_the_table_and_writes_the_results(tmp_path, default_model_dir, text_file, capsys):

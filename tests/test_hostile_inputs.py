@@ -23,7 +23,7 @@ from minitron_hf.cli import main
 from minitron_hf.config import ConfigError, check_value
 from minitron_hf.errors import EXIT_BUG, EXIT_PREEMPTED, EXIT_USER_ERROR
 
-from conftest import save_with_tokenizer, tiny_model
+from conftest import save_with_tokenizer, tiny_model, write_random_words
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ["--seq-len", "32", "--per-device-train-batch-size", "2", "--eval-samples", "2", "--report-to", "none",
@@ -40,14 +40,7 @@ def tiny_dir(tmp_path_factory, default_model_dir):
 @pytest.fixture(scope="module")
 def data_file(tmp_path_factory):
     """Small local text: enough 32-token blocks for 1000 steps of batch 2 in one epoch."""
-    import random
-
-    rng = random.Random(0)
-    words = "def return class import for while if else print value list dict self lambda yield with".split()
-    f = tmp_path_factory.mktemp("data") / "docs.jsonl"
-    f.write_text("".join(json.dumps({"text": " ".join(rng.choice(words) for _ in range(200))}) + "\n"
-                         for _ in range(800)))
-    return f
+    return write_random_words(tmp_path_factory.mktemp("data") / "docs.jsonl", 800)
 
 
 def _cli(capsys, *argv):
